@@ -1,0 +1,70 @@
+//! Command-line definition. Parsing only: every command is implemented in the library.
+
+use std::{path::PathBuf, time::Duration};
+
+use certreload::{
+    monitor::{HookStrategy, ModeRequest, DEFAULT_RESYNC},
+    watch::Output,
+};
+use clap::{Parser, Subcommand};
+
+/// Kernel-assisted certificate hot reload for every TLS endpoint on a node.
+#[derive(Debug, Parser)]
+#[command(name = "certreload", version, about)]
+pub struct Cli {
+    /// What to do; without a command, the built-in demo runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options shared by every command that runs the monitor.
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ModeRequest,
+    /// How the eBPF syscall hooks are attached (see the README's "Hook choice").
+    #[arg(long, value_enum, default_value_t = HookStrategy::default_for_host())]
+    pub hook: HookStrategy,
+    /// Content resync period (seconds), the backstop for what hooks cannot see.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RESYNC.as_secs_f64())]
+    pub resync: f64,
+}
+
+impl MonitorArgs {
+    /// The resync period as a duration (at least 10 ms).
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs_f64(self.resync.max(0.01))
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch files and print one confirmed change per line, with the writer that made it.
+    Watch {
+        /// Files to watch (they need not exist yet).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        output: Output,
+        #[command(flatten)]
+        monitor: MonitorArgs,
+    },
+    /// The built-in demo: a throwaway certificate directory, watched, with commands to try.
+    Demo {
+        /// Where to create the demo files (default: a new directory under the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        monitor: MonitorArgs,
+    },
+}
+
+impl MonitorArgs {
+    /// The options the demo uses when `certreload` runs without a command.
+    pub fn default_for_demo() -> Self {
+        MonitorArgs { mode: ModeRequest::Auto, hook: HookStrategy::default_for_host(), resync: DEFAULT_RESYNC.as_secs_f64() }
+    }
+}

@@ -1,0 +1,120 @@
+//! The built-in default (`certreload` with no command, `cargo xtask run`): a throwaway certificate
+//! directory, watched, with a cheat-sheet of commands that change it from another shell.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use thiserror::Error;
+
+/// The demo could not prepare its files.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// Certificate generation failed.
+    #[error("generating the demo certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing a file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The files the demo watches.
+#[derive(Debug, Clone)]
+pub struct DemoFiles {
+    /// The demo directory.
+    pub dir: PathBuf,
+    /// Demo CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (signed by the demo CA).
+    pub cert: PathBuf,
+    /// Server private key (mode 0600).
+    pub key: PathBuf,
+}
+
+impl DemoFiles {
+    /// The paths to watch.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        vec![self.ca.clone(), self.cert.clone(), self.key.clone()]
+    }
+
+    /// Commands to type in another shell, each showing one way a certificate gets replaced.
+    pub fn cheat_sheet(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            "certreload demo: watching {d}/{{ca.crt,tls.crt,tls.key}}\n\
+             In another shell, try (each prints one change with the writer's pid and comm):\n\
+             \x20 cp {d}/tls.crt {d}/tls.crt.new && mv {d}/tls.crt.new {d}/tls.crt   # replaced, by mv\n\
+             \x20 echo '# rotated' >> {d}/ca.crt                                      # modified, by the shell\n\
+             \x20 cd {d} && cp ca.crt tls.crt                                         # relative path, by cp\n\
+             \x20 rm {d}/tls.key                                                      # removed, by rm\n\
+             \x20 touch {d}/other.txt                                                 # unwatched: nothing\n\
+             Stop with Ctrl-C.\n"
+        )
+    }
+}
+
+/// Creates `dir` with a fresh CA, server certificate and key.
+pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
+    fs::create_dir_all(dir).map_err(|source| DemoError::Write { path: dir.to_path_buf(), source })?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "certreload demo CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+
+    let files = DemoFiles {
+        dir: dir.to_path_buf(),
+        ca: dir.join("ca.crt"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    write(&files.ca, ca_cert.pem().as_bytes(), 0o644)?;
+    write(&files.cert, leaf.pem().as_bytes(), 0o644)?;
+    write(&files.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    Ok(files)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| DemoError::Write { path: path.to_path_buf(), source })?;
+    f.write_all(bytes).map_err(|source| DemoError::Write { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn prepares_a_ca_signed_certificate_and_a_private_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = prepare(dir.path()).expect("demo files");
+        let cert = fs::read_to_string(&files.cert).expect("cert");
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        let key_mode = fs::metadata(&files.key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(key_mode, 0o600, "private key must not be world-readable");
+        assert!(files.cheat_sheet().contains("mv "));
+        assert_eq!(files.watched().len(), 3);
+    }
+}

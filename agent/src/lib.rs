@@ -1,0 +1,10 @@
+//! certreload: kernel-assisted certificate hot reload for every TLS endpoint on a node.
+//!
+//! The data path, in module order:
+//! kernel event ([`monitor::ebpf`]) or inotify event ([`monitor::inotify`]) → hint
+//! ([`monitor::hint`]) → confirmed change ([`monitor::confirm`]) → consumers such as
+//! [`watch`] (the `certreload watch` command).
+pub mod clock;
+pub mod demo;
+pub mod monitor;
+pub mod watch;

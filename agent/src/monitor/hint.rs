@@ -1,0 +1,61 @@
+//! Hints: "something may have changed these names", from whichever source saw it.
+//!
+//! A hint is never reported as such. The confirmer re-reads the watched paths a hint concerns and
+//! reports a change only if the content or target really changed, carrying the hint's attribution.
+
+use std::ffi::OsString;
+
+use serde::Serialize;
+
+/// Who changed a file, as the kernel saw it at the syscall. Absent for inotify and resync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Writer {
+    /// Thread id that made the syscall.
+    pub pid: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Command name of the thread (`comm`, at most 15 bytes).
+    pub comm: String,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// cgroup v2 id: identifies the pod/container on a Kubernetes node.
+    pub cgroup_id: u64,
+}
+
+/// Where a hint or change came from; printed as `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The eBPF programs (with writer attribution).
+    Ebpf,
+    /// The inotify fallback (no attribution).
+    Inotify,
+    /// The periodic content resync (the backstop for everything hooks cannot see).
+    Resync,
+}
+
+/// Which watched paths a hint concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every watched path whose resolution involves one of these basenames.
+    Names(Vec<OsString>),
+    /// Every watched path (resync, or a kernel path too long to know its basename).
+    All,
+}
+
+/// A finished operation that may have changed watched files.
+#[derive(Debug, Clone)]
+pub struct Hint {
+    /// The paths to re-check.
+    pub scope: Scope,
+    /// Where it was seen.
+    pub source: Source,
+    /// Who did it, when known.
+    pub writer: Option<Writer>,
+    /// `CLOCK_MONOTONIC` nanoseconds when the syscall returned (kernel timestamp), when known.
+    pub kernel_ts_ns: Option<u64>,
+    /// The operation, for the record (`close`, `rename`, `exit`, `IN_CLOSE_WRITE`, `resync`, ...).
+    pub operation: &'static str,
+}

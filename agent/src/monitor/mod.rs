@@ -1,0 +1,263 @@
+//! The change monitor: kernel (or inotify) hints in, confirmed changes out.
+//!
+//! ```text
+//! ebpf::KernelSource ─┐
+//! inotify::InotifySource ─┼─> Hint ─> confirm::Confirmer (re-read, hash, compare) ─> ConfirmedChange
+//! periodic resync ────┘
+//! ```
+//! The monitor knows nothing about certificates: it reports that bytes changed, and who changed them.
+
+pub mod change;
+pub mod confirm;
+pub mod ebpf;
+pub mod hint;
+pub mod inotify;
+pub mod watchset;
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+
+pub use self::{
+    change::{ChangeKind, ConfirmedChange},
+    ebpf::loader::{HookStrategy, KernelStats},
+    hint::{Hint, Scope, Source, Writer},
+};
+use self::{
+    confirm::Confirmer,
+    ebpf::{loader::EbpfUnavailable, KernelSource},
+    inotify::{InotifyError, InotifySource},
+    watchset::WatchSet,
+};
+
+/// Default content resync period: the backstop for everything the hooks cannot see.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+
+/// Which source the caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeRequest {
+    /// eBPF, falling back to inotify (with one warning saying why) when it cannot load.
+    Auto,
+    /// eBPF or fail: for tests and for nodes where attribution is mandatory.
+    Ebpf,
+    /// inotify only.
+    Inotify,
+}
+
+/// What the monitor needs to run.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Paths to watch, as given.
+    pub paths: Vec<PathBuf>,
+    /// Source selection.
+    pub mode: ModeRequest,
+    /// eBPF attachment strategy.
+    pub hook: HookStrategy,
+    /// Content resync period.
+    pub resync: Duration,
+}
+
+/// The source actually in use.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum ActiveMode {
+    /// Kernel hooks.
+    Ebpf {
+        /// Attachment strategy.
+        hook: HookStrategy,
+    },
+    /// inotify fallback.
+    Inotify {
+        /// Why eBPF is not used (`null` when inotify was requested).
+        reason: Option<String>,
+    },
+}
+
+/// The monitor could not start.
+#[derive(Debug, Error)]
+pub enum MonitorError {
+    /// eBPF was required and cannot be used.
+    #[error("eBPF monitor unavailable: {0}")]
+    Ebpf(#[from] EbpfUnavailable),
+    /// The kernel filter could not be loaded.
+    #[error("loading watched names into the kernel filter: {0}")]
+    Filter(#[from] aya::maps::MapError),
+    /// The fallback could not start either.
+    #[error(transparent)]
+    Inotify(#[from] InotifyError),
+    /// Nothing to watch.
+    #[error("no paths to watch")]
+    NoPaths,
+}
+
+/// Counters reported when the monitor stops (and used by the end-to-end tests).
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorStats {
+    /// The source that ran.
+    #[serde(flatten)]
+    pub mode: ActiveMode,
+    /// Kernel counters (eBPF mode).
+    pub kernel: Option<KernelStats>,
+    /// Raw inotify events received (inotify mode).
+    pub inotify_events: Option<u64>,
+    /// Hints processed.
+    pub hints: u64,
+    /// Confirmed changes emitted.
+    pub confirmed: u64,
+    /// Resync passes run.
+    pub resyncs: u64,
+}
+
+enum Active {
+    Kernel(Box<KernelSource>),
+    Inotify(InotifySource),
+}
+
+/// A started monitor: sources attached, baseline taken.
+pub struct Monitor {
+    watch: WatchSet,
+    confirmer: Confirmer,
+    active: Active,
+    mode: ActiveMode,
+    resync: Duration,
+    stats: MonitorStats,
+}
+
+impl Monitor {
+    /// Attaches the source and snapshots every path. Must run inside a tokio runtime.
+    pub fn start(config: &MonitorConfig) -> Result<Self, MonitorError> {
+        if config.paths.is_empty() {
+            return Err(MonitorError::NoPaths);
+        }
+        let watch = WatchSet::new(&config.paths);
+        let (active, mode) = match config.mode {
+            ModeRequest::Inotify => (Active::Inotify(InotifySource::start(&watch.directories())?), ActiveMode::Inotify { reason: None }),
+            ModeRequest::Ebpf => (Active::Kernel(Box::new(start_kernel(config.hook, &watch)?)), ActiveMode::Ebpf { hook: config.hook }),
+            ModeRequest::Auto => match start_kernel(config.hook, &watch) {
+                Ok(k) => (Active::Kernel(Box::new(k)), ActiveMode::Ebpf { hook: config.hook }),
+                Err(e) => {
+                    tracing::warn!(
+                        reason = %e,
+                        "eBPF monitor unavailable; falling back to inotify: changes are still seen, but not attributed to a writer"
+                    );
+                    let reason = Some(e.to_string());
+                    (Active::Inotify(InotifySource::start(&watch.directories())?), ActiveMode::Inotify { reason })
+                }
+            },
+        };
+        let confirmer = Confirmer::new(&watch);
+        let stats = MonitorStats {
+            mode: mode.clone(),
+            kernel: None,
+            inotify_events: None,
+            hints: 0,
+            confirmed: 0,
+            resyncs: 0,
+        };
+        tracing::info!(mode = ?mode, paths = watch.paths().len(), names = watch.all_names().len(), "monitor ready");
+        Ok(Monitor { watch, confirmer, active, mode, resync: config.resync, stats })
+    }
+
+    /// The source in use.
+    pub fn mode(&self) -> &ActiveMode {
+        &self.mode
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped), sending every confirmed change.
+    pub async fn run(mut self, changes: mpsc::Sender<ConfirmedChange>, mut shutdown: watch::Receiver<bool>) -> MonitorStats {
+        let mut resync = tokio::time::interval(self.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await; // the first tick is immediate; the baseline was just taken
+        loop {
+            let hints: Vec<Hint> = tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = resync.tick() => {
+                    self.stats.resyncs += 1;
+                    vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }]
+                }
+                hints = next_hints(&mut self.active) => match hints {
+                    Some(h) => h,
+                    None => break,
+                },
+            };
+            if *shutdown.borrow() {
+                break;
+            }
+            for change in self.confirm(&hints) {
+                self.stats.confirmed += 1;
+                if changes.send(change).await.is_err() {
+                    return self.finish();
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Confirms a batch of hints. Each path is checked once, on behalf of the *last* hint that
+    /// concerns it: the last finished operation is the one that produced what is on disk now.
+    fn confirm(&mut self, hints: &[Hint]) -> Vec<ConfirmedChange> {
+        self.stats.hints += hints.len() as u64;
+        let busy = match &self.active {
+            Active::Kernel(k) => k.busy_files(),
+            Active::Inotify(_) => Default::default(),
+        };
+        let mut claimed = vec![false; self.watch.paths().len()];
+        let mut per_hint: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (h, hint) in hints.iter().enumerate().rev() {
+            let mine: Vec<usize> = self.watch.resolve(&hint.scope).into_iter().filter(|&i| !std::mem::replace(&mut claimed[i], true)).collect();
+            if !mine.is_empty() {
+                per_hint.push((h, mine));
+            }
+        }
+        per_hint.reverse();
+        let mut out = Vec::new();
+        for (h, paths) in per_hint {
+            let hint = &hints[h];
+            out.extend(self.confirmer.check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(&busy, p)));
+        }
+        if !out.is_empty() && self.watch.refresh() {
+            self.reload_names();
+        }
+        out
+    }
+
+    fn reload_names(&mut self) {
+        match &mut self.active {
+            Active::Kernel(k) => {
+                if let Err(e) = k.hooks_mut().set_names(&self.watch.all_names()) {
+                    tracing::error!(error = %e, "updating the kernel filter failed; the resync still covers every path");
+                }
+            }
+            Active::Inotify(i) => i.watch(&self.watch.directories()),
+        }
+    }
+
+    fn finish(mut self) -> MonitorStats {
+        match &self.active {
+            Active::Kernel(k) => self.stats.kernel = Some(k.stats()),
+            Active::Inotify(i) => self.stats.inotify_events = Some(i.raw_events()),
+        }
+        self.stats
+    }
+}
+
+fn start_kernel(hook: HookStrategy, watch: &WatchSet) -> Result<KernelSource, MonitorError> {
+    let mut kernel = KernelSource::start(hook)?;
+    kernel.hooks_mut().set_names(&watch.all_names())?;
+    Ok(kernel)
+}
+
+async fn next_hints(active: &mut Active) -> Option<Vec<Hint>> {
+    match active {
+        Active::Kernel(k) => match k.next_batch().await {
+            Ok(batch) => Some(k.hints(&batch)),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the eBPF ring buffer failed; stopping the monitor");
+                None
+            }
+        },
+        Active::Inotify(i) => i.next_hint().await.map(|h| vec![h]),
+    }
+}

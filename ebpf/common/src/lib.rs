@@ -1,0 +1,229 @@
+//! Everything that crosses the kernel boundary between certreload's eBPF programs and its agent.
+//!
+//! The kernel programs (`ebpf/programs`) and the agent (`agent/`) both compile this crate, so a map
+//! name, a constant or an event layout is written exactly once. Every type here is `#[repr(C)]`,
+//! fixed-size and pointer-free: the kernel writes it into a ring buffer, the agent reads the bytes back.
+#![no_std]
+
+pub mod syscalls;
+
+/// Bytes kept of each path argument, NUL included. Paths longer than this are truncated in the
+/// kernel; the event then carries [`flags::NAME_TRUNCATED`] and the agent treats it as "could be any
+/// watched file" (see the README's coverage section).
+pub const NAME_LEN: usize = 256;
+
+/// Length of a task's `comm`, as the kernel's `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Size of the event ring buffer. 256 KiB holds ~440 events: far more than a certificate rotation
+/// produces between two reads, so a full ring means the agent is stuck, which the drop counter shows.
+pub const RINGBUF_BYTES: u32 = 256 * 1024;
+
+/// Capacity of the watched-name filter (distinct basenames, `..data` included).
+pub const MAX_WATCHED_NAMES: u32 = 4096;
+
+/// Capacity of the table of write-opened watched files (`tgid:fd` pairs) and of pending syscalls.
+pub const MAX_TRACKED: u32 = 8192;
+
+/// Names of the maps the agent opens; the kernel programs declare maps under exactly these names.
+pub mod maps {
+    /// Ring buffer of [`super::RawEvent`]s.
+    pub const EVENTS: &str = "EVENTS";
+    /// `u64` basename hash → `u8` (1): the in-kernel pre-filter, loaded by the agent.
+    pub const WATCHED_NAMES: &str = "WATCHED_NAMES";
+    /// `u64` (`tgid << 32 | fd`) → `u64` basename hash: fds open for writing on a watched name.
+    pub const TRACKED_FDS: &str = "TRACKED_FDS";
+    /// `u32` tgid → `u32` number of its tracked fds, so process exit and exec are checked in O(1).
+    pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+    /// Per-CPU `u64` counters indexed by [`super::stats`].
+    pub const STATS: &str = "STATS";
+}
+
+/// Indexes of the per-CPU counters in the `STATS` map. The agent sums them over CPUs.
+pub mod stats {
+    /// Events written to the ring buffer.
+    pub const EMITTED: u32 = 0;
+    /// Events lost because the ring buffer was full (failed reservation).
+    pub const DROPPED: u32 = 1;
+    /// Path arguments examined in the kernel and discarded because their basename is not watched.
+    pub const FILTERED: u32 = 2;
+    /// Watched-file syscalls lost because the pending-syscall table was full.
+    pub const PENDING_LOST: u32 = 3;
+    /// Write-opened watched fds not tracked because the fd table was full.
+    pub const TRACK_LOST: u32 = 4;
+    /// Number of counters.
+    pub const LEN: u32 = 5;
+}
+
+/// Slots of the `GATES` array: global counts the programs read first, so that when nothing is
+/// pending or tracked (the normal state) an unrelated syscall costs one array load.
+pub mod gates {
+    /// Number of tracked write-opened fds (may over-count after exec or close_range; never under).
+    pub const TRACKED_FDS: u32 = 0;
+    /// Number of syscalls entered on a watched name whose exit has not been seen yet.
+    pub const PENDING: u32 = 1;
+    /// Number of slots.
+    pub const LEN: u32 = 2;
+}
+
+/// What happened, as reported by the kernel. Values of [`RawEvent::kind`].
+pub mod kind {
+    /// open/openat/openat2/creat with write intent on a watched name succeeded; `fd` is the new fd.
+    pub const OPEN_WRITE: u32 = 1;
+    /// A tracked fd was closed: writing through it is finished.
+    pub const CLOSE: u32 = 2;
+    /// A process exited while holding tracked fds (no close was seen for them).
+    pub const EXIT: u32 = 3;
+    /// A process holding tracked fds called execve; close-on-exec fds are gone without a close.
+    pub const EXEC: u32 = 4;
+    /// rename/renameat/renameat2: `name` is the source, `name2` the destination.
+    pub const RENAME: u32 = 5;
+    /// link/linkat: `name` is the existing path, `name2` the new link.
+    pub const LINK: u32 = 6;
+    /// symlink/symlinkat: `name` is the link target, `name2` the new symlink.
+    pub const SYMLINK: u32 = 7;
+    /// unlink/unlinkat on a watched name.
+    pub const UNLINK: u32 = 8;
+    /// truncate(path) on a watched name.
+    pub const TRUNCATE: u32 = 9;
+    /// ftruncate on a tracked fd.
+    pub const FTRUNCATE: u32 = 10;
+    /// dup/dup2/dup3/fcntl(F_DUPFD*) involving a tracked fd: `fd` is the old fd, `fd2` the new one.
+    pub const DUP: u32 = 11;
+    /// close_range over a process that holds tracked fds: `fd`..=`fd2` are closed.
+    pub const CLOSE_RANGE: u32 = 12;
+}
+
+/// Bits of [`RawEvent::event_flags`].
+pub mod flags {
+    /// `name` was longer than [`super::NAME_LEN`] and is truncated: its basename is unknown.
+    pub const NAME_TRUNCATED: u32 = 1;
+    /// `name2` was longer than [`super::NAME_LEN`] and is truncated.
+    pub const NAME2_TRUNCATED: u32 = 2;
+}
+
+/// Open flags that mean "this open may change the file's content" (`O_WRONLY | O_RDWR | O_CREAT |
+/// O_TRUNC`, the same values on every Linux architecture that uses the generic flags).
+pub const OPEN_WRITE_INTENT: u64 = 0o1 | 0o2 | 0o100 | 0o1000;
+
+/// One kernel observation, exactly as the programs write it to the ring buffer.
+///
+/// It is a hint, not a verdict: the agent re-reads the files it may concern before it reports a
+/// change. Every field is plain data so the bytes can be copied out of the ring without parsing.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall returned.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the writer (`bpf_get_current_cgroup_id`): names the pod/container.
+    pub cgroup_id: u64,
+    /// Syscall return value (fd for opens and dups, 0 or -errno otherwise).
+    pub ret: i64,
+    /// Raw syscall flags (open flags, rename flags, ...).
+    pub syscall_flags: u64,
+    /// Thread id of the caller.
+    pub pid: u32,
+    /// Process id (thread group id) of the caller.
+    pub tgid: u32,
+    /// Real uid of the caller.
+    pub uid: u32,
+    /// Real gid of the caller.
+    pub gid: u32,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Bits of [`flags`].
+    pub event_flags: u32,
+    /// The fd concerned (see [`kind`]); -1 when none.
+    pub fd: i32,
+    /// The second fd (dup target, end of close_range); -1 when none.
+    pub fd2: i32,
+    /// `comm` of the calling thread, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// First path argument as the caller passed it (relative or absolute), NUL-terminated.
+    pub name: [u8; NAME_LEN],
+    /// Second path argument (rename/link/symlink destination), NUL-terminated; empty when none.
+    pub name2: [u8; NAME_LEN],
+}
+
+impl RawEvent {
+    /// An all-zero event, used by the agent's decoder and tests.
+    pub const fn zeroed() -> Self {
+        RawEvent {
+            ts_ns: 0,
+            cgroup_id: 0,
+            ret: 0,
+            syscall_flags: 0,
+            pid: 0,
+            tgid: 0,
+            uid: 0,
+            gid: 0,
+            kind: 0,
+            event_flags: 0,
+            fd: -1,
+            fd2: -1,
+            comm: [0; COMM_LEN],
+            name: [0; NAME_LEN],
+            name2: [0; NAME_LEN],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: RawEvent is repr(C), Copy, holds only integers and byte arrays, and has no padding
+// (checked by `raw_event_has_no_padding`), so any bit pattern is a valid value.
+unsafe impl aya::Pod for RawEvent {}
+
+/// FNV-1a offset basis; the basename hash starts here and restarts here after every `/`.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a prime.
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of the basename hash; the kernel's loop and [`basename_hash`] share it so they cannot
+/// disagree.
+#[inline(always)]
+pub const fn basename_hash_step(hash: u64, byte: u8) -> u64 {
+    if byte == b'/' {
+        FNV_OFFSET
+    } else {
+        (hash ^ byte as u64).wrapping_mul(FNV_PRIME)
+    }
+}
+
+/// FNV-1a of the last path component of `path` (bytes after the last `/`, up to a NUL).
+///
+/// The kernel computes it in one pass over the syscall's path argument without finding the last
+/// slash first, which is why the hash restarts at every `/`. The agent uses this function to load
+/// the filter, so a name is matched exactly when its basename bytes are equal (modulo collisions,
+/// which only cost a needless re-check in userspace).
+pub const fn basename_hash(path: &[u8]) -> u64 {
+    let mut hash = FNV_OFFSET;
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == 0 {
+            break;
+        }
+        hash = basename_hash_step(hash, path[i]);
+        i += 1;
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basename_hash_ignores_directories() {
+        assert_eq!(basename_hash(b"/etc/kubernetes/pki/ca.crt"), basename_hash(b"ca.crt"));
+        assert_eq!(basename_hash(b"../pki/ca.crt\0garbage"), basename_hash(b"ca.crt"));
+        assert_ne!(basename_hash(b"/pki/ca.crt"), basename_hash(b"/pki/ca.key"));
+        assert_eq!(basename_hash(b"..data"), basename_hash(b"/vol/..data"));
+    }
+
+    #[test]
+    fn raw_event_has_no_padding() {
+        let fields = 8 * 4 + 4 * 8 + COMM_LEN + 2 * NAME_LEN;
+        assert_eq!(core::mem::size_of::<RawEvent>(), fields);
+        assert_eq!(core::mem::align_of::<RawEvent>(), 8);
+    }
+}

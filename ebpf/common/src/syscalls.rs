@@ -1,0 +1,78 @@
+//! The syscalls certreload hooks, and the names of the programs that hook them.
+//!
+//! Two attachment strategies exist (see the README's "Hook choice"): one raw tracepoint on
+//! `sys_enter`/`sys_exit` that dispatches on the syscall number (x86_64 numbers below, since the BPF
+//! object is architecture-neutral but syscall numbers are not), and one classic
+//! `syscalls:sys_enter_*` tracepoint per syscall plus a shared `sys_exit_*` program.
+
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+pub mod x86_64 {
+    #![allow(missing_docs)]
+    pub const OPEN: i64 = 2;
+    pub const CLOSE: i64 = 3;
+    pub const DUP: i64 = 32;
+    pub const DUP2: i64 = 33;
+    pub const FCNTL: i64 = 72;
+    pub const TRUNCATE: i64 = 76;
+    pub const FTRUNCATE: i64 = 77;
+    pub const RENAME: i64 = 82;
+    pub const CREAT: i64 = 85;
+    pub const LINK: i64 = 86;
+    pub const UNLINK: i64 = 87;
+    pub const SYMLINK: i64 = 88;
+    pub const OPENAT: i64 = 257;
+    pub const UNLINKAT: i64 = 263;
+    pub const RENAMEAT: i64 = 264;
+    pub const LINKAT: i64 = 265;
+    pub const SYMLINKAT: i64 = 266;
+    pub const DUP3: i64 = 292;
+    pub const RENAMEAT2: i64 = 316;
+    pub const CLOSE_RANGE: i64 = 436;
+    pub const OPENAT2: i64 = 437;
+
+    /// Byte offsets in x86_64 `struct pt_regs` of the six syscall arguments (di, si, dx, r10, r8, r9).
+    pub const PT_REGS_ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+}
+
+/// `fcntl` commands that duplicate an fd.
+pub const F_DUPFD: u64 = 0;
+/// `fcntl(F_DUPFD_CLOEXEC)`.
+pub const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// Raw-tracepoint programs: (program name, raw tracepoint name).
+pub const RAW_PROGRAMS: [(&str, &str); 4] = [
+    ("cr_sys_enter", "sys_enter"),
+    ("cr_sys_exit", "sys_exit"),
+    ("cr_process_exit", "sched_process_exit"),
+    ("cr_process_exec", "sched_process_exec"),
+];
+
+/// Classic `syscalls` tracepoint programs for the per-syscall strategy: (program name, syscall).
+/// Each is attached to `syscalls:sys_enter_<syscall>`; `cr_tp_exit` is attached to every matching
+/// `syscalls:sys_exit_<syscall>`.
+pub const TRACEPOINT_PROGRAMS: [(&str, &str); 21] = [
+    ("cr_tp_open", "open"),
+    ("cr_tp_openat", "openat"),
+    ("cr_tp_openat2", "openat2"),
+    ("cr_tp_creat", "creat"),
+    ("cr_tp_close", "close"),
+    ("cr_tp_close_range", "close_range"),
+    ("cr_tp_dup", "dup"),
+    ("cr_tp_dup2", "dup2"),
+    ("cr_tp_dup3", "dup3"),
+    ("cr_tp_fcntl", "fcntl"),
+    ("cr_tp_rename", "rename"),
+    ("cr_tp_renameat", "renameat"),
+    ("cr_tp_renameat2", "renameat2"),
+    ("cr_tp_link", "link"),
+    ("cr_tp_linkat", "linkat"),
+    ("cr_tp_symlink", "symlink"),
+    ("cr_tp_symlinkat", "symlinkat"),
+    ("cr_tp_unlink", "unlink"),
+    ("cr_tp_unlinkat", "unlinkat"),
+    ("cr_tp_truncate", "truncate"),
+    ("cr_tp_ftruncate", "ftruncate"),
+];
+
+/// The exit program shared by every classic tracepoint.
+pub const TRACEPOINT_EXIT_PROGRAM: &str = "cr_tp_exit";
