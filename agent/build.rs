@@ -7,12 +7,14 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CERTRELOAD_BPF_OBJECT");
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let object = env::var_os("CERTRELOAD_BPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../target/bpf/bpfel-unknown-none/release/certreload")
-    });
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let object = env::var_os("CERTRELOAD_BPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target/bpf/bpfel-unknown-none/release/certreload"));
     println!("cargo:rerun-if-changed={}", object.display());
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("certreload.bpf.o");
+    let out =
+        PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("certreload.bpf.o");
     let bytes = fs::read(&object).unwrap_or_default();
     if bytes.is_empty() {
         println!(

@@ -65,6 +65,10 @@ pub enum Command {
 impl MonitorArgs {
     /// The options the demo uses when `certreload` runs without a command.
     pub fn default_for_demo() -> Self {
-        MonitorArgs { mode: ModeRequest::Auto, hook: HookStrategy::default_for_host(), resync: DEFAULT_RESYNC.as_secs_f64() }
+        MonitorArgs {
+            mode: ModeRequest::Auto,
+            hook: HookStrategy::default_for_host(),
+            resync: DEFAULT_RESYNC.as_secs_f64(),
+        }
     }
 }

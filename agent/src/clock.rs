@@ -2,7 +2,10 @@
 
 /// Nanoseconds of `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns()` reads in the kernel.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -14,7 +17,8 @@ pub fn now_rfc3339() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
-    now.format(&format).unwrap_or_else(|_| now.unix_timestamp().to_string())
+    now.format(&format)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

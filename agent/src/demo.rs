@@ -65,16 +65,23 @@ impl DemoFiles {
 
 /// Creates `dir` with a fresh CA, server certificate and key.
 pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
-    fs::create_dir_all(dir).map_err(|source| DemoError::Write { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| DemoError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "certreload demo CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "certreload demo CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate()?;
     let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
     let files = DemoFiles {
@@ -96,8 +103,14 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
         .truncate(true)
         .mode(mode)
         .open(path)
-        .map_err(|source| DemoError::Write { path: path.to_path_buf(), source })?;
-    f.write_all(bytes).map_err(|source| DemoError::Write { path: path.to_path_buf(), source })
+        .map_err(|source| DemoError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    f.write_all(bytes).map_err(|source| DemoError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,12 @@ use clap::Parser;
 use cli::{Cli, Command, MonitorArgs};
 
 fn monitor_config(paths: Vec<std::path::PathBuf>, args: &MonitorArgs) -> MonitorConfig {
-    MonitorConfig { paths, mode: args.mode, hook: args.hook, resync: args.resync() }
+    MonitorConfig {
+        paths,
+        mode: args.mode,
+        hook: args.hook,
+        resync: args.resync(),
+    }
 }
 
 #[tokio::main]
@@ -23,10 +28,15 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Watch { paths, output, monitor }) => {
+        Some(Command::Watch {
+            paths,
+            output,
+            monitor,
+        }) => {
             watch::run(monitor_config(paths, &monitor), output).await?;
         }
         Some(Command::Demo { dir, monitor }) => run_demo(dir, &monitor).await?,
@@ -36,8 +46,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_demo(dir: Option<std::path::PathBuf>, args: &MonitorArgs) -> anyhow::Result<()> {
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("certreload-demo-{}", std::process::id())));
-    let files = demo::prepare(&dir).with_context(|| format!("preparing the demo in {}", dir.display()))?;
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("certreload-demo-{}", std::process::id()))
+    });
+    let files =
+        demo::prepare(&dir).with_context(|| format!("preparing the demo in {}", dir.display()))?;
     eprintln!("{}", files.cheat_sheet());
     watch::run(monitor_config(files.watched(), args), Output::Text).await?;
     Ok(())

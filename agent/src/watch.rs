@@ -60,8 +60,16 @@ pub async fn run(config: MonitorConfig, output: Output) -> Result<MonitorStats, 
     }
     let _ = stop_tx.send(true);
     drop(rx);
-    let stats = task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    eprintln!("{}", serde_json::to_string(&StatsLine { monitor_stats: &stats }).unwrap_or_default());
+    let stats = task
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    eprintln!(
+        "{}",
+        serde_json::to_string(&StatsLine {
+            monitor_stats: &stats
+        })
+        .unwrap_or_default()
+    );
     Ok(stats)
 }
 

@@ -1,1 +1,266 @@
+//! Harness for certreload's end-to-end tests: start the real binary, drive real processes against
+//! real files, read what it prints.
+//!
+//! Tests that need eBPF (root, the built object, a kernel that accepts the programs) skip with a
+//! message on a developer machine, and fail under `CI=true`, where eBPF must work.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// How long to wait for an expected change before failing (generous: tests assert behaviour, not
+/// speed; the benchmark measures latency).
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// True when running under CI, where nothing may be skipped.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (returns from) the test with a message, or fails under CI.
+#[macro_export]
+macro_rules! skip_unless {
+    ($cond:expr, $why:expr) => {
+        if !$cond {
+            if $crate::ci() {
+                panic!("CI=true: cannot skip: {}", $why);
+            }
+            eprintln!("SKIP: {}", $why);
+            return;
+        }
+    };
+}
+
+/// The certreload binary under test: `CERTRELOAD_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build, built on demand.
+pub fn certreload_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CERTRELOAD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf();
+    let bin = root.join("target/debug/certreload");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "certreload",
+                "--bin",
+                "certreload",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building certreload failed");
+    });
+    bin
+}
+
+/// SHA-256 hex of `bytes`, as certreload prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Which change source the agent runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `--mode ebpf`: must load, attributes writers.
+    Ebpf,
+    /// `--mode inotify`: the fallback, never attributes.
+    Inotify,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Inotify => "inotify",
+        }
+    }
+}
+
+/// A running `certreload watch --output json`.
+pub struct Watch {
+    child: Child,
+    changes: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: Arc<Mutex<String>>,
+    /// The mode it runs in.
+    pub mode: Mode,
+}
+
+impl Watch {
+    /// Starts watching `paths`; `None` when the test must be skipped (eBPF unavailable outside CI).
+    pub fn start(mode: Mode, paths: &[&Path], extra: &[&str]) -> Option<Watch> {
+        if mode == Mode::Ebpf && !is_root() {
+            assert!(!ci(), "CI=true: eBPF tests must run as root");
+            eprintln!("SKIP: eBPF tests need root");
+            return None;
+        }
+        let mut child = Command::new(certreload_bin())
+            .args(["watch", "--output", "json", "--mode", mode.arg()])
+            .args(extra)
+            .args(paths)
+            .env("CERTRELOAD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("certreload starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let pipe = child.stderr.take().expect("stderr piped");
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains("monitor ready") {
+                        let _ = ready_tx.send(());
+                    }
+                    let mut s = stderr.lock().expect("stderr buffer");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let (tx, changes) = mpsc::channel();
+        {
+            let pipe = child.stdout.take().expect("stdout piped");
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let value: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    if tx.send(value).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        if ready_rx.recv_timeout(EVENT_DEADLINE).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            let log = stderr.lock().expect("stderr buffer").clone();
+            if mode == Mode::Ebpf && !ci() && log.contains("eBPF monitor unavailable") {
+                eprintln!("SKIP: eBPF unavailable here:\n{log}");
+                return None;
+            }
+            panic!(
+                "certreload watch --mode {} did not become ready:\n{log}",
+                mode.arg()
+            );
+        }
+        Some(Watch {
+            child,
+            changes,
+            seen: Vec::new(),
+            stderr,
+            mode,
+        })
+    }
+
+    /// Waits for a change of `path` satisfying `pred`; earlier non-matching changes are kept and
+    /// returned by [`Watch::stop`].
+    pub fn expect(&mut self, path: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        let path_str = path.to_string_lossy().into_owned();
+        if let Some(i) = self
+            .seen
+            .iter()
+            .position(|c| c["path"] == path_str.as_str() && pred(c))
+        {
+            return self.seen.remove(i);
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.changes.recv_timeout(left) {
+                Ok(change) if change["path"] == path_str.as_str() && pred(&change) => return change,
+                Ok(other) => self.seen.push(other),
+                Err(_) => panic!(
+                    "no change of {path_str} ({what}) within {EVENT_DEADLINE:?}; other changes: {:#?}\nagent log:\n{}",
+                    self.seen,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("stderr buffer").clone()
+    }
+
+    /// Stops the agent (SIGTERM) and returns the changes not consumed by [`Watch::expect`] and its
+    /// final `monitor_stats`.
+    pub fn stop(mut self) -> (Vec<Value>, Value) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("agent exits");
+        while let Ok(c) = self.changes.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log();
+        assert!(status.success(), "agent exited with {status}:\n{log}");
+        let stats = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("monitor_stats").cloned())
+            .unwrap_or_else(|| panic!("no monitor_stats line in:\n{log}"));
+        (self.seen, stats)
+    }
+}
+
+/// Runs `command` to completion and returns its pid (the writer the kernel must report).
+pub fn run_writer(command: &mut Command) -> u32 {
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id();
+    let status = child.wait().expect("writer exits");
+    assert!(status.success(), "{command:?} failed: {status}");
+    pid
+}
+
+/// Asserts the attribution a change must carry in `mode`: the writer's comm and pid under eBPF,
+/// none under inotify (which cannot know).
+pub fn assert_writer(mode: Mode, change: &Value, comm: &str, pid: Option<u32>) {
+    match mode {
+        Mode::Ebpf => {
+            let w = &change["writer"];
+            assert_eq!(w["comm"], comm, "writer comm in {change:#}");
+            if let Some(pid) = pid {
+                assert_eq!(w["tgid"], pid, "writer pid in {change:#}");
+            }
+            assert!(
+                change["latency_us"].is_u64(),
+                "eBPF changes carry a latency: {change:#}"
+            );
+            assert_eq!(change["source"], "ebpf");
+        }
+        Mode::Inotify => {
+            assert!(
+                change["writer"].is_null(),
+                "inotify cannot attribute: {change:#}"
+            );
+            assert_eq!(change["source"], "inotify");
+        }
+    }
+}

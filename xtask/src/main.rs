@@ -1,1 +1,117 @@
-fn main(){}
+//! `cargo xtask`: every way to build, run, test and measure certreload, installs included.
+//!
+//! Each subcommand is idempotent and prints what it does. Nothing here is needed at run time.
+
+mod bench;
+mod build;
+mod cmd;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark certreload"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make sure the nightly has rust-src, build (or reuse) bpf-linker against the nightly's own
+    /// LLVM, and install the Debian packages the tests and benchmarks use.
+    Setup,
+    /// Build the eBPF object, then the agent with the object embedded.
+    Build {
+        /// Build the agent in release mode (the eBPF object is always optimised).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `certreload ARGS` (no ARGS: the built-in demo).
+    Run {
+        /// Build the agent in release mode.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for certreload.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then format/lint checks and every test (unit and privileged end-to-end).
+    Test,
+    /// Benchmarks; prints tables with the peers measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => {
+            setup::toolchain()?;
+            setup::packages()?;
+        }
+        Command::Build { release } => {
+            build::all(release)?;
+        }
+        Command::Run { release, args } => {
+            let built = build::all(release)?;
+            cmd::exec(&built.agent, &args)?;
+        }
+        Command::Test => test()?,
+        Command::Bench { which } => {
+            setup::packages()?;
+            let built = build::all(true)?;
+            bench::run(which, &built)?;
+        }
+    }
+    Ok(())
+}
+
+/// What CI runs. Under `CI=true` a missing eBPF toolchain is an error, never a silent skip.
+fn test() -> Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if let Err(e) = setup::toolchain() {
+        if ci {
+            return Err(e.context("CI=true: the eBPF toolchain is required"));
+        }
+        eprintln!("xtask: eBPF toolchain unavailable ({e:#}); testing the fallback only");
+    }
+    setup::packages()?;
+    let built = build::all(false)?;
+    let root = cmd::workspace_root();
+    cmd::run(
+        cmd::cargo()
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&root),
+    )?;
+    cmd::run(
+        cmd::cargo()
+            .args(["fmt", "--check"])
+            .current_dir(root.join("ebpf/programs")),
+    )?;
+    cmd::run(
+        built
+            .cargo_env(&mut cmd::cargo())
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root),
+    )?;
+    cmd::run(
+        built
+            .cargo_env(&mut cmd::cargo())
+            .args(["test", "--workspace"])
+            .current_dir(&root),
+    )?;
+    Ok(())
+}

@@ -54,12 +54,25 @@ impl ConfirmedChange {
             ChangeKind::Removed => "removed",
         };
         let who = match &self.writer {
-            Some(w) => format!("by {}[{}] uid={} cgroup={}", w.comm, w.tgid, w.uid, w.cgroup_id),
+            Some(w) => format!(
+                "by {}[{}] uid={} cgroup={}",
+                w.comm, w.tgid, w.uid, w.cgroup_id
+            ),
             None => "by unknown writer".to_string(),
         };
-        let sha = self.sha256.as_deref().map(|s| &s[..16.min(s.len())]).unwrap_or("-");
-        let latency = self.latency_us.map(|l| format!(", {l}us")).unwrap_or_default();
-        let source = serde_json::to_value(self.source).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let sha = self
+            .sha256
+            .as_deref()
+            .map(|s| &s[..16.min(s.len())])
+            .unwrap_or("-");
+        let latency = self
+            .latency_us
+            .map(|l| format!(", {l}us"))
+            .unwrap_or_default();
+        let source = serde_json::to_value(self.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         format!(
             "{} {kind} {} {who} via {} ({source}{latency}) sha256={sha}",
             self.ts,

@@ -47,7 +47,10 @@ impl FileState {
         };
         let meta = file.metadata()?;
         if meta.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory",
+            ));
         }
         let mut hasher = Sha256::new();
         let mut buf = [0u8; 16 * 1024];
@@ -59,12 +62,20 @@ impl FileState {
             }
             total += n as u64;
             if total > MAX_HASHED_BYTES {
-                return Err(io::Error::new(io::ErrorKind::FileTooLarge, "larger than 64 MiB"));
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "larger than 64 MiB",
+                ));
             }
             hasher.update(&buf[..n]);
         }
         let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(Some(FileState { resolved, dev: meta.dev(), ino: meta.ino(), sha256: hasher.finalize().into() }))
+        Ok(Some(FileState {
+            resolved,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            sha256: hasher.finalize().into(),
+        }))
     }
 
     fn same_file(&self, other: &FileState) -> bool {
@@ -78,9 +89,11 @@ pub fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<Chan
         (None, None) => None,
         (None, Some(_)) => Some(ChangeKind::Created),
         (Some(_), None) => Some(ChangeKind::Removed),
-        (Some(a), Some(b)) if a.sha256 != b.sha256 => {
-            Some(if a.same_file(b) { ChangeKind::Modified } else { ChangeKind::Replaced })
-        }
+        (Some(a), Some(b)) if a.sha256 != b.sha256 => Some(if a.same_file(b) {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Replaced
+        }),
         // Same bytes: only a new target counts (a symlink swap to identical content is still a
         // rotation someone performed); a new inode under the same name with the same bytes is not.
         (Some(a), Some(b)) if a.resolved != b.resolved => Some(ChangeKind::Replaced),
@@ -97,7 +110,11 @@ pub struct Confirmer {
 impl Confirmer {
     /// Takes the initial snapshot: what is there at start is the baseline, not a change.
     pub fn new(watch: &WatchSet) -> Self {
-        let states = watch.paths().iter().map(|p| read_quietly(&p.absolute)).collect();
+        let states = watch
+            .paths()
+            .iter()
+            .map(|p| read_quietly(&p.absolute))
+            .collect();
         Confirmer { states }
     }
 
@@ -145,7 +162,9 @@ impl Confirmer {
                 self.states[i] = new;
                 continue;
             };
-            let latency_us = hint.kernel_ts_ns.map(|ts| clock::monotonic_ns().saturating_sub(ts) / 1000);
+            let latency_us = hint
+                .kernel_ts_ns
+                .map(|ts| clock::monotonic_ns().saturating_sub(ts) / 1000);
             changes.push(ConfirmedChange {
                 ts: clock::now_rfc3339(),
                 path: path.given.clone(),
@@ -196,18 +215,27 @@ mod tests {
         let mut c = Confirmer::new(&watch);
         let never_busy = |_: &Path| false;
 
-        assert!(c.check(&watch, &hint(&["tls.crt"]), never_busy).is_empty(), "no change yet");
+        assert!(
+            c.check(&watch, &hint(&["tls.crt"]), never_busy).is_empty(),
+            "no change yet"
+        );
 
         std::fs::write(&path, "B").expect("write");
         let ch = c.check(&watch, &hint(&["tls.crt"]), never_busy);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].kind, ChangeKind::Modified);
-        assert_eq!(ch[0].sha256.as_deref(), Some(hex::encode(Sha256::digest(b"B")).as_str()));
+        assert_eq!(
+            ch[0].sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(b"B")).as_str())
+        );
 
         let tmp = dir.path().join("tmp");
         std::fs::write(&tmp, "C").expect("write");
         std::fs::rename(&tmp, &path).expect("rename");
-        assert_eq!(c.check(&watch, &hint(&["tls.crt"]), never_busy)[0].kind, ChangeKind::Replaced);
+        assert_eq!(
+            c.check(&watch, &hint(&["tls.crt"]), never_busy)[0].kind,
+            ChangeKind::Replaced
+        );
 
         std::fs::remove_file(&path).expect("rm");
         let ch = c.check(&watch, &hint(&["tls.crt"]), never_busy);
@@ -215,7 +243,10 @@ mod tests {
         assert_eq!(ch[0].sha256, None);
 
         std::fs::write(&path, "D").expect("write");
-        assert_eq!(c.check(&watch, &hint(&["tls.crt"]), never_busy)[0].kind, ChangeKind::Created);
+        assert_eq!(
+            c.check(&watch, &hint(&["tls.crt"]), never_busy)[0].kind,
+            ChangeKind::Created
+        );
     }
 
     #[test]
@@ -227,16 +258,30 @@ mod tests {
         let mut c = Confirmer::new(&watch);
         std::fs::write(&path, "B").expect("write");
         assert!(c.check(&watch, &hint(&["other.key"]), |_| false).is_empty());
-        assert!(c.check(&watch, &hint(&["tls.key"]), |_| true).is_empty(), "busy path is deferred");
+        assert!(
+            c.check(&watch, &hint(&["tls.key"]), |_| true).is_empty(),
+            "busy path is deferred"
+        );
         assert_eq!(c.check(&watch, &hint(&["tls.key"]), |_| false).len(), 1);
     }
 
     #[test]
     fn identical_content_under_a_new_inode_is_not_a_change() {
-        let a = FileState { resolved: "/x".into(), dev: 1, ino: 1, sha256: [1; 32] };
-        let b = FileState { ino: 2, ..a.clone() };
+        let a = FileState {
+            resolved: "/x".into(),
+            dev: 1,
+            ino: 1,
+            sha256: [1; 32],
+        };
+        let b = FileState {
+            ino: 2,
+            ..a.clone()
+        };
         assert_eq!(classify(Some(&a), Some(&b)), None);
-        let c = FileState { resolved: "/y".into(), ..a.clone() };
+        let c = FileState {
+            resolved: "/y".into(),
+            ..a.clone()
+        };
         assert_eq!(classify(Some(&a), Some(&c)), Some(ChangeKind::Replaced));
     }
 }

@@ -36,7 +36,12 @@ impl InotifySource {
             // The receiver only goes away at shutdown.
             let _ = tx.send(res);
         })?;
-        let mut source = InotifySource { watcher, events, watched: BTreeSet::new(), raw_events: 0 };
+        let mut source = InotifySource {
+            watcher,
+            events,
+            watched: BTreeSet::new(),
+            raw_events: 0,
+        };
         source.watch(directories);
         Ok(source)
     }
@@ -48,7 +53,9 @@ impl InotifySource {
                 Ok(()) => {
                     self.watched.insert(dir.clone());
                 }
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory (yet)"),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory (yet)")
+                }
             }
         }
     }
@@ -87,7 +94,9 @@ fn to_hint(event: &Event) -> Option<Hint> {
             // A new regular file with one link is being written: wait for IN_CLOSE_WRITE. A symlink
             // or a hard link (more than one link) is complete as soon as it exists.
             let complete = event.paths.iter().any(|p| {
-                std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink() || m.nlink() > 1).unwrap_or(false)
+                std::fs::symlink_metadata(p)
+                    .map(|m| m.file_type().is_symlink() || m.nlink() > 1)
+                    .unwrap_or(false)
             });
             if !complete {
                 return None;
@@ -96,6 +105,16 @@ fn to_hint(event: &Event) -> Option<Hint> {
         }
         _ => return None,
     };
-    let names = event.paths.iter().filter_map(|p| p.file_name().map(|n| n.to_os_string())).collect();
-    Some(Hint { scope: Scope::Names(names), source: Source::Inotify, writer: None, kernel_ts_ns: None, operation })
+    let names = event
+        .paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
+    Some(Hint {
+        scope: Scope::Names(names),
+        source: Source::Inotify,
+        writer: None,
+        kernel_ts_ns: None,
+        operation,
+    })
 }

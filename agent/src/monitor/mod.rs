@@ -133,17 +133,29 @@ impl Monitor {
         }
         let watch = WatchSet::new(&config.paths);
         let (active, mode) = match config.mode {
-            ModeRequest::Inotify => (Active::Inotify(InotifySource::start(&watch.directories())?), ActiveMode::Inotify { reason: None }),
-            ModeRequest::Ebpf => (Active::Kernel(Box::new(start_kernel(config.hook, &watch)?)), ActiveMode::Ebpf { hook: config.hook }),
+            ModeRequest::Inotify => (
+                Active::Inotify(InotifySource::start(&watch.directories())?),
+                ActiveMode::Inotify { reason: None },
+            ),
+            ModeRequest::Ebpf => (
+                Active::Kernel(Box::new(start_kernel(config.hook, &watch)?)),
+                ActiveMode::Ebpf { hook: config.hook },
+            ),
             ModeRequest::Auto => match start_kernel(config.hook, &watch) {
-                Ok(k) => (Active::Kernel(Box::new(k)), ActiveMode::Ebpf { hook: config.hook }),
+                Ok(k) => (
+                    Active::Kernel(Box::new(k)),
+                    ActiveMode::Ebpf { hook: config.hook },
+                ),
                 Err(e) => {
                     tracing::warn!(
                         reason = %e,
                         "eBPF monitor unavailable; falling back to inotify: changes are still seen, but not attributed to a writer"
                     );
                     let reason = Some(e.to_string());
-                    (Active::Inotify(InotifySource::start(&watch.directories())?), ActiveMode::Inotify { reason })
+                    (
+                        Active::Inotify(InotifySource::start(&watch.directories())?),
+                        ActiveMode::Inotify { reason },
+                    )
                 }
             },
         };
@@ -157,7 +169,14 @@ impl Monitor {
             resyncs: 0,
         };
         tracing::info!(mode = ?mode, paths = watch.paths().len(), names = watch.all_names().len(), "monitor ready");
-        Ok(Monitor { watch, confirmer, active, mode, resync: config.resync, stats })
+        Ok(Monitor {
+            watch,
+            confirmer,
+            active,
+            mode,
+            resync: config.resync,
+            stats,
+        })
     }
 
     /// The source in use.
@@ -166,7 +185,11 @@ impl Monitor {
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), sending every confirmed change.
-    pub async fn run(mut self, changes: mpsc::Sender<ConfirmedChange>, mut shutdown: watch::Receiver<bool>) -> MonitorStats {
+    pub async fn run(
+        mut self,
+        changes: mpsc::Sender<ConfirmedChange>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> MonitorStats {
         let mut resync = tokio::time::interval(self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await; // the first tick is immediate; the baseline was just taken
@@ -206,7 +229,12 @@ impl Monitor {
         let mut claimed = vec![false; self.watch.paths().len()];
         let mut per_hint: Vec<(usize, Vec<usize>)> = Vec::new();
         for (h, hint) in hints.iter().enumerate().rev() {
-            let mine: Vec<usize> = self.watch.resolve(&hint.scope).into_iter().filter(|&i| !std::mem::replace(&mut claimed[i], true)).collect();
+            let mine: Vec<usize> = self
+                .watch
+                .resolve(&hint.scope)
+                .into_iter()
+                .filter(|&i| !std::mem::replace(&mut claimed[i], true))
+                .collect();
             if !mine.is_empty() {
                 per_hint.push((h, mine));
             }
@@ -215,7 +243,10 @@ impl Monitor {
         let mut out = Vec::new();
         for (h, paths) in per_hint {
             let hint = &hints[h];
-            out.extend(self.confirmer.check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(&busy, p)));
+            out.extend(
+                self.confirmer
+                    .check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(&busy, p)),
+            );
         }
         if !out.is_empty() && self.watch.refresh() {
             self.reload_names();

@@ -41,7 +41,11 @@ impl WatchSet {
         let mut set = WatchSet::default();
         for path in given {
             let absolute = lexical_absolute(&cwd, path);
-            set.paths.push(WatchedPath { given: path.clone(), names: BTreeSet::new(), absolute });
+            set.paths.push(WatchedPath {
+                given: path.clone(),
+                names: BTreeSet::new(),
+                absolute,
+            });
         }
         set.refresh();
         set
@@ -65,7 +69,10 @@ impl WatchSet {
 
     /// Every distinct trigger name (what the kernel filter must hold).
     pub fn all_names(&self) -> BTreeSet<OsString> {
-        self.paths.iter().flat_map(|p| p.names.iter().cloned()).collect()
+        self.paths
+            .iter()
+            .flat_map(|p| p.names.iter().cloned())
+            .collect()
     }
 
     /// Indexes of the paths concerned by an operation on `name` (any path; its basename is used).
@@ -79,7 +86,11 @@ impl WatchSet {
         match scope {
             Scope::All => (0..self.paths.len()).collect(),
             Scope::Names(names) => {
-                let mut v: Vec<usize> = names.iter().flat_map(|n| self.concerned_by(n)).copied().collect();
+                let mut v: Vec<usize> = names
+                    .iter()
+                    .flat_map(|n| self.concerned_by(n))
+                    .copied()
+                    .collect();
                 v.sort_unstable();
                 v.dedup();
                 v
@@ -110,16 +121,26 @@ impl WatchSet {
 /// `path` made absolute and normalised without touching the filesystem (`..` is kept for the
 /// kernel to resolve, since it may cross a symlink).
 fn lexical_absolute(cwd: &Path, path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) };
-    joined.components().filter(|c| !matches!(c, Component::CurDir)).collect()
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
+    joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 /// Every path visited while resolving `path`: the path itself, each symlink met (as the absolute
 /// path of the link) and the final target. Stops quietly at missing components or loops.
 fn resolution_hops(path: &Path) -> Vec<PathBuf> {
     let mut hops = vec![path.to_path_buf()];
-    let mut pending: Vec<OsString> =
-        path.components().rev().map(|c| c.as_os_str().to_os_string()).collect();
+    let mut pending: Vec<OsString> = path
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
     let mut resolved = PathBuf::new();
     let mut budget = MAX_SYMLINK_HOPS;
     while let Some(comp) = pending.pop() {
@@ -184,7 +205,11 @@ mod tests {
         symlink("..data/tls.crt", dir.path().join("tls.crt")).expect("symlink");
 
         let set = WatchSet::new(&[dir.path().join("tls.crt")]);
-        let names: Vec<_> = set.paths()[0].names.iter().map(|n| n.to_string_lossy().into_owned()).collect();
+        let names: Vec<_> = set.paths()[0]
+            .names
+            .iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
         assert!(names.contains(&"..data".to_string()), "{names:?}");
         assert!(names.contains(&"tls.crt".to_string()), "{names:?}");
         assert_eq!(set.concerned_by(OsStr::new("/elsewhere/..data")), &[0]);

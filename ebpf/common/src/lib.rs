@@ -214,8 +214,14 @@ mod tests {
 
     #[test]
     fn basename_hash_ignores_directories() {
-        assert_eq!(basename_hash(b"/etc/kubernetes/pki/ca.crt"), basename_hash(b"ca.crt"));
-        assert_eq!(basename_hash(b"../pki/ca.crt\0garbage"), basename_hash(b"ca.crt"));
+        assert_eq!(
+            basename_hash(b"/etc/kubernetes/pki/ca.crt"),
+            basename_hash(b"ca.crt")
+        );
+        assert_eq!(
+            basename_hash(b"../pki/ca.crt\0garbage"),
+            basename_hash(b"ca.crt")
+        );
         assert_ne!(basename_hash(b"/pki/ca.crt"), basename_hash(b"/pki/ca.key"));
         assert_eq!(basename_hash(b"..data"), basename_hash(b"/vol/..data"));
     }

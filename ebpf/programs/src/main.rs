@@ -155,7 +155,10 @@ fn emit(ev: &RawEvent) {
 
 #[inline(always)]
 fn track(tgid: u32, fd: i64, name_hash: u64) {
-    if TRACKED_FDS.insert(fd_key(tgid, fd), name_hash, BPF_NOEXIST as u64).is_err() {
+    if TRACKED_FDS
+        .insert(fd_key(tgid, fd), name_hash, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Already tracked (dup2 onto a tracked fd) or table full.
         if !is_tracked(tgid, fd) {
             count(stats::TRACK_LOST);
@@ -206,7 +209,12 @@ fn enter_open(path: u64, open_flags: u64) {
     let Some(ev) = scratch() else { return };
     ev.event_flags = 0;
     ev.name2[0] = 0;
-    if !read_name(path, &mut ev.name, flags::NAME_TRUNCATED, &mut ev.event_flags) {
+    if !read_name(
+        path,
+        &mut ev.name,
+        flags::NAME_TRUNCATED,
+        &mut ev.event_flags,
+    ) {
         count(stats::FILTERED);
         return;
     }
@@ -228,7 +236,12 @@ fn enter_path(event_kind: u32, path: u64, syscall_flags: u64) {
     let Some(ev) = scratch() else { return };
     ev.event_flags = 0;
     ev.name2[0] = 0;
-    if !read_name(path, &mut ev.name, flags::NAME_TRUNCATED, &mut ev.event_flags) {
+    if !read_name(
+        path,
+        &mut ev.name,
+        flags::NAME_TRUNCATED,
+        &mut ev.event_flags,
+    ) {
         count(stats::FILTERED);
         return;
     }
@@ -243,8 +256,18 @@ fn enter_path(event_kind: u32, path: u64, syscall_flags: u64) {
 fn enter_two_paths(event_kind: u32, from: u64, to: u64, syscall_flags: u64, match_from: bool) {
     let Some(ev) = scratch() else { return };
     ev.event_flags = 0;
-    let from_watched = read_name(from, &mut ev.name, flags::NAME_TRUNCATED, &mut ev.event_flags);
-    let to_watched = read_name(to, &mut ev.name2, flags::NAME2_TRUNCATED, &mut ev.event_flags);
+    let from_watched = read_name(
+        from,
+        &mut ev.name,
+        flags::NAME_TRUNCATED,
+        &mut ev.event_flags,
+    );
+    let to_watched = read_name(
+        to,
+        &mut ev.name2,
+        flags::NAME2_TRUNCATED,
+        &mut ev.event_flags,
+    );
     if !(to_watched || (match_from && from_watched)) {
         count(stats::FILTERED);
         return;
@@ -311,7 +334,9 @@ fn exit_syscall(ret: i64) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(ev) = PENDING.get_ptr_mut(pid_tgid) else { return };
+    let Some(ev) = PENDING.get_ptr_mut(pid_tgid) else {
+        return;
+    };
     let ev = unsafe { &mut *ev };
     ev.ret = ret;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -376,7 +401,9 @@ fn process_exit() {
     if pid_tgid as u32 != tgid {
         return;
     }
-    let Some(held) = (unsafe { TRACKED_TGIDS.get(tgid) }).copied() else { return };
+    let Some(held) = (unsafe { TRACKED_TGIDS.get(tgid) }).copied() else {
+        return;
+    };
     let _ = TRACKED_TGIDS.remove(tgid);
     // The agent deletes this process's TRACKED_FDS entries; the gate is corrected here.
     gate_add(gates::TRACKED_FDS, (held as u64).wrapping_neg());
@@ -514,13 +541,55 @@ syscall_tracepoint!(cr_tp_dup, |a| enter_fd(kind::DUP, a(0), -1));
 syscall_tracepoint!(cr_tp_dup2, |a| enter_fd(kind::DUP, a(0), a(1) as i64));
 syscall_tracepoint!(cr_tp_dup3, |a| enter_fd(kind::DUP, a(0), a(1) as i64));
 syscall_tracepoint!(cr_tp_fcntl, |a| enter_fcntl(a(0), a(1)));
-syscall_tracepoint!(cr_tp_rename, |a| enter_two_paths(kind::RENAME, a(0), a(1), 0, true));
-syscall_tracepoint!(cr_tp_renameat, |a| enter_two_paths(kind::RENAME, a(1), a(3), 0, true));
-syscall_tracepoint!(cr_tp_renameat2, |a| enter_two_paths(kind::RENAME, a(1), a(3), a(4), true));
-syscall_tracepoint!(cr_tp_link, |a| enter_two_paths(kind::LINK, a(0), a(1), 0, false));
-syscall_tracepoint!(cr_tp_linkat, |a| enter_two_paths(kind::LINK, a(1), a(3), a(4), false));
-syscall_tracepoint!(cr_tp_symlink, |a| enter_two_paths(kind::SYMLINK, a(0), a(1), 0, false));
-syscall_tracepoint!(cr_tp_symlinkat, |a| enter_two_paths(kind::SYMLINK, a(0), a(2), 0, false));
+syscall_tracepoint!(cr_tp_rename, |a| enter_two_paths(
+    kind::RENAME,
+    a(0),
+    a(1),
+    0,
+    true
+));
+syscall_tracepoint!(cr_tp_renameat, |a| enter_two_paths(
+    kind::RENAME,
+    a(1),
+    a(3),
+    0,
+    true
+));
+syscall_tracepoint!(cr_tp_renameat2, |a| enter_two_paths(
+    kind::RENAME,
+    a(1),
+    a(3),
+    a(4),
+    true
+));
+syscall_tracepoint!(cr_tp_link, |a| enter_two_paths(
+    kind::LINK,
+    a(0),
+    a(1),
+    0,
+    false
+));
+syscall_tracepoint!(cr_tp_linkat, |a| enter_two_paths(
+    kind::LINK,
+    a(1),
+    a(3),
+    a(4),
+    false
+));
+syscall_tracepoint!(cr_tp_symlink, |a| enter_two_paths(
+    kind::SYMLINK,
+    a(0),
+    a(1),
+    0,
+    false
+));
+syscall_tracepoint!(cr_tp_symlinkat, |a| enter_two_paths(
+    kind::SYMLINK,
+    a(0),
+    a(2),
+    0,
+    false
+));
 syscall_tracepoint!(cr_tp_unlink, |a| enter_path(kind::UNLINK, a(0), 0));
 syscall_tracepoint!(cr_tp_unlinkat, |a| enter_path(kind::UNLINK, a(1), a(2)));
 syscall_tracepoint!(cr_tp_truncate, |a| enter_path(kind::TRUNCATE, a(0), 0));

@@ -115,7 +115,10 @@ pub struct KernelEvent {
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let expected = std::mem::size_of::<RawEvent>();
     if bytes.len() != expected {
-        return Err(DecodeError::Size { got: bytes.len(), expected });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: the length matches and RawEvent is plain old data (every bit pattern is valid);
     // read_unaligned copes with the ring buffer's 8-byte (not necessarily 64-byte) alignment.
@@ -150,8 +153,13 @@ mod tests {
 
     fn bytes_of(raw: &RawEvent) -> Vec<u8> {
         // SAFETY: RawEvent is repr(C) without padding; viewing it as bytes is sound.
-        unsafe { std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), std::mem::size_of::<RawEvent>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (raw as *const RawEvent).cast::<u8>(),
+                std::mem::size_of::<RawEvent>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
@@ -174,7 +182,10 @@ mod tests {
 
     #[test]
     fn rejects_records_of_the_wrong_size_or_kind() {
-        assert!(matches!(decode(&[0u8; 12]), Err(DecodeError::Size { got: 12, .. })));
+        assert!(matches!(
+            decode(&[0u8; 12]),
+            Err(DecodeError::Size { got: 12, .. })
+        ));
         let mut raw = RawEvent::zeroed();
         raw.kind = 99;
         assert_eq!(decode(&bytes_of(&raw)).err(), Some(DecodeError::Kind(99)));

@@ -42,7 +42,7 @@ pub enum EbpfUnavailable {
     NoObject,
     /// The kernel or loader refused the object.
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] EbpfError),
+    Load(#[source] Box<EbpfError>),
     /// A program failed to load or attach.
     #[error("eBPF program {program} ({target}) failed: {source}")]
     Program {
@@ -52,7 +52,7 @@ pub enum EbpfUnavailable {
         target: String,
         /// The loader's error.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing or of the wrong type.
     #[error("eBPF map {name}: {source}")]
@@ -61,7 +61,7 @@ pub enum EbpfUnavailable {
         name: &'static str,
         /// The loader's error.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// The ring buffer's fd cannot be registered with the async runtime.
     #[error("cannot poll the eBPF ring buffer: {0}")]
@@ -110,17 +110,42 @@ impl KernelHooks {
         if strategy == HookStrategy::Tracepoints {
             ensure_tracefs();
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| EbpfUnavailable::Load(Box::new(e)))?;
         attach(&mut ebpf, strategy)?;
-        let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
-            .map_err(|source| EbpfUnavailable::Map { name: maps::EVENTS, source })?;
-        let names = HashMap::try_from(take(&mut ebpf, maps::WATCHED_NAMES)?)
-            .map_err(|source| EbpfUnavailable::Map { name: maps::WATCHED_NAMES, source })?;
-        let tracked = HashMap::try_from(take(&mut ebpf, maps::TRACKED_FDS)?)
-            .map_err(|source| EbpfUnavailable::Map { name: maps::TRACKED_FDS, source })?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?)
-            .map_err(|source| EbpfUnavailable::Map { name: maps::STATS, source })?;
-        let hooks = KernelHooks { _ebpf: ebpf, names, tracked, stats, loaded_names: BTreeSet::new(), strategy };
+        let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(|source| {
+            EbpfUnavailable::Map {
+                name: maps::EVENTS,
+                source: Box::new(source),
+            }
+        })?;
+        let names = HashMap::try_from(take(&mut ebpf, maps::WATCHED_NAMES)?).map_err(|source| {
+            EbpfUnavailable::Map {
+                name: maps::WATCHED_NAMES,
+                source: Box::new(source),
+            }
+        })?;
+        let tracked = HashMap::try_from(take(&mut ebpf, maps::TRACKED_FDS)?).map_err(|source| {
+            EbpfUnavailable::Map {
+                name: maps::TRACKED_FDS,
+                source: Box::new(source),
+            }
+        })?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?).map_err(|source| {
+            EbpfUnavailable::Map {
+                name: maps::STATS,
+                source: Box::new(source),
+            }
+        })?;
+        let hooks = KernelHooks {
+            _ebpf: ebpf,
+            names,
+            tracked,
+            stats,
+            loaded_names: BTreeSet::new(),
+            strategy,
+        };
         Ok((hooks, events))
     }
 
@@ -131,7 +156,10 @@ impl KernelHooks {
 
     /// Makes the kernel filter hold exactly these basenames.
     pub fn set_names(&mut self, names: &BTreeSet<OsString>) -> Result<(), MapError> {
-        let wanted: BTreeSet<u64> = names.iter().map(|n| basename_hash(Path::new(n).as_os_str().as_bytes())).collect();
+        let wanted: BTreeSet<u64> = names
+            .iter()
+            .map(|n| basename_hash(Path::new(n).as_os_str().as_bytes()))
+            .collect();
         for h in wanted.difference(&self.loaded_names) {
             self.names.insert(h, 1, 0)?;
         }
@@ -144,7 +172,12 @@ impl KernelHooks {
 
     /// Removes the kernel's record of `tgid`'s fds (after exit; the kernel cannot iterate them).
     pub fn forget_process(&mut self, tgid: u32) {
-        let keys: Vec<u64> = self.tracked.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        let keys: Vec<u64> = self
+            .tracked
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 32) as u32 == tgid)
+            .collect();
         for k in keys {
             let _ = self.tracked.remove(&k);
         }
@@ -152,12 +185,19 @@ impl KernelHooks {
 
     /// Removes the kernel's record of one fd (vanished at exec or in a close_range).
     pub fn forget_fd(&mut self, tgid: u32, fd: i32) {
-        let _ = self.tracked.remove(&(((tgid as u64) << 32) | fd as u32 as u64));
+        let _ = self
+            .tracked
+            .remove(&(((tgid as u64) << 32) | fd as u32 as u64));
     }
 
     /// Reads the kernel counters.
     pub fn stats(&self) -> KernelStats {
-        let read = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let read = |i: u32| {
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
         KernelStats {
             emitted: read(stats::EMITTED),
             dropped: read(stats::DROPPED),
@@ -169,12 +209,21 @@ impl KernelHooks {
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfUnavailable> {
-    ebpf.take_map(name).ok_or(EbpfUnavailable::Map { name, source: MapError::InvalidName { name: name.to_string() } })
+    ebpf.take_map(name).ok_or_else(|| EbpfUnavailable::Map {
+        name,
+        source: Box::new(MapError::InvalidName {
+            name: name.to_string(),
+        }),
+    })
 }
 
 fn program_error(program: &str, target: &str) -> impl FnOnce(ProgramError) -> EbpfUnavailable {
     let (program, target) = (program.to_string(), target.to_string());
-    move |source| EbpfUnavailable::Program { program, target, source }
+    move |source| EbpfUnavailable::Program {
+        program,
+        target,
+        source: Box::new(source),
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable> {
@@ -199,7 +248,8 @@ fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable
             }
             let prog: &mut TracePoint = program(ebpf, name, &tp)?;
             prog.load().map_err(program_error(name, &tp))?;
-            prog.attach("syscalls", &tp).map_err(program_error(name, &tp))?;
+            prog.attach("syscalls", &tp)
+                .map_err(program_error(name, &tp))?;
             attached.push(syscall);
         }
         let exit = syscalls::TRACEPOINT_EXIT_PROGRAM;
@@ -207,39 +257,59 @@ fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable
         prog.load().map_err(program_error(exit, "sys_exit_*"))?;
         for syscall in attached {
             let tp = format!("sys_exit_{syscall}");
-            prog.attach("syscalls", &tp).map_err(program_error(exit, &tp))?;
+            prog.attach("syscalls", &tp)
+                .map_err(program_error(exit, &tp))?;
         }
     }
     Ok(())
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str, target: &str) -> Result<&'a mut T, EbpfUnavailable>
+fn program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    target: &str,
+) -> Result<&'a mut T, EbpfUnavailable>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| EbpfUnavailable::Program {
-        program: name.to_string(),
-        target: target.to_string(),
-        source: ProgramError::UnexpectedProgramType,
-    })?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| EbpfUnavailable::Program {
+            program: name.to_string(),
+            target: target.to_string(),
+            source: Box::new(ProgramError::UnexpectedProgramType),
+        })?;
     prog.try_into().map_err(program_error(name, target))
 }
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 fn tracepoint_exists(name: &str) -> bool {
-    TRACEFS.iter().any(|root| Path::new(root).join("events/syscalls").join(name).exists())
+    TRACEFS
+        .iter()
+        .any(|root| Path::new(root).join("events/syscalls").join(name).exists())
 }
 
 /// Classic tracepoints are found through tracefs; mount it where the kernel expects it if nobody
 /// has (a bare container or minimal host). Failure is left to the attach error, which names it.
 fn ensure_tracefs() {
-    if TRACEFS.iter().any(|root| Path::new(root).join("events").exists()) {
+    if TRACEFS
+        .iter()
+        .any(|root| Path::new(root).join("events").exists())
+    {
         return;
     }
     let (src, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
     // SAFETY: plain mount(2) with static NUL-terminated strings and no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 {
         tracing::info!("mounted tracefs at /sys/kernel/tracing for the syscall tracepoints");
     }
@@ -247,7 +317,10 @@ fn ensure_tracefs() {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (best effort, needs privilege).
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

@@ -30,8 +30,14 @@ impl KernelSource {
         let (hooks, ring) = KernelHooks::load(strategy)?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
         // which only happens when the AsyncFd (its owner) is dropped.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| EbpfUnavailable::Poll(e.into_parts().1))?;
-        Ok(KernelSource { hooks, ring, writers: OpenWriters::default(), decode_errors: 0 })
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| EbpfUnavailable::Poll(e.into_parts().1))?;
+        Ok(KernelSource {
+            hooks,
+            ring,
+            writers: OpenWriters::default(),
+            decode_errors: 0,
+        })
     }
 
     /// The kernel filter and counters.
@@ -81,11 +87,25 @@ impl KernelSource {
                         later.writer.tgid == ev.writer.tgid
                             && matches!(later.kind, KernelEventKind::Close | KernelEventKind::Exit)
                     });
-                    self.writers.opened(ev.writer.tgid, ev.fd, ev.name.clone(), ev.writer.clone(), !closed_later);
+                    self.writers.opened(
+                        ev.writer.tgid,
+                        ev.fd,
+                        ev.name.clone(),
+                        ev.writer.clone(),
+                        !closed_later,
+                    );
                     Vec::new()
                 }
-                KernelEventKind::Close => self.writers.closed(ev.writer.tgid, ev.fd).into_iter().collect(),
-                KernelEventKind::Dup => self.writers.duplicated(ev.writer.tgid, ev.fd, ev.fd2).into_iter().collect(),
+                KernelEventKind::Close => self
+                    .writers
+                    .closed(ev.writer.tgid, ev.fd)
+                    .into_iter()
+                    .collect(),
+                KernelEventKind::Dup => self
+                    .writers
+                    .duplicated(ev.writer.tgid, ev.fd, ev.fd2)
+                    .into_iter()
+                    .collect(),
                 KernelEventKind::CloseRange => {
                     let done = self.writers.closed_range(ev.writer.tgid, ev.fd, ev.fd2);
                     for fd in ev.fd..=ev.fd2.min(ev.fd.saturating_add(4096)) {
@@ -106,7 +126,10 @@ impl KernelSource {
                 }
                 // Content changes through a still-open fd: the close will report it.
                 KernelEventKind::Ftruncate => Vec::new(),
-                KernelEventKind::Rename | KernelEventKind::Link | KernelEventKind::Unlink | KernelEventKind::Truncate => {
+                KernelEventKind::Rename
+                | KernelEventKind::Link
+                | KernelEventKind::Unlink
+                | KernelEventKind::Truncate => {
                     hints.push(self.hint(ev, vec![ev.name.clone(), ev.name2.clone()]));
                     Vec::new()
                 }
@@ -126,7 +149,11 @@ impl KernelSource {
     fn hint(&self, ev: &KernelEvent, names: Vec<std::ffi::OsString>) -> Hint {
         let names = names.into_iter().filter(|n| !n.is_empty()).collect();
         Hint {
-            scope: if ev.name_truncated { Scope::All } else { Scope::Names(names) },
+            scope: if ev.name_truncated {
+                Scope::All
+            } else {
+                Scope::Names(names)
+            },
             source: Source::Ebpf,
             writer: Some(ev.writer.clone()),
             kernel_ts_ns: Some(ev.ts_ns),
@@ -142,5 +169,8 @@ impl KernelSource {
 
 /// True when `path` currently resolves to one of `busy`.
 pub fn is_busy(busy: &HashSet<(u64, u64)>, path: &Path) -> bool {
-    !busy.is_empty() && std::fs::metadata(path).map(|m| busy.contains(&(m.dev(), m.ino()))).unwrap_or(false)
+    !busy.is_empty()
+        && std::fs::metadata(path)
+            .map(|m| busy.contains(&(m.dev(), m.ino())))
+            .unwrap_or(false)
 }

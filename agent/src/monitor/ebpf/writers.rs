@@ -34,14 +34,22 @@ impl OpenWriters {
     /// Records a successful write-open. `still_open` is false when a later event of the same batch
     /// already closed it (then `/proc` would not find the fd, or find a reused one).
     pub fn opened(&mut self, tgid: u32, fd: i32, name: OsString, writer: Writer, still_open: bool) {
-        let file = if still_open { fd_identity(tgid, fd) } else { None };
-        self.by_fd.insert((tgid, fd), OpenForWrite { name, file, writer });
+        let file = if still_open {
+            fd_identity(tgid, fd)
+        } else {
+            None
+        };
+        self.by_fd
+            .insert((tgid, fd), OpenForWrite { name, file, writer });
     }
 
     /// An fd was closed; returns the entry when no other fd of the process still holds the file.
     pub fn closed(&mut self, tgid: u32, fd: i32) -> Option<OpenForWrite> {
         let entry = self.by_fd.remove(&(tgid, fd))?;
-        let still_held = self.by_fd.iter().any(|(&(t, _), other)| t == tgid && same_file(other, &entry));
+        let still_held = self
+            .by_fd
+            .iter()
+            .any(|(&(t, _), other)| t == tgid && same_file(other, &entry));
         (!still_held).then_some(entry)
     }
 
@@ -54,33 +62,55 @@ impl OpenWriters {
         if let Some(entry) = self.by_fd.get(&(tgid, old)).cloned() {
             self.by_fd.insert((tgid, new), entry);
         }
-        finished.filter(|f| !self.by_fd.iter().any(|(&(t, _), o)| t == tgid && same_file(o, f)))
+        finished.filter(|f| {
+            !self
+                .by_fd
+                .iter()
+                .any(|(&(t, _), o)| t == tgid && same_file(o, f))
+        })
     }
 
     /// Every fd of `tgid` in `first..=last` was closed.
     pub fn closed_range(&mut self, tgid: u32, first: i32, last: i32) -> Vec<OpenForWrite> {
-        let fds: Vec<i32> =
-            self.by_fd.keys().filter(|&&(t, fd)| t == tgid && fd >= first && fd <= last).map(|&(_, fd)| fd).collect();
-        fds.into_iter().filter_map(|fd| self.closed(tgid, fd)).collect()
+        let fds: Vec<i32> = self
+            .by_fd
+            .keys()
+            .filter(|&&(t, fd)| t == tgid && fd >= first && fd <= last)
+            .map(|&(_, fd)| fd)
+            .collect();
+        fds.into_iter()
+            .filter_map(|fd| self.closed(tgid, fd))
+            .collect()
     }
 
     /// The process exited: all its files are finished.
     pub fn exited(&mut self, tgid: u32) -> Vec<OpenForWrite> {
-        let fds: Vec<(u32, i32)> = self.by_fd.keys().filter(|&&(t, _)| t == tgid).copied().collect();
-        fds.into_iter().filter_map(|k| self.by_fd.remove(&k)).collect()
+        let fds: Vec<(u32, i32)> = self
+            .by_fd
+            .keys()
+            .filter(|&&(t, _)| t == tgid)
+            .copied()
+            .collect();
+        fds.into_iter()
+            .filter_map(|k| self.by_fd.remove(&k))
+            .collect()
     }
 
     /// The process called execve: fds that vanished (close-on-exec) are finished. Returns them with
     /// their fd numbers so the kernel's table can be cleaned too.
     pub fn executed(&mut self, tgid: u32) -> Vec<(i32, OpenForWrite)> {
         let gone = self.vanished(tgid);
-        gone.into_iter().filter_map(|fd| self.by_fd.remove(&(tgid, fd)).map(|e| (fd, e))).collect()
+        gone.into_iter()
+            .filter_map(|fd| self.by_fd.remove(&(tgid, fd)).map(|e| (fd, e)))
+            .collect()
     }
 
     fn vanished(&self, tgid: u32) -> Vec<i32> {
         self.by_fd
             .keys()
-            .filter(|&&(t, fd)| t == tgid && std::fs::symlink_metadata(format!("/proc/{tgid}/fd/{fd}")).is_err())
+            .filter(|&&(t, fd)| {
+                t == tgid && std::fs::symlink_metadata(format!("/proc/{tgid}/fd/{fd}")).is_err()
+            })
             .map(|&(_, fd)| fd)
             .collect()
     }
@@ -111,7 +141,9 @@ fn same_file(a: &OpenForWrite, b: &OpenForWrite) -> bool {
 /// Device and inode of `/proc/<tgid>/fd/<fd>` (the magic link follows to the open file, even in
 /// another mount namespace).
 fn fd_identity(tgid: u32, fd: i32) -> Option<(u64, u64)> {
-    std::fs::metadata(format!("/proc/{tgid}/fd/{fd}")).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::metadata(format!("/proc/{tgid}/fd/{fd}"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(test)]
@@ -119,7 +151,14 @@ mod tests {
     use super::*;
 
     fn writer() -> Writer {
-        Writer { pid: 1, tgid: 1, comm: "sh".into(), uid: 0, gid: 0, cgroup_id: 0 }
+        Writer {
+            pid: 1,
+            tgid: 1,
+            comm: "sh".into(),
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+        }
     }
 
     #[test]
@@ -129,7 +168,9 @@ mod tests {
         w.opened(42, 3, "f".into(), writer(), false);
         assert!(w.duplicated(42, 3, 1).is_none());
         assert!(w.closed(42, 3).is_none(), "fd 1 still holds the file");
-        let done = w.duplicated(42, 10, 1).expect("dup2 over fd 1 finishes the write");
+        let done = w
+            .duplicated(42, 10, 1)
+            .expect("dup2 over fd 1 finishes the write");
         assert_eq!(done.name, "f");
         assert!(w.is_empty());
     }

@@ -1,0 +1,328 @@
+//! `cargo xtask bench monitor`: detection latency, hook overhead and idle memory, with "no agent"
+//! and the inotify fallback measured in the same run, configurations interleaved round by round.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::build::Built;
+
+/// Which benchmark to run.
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// The change monitor: latency, per-syscall overhead, idle RSS.
+    Monitor {
+        /// File operations (open/write/close/rename) per overhead sample.
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+        /// getppid() calls per `perf bench syscall basic` sample.
+        #[arg(long, default_value_t = 2_000_000)]
+        syscalls: u64,
+        /// Interleaved rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Renames for the latency measurement.
+        #[arg(long, default_value_t = 1000)]
+        renames: usize,
+    },
+}
+
+/// Runs the selected benchmark and prints its tables.
+pub fn run(which: Which, built: &Built) -> Result<()> {
+    match which {
+        Which::Monitor {
+            ops,
+            syscalls,
+            rounds,
+            renames,
+        } => monitor(built, ops, syscalls, rounds, renames),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    NoAgent,
+    EbpfTracepoints,
+    EbpfRaw,
+    Inotify,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [
+        Config::NoAgent,
+        Config::EbpfTracepoints,
+        Config::EbpfRaw,
+        Config::Inotify,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::NoAgent => "no agent",
+            Config::EbpfTracepoints => "eBPF, sys_enter_* tracepoints",
+            Config::EbpfRaw => "eBPF, raw sys_enter/sys_exit",
+            Config::Inotify => "inotify fallback",
+        }
+    }
+
+    fn args(self) -> Option<[&'static str; 4]> {
+        match self {
+            Config::NoAgent => None,
+            Config::EbpfTracepoints => Some(["--mode", "ebpf", "--hook", "tracepoints"]),
+            Config::EbpfRaw => Some(["--mode", "ebpf", "--hook", "raw-syscalls"]),
+            Config::Inotify => Some(["--mode", "inotify", "--hook", "tracepoints"]),
+        }
+    }
+}
+
+/// A running `certreload watch` with its stdout, ready.
+struct Agent {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Agent {
+    fn start(bin: &Path, args: &[&str], paths: &[PathBuf]) -> Result<Agent> {
+        let mut child = Command::new(bin)
+            .arg("watch")
+            .args(args)
+            .args(["--output", "json", "--resync", "3600"])
+            .args(paths)
+            .env("CERTRELOAD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("monitor ready") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("certreload {args:?} did not become ready (run as root with the eBPF object built)");
+                }
+            }
+        }
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Agent { child, stdout })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn monitor(built: &Built, ops: u64, syscalls: u64, rounds: usize, renames: usize) -> Result<()> {
+    // tmpfs when available: the figures then show CPU cost of the hooks, not disk latency.
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("certreload-bench-{}", std::process::id()));
+    let watched_dir = dir.join("pki");
+    let noise_dir = dir.join("noise");
+    fs::create_dir_all(&watched_dir)?;
+    fs::create_dir_all(&noise_dir)?;
+    let paths: Vec<PathBuf> = (0..100)
+        .map(|i| watched_dir.join(format!("cert-{i}.pem")))
+        .collect();
+    for p in &paths {
+        fs::write(p, b"-----BEGIN CERTIFICATE-----\n")?;
+    }
+    let bin = &built.agent;
+    println!(
+        "certreload bench monitor: kernel {}, {} CPUs",
+        kernel_release(),
+        cpus()
+    );
+
+    // Detection latency.
+    println!("\nDetection latency: {renames} replacements by rename(2); syscall return -> change line read by a client");
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>22}",
+        "mode", "p50 us", "p99 us", "max us", "agent-reported p50 us"
+    );
+    for config in [Config::EbpfTracepoints, Config::EbpfRaw, Config::Inotify] {
+        let mut agent = Agent::start(bin, &config.args().expect("agent config"), &paths[..1])?;
+        let (mut client, mut reported) = (Vec::with_capacity(renames), Vec::new());
+        for i in 0..renames {
+            let tmp = watched_dir.join(format!(".tmp-{i}"));
+            fs::write(&tmp, format!("rotation {i}\n"))?;
+            fs::rename(&tmp, &paths[0])?;
+            let t0 = Instant::now();
+            let line = read_change(&mut agent.stdout)?;
+            client.push(t0.elapsed().as_secs_f64() * 1e6);
+            if let Some(l) = line.get("latency_us").and_then(|v| v.as_f64()) {
+                reported.push(l);
+            }
+        }
+        agent.stop();
+        client.sort_by(f64::total_cmp);
+        let agent_p50 = if reported.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!("{:.0}", median(&mut reported))
+        };
+        println!(
+            "{:<34} {:>9.0} {:>9.0} {:>9.0} {:>22}",
+            config.label(),
+            percentile(&client, 0.5),
+            percentile(&client, 0.99),
+            client[client.len() - 1],
+            agent_p50
+        );
+    }
+
+    // Overhead, interleaved.
+    let mut file_ns: Vec<Vec<f64>> = vec![Vec::new(); Config::ALL.len()];
+    let mut sys_ns: Vec<Vec<f64>> = vec![Vec::new(); Config::ALL.len()];
+    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); Config::ALL.len()];
+    for round in 0..rounds {
+        eprintln!("xtask: overhead round {}/{rounds}", round + 1);
+        for (c, config) in Config::ALL.iter().enumerate() {
+            let agent = match config.args() {
+                Some(args) => Some(Agent::start(bin, &args, &paths)?),
+                None => None,
+            };
+            if let Some(a) = &agent {
+                std::thread::sleep(Duration::from_millis(500));
+                rss[c].push(a.rss_kib() as f64);
+            }
+            file_ns[c].push(file_ops(&noise_dir, ops)?);
+            sys_ns[c].push(perf_syscall(syscalls)?);
+            if let Some(a) = agent {
+                a.stop();
+            }
+        }
+    }
+    println!("\nHook overhead: {ops} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and `perf bench syscall basic` ({syscalls} getppid); median of {rounds} interleaved rounds");
+    println!(
+        "{:<34} {:>12} {:>7} {:>12} {:>7} {:>16}",
+        "configuration", "file op ns", "ratio", "getppid ns", "ratio", "idle RSS (100 paths)"
+    );
+    let base_file = median(&mut file_ns[0]);
+    let base_sys = median(&mut sys_ns[0]);
+    for (c, config) in Config::ALL.iter().enumerate() {
+        let f = median(&mut file_ns[c]);
+        let s = median(&mut sys_ns[c]);
+        let r = if rss[c].is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1} MiB", median(&mut rss[c]) / 1024.0)
+        };
+        println!(
+            "{:<34} {:>12.0} {:>6.3}x {:>12.1} {:>6.3}x {:>16}",
+            config.label(),
+            f,
+            f / base_file,
+            s,
+            s / base_sys,
+            r
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Reads stdout lines until a change record arrives.
+fn read_change(stdout: &mut BufReader<ChildStdout>) -> Result<serde_json::Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line)? == 0 {
+            bail!("the agent exited during the latency benchmark");
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v.get("path").is_some() {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// ns per (open, write, close, rename) on files no agent watches.
+fn file_ops(dir: &Path, ops: u64) -> Result<f64> {
+    let payload = [b'x'; 64];
+    let names: Vec<(PathBuf, PathBuf)> = (0..64)
+        .map(|i| {
+            (
+                dir.join(format!("noise-{i}.tmp")),
+                dir.join(format!("noise-{i}.dat")),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    for i in 0..ops {
+        let (tmp, dst) = &names[(i % 64) as usize];
+        let mut f = fs::File::create(tmp)?;
+        f.write_all(&payload)?;
+        drop(f);
+        fs::rename(tmp, dst)?;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / ops as f64)
+}
+
+/// ns per getppid() from `perf bench syscall basic`.
+fn perf_syscall(loops: u64) -> Result<f64> {
+    let out = Command::new("perf")
+        .args(["bench", "syscall", "basic", "-l", &loops.to_string()])
+        .output()
+        .context("perf (Debian linux-perf) is needed: `cargo xtask setup` installs it")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let usecs = text
+        .lines()
+        .find(|l| l.contains("usecs/op"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("unexpected perf output: {text}"))?;
+    Ok(usecs * 1000.0)
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,170 @@
+//! Installing what building and testing need: the nightly's rust-src, a bpf-linker built against the
+//! nightly's own LLVM (cached outside the repository), and Debian packages for tests and benchmarks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// The toolchain that builds the eBPF object (needs `-Z build-std`).
+pub const NIGHTLY: &str = "nightly";
+
+/// bpf-linker release known to build against LLVM 22 with these toolchains.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the end-to-end tests and benchmarks use, with a binary that proves each present.
+const PACKAGES: [(&str, &str); 5] = [
+    ("util-linux", "unshare"),
+    ("coreutils", "truncate"),
+    ("linux-perf", "perf"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+];
+
+/// Cache for tools built by xtask, outside the repository (survives `cargo clean`).
+fn cache_dir() -> PathBuf {
+    std::env::var_os("CERTRELOAD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("certreload")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/certreload")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/certreload"))
+}
+
+/// The nightly's LLVM major version, from `rustc +nightly -vV`.
+fn nightly_llvm_major() -> Result<u32> {
+    let out = cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"])).context(
+        "the nightly toolchain is missing (install it with `rustup toolchain install nightly`)",
+    )?;
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?;
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("unparsable LLVM version {version:?}"))
+}
+
+/// Directory holding the bpf-linker built for `llvm_major`.
+fn bpf_linker_root(llvm_major: u32) -> PathBuf {
+    cache_dir().join(format!("bpf-linker-llvm{llvm_major}"))
+}
+
+/// The `bin` directory with bpf-linker, to put first on PATH when building the eBPF object.
+pub fn bpf_linker_bin() -> Result<PathBuf> {
+    Ok(bpf_linker_root(nightly_llvm_major()?).join("bin"))
+}
+
+/// rust-src for the nightly, and bpf-linker. Errors name the missing piece.
+pub fn toolchain() -> Result<()> {
+    let major = nightly_llvm_major()?;
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .context("rustup is needed to manage the nightly toolchain")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: nightly rust-src present");
+    } else {
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))
+        .context("cannot add rust-src to the nightly (needed for -Z build-std=core)")?;
+    }
+
+    let root = bpf_linker_root(major);
+    let linker = root.join("bin/bpf-linker");
+    if linker.is_file()
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("xtask: reusing {}", linker.display());
+        return Ok(());
+    }
+    let sysroot =
+        cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let libllvm = find_libllvm(&Path::new(sysroot.trim()).join("lib"), major)?;
+    // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so; point it at the nightly's own copy so
+    // the linker and rustc agree on the LLVM bitcode format.
+    let prefix = cache_dir().join(format!("llvm{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("symlinking {}", link.display()))?;
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                &format!("+{NIGHTLY}"),
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+                "--root",
+            ])
+            .arg(&root)
+            .env("LLVM_PREFIX", &prefix)
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .with_context(|| format!("building bpf-linker against {}", libllvm.display()))?;
+    Ok(())
+}
+
+fn find_libllvm(lib: &Path, major: u32) -> Result<PathBuf> {
+    let prefix = format!("libLLVM.so.{major}.");
+    for entry in std::fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            return Ok(entry.path());
+        }
+    }
+    bail!(
+        "the nightly ships no {prefix}* in {}: cannot build bpf-linker for LLVM {major}",
+        lib.display()
+    )
+}
+
+/// Installs the Debian packages tests and benchmarks use, when missing (root and apt-get needed).
+pub fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, bin)| !cmd::on_path(bin))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: test packages present");
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !cmd::on_path("apt-get") {
+        eprintln!("xtask: missing packages {missing:?} and no root apt-get to install them; tests needing them will say so");
+        return Ok(());
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
