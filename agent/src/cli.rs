@@ -29,6 +29,9 @@ pub struct MonitorArgs {
     /// Content resync period (seconds), the backstop for what hooks cannot see.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RESYNC.as_secs_f64())]
     pub resync: f64,
+    /// Enable kernel BPF run-time statistics and print each hook's cost on exit (benchmarks).
+    #[arg(long)]
+    pub profile_hooks: bool,
 }
 
 impl MonitorArgs {
@@ -69,6 +72,7 @@ impl MonitorArgs {
             mode: ModeRequest::Auto,
             hook: HookStrategy::default_for_host(),
             resync: DEFAULT_RESYNC.as_secs_f64(),
+            profile_hooks: false,
         }
     }
 }

@@ -17,6 +17,7 @@ fn monitor_config(paths: Vec<std::path::PathBuf>, args: &MonitorArgs) -> Monitor
         mode: args.mode,
         hook: args.hook,
         resync: args.resync(),
+        profile_hooks: args.profile_hooks,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct MonitorConfig {
     pub hook: HookStrategy,
     /// Content resync period.
     pub resync: Duration,
+    /// Enable kernel BPF run-time statistics and report each hook's cost when stopping.
+    pub profile_hooks: bool,
 }
 
 /// The source actually in use.
@@ -138,10 +140,10 @@ impl Monitor {
                 ActiveMode::Inotify { reason: None },
             ),
             ModeRequest::Ebpf => (
-                Active::Kernel(Box::new(start_kernel(config.hook, &watch)?)),
+                Active::Kernel(Box::new(start_kernel(config, &watch)?)),
                 ActiveMode::Ebpf { hook: config.hook },
             ),
-            ModeRequest::Auto => match start_kernel(config.hook, &watch) {
+            ModeRequest::Auto => match start_kernel(config, &watch) {
                 Ok(k) => (
                     Active::Kernel(Box::new(k)),
                     ActiveMode::Ebpf { hook: config.hook },
@@ -274,8 +276,8 @@ impl Monitor {
     }
 }
 
-fn start_kernel(hook: HookStrategy, watch: &WatchSet) -> Result<KernelSource, MonitorError> {
-    let mut kernel = KernelSource::start(hook)?;
+fn start_kernel(config: &MonitorConfig, watch: &WatchSet) -> Result<KernelSource, MonitorError> {
+    let mut kernel = KernelSource::start(config.hook, config.profile_hooks)?;
     kernel.hooks_mut().set_names(&watch.all_names())?;
     Ok(kernel)
 }

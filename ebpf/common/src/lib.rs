@@ -31,6 +31,10 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `u64` basename hash → `u8` (1): the in-kernel pre-filter, loaded by the agent.
     pub const WATCHED_NAMES: &str = "WATCHED_NAMES";
+    /// Array of [`super::SUFFIX_WORDS`] `u64` words: a bitmap indexed by
+    /// [`super::suffix_bit`], the first, cheapest stage of the pre-filter (array lookups are
+    /// inlined by the verifier: no helper call).
+    pub const SUFFIX_BITS: &str = "SUFFIX_BITS";
     /// `u64` (`tgid << 32 | fd`) → `u64` basename hash: fds open for writing on a watched name.
     pub const TRACKED_FDS: &str = "TRACKED_FDS";
     /// `u32` tgid → `u32` number of its tracked fds, so process exit and exec are checked in O(1).
@@ -208,6 +212,40 @@ pub const fn basename_hash(path: &[u8]) -> u64 {
     hash
 }
 
+/// Bytes of a basename's end used by the first filter stage.
+pub const SUFFIX_LEN: usize = 8;
+
+/// The first-stage filter key of a path: its last (up to) [`SUFFIX_LEN`] bytes after the last `/`,
+/// last byte in the lowest bits. The kernel computes the same by reading the path backwards.
+pub const fn suffix_key(path: &[u8]) -> u64 {
+    let mut len = 0;
+    while len < path.len() && path[len] != 0 {
+        len += 1;
+    }
+    let mut key = 0u64;
+    let mut i = 0;
+    while i < SUFFIX_LEN && i < len {
+        let c = path[len - 1 - i];
+        if c == b'/' {
+            break;
+        }
+        key |= (c as u64) << (8 * i);
+        i += 1;
+    }
+    key
+}
+
+/// Words in the suffix bitmap: 1024 × 64 = 65,536 bits, so a few hundred watched names let through
+/// well under 1% of unrelated names to the exact second stage.
+pub const SUFFIX_WORDS: u32 = 1024;
+
+/// Bit of the suffix bitmap for a [`suffix_key`]: `(word index, bit in word)`.
+#[inline(always)]
+pub const fn suffix_bit(key: u64) -> (u32, u32) {
+    let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32;
+    ((h >> 6) & (SUFFIX_WORDS - 1), h & 63)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +262,23 @@ mod tests {
         );
         assert_ne!(basename_hash(b"/pki/ca.crt"), basename_hash(b"/pki/ca.key"));
         assert_eq!(basename_hash(b"..data"), basename_hash(b"/vol/..data"));
+    }
+
+    #[test]
+    fn suffix_key_is_the_end_of_the_basename() {
+        assert_eq!(suffix_key(b"/etc/pki/ca.crt"), suffix_key(b"ca.crt"));
+        // Last byte in the lowest bits.
+        assert_eq!(suffix_key(b"ca.crt"), u64::from_le_bytes(*b"trc.ac\0\0"));
+        // Long basenames: only the last 8 bytes, so the second stage must confirm.
+        assert_eq!(
+            suffix_key(b"/a/apiserver.crt"),
+            suffix_key(b"/b/server.crt")
+        );
+        assert_ne!(
+            basename_hash(b"/a/apiserver.crt"),
+            basename_hash(b"/b/server.crt")
+        );
+        assert_ne!(suffix_key(b"/pki/ca.crt"), suffix_key(b"/pki/ca.key"));
     }
 
     #[test]

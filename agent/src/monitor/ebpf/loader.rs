@@ -3,11 +3,13 @@
 use std::{collections::BTreeSet, ffi::OsString, os::unix::ffi::OsStrExt, path::Path};
 
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use certreload_common::{basename_hash, maps, stats, syscalls};
+use certreload_common::{
+    basename_hash, maps, stats, suffix_bit, suffix_key, syscalls, SUFFIX_WORDS,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -25,6 +27,10 @@ pub enum HookStrategy {
     /// One raw tracepoint on `sys_enter` and one on `sys_exit` dispatching on the syscall number:
     /// cheaper dispatch, but every syscall of the host runs the program. x86_64 only.
     RawSyscalls,
+    /// Benchmarks only: one empty program on `sys_enter_vhangup`/`sys_exit_vhangup`. Sees nothing;
+    /// measures the fixed cost every syscall pays once any syscall tracepoint is attached.
+    #[value(hide = true)]
+    Noop,
 }
 
 impl HookStrategy {
@@ -71,8 +77,20 @@ pub enum EbpfUnavailable {
     Arch(&'static str),
 }
 
+/// Cost of one attached program, from the kernel's BPF run-time statistics (only counted while
+/// statistics are enabled: `--profile-hooks` or `kernel.bpf_stats_enabled=1`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ProgramCost {
+    /// Program name.
+    pub name: String,
+    /// Invocations.
+    pub runs: u64,
+    /// Total run time in nanoseconds.
+    pub run_ns: u64,
+}
+
 /// Kernel-side counters, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct KernelStats {
     /// Events written to the ring buffer.
     pub emitted: u64,
@@ -84,66 +102,67 @@ pub struct KernelStats {
     pub pending_lost: u64,
     /// Write-opened fds not tracked because the table was full.
     pub track_lost: u64,
+    /// Per-program cost, when run-time statistics were enabled (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramCost>,
 }
 
 /// The loaded, attached programs and the maps the agent drives.
 pub struct KernelHooks {
     // Keeps programs and links alive for as long as the monitor runs.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    // Keeps kernel run-time statistics on while the agent profiles its hooks.
+    _profiling: Option<std::os::fd::OwnedFd>,
     names: HashMap<MapData, u64, u8>,
+    suffix_bits: Array<MapData, u64>,
     tracked: HashMap<MapData, u64, u64>,
     stats: PerCpuArray<MapData, u64>,
     loaded_names: BTreeSet<u64>,
+    loaded_bits: Vec<u64>,
     strategy: HookStrategy,
 }
 
 impl KernelHooks {
     /// Loads the object, attaches the programs of `strategy`, and hands back the event ring buffer.
-    pub fn load(strategy: HookStrategy) -> Result<(Self, RingBuf<MapData>), EbpfUnavailable> {
+    /// With `profile`, kernel BPF run-time statistics are enabled while the hooks live, so
+    /// [`KernelStats::programs`] reports each program's cost (this adds a little to every BPF
+    /// program on the host, which is why it is opt-in).
+    pub fn load(
+        strategy: HookStrategy,
+        profile: bool,
+    ) -> Result<(Self, RingBuf<MapData>), EbpfUnavailable> {
         if OBJECT.is_empty() {
             return Err(EbpfUnavailable::NoObject);
         }
+        let profiling = if profile {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .map_err(|e| EbpfUnavailable::Poll(e.io_error))?,
+            )
+        } else {
+            None
+        };
         if strategy == HookStrategy::RawSyscalls && !cfg!(target_arch = "x86_64") {
             return Err(EbpfUnavailable::Arch(std::env::consts::ARCH));
         }
         raise_memlock_limit();
-        if strategy == HookStrategy::Tracepoints {
+        if strategy != HookStrategy::RawSyscalls {
             ensure_tracefs();
         }
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| EbpfUnavailable::Load(Box::new(e)))?;
         attach(&mut ebpf, strategy)?;
-        let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(|source| {
-            EbpfUnavailable::Map {
-                name: maps::EVENTS,
-                source: Box::new(source),
-            }
-        })?;
-        let names = HashMap::try_from(take(&mut ebpf, maps::WATCHED_NAMES)?).map_err(|source| {
-            EbpfUnavailable::Map {
-                name: maps::WATCHED_NAMES,
-                source: Box::new(source),
-            }
-        })?;
-        let tracked = HashMap::try_from(take(&mut ebpf, maps::TRACKED_FDS)?).map_err(|source| {
-            EbpfUnavailable::Map {
-                name: maps::TRACKED_FDS,
-                source: Box::new(source),
-            }
-        })?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)?).map_err(|source| {
-            EbpfUnavailable::Map {
-                name: maps::STATS,
-                source: Box::new(source),
-            }
-        })?;
+        let events = typed_map(&mut ebpf, maps::EVENTS)?;
         let hooks = KernelHooks {
-            _ebpf: ebpf,
-            names,
-            tracked,
-            stats,
+            names: typed_map(&mut ebpf, maps::WATCHED_NAMES)?,
+            suffix_bits: typed_map(&mut ebpf, maps::SUFFIX_BITS)?,
+            tracked: typed_map(&mut ebpf, maps::TRACKED_FDS)?,
+            stats: typed_map(&mut ebpf, maps::STATS)?,
+            ebpf,
+            _profiling: profiling,
             loaded_names: BTreeSet::new(),
+            loaded_bits: vec![0; SUFFIX_WORDS as usize],
             strategy,
         };
         Ok((hooks, events))
@@ -156,17 +175,36 @@ impl KernelHooks {
 
     /// Makes the kernel filter hold exactly these basenames.
     pub fn set_names(&mut self, names: &BTreeSet<OsString>) -> Result<(), MapError> {
-        let wanted: BTreeSet<u64> = names
+        let bytes = || names.iter().map(|n| n.as_bytes());
+        let mut words = vec![0u64; SUFFIX_WORDS as usize];
+        for key in bytes().map(suffix_key) {
+            let (word, bit) = suffix_bit(key);
+            words[word as usize] |= 1 << bit;
+        }
+        // Set new bits before updating the exact set and clear stale ones after, so that while
+        // updating, a watched name never fails the first stage.
+        let union: Vec<u64> = words
             .iter()
-            .map(|n| basename_hash(Path::new(n).as_os_str().as_bytes()))
+            .zip(&self.loaded_bits)
+            .map(|(w, old)| w | old)
             .collect();
-        for h in wanted.difference(&self.loaded_names) {
-            self.names.insert(h, 1, 0)?;
+        self.write_bits(union)?;
+        sync_set(
+            &mut self.names,
+            &mut self.loaded_names,
+            bytes().map(basename_hash).collect(),
+        )?;
+        self.write_bits(words)?;
+        Ok(())
+    }
+
+    fn write_bits(&mut self, words: Vec<u64>) -> Result<(), MapError> {
+        for (i, (new, old)) in words.iter().zip(&self.loaded_bits).enumerate() {
+            if new != old {
+                self.suffix_bits.set(i as u32, new, 0)?;
+            }
         }
-        for h in self.loaded_names.difference(&wanted) {
-            let _ = self.names.remove(h);
-        }
-        self.loaded_names = wanted;
+        self.loaded_bits = words;
         Ok(())
     }
 
@@ -204,17 +242,52 @@ impl KernelHooks {
             filtered: read(stats::FILTERED),
             pending_lost: read(stats::PENDING_LOST),
             track_lost: read(stats::TRACK_LOST),
+            programs: self
+                .ebpf
+                .programs()
+                .filter_map(|(name, prog)| {
+                    let info = prog.info().ok()?;
+                    let runs = info.run_count();
+                    (runs > 0).then(|| ProgramCost {
+                        name: name.to_string(),
+                        runs,
+                        run_ns: info.run_time().as_nanos() as u64,
+                    })
+                })
+                .collect(),
         }
     }
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfUnavailable> {
-    ebpf.take_map(name).ok_or_else(|| EbpfUnavailable::Map {
-        name,
-        source: Box::new(MapError::InvalidName {
-            name: name.to_string(),
-        }),
-    })
+/// Takes map `name` out of the object as the typed handle the agent uses.
+fn typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfUnavailable>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
+        name: name.to_string(),
+    });
+    map.and_then(T::try_from)
+        .map_err(|source| EbpfUnavailable::Map {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Makes a kernel set (hash map of `u64 → 1`) hold exactly `wanted`, touching only the difference.
+fn sync_set(
+    map: &mut HashMap<MapData, u64, u8>,
+    loaded: &mut BTreeSet<u64>,
+    wanted: BTreeSet<u64>,
+) -> Result<(), MapError> {
+    for key in wanted.difference(loaded) {
+        map.insert(key, 1, 0)?;
+    }
+    for key in loaded.difference(&wanted) {
+        let _ = map.remove(key);
+    }
+    *loaded = wanted;
+    Ok(())
 }
 
 fn program_error(program: &str, target: &str) -> impl FnOnce(ProgramError) -> EbpfUnavailable {
@@ -231,15 +304,28 @@ fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable
         HookStrategy::RawSyscalls => &syscalls::RAW_PROGRAMS,
         // Process exit and exec are not syscall tracepoints: raw tracepoints in both strategies.
         HookStrategy::Tracepoints => &syscalls::RAW_PROGRAMS[2..],
+        HookStrategy::Noop => &[],
     };
     for &(name, tp) in raw {
         let prog: &mut RawTracePoint = program(ebpf, name, tp)?;
         prog.load().map_err(program_error(name, tp))?;
         prog.attach(tp).map_err(program_error(name, tp))?;
     }
+    if strategy == HookStrategy::Noop {
+        let (name, syscall) = syscalls::NOOP_PROGRAM;
+        let prog: &mut TracePoint = program(ebpf, name, syscall)?;
+        prog.load().map_err(program_error(name, syscall))?;
+        for tp in [
+            format!("sys_enter_{syscall}"),
+            format!("sys_exit_{syscall}"),
+        ] {
+            prog.attach("syscalls", &tp)
+                .map_err(program_error(name, &tp))?;
+        }
+    }
     if strategy == HookStrategy::Tracepoints {
         let mut attached = Vec::new();
-        for &(name, syscall) in &syscalls::TRACEPOINT_PROGRAMS {
+        for &(name, syscall, needs_exit) in &syscalls::TRACEPOINT_PROGRAMS {
             let tp = format!("sys_enter_{syscall}");
             if !tracepoint_exists(&tp) {
                 // e.g. no open/rename/creat on arm64: nothing to hook.
@@ -250,7 +336,9 @@ fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable
             prog.load().map_err(program_error(name, &tp))?;
             prog.attach("syscalls", &tp)
                 .map_err(program_error(name, &tp))?;
-            attached.push(syscall);
+            if needs_exit {
+                attached.push(syscall);
+            }
         }
         let exit = syscalls::TRACEPOINT_EXIT_PROGRAM;
         let prog: &mut TracePoint = program(ebpf, exit, "sys_exit_*")?;

@@ -26,8 +26,8 @@ pub struct KernelSource {
 
 impl KernelSource {
     /// Loads and attaches everything (must run inside a tokio runtime for the ring buffer's fd).
-    pub fn start(strategy: HookStrategy) -> Result<Self, EbpfUnavailable> {
-        let (hooks, ring) = KernelHooks::load(strategy)?;
+    pub fn start(strategy: HookStrategy, profile: bool) -> Result<Self, EbpfUnavailable> {
+        let (hooks, ring) = KernelHooks::load(strategy, profile)?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
         // which only happens when the AsyncFd (its owner) is dropped.
         let ring = unsafe { AsyncFd::register(ring) }
