@@ -53,11 +53,12 @@ impl DemoFiles {
         format!(
             "certreload demo: watching {d}/{{ca.crt,tls.crt,tls.key}}\n\
              In another shell, try (each prints one change with the writer's pid and comm):\n\
-             \x20 cp {d}/tls.crt {d}/tls.crt.new && mv {d}/tls.crt.new {d}/tls.crt   # replaced, by mv\n\
-             \x20 echo '# rotated' >> {d}/ca.crt                                      # modified, by the shell\n\
-             \x20 cd {d} && cp ca.crt tls.crt                                         # relative path, by cp\n\
-             \x20 rm {d}/tls.key                                                      # removed, by rm\n\
-             \x20 touch {d}/other.txt                                                 # unwatched: nothing\n\
+             \x20 cp {d}/ca.crt {d}/tls.crt.new && mv {d}/tls.crt.new {d}/tls.crt   # replaced, by mv\n\
+             \x20 echo '# rotated' >> {d}/ca.crt                                    # modified, by the shell\n\
+             \x20 (cd {d} && cp ca.crt tls.key)                                     # relative path, by cp\n\
+             \x20 rm {d}/tls.key                                                    # removed, by rm\n\
+             \x20 touch {d}/other.txt                                               # unwatched: nothing\n\
+             Rewriting a file with identical bytes is not a change (the content hash decides).\n\
              Stop with Ctrl-C.\n"
         )
     }
