@@ -86,18 +86,20 @@ pub fn toolchain() -> Result<()> {
 
     let root = bpf_linker_root(major);
     let linker = root.join("bin/bpf-linker");
-    if linker.is_file()
-        && Command::new(&linker)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    {
+    let sysroot =
+        cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    // bpf-linker loads the nightly's libLLVM at run time (rustc puts its lib dir on the loader path
+    // when it runs the linker); check that it starts the same way.
+    let runs = Command::new(&linker)
+        .arg("--version")
+        .env("LD_LIBRARY_PATH", &sysroot_lib)
+        .output();
+    if linker.is_file() && runs.is_ok_and(|o| o.status.success()) {
         eprintln!("xtask: reusing {}", linker.display());
         return Ok(());
     }
-    let sysroot =
-        cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
-    let libllvm = find_libllvm(&Path::new(sysroot.trim()).join("lib"), major)?;
+    let libllvm = find_libllvm(&sysroot_lib, major)?;
     // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so; point it at the nightly's own copy so
     // the linker and rustc agree on the LLVM bitcode format.
     let prefix = cache_dir().join(format!("llvm{major}"));

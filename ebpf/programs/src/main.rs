@@ -30,10 +30,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use certreload_common::{
-    basename_hash_step, flags, gates, kind, stats,
+    basename_hash_step, flags, gates, kind, stats, suffix_bit,
     syscalls::{x86_64 as nr, F_DUPFD, F_DUPFD_CLOEXEC},
-    suffix_bit, RawEvent, FNV_OFFSET, SUFFIX_LEN, SUFFIX_WORDS, MAX_TRACKED, MAX_WATCHED_NAMES, NAME_LEN, OPEN_WRITE_INTENT,
-    RINGBUF_BYTES,
+    RawEvent, FNV_OFFSET, MAX_TRACKED, MAX_WATCHED_NAMES, NAME_LEN, OPEN_WRITE_INTENT,
+    RINGBUF_BYTES, SUFFIX_LEN, SUFFIX_WORDS,
 };
 
 #[map]
