@@ -6,5 +6,6 @@
 //! [`watch`] (the `certreload watch` command).
 pub mod clock;
 pub mod demo;
+pub mod material;
 pub mod monitor;
 pub mod watch;

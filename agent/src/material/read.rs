@@ -1,0 +1,171 @@
+//! Reading certificate material from disk, with every way that can go wrong named precisely.
+//!
+//! A rotation can leave anything at a watched path: a directory, a symlink loop, a file the agent
+//! may not read, a 50 MiB accident. Each is a distinct, actionable error naming the file.
+
+use std::{
+    fs::File,
+    io::{self, Read},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+/// Default limit on one material file (certificate chains and keys are kilobytes).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// A material file could not be read.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// Nothing at the path.
+    #[error("{path}: file not found")]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory where a file is expected.
+    #[error("{path}: is a directory, expected a file")]
+    IsDirectory {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Symlinks that point at each other.
+    #[error("{path}: symlink loop (too many levels of symbolic links)")]
+    SymlinkLoop {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The agent may not read it.
+    #[error("{path}: permission denied")]
+    PermissionDenied {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Larger than the configured limit.
+    #[error("{path}: {size} bytes exceeds max_file_size ({max} bytes)")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (at least; the read stops past the limit).
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Any other I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ReadError {
+    /// The file concerned.
+    pub fn path(&self) -> &Path {
+        match self {
+            ReadError::NotFound { path }
+            | ReadError::IsDirectory { path }
+            | ReadError::SymlinkLoop { path }
+            | ReadError::PermissionDenied { path }
+            | ReadError::TooLarge { path, .. }
+            | ReadError::Io { path, .. } => path,
+        }
+    }
+
+    fn from_io(path: &Path, e: io::Error) -> Self {
+        let path = path.to_path_buf();
+        match (e.kind(), e.raw_os_error()) {
+            (io::ErrorKind::NotFound, _) => ReadError::NotFound { path },
+            (io::ErrorKind::PermissionDenied, _) => ReadError::PermissionDenied { path },
+            (io::ErrorKind::IsADirectory, _) => ReadError::IsDirectory { path },
+            (_, Some(libc::ELOOP)) => ReadError::SymlinkLoop { path },
+            _ => ReadError::Io { path, source: e },
+        }
+    }
+}
+
+/// Reads `path` (following symlinks), refusing directories and anything above `max` bytes without
+/// reading more than `max + 1` bytes of it.
+pub fn read_material(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    let file = File::open(path).map_err(|e| ReadError::from_io(path, e))?;
+    let meta = file.metadata().map_err(|e| ReadError::from_io(path, e))?;
+    if meta.is_dir() {
+        return Err(ReadError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.len() > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size can grow between stat and read (a writer still appending): bound the read too.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::from_io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn names_each_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        assert!(matches!(
+            read_material(&p.join("missing"), 10),
+            Err(ReadError::NotFound { .. })
+        ));
+        assert!(matches!(
+            read_material(p, 10),
+            Err(ReadError::IsDirectory { .. })
+        ));
+        symlink(p.join("a"), p.join("b")).expect("symlink");
+        symlink(p.join("b"), p.join("a")).expect("symlink");
+        assert!(matches!(
+            read_material(&p.join("a"), 10),
+            Err(ReadError::SymlinkLoop { .. })
+        ));
+        std::fs::write(p.join("big"), vec![b'x'; 11]).expect("write");
+        let err = read_material(&p.join("big"), 10).expect_err("too large");
+        assert!(matches!(
+            err,
+            ReadError::TooLarge {
+                size: 11,
+                max: 10,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("big"), "{err}");
+        std::fs::write(p.join("ok"), b"0123456789").expect("write");
+        assert_eq!(read_material(&p.join("ok"), 10).expect("read").len(), 10);
+    }
+
+    #[test]
+    fn permission_errors_are_named_as_such() {
+        // As root (CI) a mode-000 file is still readable, so map the kernel's answer directly.
+        let err = ReadError::from_io(
+            Path::new("/x/key.pem"),
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert!(matches!(err, ReadError::PermissionDenied { .. }));
+        assert_eq!(err.to_string(), "/x/key.pem: permission denied");
+    }
+}

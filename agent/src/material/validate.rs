@@ -1,0 +1,731 @@
+//! The validation gate: every check new material must pass before it may be served.
+//!
+//! Each check yields a result (pass, fail or skipped) so that `certreload check` can show all of
+//! them; the first failure, in the order below, is the verdict. A rejected bundle is a value, not an
+//! error of the program: it is logged, audited and counted, and nothing live changes.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{
+    inspect::{inspect, CertInfo},
+    pem,
+    read::read_material,
+};
+
+/// Clock skew tolerated on notBefore (a certificate issued "now" by a CA a little ahead of us).
+pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// The checks, by stable name (used in audit records, metrics labels and `check` output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The file can be read (exists, is a file, readable, within max_file_size).
+    Read,
+    /// The bytes are the expected PEM/DER material.
+    Parse,
+    /// The private key is not encrypted.
+    EncryptedKey,
+    /// The private key is the leaf certificate's key.
+    KeyMatch,
+    /// notBefore ≤ now ≤ notAfter.
+    Validity,
+    /// At least `min_validity` left.
+    MinValidity,
+    /// The leaf's extended key usage allows the bundle's role.
+    Eku,
+    /// The chain verifies to the configured CA for the bundle's role.
+    Chain,
+    /// The leaf covers every `expect_sans` name.
+    Sans,
+    /// No SAN of the current generation disappears (unless allowed).
+    SanRemoval,
+    /// A new CA bundle still contains the CAs that issued the certificates in use.
+    CaContinuity,
+    /// The ServiceAccount private key's public half is among the public keys.
+    SaKeyPair,
+}
+
+impl Check {
+    /// The stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Read => "read",
+            Check::Parse => "parse",
+            Check::EncryptedKey => "encrypted_key",
+            Check::KeyMatch => "key_match",
+            Check::Validity => "validity",
+            Check::MinValidity => "min_validity",
+            Check::Eku => "eku",
+            Check::Chain => "chain",
+            Check::Sans => "sans",
+            Check::SanRemoval => "san_removal",
+            Check::CaContinuity => "ca_continuity",
+            Check::SaKeyPair => "sa_key_pair",
+        }
+    }
+
+    /// Failures that may only mean "the other half has not been written yet" (cert and key, or a
+    /// chain waiting for its CA bundle, written as separate files).
+    pub fn may_be_half_written(self) -> bool {
+        matches!(self, Check::KeyMatch | Check::Chain)
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Passed.
+    Pass,
+    /// Failed: the material is rejected.
+    Fail,
+    /// Not applicable, or not reachable after an earlier failure.
+    Skip,
+}
+
+/// One line of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Which check.
+    pub check: Check,
+    /// Its outcome.
+    pub status: Status,
+    /// A human reason (never key bytes).
+    pub detail: String,
+    /// The file the check is about, when one is.
+    pub file: Option<PathBuf>,
+}
+
+/// Validated material: what a new generation is made of. Key bytes never reach `Debug`.
+pub struct Material {
+    /// The leaf (or, for a CA bundle, the first CA) as inspected.
+    pub leaf: Option<CertInfo>,
+    /// Leaf first, then intermediates, as in the cert file.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key (server/client bundles, or the SA signing key).
+    pub key: Option<PrivateKeyDer<'static>>,
+    /// CA certificates (the bundle's `ca`, or the CA bundle itself).
+    pub cas: Vec<CertInfo>,
+    /// CA certificates, DER.
+    pub ca_der: Vec<CertificateDer<'static>>,
+    /// ServiceAccount key ids, as Kubernetes computes them.
+    pub key_ids: Vec<String>,
+}
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material")
+            .field("leaf", &self.leaf.as_ref().map(|l| &l.fingerprint))
+            .field("chain_len", &self.chain.len())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "cas",
+                &self.cas.iter().map(|c| &c.fingerprint).collect::<Vec<_>>(),
+            )
+            .field("key_ids", &self.key_ids)
+            .finish()
+    }
+}
+
+/// All check results for one bundle, and the material when every check passed.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Every check, in order.
+    pub results: Vec<CheckResult>,
+    /// The material, when valid.
+    #[serde(skip)]
+    pub material: Option<Material>,
+}
+
+impl Report {
+    /// The first failed check: the verdict's reason.
+    pub fn failure(&self) -> Option<&CheckResult> {
+        self.results.iter().find(|r| r.status == Status::Fail)
+    }
+
+    /// True when no check failed.
+    pub fn is_valid(&self) -> bool {
+        self.failure().is_none()
+    }
+}
+
+/// The role a server/client bundle plays, which decides the EKU and chain usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    /// TLS server (serverAuth).
+    Server,
+    /// TLS client (clientAuth).
+    Client,
+}
+
+/// What a certificate/key pair is checked against.
+#[derive(Debug, Clone)]
+pub struct PairPolicy {
+    /// Server or client.
+    pub usage: Usage,
+    /// Names the leaf must cover.
+    pub expect_sans: Vec<String>,
+    /// Minimum remaining validity.
+    pub min_validity: Option<Duration>,
+    /// Allow a SAN of the previous generation to disappear.
+    pub allow_san_removal: bool,
+    /// Per-file size limit.
+    pub max_file_size: u64,
+}
+
+/// Builder of a report: records results and skips what an earlier failure made unreachable.
+struct Checks {
+    results: Vec<CheckResult>,
+}
+
+impl Checks {
+    fn new() -> Self {
+        Checks {
+            results: Vec::new(),
+        }
+    }
+    fn pass(&mut self, check: Check, detail: impl Into<String>, file: Option<&Path>) {
+        self.push(check, Status::Pass, detail.into(), file);
+    }
+    fn fail(&mut self, check: Check, detail: impl Into<String>, file: Option<&Path>) {
+        self.push(check, Status::Fail, detail.into(), file);
+    }
+    fn skip(&mut self, check: Check, detail: impl Into<String>) {
+        self.push(check, Status::Skip, detail.into(), None);
+    }
+    fn push(&mut self, check: Check, status: Status, detail: String, file: Option<&Path>) {
+        self.results.push(CheckResult {
+            check,
+            status,
+            detail,
+            file: file.map(Path::to_path_buf),
+        });
+    }
+    fn skip_rest(&mut self, checks: &[Check], why: &str) {
+        for &c in checks {
+            self.skip(c, why);
+        }
+    }
+    fn report(self, material: Option<Material>) -> Report {
+        let valid = self.results.iter().all(|r| r.status != Status::Fail);
+        Report {
+            results: self.results,
+            material: if valid { material } else { None },
+        }
+    }
+}
+
+fn now_unix(now: SystemTime) -> i64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads and parses a certificate file; records `read`/`parse`.
+fn load_certs(
+    c: &mut Checks,
+    path: &Path,
+    max: u64,
+    what: &str,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let bytes = match read_material(path, max) {
+        Ok(b) => b,
+        Err(e) => {
+            c.fail(Check::Read, e.to_string(), Some(path));
+            return None;
+        }
+    };
+    match pem::certificates(&bytes) {
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            c.fail(
+                Check::Parse,
+                format!("{}: {what}: {e}", path.display()),
+                Some(path),
+            );
+            None
+        }
+    }
+}
+
+/// Reads and parses a private key file; records `read`/`encrypted_key`/`parse`.
+fn load_key(c: &mut Checks, path: &Path, max: u64) -> Option<PrivateKeyDer<'static>> {
+    let bytes = match read_material(path, max) {
+        Ok(b) => b,
+        Err(e) => {
+            c.fail(Check::Read, e.to_string(), Some(path));
+            return None;
+        }
+    };
+    match pem::private_key(&bytes) {
+        Ok(k) => Some(k),
+        Err(e @ pem::PemError::Encrypted(_)) => {
+            c.fail(
+                Check::EncryptedKey,
+                format!("{}: {e}", path.display()),
+                Some(path),
+            );
+            None
+        }
+        Err(e) => {
+            c.fail(
+                Check::Parse,
+                format!("{}: private key: {e}", path.display()),
+                Some(path),
+            );
+            None
+        }
+    }
+}
+
+/// The SubjectPublicKeyInfo of a private key (RSA, ECDSA P-256/P-384, Ed25519).
+pub fn public_key_of(key: &PrivateKeyDer<'_>) -> Result<SubjectPublicKeyInfoDer<'static>, String> {
+    let signing = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    signing
+        .public_key()
+        .map(|spki| SubjectPublicKeyInfoDer::from(spki.as_ref().to_vec()))
+        .ok_or_else(|| "cannot derive the public key".to_string())
+}
+
+/// Kubernetes' key id for a ServiceAccount public key: base64url (no padding) of the SHA-256 of
+/// the DER SubjectPublicKeyInfo.
+pub fn kubernetes_key_id(spki: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(spki))
+}
+
+/// Validates a certificate/key pair (server or client bundle), optionally against a CA file and the
+/// current generation's leaf.
+pub fn validate_pair(
+    cert: &Path,
+    key: &Path,
+    ca: Option<&Path>,
+    policy: &PairPolicy,
+    previous: Option<&CertInfo>,
+    now: SystemTime,
+) -> Report {
+    let mut c = Checks::new();
+    let later = [
+        Check::KeyMatch,
+        Check::Validity,
+        Check::MinValidity,
+        Check::Eku,
+        Check::Chain,
+        Check::Sans,
+        Check::SanRemoval,
+    ];
+    let chain = load_certs(&mut c, cert, policy.max_file_size, "certificate chain");
+    let private = load_key(&mut c, key, policy.max_file_size);
+    let ca_der = match ca {
+        Some(ca) => load_certs(&mut c, ca, policy.max_file_size, "CA bundle").map(Some),
+        None => Some(None),
+    };
+    let (Some(chain), Some(private), Some(ca_der)) = (chain, private, ca_der) else {
+        c.skip_rest(&later, "files could not be loaded");
+        return c.report(None);
+    };
+    let leaf = match inspect(&chain[0]) {
+        Ok(l) => l,
+        Err(e) => {
+            c.fail(
+                Check::Parse,
+                format!("{}: leaf: {e}", cert.display()),
+                Some(cert),
+            );
+            c.skip_rest(&later, "leaf does not parse");
+            return c.report(None);
+        }
+    };
+    let mut cas = Vec::new();
+    for der in ca_der.iter().flatten() {
+        match inspect(der) {
+            Ok(info) => cas.push(info),
+            Err(e) => {
+                let ca = ca.unwrap_or(cert);
+                c.fail(
+                    Check::Parse,
+                    format!("{}: CA certificate: {e}", ca.display()),
+                    Some(ca),
+                );
+            }
+        }
+    }
+    c.pass(
+        Check::Parse,
+        format!(
+            "leaf {} (serial {}), {} in chain",
+            leaf.fingerprint,
+            leaf.serial,
+            chain.len()
+        ),
+        Some(cert),
+    );
+
+    match public_key_of(&private) {
+        Ok(spki) if spki.as_ref() == leaf.spki.as_slice() => {
+            c.pass(Check::KeyMatch, "private key matches the leaf", Some(key))
+        }
+        Ok(_) => c.fail(
+            Check::KeyMatch,
+            format!(
+                "{} does not match the leaf certificate in {}",
+                key.display(),
+                cert.display()
+            ),
+            Some(key),
+        ),
+        Err(e) => c.fail(Check::Parse, format!("{}: {e}", key.display()), Some(key)),
+    }
+
+    let now_s = now_unix(now);
+    if now_s + (NOT_BEFORE_SKEW.as_secs() as i64) < leaf.not_before {
+        c.fail(
+            Check::Validity,
+            format!(
+                "not yet valid: notBefore is {} s in the future",
+                leaf.not_before - now_s
+            ),
+            Some(cert),
+        );
+    } else if now_s > leaf.not_after {
+        c.fail(
+            Check::Validity,
+            format!("expired {} s ago", now_s - leaf.not_after),
+            Some(cert),
+        );
+    } else {
+        c.pass(
+            Check::Validity,
+            format!("valid for {} s more", leaf.not_after - now_s),
+            Some(cert),
+        );
+    }
+    match policy.min_validity {
+        Some(min) if leaf.not_after - now_s < min.as_secs() as i64 => c.fail(
+            Check::MinValidity,
+            format!(
+                "{} s of validity left, min_validity is {} s",
+                (leaf.not_after - now_s).max(0),
+                min.as_secs()
+            ),
+            Some(cert),
+        ),
+        Some(min) => c.pass(
+            Check::MinValidity,
+            format!("at least {} s left", min.as_secs()),
+            Some(cert),
+        ),
+        None => c.skip(Check::MinValidity, "min_validity not configured"),
+    }
+
+    let eku_ok = !leaf.eku.present
+        || leaf.eku.any
+        || match policy.usage {
+            Usage::Server => leaf.eku.server_auth,
+            Usage::Client => leaf.eku.client_auth,
+        };
+    let wanted = match policy.usage {
+        Usage::Server => "serverAuth",
+        Usage::Client => "clientAuth",
+    };
+    if eku_ok {
+        c.pass(
+            Check::Eku,
+            format!("extended key usage allows {wanted}"),
+            Some(cert),
+        );
+    } else {
+        c.fail(
+            Check::Eku,
+            format!("extended key usage does not include {wanted}"),
+            Some(cert),
+        );
+    }
+
+    match (&ca_der, ca) {
+        (Some(anchors_der), Some(ca_path)) => {
+            match verify_chain(&chain, anchors_der, policy.usage, now) {
+                Ok(()) => c.pass(
+                    Check::Chain,
+                    format!("chain verifies to {}", ca_path.display()),
+                    Some(cert),
+                ),
+                Err(e) => c.fail(
+                    Check::Chain,
+                    format!(
+                        "chain of {} does not verify to {}: {e}",
+                        cert.display(),
+                        ca_path.display()
+                    ),
+                    Some(cert),
+                ),
+            }
+        }
+        _ => c.skip(Check::Chain, "no ca configured"),
+    }
+
+    let missing: Vec<&String> = policy
+        .expect_sans
+        .iter()
+        .filter(|want| !covers(&leaf.sans, want))
+        .collect();
+    if policy.expect_sans.is_empty() {
+        c.skip(Check::Sans, "expect_sans not configured");
+    } else if missing.is_empty() {
+        c.pass(Check::Sans, "every expected SAN is covered", Some(cert));
+    } else {
+        c.fail(
+            Check::Sans,
+            format!("missing expected SAN(s): {}", join(&missing)),
+            Some(cert),
+        );
+    }
+
+    match previous {
+        Some(prev) => {
+            let dropped: Vec<&String> = prev
+                .sans
+                .iter()
+                .filter(|s| !leaf.sans.contains(s))
+                .collect();
+            if dropped.is_empty() {
+                c.pass(
+                    Check::SanRemoval,
+                    "no SAN of the current generation is dropped",
+                    Some(cert),
+                );
+            } else if policy.allow_san_removal {
+                c.pass(
+                    Check::SanRemoval,
+                    format!(
+                        "SAN(s) dropped, allowed by allow_san_removal: {}",
+                        join(&dropped)
+                    ),
+                    Some(cert),
+                );
+            } else {
+                c.fail(
+                    Check::SanRemoval,
+                    format!("drops SAN(s) the current generation has: {} (set allow_san_removal = true if intended)", join(&dropped)),
+                    Some(cert),
+                );
+            }
+        }
+        None => c.skip(Check::SanRemoval, "no current generation"),
+    }
+
+    let material = Material {
+        leaf: Some(leaf),
+        chain,
+        key: Some(private),
+        cas,
+        ca_der: ca_der.unwrap_or_default(),
+        key_ids: Vec::new(),
+    };
+    c.report(Some(material))
+}
+
+fn join(items: &[&String]) -> String {
+    items
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// True when one of `sans` covers `name` (exact, case-insensitive for DNS, or a `*.` wildcard for
+/// exactly one label).
+fn covers(sans: &[String], name: &str) -> bool {
+    sans.iter().any(|san| {
+        san.eq_ignore_ascii_case(name)
+            || san.strip_prefix("*.").is_some_and(|suffix| {
+                name.split_once('.').is_some_and(|(first, rest)| {
+                    !first.is_empty() && rest.eq_ignore_ascii_case(suffix)
+                })
+            })
+    })
+}
+
+fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    anchors: &[CertificateDer<'static>],
+    usage: Usage,
+    now: SystemTime,
+) -> Result<(), String> {
+    let trust: Vec<_> = anchors
+        .iter()
+        .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
+        .collect();
+    if trust.is_empty() {
+        return Err("the CA file holds no usable trust anchor".into());
+    }
+    let ee = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| e.to_string())?;
+    let algs = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+    let eku = match usage {
+        Usage::Server => webpki::KeyUsage::server_auth(),
+        Usage::Client => webpki::KeyUsage::client_auth(),
+    };
+    ee.verify_for_usage(algs, &trust, &chain[1..], time, eku, None, None)
+        .map(|_| ())
+        .map_err(|e| match e {
+            webpki::Error::UnknownIssuer => "issued by a CA that is not in the CA file".to_string(),
+            other => other.to_string(),
+        })
+}
+
+/// Validates a CA bundle. `in_use` are the leaves currently served that chain to it: each one's
+/// issuer must still be in the new bundle (old and new CA must overlap during a rotation).
+pub fn validate_ca_bundle(
+    bundle: &Path,
+    max_file_size: u64,
+    in_use: &[CertInfo],
+    previous_cas: &[CertInfo],
+    allow_ca_removal: bool,
+) -> Report {
+    let mut c = Checks::new();
+    let Some(ders) = load_certs(&mut c, bundle, max_file_size, "CA bundle") else {
+        c.skip(Check::CaContinuity, "bundle could not be loaded");
+        return c.report(None);
+    };
+    let mut cas = Vec::new();
+    for der in &ders {
+        match inspect(der) {
+            Ok(info) => cas.push(info),
+            Err(e) => c.fail(
+                Check::Parse,
+                format!("{}: {e}", bundle.display()),
+                Some(bundle),
+            ),
+        }
+    }
+    if c.results.iter().all(|r| r.status != Status::Fail) {
+        c.pass(
+            Check::Parse,
+            format!("{} CA certificate(s)", cas.len()),
+            Some(bundle),
+        );
+    }
+    // The issuers in use: the previous CAs that issued an in-use leaf.
+    let issuers: Vec<&CertInfo> = previous_cas
+        .iter()
+        .filter(|ca| in_use.iter().any(|leaf| leaf.issuer == ca.subject))
+        .collect();
+    let dropped: Vec<&&CertInfo> = issuers
+        .iter()
+        .filter(|old| {
+            !cas.iter()
+                .any(|new| new.subject == old.subject && new.spki == old.spki)
+        })
+        .collect();
+    if issuers.is_empty() {
+        c.skip(
+            Check::CaContinuity,
+            "no certificate in use is issued by this bundle's previous CAs",
+        );
+    } else if dropped.is_empty() {
+        c.pass(
+            Check::CaContinuity,
+            "still contains every CA that issued a certificate in use",
+            Some(bundle),
+        );
+    } else {
+        let names: Vec<String> = dropped.iter().map(|ca| ca.subject.clone()).collect();
+        let detail = format!(
+            "drops the CA that issued certificates in use: {}",
+            names.join("; ")
+        );
+        if allow_ca_removal {
+            c.pass(
+                Check::CaContinuity,
+                format!("{detail} (allowed by allow_ca_removal)"),
+                Some(bundle),
+            );
+        } else {
+            c.fail(Check::CaContinuity, format!("{detail}; add the new CA alongside the old one first, or set allow_ca_removal = true"), Some(bundle));
+        }
+    }
+    let material = Material {
+        leaf: cas.first().cloned(),
+        chain: Vec::new(),
+        key: None,
+        cas,
+        ca_der: ders,
+        key_ids: Vec::new(),
+    };
+    c.report(Some(material))
+}
+
+/// Validates a ServiceAccount key set: the signing key's public half must be among the public keys
+/// the API server verifies with, or every token it signs is rejected.
+pub fn validate_sa_keys(private_key: &Path, public_keys: &[PathBuf], max_file_size: u64) -> Report {
+    let mut c = Checks::new();
+    let key = load_key(&mut c, private_key, max_file_size);
+    let mut publics = Vec::new();
+    for path in public_keys {
+        match read_material(path, max_file_size) {
+            Ok(bytes) => match pem::public_keys(&bytes) {
+                Ok(keys) => publics.extend(keys),
+                Err(e) => c.fail(
+                    Check::Parse,
+                    format!("{}: public keys: {e}", path.display()),
+                    Some(path),
+                ),
+            },
+            Err(e) => c.fail(Check::Read, e.to_string(), Some(path)),
+        }
+    }
+    let Some(key) = key else {
+        c.skip(Check::SaKeyPair, "private key could not be loaded");
+        return c.report(None);
+    };
+    let key_ids: Vec<String> = publics
+        .iter()
+        .map(|k| kubernetes_key_id(k.as_ref()))
+        .collect();
+    match public_key_of(&key) {
+        Ok(spki) if publics.iter().any(|p| p.as_ref() == spki.as_ref()) => c.pass(
+            Check::SaKeyPair,
+            format!("signing key id {} is among the public keys ({})", kubernetes_key_id(spki.as_ref()), key_ids.join(", ")),
+            Some(private_key),
+        ),
+        Ok(spki) => c.fail(
+            Check::SaKeyPair,
+            format!(
+                "the public half of {} (key id {}) is not among the public keys ({}): tokens it signs would be rejected",
+                private_key.display(),
+                kubernetes_key_id(spki.as_ref()),
+                key_ids.join(", ")
+            ),
+            Some(private_key),
+        ),
+        Err(e) => c.fail(Check::Parse, format!("{}: {e}", private_key.display()), Some(private_key)),
+    }
+    let material = Material {
+        leaf: None,
+        chain: Vec::new(),
+        key: Some(key),
+        cas: Vec::new(),
+        ca_der: Vec::new(),
+        key_ids,
+    };
+    c.report(Some(material))
+}
