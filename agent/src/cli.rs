@@ -55,6 +55,36 @@ pub enum Command {
         #[command(flatten)]
         monitor: MonitorArgs,
     },
+    /// Run the validation gate on a configuration's bundles or on one certificate/key pair.
+    /// Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
+    Check {
+        /// Check every bundle of this configuration file.
+        #[arg(long, conflicts_with_all = ["cert", "key", "ca", "san"])]
+        config: Option<PathBuf>,
+        /// Certificate chain (leaf first) to check.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// CA file the chain must verify to.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A name the certificate must cover (repeatable).
+        #[arg(long = "san")]
+        san: Vec<String>,
+        /// Check for client use (clientAuth) instead of server use.
+        #[arg(long)]
+        client: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// The built-in demo: a throwaway certificate directory, watched, with commands to try.
     Demo {
         /// Where to create the demo files (default: a new directory under the temp dir).
@@ -62,6 +92,21 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[command(flatten)]
         monitor: MonitorArgs,
+    },
+}
+
+/// `certreload audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain of audit log files (oldest first, rotated files included); exit 0
+    /// intact, 1 broken (the first broken or missing record is named).
+    Verify {
+        /// The files, oldest first (e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 

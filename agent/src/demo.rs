@@ -83,6 +83,10 @@ pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
+    // A realistic lifetime, so expiry countdowns and min_validity mean something in the demo.
+    let now = time::OffsetDateTime::now_utc();
+    leaf_params.not_before = now - time::Duration::hours(1);
+    leaf_params.not_after = now + time::Duration::days(90);
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
     let files = DemoFiles {

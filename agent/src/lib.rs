@@ -4,8 +4,12 @@
 //! kernel event ([`monitor::ebpf`]) or inotify event ([`monitor::inotify`]) → hint
 //! ([`monitor::hint`]) → confirmed change ([`monitor::confirm`]) → consumers such as
 //! [`watch`] (the `certreload watch` command).
+pub mod audit;
+pub mod check;
 pub mod clock;
+pub mod config;
 pub mod demo;
+pub mod gate;
 pub mod material;
 pub mod monitor;
 pub mod watch;

@@ -4,12 +4,15 @@ mod cli;
 
 use anyhow::Context;
 use certreload::{
+    audit,
+    check::{self, CheckTarget},
+    config::BundleKind,
     demo,
     monitor::MonitorConfig,
     watch::{self, Output},
 };
 use clap::Parser;
-use cli::{Cli, Command, MonitorArgs};
+use cli::{AuditCommand, Cli, Command, MonitorArgs};
 
 fn monitor_config(paths: Vec<std::path::PathBuf>, args: &MonitorArgs) -> MonitorConfig {
     MonitorConfig {
@@ -41,9 +44,87 @@ async fn main() -> anyhow::Result<()> {
             watch::run(monitor_config(paths, &monitor), output).await?;
         }
         Some(Command::Demo { dir, monitor }) => run_demo(dir, &monitor).await?,
+        Some(Command::Check {
+            config,
+            cert,
+            key,
+            ca,
+            san,
+            client,
+            output,
+        }) => {
+            let target = match (config, cert, key) {
+                (Some(config), _, _) => CheckTarget::Config(config),
+                (None, Some(cert), Some(key)) => CheckTarget::Pair {
+                    cert,
+                    key,
+                    ca,
+                    sans: san,
+                    kind: if client {
+                        BundleKind::Client
+                    } else {
+                        BundleKind::Server
+                    },
+                },
+                _ => {
+                    eprintln!("certreload check: give --config FILE, or --cert C --key K");
+                    std::process::exit(2);
+                }
+            };
+            std::process::exit(run_check(&target, output));
+        }
+        Some(Command::Audit {
+            command: AuditCommand::Verify { files, output },
+        }) => {
+            std::process::exit(run_audit_verify(&files, output));
+        }
         None => run_demo(None, &MonitorArgs::default_for_demo()).await?,
     }
     Ok(())
+}
+
+fn run_check(target: &CheckTarget, output: Output) -> i32 {
+    match check::run(target) {
+        Ok(verdicts) => {
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "bundles": verdicts })),
+                Output::Text => print!("{}", check::render_text(&verdicts)),
+            }
+            if verdicts.iter().all(|v| v.valid) {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("certreload check: {e}");
+            2
+        }
+    }
+}
+
+fn run_audit_verify(files: &[std::path::PathBuf], output: Output) -> i32 {
+    let result = audit::verify_files(files);
+    match (output, &result) {
+        (Output::Json, Ok(summary)) => println!(
+            "{}",
+            serde_json::json!({ "intact": true, "summary": summary })
+        ),
+        (Output::Json, Err(e)) => println!(
+            "{}",
+            serde_json::json!({ "intact": false, "error": e.to_string() })
+        ),
+        (Output::Text, Ok(s)) => println!(
+            "intact: {} records from {} agent run(s), last seq {}",
+            s.records, s.instances, s.last_seq
+        ),
+        (Output::Text, Err(e)) => println!("BROKEN: {e}"),
+    }
+    match result {
+        Ok(_) => 0,
+        Err(audit::VerifyError::Io { .. }) => 2,
+        Err(_) => 1,
+    }
 }
 
 async fn run_demo(dir: Option<std::path::PathBuf>, args: &MonitorArgs) -> anyhow::Result<()> {

@@ -406,7 +406,7 @@ pub fn validate_pair(
     } else if now_s > leaf.not_after {
         c.fail(
             Check::Validity,
-            format!("expired {} s ago", now_s - leaf.not_after),
+            format!("expired {} ago", human_secs(now_s - leaf.not_after)),
             Some(cert),
         );
     } else {
@@ -539,6 +539,10 @@ pub fn validate_pair(
         key_ids: Vec::new(),
     };
     c.report(Some(material))
+}
+
+fn human_secs(secs: i64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0) as u64)).to_string()
 }
 
 fn join(items: &[&String]) -> String {

@@ -1,0 +1,526 @@
+//! The agent's configuration file (TOML), parsed into typed values with errors that name the field
+//! and the line.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::material::read::DEFAULT_MAX_FILE_SIZE;
+
+/// The configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema (toml's message names the line, column and field).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{path}:{line}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the value (or of its table).
+        line: usize,
+        /// Dotted field name, e.g. `bundle[apiserver].key`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What kind of material a bundle holds, which decides its files and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundleKind {
+    /// TLS server certificate + key (checked for serverAuth).
+    Server,
+    /// TLS client certificate + key (checked for clientAuth).
+    Client,
+    /// A CA bundle (`cert` is the bundle file).
+    Ca,
+    /// ServiceAccount signing key and verification keys.
+    SaKeys,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// Content resync period.
+    pub resync: Duration,
+    /// Extra wait before reading after a confirmed change (writers that close and reopen).
+    pub settle: Duration,
+    /// How long cert and key may disagree before that is a rejection.
+    pub pair_timeout: Duration,
+    /// Largest material file accepted.
+    pub max_file_size: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            resync: Duration::from_secs(30),
+            settle: Duration::ZERO,
+            pair_timeout: Duration::from_secs(10),
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// The JSON-lines audit log.
+    pub path: PathBuf,
+    /// Rotate when the file exceeds this size.
+    pub max_size: u64,
+}
+
+/// Default audit log location.
+pub const DEFAULT_AUDIT_PATH: &str = "/var/log/certreload/audit.jsonl";
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            path: PathBuf::from(DEFAULT_AUDIT_PATH),
+            max_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One `[[bundle]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleConfig {
+    /// Unique name (in records, metrics and references from listeners).
+    pub name: String,
+    /// What it holds.
+    pub kind: BundleKind,
+    /// Line of its `[[bundle]]` table, for messages.
+    pub line: usize,
+    /// The files, shaped by the kind (so a server bundle always has a cert and a key).
+    pub files: BundleFiles,
+    /// Names the leaf must cover.
+    pub expect_sans: Vec<String>,
+    /// Minimum remaining validity.
+    pub min_validity: Option<Duration>,
+    /// Allow a rotation to drop a SAN of the current generation.
+    pub allow_san_removal: bool,
+    /// Allow a CA bundle to drop a CA that issued certificates in use.
+    pub allow_ca_removal: bool,
+}
+
+/// The files of a bundle, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleFiles {
+    /// Server or client: leaf + intermediates, private key, and the CA the chain must verify to.
+    Pair {
+        /// Leaf + intermediates.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+        /// CA file (optional).
+        ca: Option<PathBuf>,
+    },
+    /// A CA bundle (the `cert` field).
+    Ca {
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// ServiceAccount signing key and verification keys.
+    SaKeys {
+        /// The signing key.
+        private_key: PathBuf,
+        /// The verification keys.
+        public_keys: Vec<PathBuf>,
+    },
+}
+
+impl BundleConfig {
+    /// Every file of the bundle: what the monitor watches for it.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match &self.files {
+            BundleFiles::Pair { cert, key, ca } => [Some(cert), Some(key), ca.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            BundleFiles::Ca { bundle } => vec![bundle.clone()],
+            BundleFiles::SaKeys {
+                private_key,
+                public_keys,
+            } => std::iter::once(private_key)
+                .chain(public_keys)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `[agent]`.
+    pub agent: AgentSettings,
+    /// `[audit]`.
+    pub audit: AuditSettings,
+    /// `[[bundle]]`s, in file order.
+    pub bundles: Vec<BundleConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+    #[serde(default, rename = "bundle")]
+    bundles: Vec<Spanned<RawBundle>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    resync: Option<Spanned<String>>,
+    settle: Option<Spanned<String>>,
+    pair_timeout: Option<Spanned<String>>,
+    max_file_size: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+    max_size: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBundle {
+    name: String,
+    kind: BundleKind,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    expect_sans: Vec<String>,
+    min_validity: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_san_removal: bool,
+    #[serde(default)]
+    allow_ca_removal: bool,
+    private_key: Option<PathBuf>,
+    #[serde(default)]
+    public_keys: Vec<PathBuf>,
+}
+
+/// Turns byte offsets into line numbers and builds errors for one file.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn invalid(
+        &self,
+        offset: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line(offset),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
+            self.invalid(
+                value.span().start,
+                field,
+                format!(
+                    "{:?} is not a duration like \"30s\" or \"10m\": {e}",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn size(&self, value: &Spanned<String>, field: &str) -> Result<u64, ConfigError> {
+        value
+            .get_ref()
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                self.invalid(
+                    value.span().start,
+                    field,
+                    format!("{:?} is not a size like \"1MiB\": {e}", value.get_ref()),
+                )
+            })
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses `text` (read from `path`, used in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let mut agent = AgentSettings::default();
+        if let Some(v) = &raw.agent.resync {
+            agent.resync = src.duration(v, "agent.resync")?;
+            if agent.resync.is_zero() {
+                return Err(src.invalid(
+                    v.span().start,
+                    "agent.resync",
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if let Some(v) = &raw.agent.settle {
+            agent.settle = src.duration(v, "agent.settle")?;
+        }
+        if let Some(v) = &raw.agent.pair_timeout {
+            agent.pair_timeout = src.duration(v, "agent.pair_timeout")?;
+        }
+        if let Some(v) = &raw.agent.max_file_size {
+            agent.max_file_size = src.size(v, "agent.max_file_size")?;
+        }
+        let mut audit = AuditSettings::default();
+        if let Some(a) = &raw.audit {
+            audit.path = a.path.clone();
+            if let Some(v) = &a.max_size {
+                audit.max_size = src.size(v, "audit.max_size")?;
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut bundles = Vec::new();
+        for spanned in &raw.bundles {
+            let offset = spanned.span().start;
+            let b = spanned.get_ref();
+            let field = |f: &str| format!("bundle[{}].{f}", b.name);
+            if b.name.trim().is_empty() {
+                return Err(src.invalid(offset, "bundle.name", "must not be empty"));
+            }
+            if !names.insert(b.name.clone()) {
+                return Err(src.invalid(offset, field("name"), "duplicate bundle name"));
+            }
+            let missing = |name: &str| {
+                src.invalid(
+                    offset,
+                    field(name),
+                    format!("required for kind {:?}", b.kind),
+                )
+            };
+            let unused = |name: &str| {
+                src.invalid(
+                    offset,
+                    field(name),
+                    format!("not used by kind {:?}", b.kind),
+                )
+            };
+            let files = match b.kind {
+                BundleKind::Server | BundleKind::Client => {
+                    if b.private_key.is_some() {
+                        return Err(unused("private_key"));
+                    }
+                    if !b.public_keys.is_empty() {
+                        return Err(unused("public_keys"));
+                    }
+                    BundleFiles::Pair {
+                        cert: b.cert.clone().ok_or_else(|| missing("cert"))?,
+                        key: b.key.clone().ok_or_else(|| missing("key"))?,
+                        ca: b.ca.clone(),
+                    }
+                }
+                BundleKind::Ca => {
+                    for (name, present) in [
+                        ("key", b.key.is_some()),
+                        ("ca", b.ca.is_some()),
+                        ("private_key", b.private_key.is_some()),
+                        ("public_keys", !b.public_keys.is_empty()),
+                    ] {
+                        if present {
+                            return Err(unused(name));
+                        }
+                    }
+                    BundleFiles::Ca {
+                        bundle: b.cert.clone().ok_or_else(|| missing("cert"))?,
+                    }
+                }
+                BundleKind::SaKeys => {
+                    for (name, present) in [
+                        ("cert", b.cert.is_some()),
+                        ("key", b.key.is_some()),
+                        ("ca", b.ca.is_some()),
+                    ] {
+                        if present {
+                            return Err(unused(name));
+                        }
+                    }
+                    if b.public_keys.is_empty() {
+                        return Err(missing("public_keys"));
+                    }
+                    BundleFiles::SaKeys {
+                        private_key: b
+                            .private_key
+                            .clone()
+                            .ok_or_else(|| missing("private_key"))?,
+                        public_keys: b.public_keys.clone(),
+                    }
+                }
+            };
+            let min_validity = match &b.min_validity {
+                Some(v) => Some(src.duration(v, &field("min_validity"))?),
+                None => None,
+            };
+            bundles.push(BundleConfig {
+                name: b.name.clone(),
+                kind: b.kind,
+                line: src.line(offset),
+                files,
+                expect_sans: b.expect_sans.clone(),
+                min_validity,
+                allow_san_removal: b.allow_san_removal,
+                allow_ca_removal: b.allow_ca_removal,
+            });
+        }
+        Ok(Config {
+            agent,
+            audit,
+            bundles,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[agent]
+resync = "30s"
+settle = "0s"
+pair_timeout = "10s"
+max_file_size = "1MiB"
+
+[audit]
+path = "/var/log/certreload/audit.jsonl"
+
+[[bundle]]
+name = "apiserver"
+kind = "server"
+cert = "/etc/kubernetes/pki/apiserver.crt"
+key = "/etc/kubernetes/pki/apiserver.key"
+ca = "/etc/kubernetes/pki/ca.crt"
+expect_sans = ["kubernetes.default.svc"]
+min_validity = "24h"
+
+[[bundle]]
+name = "sa"
+kind = "sa-keys"
+private_key = "/etc/kubernetes/pki/sa.key"
+public_keys = ["/etc/kubernetes/pki/sa.pub"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("certreload.toml"), text)
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = parse(EXAMPLE).expect("valid");
+        assert_eq!(c.agent.pair_timeout, Duration::from_secs(10));
+        assert_eq!(c.agent.max_file_size, 1024 * 1024);
+        assert_eq!(c.bundles.len(), 2);
+        assert_eq!(c.bundles[0].min_validity, Some(Duration::from_secs(86400)));
+        assert_eq!(c.bundles[0].line, 11);
+        assert_eq!(c.bundles[0].files().len(), 3);
+        assert_eq!(c.bundles[1].kind, BundleKind::SaKeys);
+        assert_eq!(c.bundles[1].files().len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let err = parse(&EXAMPLE.replace("pair_timeout = \"10s\"", "pair_timeout = \"ten\""))
+            .expect_err("bad duration");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("certreload.toml:5: agent.pair_timeout:"),
+            "{msg}"
+        );
+
+        let err = parse(&EXAMPLE.replace("key = \"/etc/kubernetes/pki/apiserver.key\"\n", ""))
+            .expect_err("missing key");
+        assert!(
+            err.to_string().contains("bundle[apiserver].key: required"),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("certreload.toml:11:"), "{err}");
+
+        let err =
+            parse(&EXAMPLE.replace("min_validity", "min_valdity")).expect_err("unknown field");
+        assert!(err.to_string().contains("min_valdity"), "{err}");
+        assert!(
+            err.to_string().contains("line"),
+            "toml names the line: {err}"
+        );
+
+        let err = parse(&format!(
+            "{EXAMPLE}\n[[bundle]]\nname = \"sa\"\nkind = \"ca\"\ncert = \"/x\"\n"
+        ))
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("duplicate bundle name"), "{err}");
+
+        let err = parse(&EXAMPLE.replace("max_file_size = \"1MiB\"", "max_file_size = \"lots\""))
+            .expect_err("size");
+        assert!(err.to_string().contains("agent.max_file_size"), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply_when_sections_are_absent() {
+        let c = parse("").expect("empty config");
+        assert_eq!(c.agent, AgentSettings::default());
+        assert_eq!(c.audit.path, PathBuf::from(DEFAULT_AUDIT_PATH));
+    }
+}
