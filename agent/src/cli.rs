@@ -55,6 +55,19 @@ pub enum Command {
         #[command(flatten)]
         monitor: MonitorArgs,
     },
+    /// Run the agent: watch every bundle's files, validate each change, keep generations current,
+    /// and audit every step.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ModeRequest,
+        /// How the eBPF syscall hooks are attached.
+        #[arg(long, value_enum, default_value_t = HookStrategy::default_for_host())]
+        hook: HookStrategy,
+    },
     /// Run the validation gate on a configuration's bundles or on one certificate/key pair.
     /// Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
     Check {

@@ -12,4 +12,6 @@ pub mod demo;
 pub mod gate;
 pub mod material;
 pub mod monitor;
+pub mod reload;
+pub mod run;
 pub mod watch;

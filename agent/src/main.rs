@@ -9,6 +9,7 @@ use certreload::{
     config::BundleKind,
     demo,
     monitor::MonitorConfig,
+    run::{self, RunOptions},
     watch::{self, Output},
 };
 use clap::Parser;
@@ -44,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
             watch::run(monitor_config(paths, &monitor), output).await?;
         }
         Some(Command::Demo { dir, monitor }) => run_demo(dir, &monitor).await?,
+        Some(Command::Run { config, mode, hook }) => {
+            run::run(&config, RunOptions { mode, hook }).await?;
+        }
         Some(Command::Check {
             config,
             cert,

@@ -264,3 +264,112 @@ pub fn assert_writer(mode: Mode, change: &Value, comm: &str, pid: Option<u32>) {
         }
     }
 }
+
+/// A running `certreload run --config FILE`, with its audit log.
+pub struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// The audit log the configuration names.
+    pub audit: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on `config` (auto mode: eBPF where it loads, inotify elsewhere) and waits
+    /// until it has validated every bundle.
+    pub fn start(config: &Path, audit: &Path, extra: &[&str]) -> Agent {
+        Agent::start_wrapped(&[], config, audit, extra)
+    }
+
+    /// Like [`Agent::start`], run through `wrapper` (e.g. `setpriv ... --`) when not empty.
+    pub fn start_wrapped(wrapper: &[&str], config: &Path, audit: &Path, extra: &[&str]) -> Agent {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(certreload_bin());
+                c
+            }
+            None => Command::new(certreload_bin()),
+        };
+        let mut child = command
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("CERTRELOAD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("certreload starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let pipe = child.stderr.take().expect("stderr piped");
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains("agent ready") {
+                        let _ = ready_tx.send(());
+                    }
+                    let mut s = stderr.lock().expect("stderr buffer");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        if ready_rx.recv_timeout(EVENT_DEADLINE).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "certreload run did not become ready:\n{}",
+                stderr.lock().expect("stderr").clone()
+            );
+        }
+        Agent {
+            child,
+            stderr,
+            audit: audit.to_path_buf(),
+        }
+    }
+
+    /// Every audit record so far.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits for an audit record matching `pred`.
+    pub fn expect_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no audit record {what} within {EVENT_DEADLINE:?}; records:\n{}\nagent log:\n{}",
+                    self.records().iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+                    self.stderr.lock().expect("stderr").clone()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent (SIGTERM) and returns every record.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("agent exits");
+        assert!(
+            status.success(),
+            "agent exited with {status}:\n{}",
+            self.stderr.lock().expect("stderr").clone()
+        );
+        self.records()
+    }
+}

@@ -34,8 +34,12 @@ pub struct ConfirmedChange {
     pub source: Source,
     /// Who did it; `null` when unknown (inotify, resync).
     pub writer: Option<Writer>,
-    /// SHA-256 (hex) of the new content; `null` when removed.
+    /// SHA-256 (hex) of the new content; `null` when removed or unreadable.
     pub sha256: Option<String>,
+    /// Why the path cannot be read (a directory, a symlink loop, no permission); absent when it
+    /// can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Microseconds from the syscall's return (kernel clock) to confirmation; `null` when unknown.
     pub latency_us: Option<u64>,
     /// The file the path resolves to now (through symlinks such as `..data`); `null` when removed.

@@ -24,58 +24,93 @@ use crate::clock;
 /// (certificate material is kilobytes; a multi-megabyte "certificate" is itself an anomaly).
 pub const MAX_HASHED_BYTES: u64 = 64 * 1024 * 1024;
 
+/// What a watched path's content is, as far as the agent can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// SHA-256 of the bytes.
+    Sha256([u8; 32]),
+    /// Something is there but cannot be read as a file (a directory, a symlink loop, no
+    /// permission, too large to hash): still a change the layers above must judge.
+    Unreadable(String),
+}
+
 /// What the agent last saw at a watched path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileState {
     /// The file the path resolved to.
     pub resolved: PathBuf,
-    /// Device of the file.
+    /// Device of the file (0 when it cannot even be stat'ed, e.g. a symlink loop).
     pub dev: u64,
     /// Inode of the file.
     pub ino: u64,
-    /// SHA-256 of the content.
-    pub sha256: [u8; 32],
+    /// Its content.
+    pub content: Content,
 }
 
 impl FileState {
-    /// Reads the file at `path` (following symlinks). `Ok(None)` when nothing is there.
-    pub fn read(path: &Path) -> io::Result<Option<FileState>> {
+    /// Reads the file at `path` (following symlinks). `None` when nothing is there.
+    pub fn read(path: &Path) -> Option<FileState> {
+        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let unreadable = |error: String| {
+            let meta = std::fs::metadata(path).ok();
+            Some(FileState {
+                resolved: resolved.clone(),
+                dev: meta.as_ref().map_or(0, |m| m.dev()),
+                ino: meta.as_ref().map_or(0, |m| m.ino()),
+                content: Content::Unreadable(error),
+            })
+        };
         let mut file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => return unreadable(e.to_string()),
         };
-        let meta = file.metadata()?;
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return unreadable(e.to_string()),
+        };
         if meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "is a directory",
-            ));
+            return unreadable("is a directory".into());
         }
         let mut hasher = Sha256::new();
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => return unreadable(e.to_string()),
+            };
             if n == 0 {
                 break;
             }
             total += n as u64;
             if total > MAX_HASHED_BYTES {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    "larger than 64 MiB",
-                ));
+                return unreadable(format!("larger than {MAX_HASHED_BYTES} bytes"));
             }
             hasher.update(&buf[..n]);
         }
-        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(Some(FileState {
+        Some(FileState {
             resolved,
             dev: meta.dev(),
             ino: meta.ino(),
-            sha256: hasher.finalize().into(),
-        }))
+            content: Content::Sha256(hasher.finalize().into()),
+        })
+    }
+
+    /// SHA-256 hex, when readable.
+    pub fn sha256_hex(&self) -> Option<String> {
+        match &self.content {
+            Content::Sha256(h) => Some(hex::encode(h)),
+            Content::Unreadable(_) => None,
+        }
+    }
+
+    /// Why it cannot be read, when it cannot.
+    pub fn error(&self) -> Option<String> {
+        match &self.content {
+            Content::Sha256(_) => None,
+            Content::Unreadable(e) => Some(e.clone()),
+        }
     }
 
     fn same_file(&self, other: &FileState) -> bool {
@@ -89,7 +124,7 @@ pub fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<Chan
         (None, None) => None,
         (None, Some(_)) => Some(ChangeKind::Created),
         (Some(_), None) => Some(ChangeKind::Removed),
-        (Some(a), Some(b)) if a.sha256 != b.sha256 => Some(if a.same_file(b) {
+        (Some(a), Some(b)) if a.content != b.content => Some(if a.same_file(b) {
             ChangeKind::Modified
         } else {
             ChangeKind::Replaced
@@ -113,7 +148,7 @@ impl Confirmer {
         let states = watch
             .paths()
             .iter()
-            .map(|p| read_quietly(&p.absolute))
+            .map(|p| FileState::read(&p.absolute))
             .collect();
         Confirmer { states }
     }
@@ -151,13 +186,10 @@ impl Confirmer {
                 tracing::debug!(path = %path.given.display(), "still open for writing; waiting for close");
                 continue;
             }
-            let new = match FileState::read(&path.absolute) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(path = %path.given.display(), error = %e, "cannot read watched path");
-                    continue;
-                }
-            };
+            let new = FileState::read(&path.absolute);
+            if let Some(error) = new.as_ref().and_then(FileState::error) {
+                tracing::warn!(path = %path.given.display(), %error, "watched path cannot be read");
+            }
             let Some(kind) = classify(self.states[i].as_ref(), new.as_ref()) else {
                 self.states[i] = new;
                 continue;
@@ -171,7 +203,8 @@ impl Confirmer {
                 kind,
                 source: hint.source,
                 writer: hint.writer.clone(),
-                sha256: new.as_ref().map(|s| hex::encode(s.sha256)),
+                sha256: new.as_ref().and_then(FileState::sha256_hex),
+                error: new.as_ref().and_then(FileState::error),
                 latency_us,
                 resolved: new.as_ref().map(|s| s.resolved.clone()),
                 operation: hint.operation,
@@ -180,13 +213,6 @@ impl Confirmer {
         }
         changes
     }
-}
-
-fn read_quietly(path: &Path) -> Option<FileState> {
-    FileState::read(path).unwrap_or_else(|e| {
-        tracing::warn!(path = %path.display(), error = %e, "cannot read watched path");
-        None
-    })
 }
 
 #[cfg(test)]
@@ -266,12 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_or_loop_in_place_of_the_file_is_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tls.crt");
+        std::fs::write(&path, "A").expect("write");
+        let watch = WatchSet::new(std::slice::from_ref(&path));
+        let mut c = Confirmer::new(&watch);
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("mkdir");
+        let ch = c.check(&watch, &hint(&["tls.crt"]), |_| false);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(
+            (ch[0].sha256.as_deref(), ch[0].error.as_deref()),
+            (None, Some("is a directory"))
+        );
+        std::fs::remove_dir(&path).expect("rmdir");
+        std::os::unix::fs::symlink(&path, &path).expect("self loop");
+        let ch = c.check(&watch, &hint(&["tls.crt"]), |_| false);
+        assert!(
+            ch[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("symbolic links")),
+            "{ch:?}"
+        );
+    }
+
+    #[test]
     fn identical_content_under_a_new_inode_is_not_a_change() {
         let a = FileState {
             resolved: "/x".into(),
             dev: 1,
             ino: 1,
-            sha256: [1; 32],
+            content: Content::Sha256([1; 32]),
         };
         let b = FileState {
             ino: 2,

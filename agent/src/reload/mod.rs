@@ -1,0 +1,277 @@
+//! The reload pipeline: confirmed changes in, validated generations out, every step audited.
+//!
+//! ```text
+//! monitor ─ConfirmedChange─> Reloader ─gate─> accepted: audit (fsync) ─> GenerationStore::publish
+//!                                          └> rejected / waiting for the other half: audit only
+//! ```
+//! A mismatch that may only mean "the other file is not written yet" (key vs cert, chain vs CA)
+//! waits up to `pair_timeout`, re-checked on every further change, before it is a rejection.
+
+pub mod generation;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use self::generation::{Generation, GenerationStore};
+use crate::{
+    audit::{AuditEvent, AuditLog},
+    config::{BundleFiles, Config},
+    gate::{validate_bundle, Current},
+    material::inspect::CertInfo,
+    monitor::{ConfirmedChange, Source},
+};
+
+/// Drives the gate and the generation store from confirmed changes.
+pub struct Reloader {
+    config: Config,
+    store: Arc<GenerationStore>,
+    audit: AuditLog,
+    by_path: HashMap<PathBuf, Vec<usize>>,
+    waiting: HashMap<usize, Instant>,
+}
+
+impl Reloader {
+    /// Wires the bundles of `config` to `store`, recording into `audit`.
+    pub fn new(config: Config, store: Arc<GenerationStore>, audit: AuditLog) -> Self {
+        let mut by_path: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+        for (i, b) in config.bundles.iter().enumerate() {
+            for f in b.files() {
+                by_path.entry(f).or_default().push(i);
+            }
+        }
+        Reloader {
+            config,
+            store,
+            audit,
+            by_path,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// The audit log (for the final record).
+    pub fn audit_mut(&mut self) -> &mut AuditLog {
+        &mut self.audit
+    }
+
+    /// Validates every bundle once: valid ones get generation 1; invalid ones are rejected and
+    /// reported, and the agent runs the rest.
+    pub fn startup(&mut self) {
+        for i in 0..self.config.bundles.len() {
+            self.evaluate(i, Instant::now(), false);
+        }
+        let not_ready = self.store.not_ready();
+        if !not_ready.is_empty() {
+            tracing::warn!(bundles = ?not_ready, "bundles without valid material at start-up; serving the others");
+        }
+    }
+
+    /// Runs until `shutdown` turns true or the monitor stops.
+    pub async fn run(
+        &mut self,
+        mut changes: mpsc::Receiver<ConfirmedChange>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sleep => self.expire_waits(),
+                first = changes.recv() => {
+                    let Some(first) = first else { return };
+                    let mut batch = vec![first];
+                    if !self.config.agent.settle.is_zero() {
+                        tokio::time::sleep(self.config.agent.settle).await;
+                    }
+                    while let Ok(more) = changes.try_recv() {
+                        batch.push(more);
+                    }
+                    self.on_changes(batch);
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Records the changes and re-evaluates every bundle they touch, once each.
+    pub fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
+        let mut touched = BTreeSet::new();
+        for change in &batch {
+            let bundles = self.by_path.get(&change.path).cloned().unwrap_or_default();
+            for &i in &bundles {
+                let name = self.config.bundles[i].name.clone();
+                let event = if change.source == Source::Resync {
+                    AuditEvent::ResyncFoundChange {
+                        path: change.path.clone(),
+                    }
+                } else {
+                    AuditEvent::ChangeDetected {
+                        path: change.path.clone(),
+                        source: serde_json::to_value(change.source)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        kind: serde_json::to_value(change.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        writer: change.writer.clone(),
+                        sha256: change.sha256.clone(),
+                    }
+                };
+                self.record(Some(&name), &event);
+                touched.insert(i);
+            }
+        }
+        let now = Instant::now();
+        for i in touched {
+            self.evaluate(i, now, true);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.waiting
+            .values()
+            .map(|since| *since + self.config.agent.pair_timeout)
+            .min()
+    }
+
+    fn expire_waits(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .waiting
+            .iter()
+            .filter(|(_, since)| **since + self.config.agent.pair_timeout <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in due {
+            self.evaluate(i, now, true);
+        }
+    }
+
+    /// Appends a record; a failure is logged loudly (the caller then does not publish).
+    fn record(&mut self, bundle: Option<&str>, event: &AuditEvent) -> bool {
+        match self.audit.append(bundle, event) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, event = event.name(), "cannot write the audit record; the change it reports is not applied");
+                false
+            }
+        }
+    }
+
+    /// Leaves in use that chain to the CA bundle file `ca_file`, and that bundle's current CAs.
+    fn ca_context(&self, ca_file: &PathBuf, bundle: &str) -> (Vec<CertInfo>, Vec<CertInfo>) {
+        let in_use = self
+            .config
+            .bundles
+            .iter()
+            .filter(|b| matches!(&b.files, BundleFiles::Pair { ca: Some(ca), .. } if ca == ca_file))
+            .filter_map(|b| self.store.current(&b.name).and_then(|g| g.leaf().cloned()))
+            .collect();
+        let cas = self
+            .store
+            .current(bundle)
+            .map(|g| g.material.cas.clone())
+            .unwrap_or_default();
+        (in_use, cas)
+    }
+
+    /// Runs the gate on bundle `i` and acts on the verdict. `may_wait`: a half-written pair may
+    /// wait for its other half (not at start-up: there is no later change to wait for).
+    fn evaluate(&mut self, i: usize, now: Instant, may_wait: bool) {
+        let bundle = self.config.bundles[i].clone();
+        let current = self.store.current(&bundle.name);
+        let (in_use, cas) = match &bundle.files {
+            BundleFiles::Ca { bundle: file } => self.ca_context(file, &bundle.name),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let context = Current {
+            leaf: current.as_ref().and_then(|g| g.leaf()),
+            cas: &cas,
+            in_use: &in_use,
+        };
+        let report = validate_bundle(&bundle, &self.config.agent, &context, SystemTime::now());
+        let current_number = current.as_ref().map(|g| g.number);
+        if let (true, Some(material)) = (report.is_valid(), report.material) {
+            self.waiting.remove(&i);
+            if current.as_ref().is_some_and(|g| {
+                Generation::identity(&g.material) == Generation::identity(&material)
+            }) {
+                tracing::debug!(bundle = %bundle.name, "material unchanged; generation stays");
+                return;
+            }
+            let number = current_number.map_or(1, |n| n + 1);
+            let leaf = material.leaf.clone();
+            let old = current.as_ref().and_then(|g| g.leaf().cloned());
+            let event = AuditEvent::MaterialAccepted {
+                old_generation: current_number,
+                new_generation: number,
+                old_fingerprint: old.as_ref().map(|l| l.fingerprint.clone()),
+                new_fingerprint: leaf.as_ref().map(|l| l.fingerprint.clone()),
+                old_serial: old.as_ref().map(|l| l.serial.clone()),
+                new_serial: leaf.as_ref().map(|l| l.serial.clone()),
+                not_after: leaf.as_ref().map(|l| l.not_after),
+                key_ids: material.key_ids.clone(),
+            };
+            // Durable before visible: the swap happens only once its record is on disk.
+            if self.record(Some(&bundle.name), &event) {
+                self.store.publish(
+                    &bundle.name,
+                    Generation {
+                        number,
+                        accepted_at: SystemTime::now(),
+                        material,
+                    },
+                );
+            }
+            return;
+        }
+        let Some(failure) = report
+            .results
+            .iter()
+            .find(|r| r.status == crate::material::validate::Status::Fail)
+            .cloned()
+        else {
+            return;
+        };
+        let timeout = self.config.agent.pair_timeout;
+        if may_wait && failure.check.may_be_half_written() && !timeout.is_zero() {
+            match self.waiting.get(&i) {
+                None => {
+                    self.waiting.insert(i, now);
+                    let event = AuditEvent::PairWaiting {
+                        check: failure.check,
+                        reason: failure.detail.clone(),
+                        deadline_s: timeout.as_secs_f64(),
+                    };
+                    self.record(Some(&bundle.name), &event);
+                    return;
+                }
+                Some(since) if now.duration_since(*since) < timeout => return,
+                Some(_) => {}
+            }
+        }
+        self.waiting.remove(&i);
+        let event = AuditEvent::MaterialRejected {
+            check: failure.check,
+            reason: failure.detail.clone(),
+            file: failure.file.clone(),
+            current_generation: current_number,
+        };
+        self.record(Some(&bundle.name), &event);
+    }
+}
