@@ -330,6 +330,11 @@ impl Agent {
         }
     }
 
+    /// What the agent logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
     /// Every audit record so far.
     pub fn records(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit)

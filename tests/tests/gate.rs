@@ -500,3 +500,45 @@ fn audit_verify_names_modified_deleted_and_reordered_records() {
         "{out}"
     );
 }
+
+#[test]
+fn a_bundle_invalid_at_start_up_is_reported_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = new_ca("ca");
+    let (cert, key) = new_leaf(&ca, LeafSpec::default());
+    let p = |n: &str| dir.path().join(n);
+    fs::write(p("good.crt"), &cert).expect("write");
+    fs::write(p("good.key"), &key).expect("write");
+    fs::write(p("bad.crt"), "not a certificate").expect("write");
+    fs::write(p("bad.key"), &key).expect("write");
+    let audit = p("audit.jsonl");
+    let config = format!(
+        "[audit]\npath = \"{}\"\n[[bundle]]\nname = \"good\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n[[bundle]]\nname = \"bad\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        audit.display(),
+        p("good.crt").display(),
+        p("good.key").display(),
+        p("bad.crt").display(),
+        p("bad.key").display()
+    );
+    fs::write(p("c.toml"), config).expect("write");
+    let agent = Agent::start(&p("c.toml"), &audit, &[]);
+    agent.expect_record("good accepted", |r| {
+        r["event"] == "material_accepted" && r["bundle"] == "good"
+    });
+    let rejected = agent.expect_record("bad rejected", |r| {
+        r["event"] == "material_rejected" && r["bundle"] == "bad"
+    });
+    assert!(rejected["current_generation"].is_null(), "{rejected}");
+    assert!(
+        agent.log().contains("bad"),
+        "the not-ready bundle is named in the log"
+    );
+    // Fixing it later brings it up.
+    let tmp = p("bad.tmp");
+    fs::write(&tmp, &cert).expect("write");
+    fs::rename(&tmp, p("bad.crt")).expect("rename");
+    agent.expect_record("bad accepted once fixed", |r| {
+        r["event"] == "material_accepted" && r["bundle"] == "bad" && r["new_generation"] == 1
+    });
+    agent.stop();
+}

@@ -32,6 +32,12 @@ pub enum Which {
         #[arg(long, default_value_t = 1000)]
         renames: usize,
     },
+    /// The reload pipeline: Secret-volume rotation (`..data` swap) to accepted generation.
+    Gate {
+        /// Rotations measured.
+        #[arg(long, default_value_t = 200)]
+        rotations: usize,
+    },
 }
 
 /// Runs the selected benchmark and prints its tables.
@@ -43,6 +49,7 @@ pub fn run(which: Which, built: &Built) -> Result<()> {
             rounds,
             renames,
         } => monitor(built, ops, syscalls, rounds, renames),
+        Which::Gate { rotations } => crate::gate_bench::run(&built.agent, rotations),
     }
 }
 

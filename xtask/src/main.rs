@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod gate_bench;
 mod setup;
 
 use anyhow::Result;

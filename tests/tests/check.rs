@@ -1,0 +1,234 @@
+//! `certreload check` against material made by openssl, the tool operators actually use: every key
+//! format the gate must read, a really encrypted key, and the exit statuses a pipeline relies on.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use certreload_e2e::{certreload_bin, skip_unless};
+use serde_json::Value;
+
+fn have_openssl() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed server certificate for `key` (PEM file in `dir`).
+fn self_signed(dir: &Path, key: &str, cert: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "30",
+            "-subj",
+            "/CN=api.example",
+            "-addext",
+            "subjectAltName=DNS:api.example",
+        ],
+    );
+}
+
+fn check(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(certreload_bin())
+        .arg("check")
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .expect("runs");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json)
+}
+
+fn first_failure(v: &Value) -> Option<String> {
+    v["bundles"][0]["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["status"] == "fail")
+        .and_then(|r| r["check"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn reads_every_key_format_openssl_writes() {
+    skip_unless!(
+        have_openssl(),
+        "openssl is needed (cargo xtask setup installs it)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "rsa-pkcs1",
+            &["genrsa", "-traditional", "-out", "rsa-pkcs1.key", "2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "rsa-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "rsa-pkcs8.key",
+            ],
+            "BEGIN PRIVATE KEY",
+        ),
+        (
+            "ec-sec1",
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "ec-sec1.key",
+            ],
+            "BEGIN EC PRIVATE KEY",
+        ),
+        (
+            "ed25519",
+            &["genpkey", "-algorithm", "ed25519", "-out", "ed25519.key"],
+            "BEGIN PRIVATE KEY",
+        ),
+    ];
+    for (name, gen, marker) in cases {
+        openssl(d, gen);
+        let key = format!("{name}.key");
+        let pem = std::fs::read_to_string(d.join(&key)).expect("key");
+        assert!(
+            pem.contains(marker),
+            "{name}: openssl wrote {}",
+            pem.lines().next().unwrap_or_default()
+        );
+        self_signed(d, &key, &format!("{name}.crt"));
+        let (cert, key): (PathBuf, PathBuf) = (d.join(format!("{name}.crt")), d.join(key));
+        let (code, v) = check(&[
+            "--cert",
+            &cert.to_string_lossy(),
+            "--key",
+            &key.to_string_lossy(),
+            "--san",
+            "api.example",
+        ]);
+        assert_eq!(code, 0, "{name} should be valid: {v:#}");
+    }
+}
+
+#[test]
+fn a_really_encrypted_key_is_refused_with_exit_1() {
+    skip_unless!(
+        have_openssl(),
+        "openssl is needed (cargo xtask setup installs it)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "plain.key",
+        ],
+    );
+    self_signed(d, "plain.key", "tls.crt");
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "plain.key",
+            "-out",
+            "enc.key",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:secret",
+        ],
+    );
+    let (code, v) = check(&[
+        "--cert",
+        &d.join("tls.crt").to_string_lossy(),
+        "--key",
+        &d.join("enc.key").to_string_lossy(),
+    ]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(first_failure(&v).as_deref(), Some("encrypted_key"), "{v:#}");
+    // A key that belongs to another certificate.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "other.key",
+        ],
+    );
+    let (code, v) = check(&[
+        "--cert",
+        &d.join("tls.crt").to_string_lossy(),
+        "--key",
+        &d.join("other.key").to_string_lossy(),
+    ]);
+    assert_eq!(
+        (code, first_failure(&v).as_deref()),
+        (1, Some("key_match")),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    let out = Command::new(certreload_bin())
+        .args(["check", "--config", "/nonexistent/certreload.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/certreload.toml"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[agent]\npair_timeout = \"soon\"\n").expect("write");
+    let out = Command::new(certreload_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":2: agent.pair_timeout"),
+        "names the line and field: {stderr}"
+    );
+}
