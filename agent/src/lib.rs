@@ -4,6 +4,7 @@
 //! kernel event ([`monitor::ebpf`]) or inotify event ([`monitor::inotify`]) → hint
 //! ([`monitor::hint`]) → confirmed change ([`monitor::confirm`]) → consumers such as
 //! [`watch`] (the `certreload watch` command).
+pub mod admin;
 pub mod audit;
 pub mod check;
 pub mod clock;
@@ -12,6 +13,8 @@ pub mod demo;
 pub mod gate;
 pub mod material;
 pub mod monitor;
+pub mod proxy;
 pub mod reload;
 pub mod run;
+pub mod tls;
 pub mod watch;

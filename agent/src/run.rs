@@ -7,9 +7,14 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    audit::{AuditError, AuditEvent, AuditLog},
+    admin::{self, metrics::Metrics, status::AgentState},
+    audit::{append_shared, AuditError, AuditEvent, AuditLog},
     config::{Config, ConfigError},
     monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
+    proxy::{
+        listener::{Listener, ListenerContext},
+        registry::Registry,
+    },
     reload::{generation::GenerationStore, Reloader},
     watch::shutdown_signal,
 };
@@ -26,6 +31,15 @@ pub enum RunError {
     /// The monitor cannot start.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// A listener or the admin endpoint cannot bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Monitor options the command line may override.
@@ -59,26 +73,73 @@ pub async fn run(config_path: &Path, options: RunOptions) -> Result<(), RunError
         &AuditEvent::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
             bundles: config.bundles.iter().map(|b| b.name.clone()).collect(),
-            monitor: mode,
+            monitor: mode.clone(),
         },
     )?;
     let store = Arc::new(GenerationStore::new(
         config.bundles.iter().map(|b| b.name.as_str()),
     ));
-    let mut reloader = Reloader::new(config, store, audit);
+    let audit = Arc::new(std::sync::Mutex::new(audit));
+    let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::default());
+    let admin_socket = admin::bind(config.agent.admin)
+        .await
+        .map_err(|e| RunError::Bind {
+            addr: config.agent.admin,
+            source: e,
+        })?;
+
+    // Validate every bundle first, so listeners start with generation 1.
+    let mut reloader = Reloader::new(config.clone(), store.clone(), audit.clone());
     reloader.startup();
-    tracing::info!("agent ready");
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let bound = Listener::bind(l.clone(), &store)
+            .await
+            .map_err(|e| RunError::Bind {
+                addr: l.listen,
+                source: e,
+            })?;
+        listeners.push(bound);
+    }
+    let state = Arc::new(AgentState {
+        config: config.clone(),
+        store: store.clone(),
+        registry: registry.clone(),
+        slots: listeners.iter().map(|l| l.slot.clone()).collect(),
+        monitor_mode: mode,
+        ringbuf_drops: monitor.drops(),
+        last_change: Default::default(),
+    });
+    let mut reloader = reloader.observed_by(metrics.clone(), state.clone());
 
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = ListenerContext {
+        store: store.clone(),
+        registry,
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+    };
+    for l in listeners {
+        tracing::info!(listener = %l.config.name, address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        tokio::spawn(l.serve(ctx.clone(), stop_rx.clone()));
+    }
+    let admin_addr = admin_socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tokio::spawn(admin::serve(admin_socket, state, metrics, stop_rx.clone()));
     let monitor_task = tokio::spawn(monitor.run(tx, stop_rx.clone()));
+    tracing::info!(admin = %admin_addr, "agent ready");
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = reloader.run(rx, stop_rx) => {}
     }
     let _ = stop_tx.send(true);
     let _ = monitor_task.await;
-    reloader.audit_mut().append(
+    append_shared(
+        &audit,
         None,
         &AuditEvent::AgentStopped {
             reason: "signal".into(),

@@ -335,6 +335,26 @@ impl Agent {
         self.stderr.lock().expect("stderr").clone()
     }
 
+    /// The value of `key=` on the first log line containing `marker` (addresses the agent bound).
+    pub fn log_field(&self, marker: &str, key: &str) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no log line with {marker:?}:\n{log}"));
+        let needle = format!("{key}=");
+        let start = line
+            .find(&needle)
+            .unwrap_or_else(|| panic!("no {key}= in {line}"))
+            + needle.len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
+    }
+
     /// Every audit record so far.
     pub fn records(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit)

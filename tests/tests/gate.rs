@@ -103,6 +103,7 @@ impl Node {
             r#"
 [agent]
 pair_timeout = "1s"
+admin = "127.0.0.1:0"
 [audit]
 path = "{audit}"
 [[bundle]]
@@ -513,7 +514,7 @@ fn a_bundle_invalid_at_start_up_is_reported_and_the_rest_is_served() {
     fs::write(p("bad.key"), &key).expect("write");
     let audit = p("audit.jsonl");
     let config = format!(
-        "[audit]\npath = \"{}\"\n[[bundle]]\nname = \"good\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n[[bundle]]\nname = \"bad\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[[bundle]]\nname = \"good\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n[[bundle]]\nname = \"bad\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
         audit.display(),
         p("good.crt").display(),
         p("good.key").display(),

@@ -78,7 +78,7 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
     fs::write(
         &config,
         format!(
-            "[audit]\npath = \"{}\"\n[[bundle]]\nname = \"bench\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[[bundle]]\nname = \"bench\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
             audit.display(),
             vol.join("tls.crt").display(),
             vol.join("tls.key").display(),

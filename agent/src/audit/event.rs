@@ -72,6 +72,18 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         key_ids: Vec<String>,
     },
+    /// A connection still on stale material was closed after `stale_grace` (close_notify, then
+    /// TCP close).
+    ConnectionDrained {
+        /// Listener.
+        listener: String,
+        /// Client address.
+        peer: String,
+        /// The server-certificate generation it was made with.
+        generation: u64,
+        /// How long it had been stale.
+        stale_for_s: f64,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -96,6 +108,7 @@ impl AuditEvent {
             AuditEvent::PairWaiting { .. } => "pair_waiting",
             AuditEvent::MaterialAccepted { .. } => "material_accepted",
             AuditEvent::MaterialRejected { .. } => "material_rejected",
+            AuditEvent::ConnectionDrained { .. } => "connection_drained",
         }
     }
 }

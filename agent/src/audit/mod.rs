@@ -10,3 +10,20 @@ pub use self::{
     event::AuditEvent,
     log::{AuditError, AuditLog},
 };
+
+/// The audit log shared by the reload pipeline and the TLS front (connection records). Appends
+/// are short (one write + fsync) and serialised by the mutex, which keeps the chain linear.
+pub type SharedAudit = std::sync::Arc<std::sync::Mutex<AuditLog>>;
+
+/// Appends through a [`SharedAudit`]; a poisoned lock still writes (the log itself is consistent:
+/// a record is either fully written and synced, or cut at the next start).
+pub fn append_shared(
+    audit: &SharedAudit,
+    bundle: Option<&str>,
+    event: &AuditEvent,
+) -> Result<u64, AuditError> {
+    let mut log = audit
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.append(bundle, event)
+}

@@ -14,7 +14,14 @@ pub mod hint;
 pub mod inotify;
 pub mod watchset;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -125,6 +132,7 @@ pub struct Monitor {
     mode: ActiveMode,
     resync: Duration,
     stats: MonitorStats,
+    drops: Arc<AtomicU64>,
 }
 
 impl Monitor {
@@ -178,7 +186,13 @@ impl Monitor {
             mode,
             resync: config.resync,
             stats,
+            drops: Arc::default(),
         })
+    }
+
+    /// Ring-buffer drops as last read (at every resync), for status and metrics while running.
+    pub fn drops(&self) -> Arc<AtomicU64> {
+        self.drops.clone()
     }
 
     /// The source in use.
@@ -200,6 +214,9 @@ impl Monitor {
                 _ = shutdown.changed() => break,
                 _ = resync.tick() => {
                     self.stats.resyncs += 1;
+                    if let Active::Kernel(k) = &self.active {
+                        self.drops.store(k.stats().dropped, Ordering::Relaxed);
+                    }
                     vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }]
                 }
                 hints = next_hints(&mut self.active) => match hints {

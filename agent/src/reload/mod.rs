@@ -20,7 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 use self::generation::{Generation, GenerationStore};
 use crate::{
-    audit::{AuditEvent, AuditLog},
+    admin::{
+        metrics::{BundleLabel, BundleReason, Metrics, SourceLabel},
+        status::AgentState,
+    },
+    audit::{append_shared, AuditEvent, SharedAudit},
     config::{BundleFiles, Config},
     gate::{validate_bundle, Current},
     material::inspect::CertInfo,
@@ -31,14 +35,15 @@ use crate::{
 pub struct Reloader {
     config: Config,
     store: Arc<GenerationStore>,
-    audit: AuditLog,
+    audit: SharedAudit,
     by_path: HashMap<PathBuf, Vec<usize>>,
     waiting: HashMap<usize, Instant>,
+    observers: Option<(Arc<Metrics>, Arc<AgentState>)>,
 }
 
 impl Reloader {
     /// Wires the bundles of `config` to `store`, recording into `audit`.
-    pub fn new(config: Config, store: Arc<GenerationStore>, audit: AuditLog) -> Self {
+    pub fn new(config: Config, store: Arc<GenerationStore>, audit: SharedAudit) -> Self {
         let mut by_path: HashMap<PathBuf, Vec<usize>> = HashMap::new();
         for (i, b) in config.bundles.iter().enumerate() {
             for f in b.files() {
@@ -51,12 +56,14 @@ impl Reloader {
             audit,
             by_path,
             waiting: HashMap::new(),
+            observers: None,
         }
     }
 
-    /// The audit log (for the final record).
-    pub fn audit_mut(&mut self) -> &mut AuditLog {
-        &mut self.audit
+    /// Also counts into `metrics` and keeps `state`'s last change per bundle current.
+    pub fn observed_by(mut self, metrics: Arc<Metrics>, state: Arc<AgentState>) -> Self {
+        self.observers = Some((metrics, state));
+        self
     }
 
     /// Validates every bundle once: valid ones get generation 1; invalid ones are rejected and
@@ -110,6 +117,16 @@ impl Reloader {
     pub fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
         let mut touched = BTreeSet::new();
         for change in &batch {
+            if let Some((metrics, _)) = &self.observers {
+                let source = serde_json::to_value(change.source)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                metrics
+                    .change_events
+                    .get_or_create(&SourceLabel { source })
+                    .inc();
+            }
             let bundles = self.by_path.get(&change.path).cloned().unwrap_or_default();
             for &i in &bundles {
                 let name = self.config.bundles[i].name.clone();
@@ -133,6 +150,13 @@ impl Reloader {
                     }
                 };
                 self.record(Some(&name), &event);
+                if let Some((_, state)) = &self.observers {
+                    state
+                        .last_change
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(name.clone(), change.clone());
+                }
                 touched.insert(i);
             }
         }
@@ -164,7 +188,7 @@ impl Reloader {
 
     /// Appends a record; a failure is logged loudly (the caller then does not publish).
     fn record(&mut self, bundle: Option<&str>, event: &AuditEvent) -> bool {
-        match self.audit.append(bundle, event) {
+        match append_shared(&self.audit, bundle, event) {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(error = %e, event = event.name(), "cannot write the audit record; the change it reports is not applied");
@@ -237,6 +261,14 @@ impl Reloader {
                         material,
                     },
                 );
+                if let Some((metrics, _)) = &self.observers {
+                    metrics
+                        .reloads
+                        .get_or_create(&BundleLabel {
+                            bundle: bundle.name.clone(),
+                        })
+                        .inc();
+                }
             }
             return;
         }
@@ -266,6 +298,15 @@ impl Reloader {
             }
         }
         self.waiting.remove(&i);
+        if let Some((metrics, _)) = &self.observers {
+            metrics
+                .rejections
+                .get_or_create(&BundleReason {
+                    bundle: bundle.name.clone(),
+                    reason: failure.check.name().to_string(),
+                })
+                .inc();
+        }
         let event = AuditEvent::MaterialRejected {
             check: failure.check,
             reason: failure.detail.clone(),

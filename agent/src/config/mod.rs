@@ -13,6 +13,10 @@ use toml::Spanned;
 
 use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
+pub mod listener;
+
+pub use self::listener::{ListenerConfig, Upstream};
+
 /// The configuration cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -72,7 +76,12 @@ pub struct AgentSettings {
     pub pair_timeout: Duration,
     /// Largest material file accepted.
     pub max_file_size: u64,
+    /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    pub admin: std::net::SocketAddr,
 }
+
+/// Default admin endpoint: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9808";
 
 impl Default for AgentSettings {
     fn default() -> Self {
@@ -81,6 +90,9 @@ impl Default for AgentSettings {
             settle: Duration::ZERO,
             pair_timeout: Duration::from_secs(10),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            admin: DEFAULT_ADMIN
+                .parse()
+                .expect("DEFAULT_ADMIN is a socket address"),
         }
     }
 }
@@ -183,6 +195,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// `[[bundle]]`s, in file order.
     pub bundles: Vec<BundleConfig>,
+    /// `[[listener]]`s: TLS termination in front of components.
+    pub listeners: Vec<ListenerConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,6 +208,8 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default, rename = "bundle")]
     bundles: Vec<Spanned<RawBundle>>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<Spanned<listener::RawListener>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -203,6 +219,7 @@ struct RawAgent {
     settle: Option<Spanned<String>>,
     pair_timeout: Option<Spanned<String>>,
     max_file_size: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -233,20 +250,20 @@ struct RawBundle {
 }
 
 /// Turns byte offsets into line numbers and builds errors for one file.
-struct Source<'a> {
+pub(crate) struct Source<'a> {
     path: &'a Path,
     text: &'a str,
 }
 
 impl Source<'_> {
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .matches('\n')
             .count()
             + 1
     }
 
-    fn invalid(
+    pub(crate) fn invalid(
         &self,
         offset: usize,
         field: impl Into<String>,
@@ -260,7 +277,11 @@ impl Source<'_> {
         }
     }
 
-    fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+    pub(crate) fn duration(
+        &self,
+        value: &Spanned<String>,
+        field: &str,
+    ) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
             self.invalid(
                 value.span().start,
@@ -322,6 +343,18 @@ impl Config {
         }
         if let Some(v) = &raw.agent.pair_timeout {
             agent.pair_timeout = src.duration(v, "agent.pair_timeout")?;
+        }
+        if let Some(v) = &raw.agent.admin {
+            agent.admin = v.get_ref().parse().map_err(|e| {
+                src.invalid(
+                    v.span().start,
+                    "agent.admin",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:9808\": {e}",
+                        v.get_ref()
+                    ),
+                )
+            })?;
         }
         if let Some(v) = &raw.agent.max_file_size {
             agent.max_file_size = src.size(v, "agent.max_file_size")?;
@@ -425,10 +458,12 @@ impl Config {
                 allow_ca_removal: b.allow_ca_removal,
             });
         }
+        let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         Ok(Config {
             agent,
             audit,
             bundles,
+            listeners,
         })
     }
 }

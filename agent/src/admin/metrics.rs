@@ -1,0 +1,268 @@
+//! Prometheus metrics: counters updated on the data path, gauges computed from live state at
+//! scrape time (so they can never drift from what `/status` shows).
+
+use std::{sync::atomic::AtomicU64, time::SystemTime};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::status::Status;
+
+/// `{listener}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// `{listener, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    /// Listener name.
+    pub listener: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `{bundle}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabel {
+    /// Bundle name.
+    pub bundle: String,
+}
+
+/// `{bundle, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleReason {
+    /// Bundle name.
+    pub bundle: String,
+    /// The check that failed.
+    pub reason: String,
+}
+
+/// `{source}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// ebpf, inotify or resync.
+    pub source: String,
+}
+
+/// `{listener, state}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnState {
+    /// Listener name.
+    pub listener: String,
+    /// current or stale.
+    pub state: String,
+}
+
+/// The x509-certificate-exporter label set, so existing dashboards and alerts work unchanged.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(non_snake_case)]
+pub struct X509Labels {
+    /// The file the certificate was read from.
+    pub filepath: String,
+    /// Serial, hex.
+    pub serial_number: String,
+    /// Subject CN.
+    pub subject_CN: String,
+    /// Issuer CN.
+    pub issuer_CN: String,
+    /// certreload bundle.
+    pub bundle: String,
+}
+
+/// `{filepath}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    /// The file.
+    pub filepath: String,
+}
+
+/// Counters updated where things happen.
+#[derive(Default)]
+pub struct Metrics {
+    /// Failed handshakes by listener and reason.
+    pub handshake_failures: Family<ListenerReason, Counter>,
+    /// Upstream connection failures by listener.
+    pub upstream_failures: Family<ListenerLabel, Counter>,
+    /// Stale connections closed after stale_grace.
+    pub connections_drained: Counter,
+    /// Accepted generations by bundle.
+    pub reloads: Family<BundleLabel, Counter>,
+    /// Rejections by bundle and check.
+    pub rejections: Family<BundleReason, Counter>,
+    /// Confirmed changes by source.
+    pub change_events: Family<SourceLabel, Counter>,
+}
+
+impl Metrics {
+    /// Counts a failed handshake.
+    pub fn handshake_failure(&self, listener: &str, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&ListenerReason {
+                listener: listener.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition: these counters plus gauges computed from `status`.
+    pub fn render(&self, status: &Status) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "certreload_handshake_failures",
+            "Failed TLS handshakes",
+            self.handshake_failures.clone(),
+        );
+        registry.register(
+            "certreload_upstream_failures",
+            "Upstream connections that could not be opened",
+            self.upstream_failures.clone(),
+        );
+        registry.register(
+            "certreload_connections_drained",
+            "Stale connections closed after stale_grace",
+            self.connections_drained.clone(),
+        );
+        registry.register(
+            "certreload_reloads",
+            "Accepted new generations",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "certreload_rejections",
+            "Rejected material, by failed check",
+            self.rejections.clone(),
+        );
+        registry.register(
+            "certreload_change_events",
+            "Confirmed file changes, by source",
+            self.change_events.clone(),
+        );
+
+        let generation = Family::<BundleLabel, Gauge>::default();
+        let not_after = Family::<X509Labels, Gauge<f64, AtomicU64>>::default();
+        let not_before = Family::<X509Labels, Gauge<f64, AtomicU64>>::default();
+        let expired = Family::<X509Labels, Gauge>::default();
+        let expires_in = Family::<X509Labels, Gauge<f64, AtomicU64>>::default();
+        let valid_since = Family::<X509Labels, Gauge<f64, AtomicU64>>::default();
+        let error = Family::<FileLabel, Gauge>::default();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for b in &status.bundles {
+            match &b.generation {
+                Some(g) => {
+                    generation
+                        .get_or_create(&BundleLabel {
+                            bundle: b.name.clone(),
+                        })
+                        .set(g.number as i64);
+                    for cert in &g.certificates {
+                        let labels = X509Labels {
+                            filepath: cert.file.clone(),
+                            serial_number: cert.serial.clone(),
+                            subject_CN: cert.subject_cn.clone().unwrap_or_default(),
+                            issuer_CN: cert.issuer_cn.clone().unwrap_or_default(),
+                            bundle: b.name.clone(),
+                        };
+                        not_after.get_or_create(&labels).set(cert.not_after as f64);
+                        not_before
+                            .get_or_create(&labels)
+                            .set(cert.not_before as f64);
+                        expired
+                            .get_or_create(&labels)
+                            .set(i64::from(now > cert.not_after));
+                        expires_in
+                            .get_or_create(&labels)
+                            .set((cert.not_after - now) as f64);
+                        valid_since
+                            .get_or_create(&labels)
+                            .set((now - cert.not_before) as f64);
+                    }
+                }
+                None => {
+                    for f in &b.files {
+                        error
+                            .get_or_create(&FileLabel {
+                                filepath: f.clone(),
+                            })
+                            .set(1);
+                    }
+                }
+            }
+        }
+        let connections = Family::<ConnState, Gauge>::default();
+        for l in &status.listeners {
+            connections
+                .get_or_create(&ConnState {
+                    listener: l.name.clone(),
+                    state: "current".into(),
+                })
+                .set((l.connections.live - l.connections.stale) as i64);
+            connections
+                .get_or_create(&ConnState {
+                    listener: l.name.clone(),
+                    state: "stale".into(),
+                })
+                .set(l.connections.stale as i64);
+        }
+        let drops = Counter::<u64>::default();
+        drops.inc_by(status.monitor.ringbuf_drops);
+        registry.register(
+            "certreload_bundle_generation",
+            "Current generation of each bundle",
+            generation,
+        );
+        registry.register(
+            "certreload_listener_connections",
+            "Live connections, current or on stale material",
+            connections,
+        );
+        registry.register(
+            "certreload_ringbuf_drops",
+            "eBPF events lost to a full ring buffer",
+            drops,
+        );
+        registry.register(
+            "x509_cert_not_after",
+            "Certificate notAfter, Unix seconds",
+            not_after,
+        );
+        registry.register(
+            "x509_cert_not_before",
+            "Certificate notBefore, Unix seconds",
+            not_before,
+        );
+        registry.register(
+            "x509_cert_expired",
+            "1 when the certificate has expired",
+            expired,
+        );
+        registry.register(
+            "x509_cert_expires_in_seconds",
+            "Seconds until notAfter",
+            expires_in,
+        );
+        registry.register(
+            "x509_cert_valid_since_seconds",
+            "Seconds since notBefore",
+            valid_since,
+        );
+        registry.register(
+            "x509_cert_error",
+            "1 when a bundle's files give no valid certificate",
+            error,
+        );
+        let mut out = String::new();
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,175 @@
+//! `[[listener]]`: a TLS endpoint certreload terminates in front of a component.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{BundleConfig, BundleKind, ConfigError, Source};
+
+/// Where decrypted traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `tcp://host:port`.
+    Tcp(String),
+    /// `unix:///path`.
+    Unix(PathBuf),
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name (metrics, status, records).
+    pub name: String,
+    /// Address to accept TLS on.
+    pub listen: SocketAddr,
+    /// The server bundle whose generations it serves.
+    pub bundle: String,
+    /// A ca bundle: when set, clients must present a certificate that verifies to it (mTLS).
+    pub client_ca: Option<String>,
+    /// Where to forward.
+    pub upstream: Upstream,
+    /// Close connections still on stale material this long after the swap (graceful close_notify).
+    pub stale_grace: Option<Duration>,
+    /// On client-CA rotation, close connections whose client certificate no longer verifies.
+    pub close_untrusted: bool,
+    /// Handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Most simultaneous connections; further ones are refused.
+    pub max_connections: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    name: String,
+    listen: String,
+    bundle: String,
+    client_ca: Option<String>,
+    upstream: String,
+    stale_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    close_untrusted: bool,
+    handshake_timeout: Option<Spanned<String>>,
+    max_connections: Option<usize>,
+}
+
+pub(crate) fn parse(
+    src: &Source<'_>,
+    raw: &[Spanned<RawListener>],
+    bundles: &[BundleConfig],
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let mut out: Vec<ListenerConfig> = Vec::new();
+    for spanned in raw {
+        let offset = spanned.span().start;
+        let l = spanned.get_ref();
+        let field = |f: &str| format!("listener[{}].{f}", l.name);
+        if out.iter().any(|o| o.name == l.name) {
+            return Err(src.invalid(offset, field("name"), "duplicate listener name"));
+        }
+        let listen: SocketAddr = l
+            .listen
+            .parse()
+            .map_err(|e| src.invalid(offset, field("listen"), format!("{:?}: {e}", l.listen)))?;
+        let kind_of = |name: &str| bundles.iter().find(|b| b.name == name).map(|b| b.kind);
+        match kind_of(&l.bundle) {
+            Some(BundleKind::Server) => {}
+            Some(other) => {
+                return Err(src.invalid(
+                    offset,
+                    field("bundle"),
+                    format!(
+                        "bundle {:?} is {other:?}, a listener needs a server bundle",
+                        l.bundle
+                    ),
+                ))
+            }
+            None => {
+                return Err(src.invalid(
+                    offset,
+                    field("bundle"),
+                    format!("no bundle named {:?}", l.bundle),
+                ))
+            }
+        }
+        if let Some(ca) = &l.client_ca {
+            match kind_of(ca) {
+                Some(BundleKind::Ca) => {}
+                Some(other) => {
+                    return Err(src.invalid(
+                        offset,
+                        field("client_ca"),
+                        format!("bundle {ca:?} is {other:?}, client_ca needs a ca bundle"),
+                    ))
+                }
+                None => {
+                    return Err(src.invalid(
+                        offset,
+                        field("client_ca"),
+                        format!("no bundle named {ca:?}"),
+                    ))
+                }
+            }
+        }
+        let upstream = if let Some(addr) = l.upstream.strip_prefix("tcp://") {
+            Upstream::Tcp(addr.to_string())
+        } else if let Some(path) = l.upstream.strip_prefix("unix://") {
+            Upstream::Unix(PathBuf::from(path))
+        } else {
+            return Err(src.invalid(
+                offset,
+                field("upstream"),
+                format!("{:?}: expected tcp://host:port or unix:///path", l.upstream),
+            ));
+        };
+        let stale_grace = match &l.stale_grace {
+            Some(v) => Some(src.duration(v, &field("stale_grace"))?),
+            None => None,
+        };
+        let handshake_timeout = match &l.handshake_timeout {
+            Some(v) => src.duration(v, &field("handshake_timeout"))?,
+            None => Duration::from_secs(10),
+        };
+        out.push(ListenerConfig {
+            name: l.name.clone(),
+            listen,
+            bundle: l.bundle.clone(),
+            client_ca: l.client_ca.clone(),
+            upstream,
+            stale_grace,
+            close_untrusted: l.close_untrusted,
+            handshake_timeout,
+            max_connections: l.max_connections.unwrap_or(10_000),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    const BUNDLES: &str = "[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"/c\"\nkey = \"/k\"\n[[bundle]]\nname = \"cas\"\nkind = \"ca\"\ncert = \"/ca\"\n";
+
+    #[test]
+    fn parses_a_listener_and_checks_its_references() {
+        let text = format!("{BUNDLES}[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:9443\"\nbundle = \"web\"\nclient_ca = \"cas\"\nupstream = \"tcp://127.0.0.1:8080\"\nstale_grace = \"10m\"\n");
+        let c = Config::parse(Path::new("c.toml"), &text).expect("valid");
+        assert_eq!(
+            c.listeners[0].upstream,
+            Upstream::Tcp("127.0.0.1:8080".into())
+        );
+        assert_eq!(c.listeners[0].stale_grace, Some(Duration::from_secs(600)));
+        let bad = text.replace("bundle = \"web\"", "bundle = \"cas\"");
+        let err = Config::parse(Path::new("c.toml"), &bad).expect_err("ca as server");
+        assert!(err.to_string().contains("listener[l].bundle"), "{err}");
+        let bad = text.replace("tcp://", "http://");
+        assert!(Config::parse(Path::new("c.toml"), &bad)
+            .expect_err("scheme")
+            .to_string()
+            .contains("listener[l].upstream"));
+    }
+}

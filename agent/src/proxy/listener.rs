@@ -1,0 +1,230 @@
+//! One TLS listener: accept, hand the current epoch's configuration to the handshake, forward to
+//! the upstream, and close on purpose when the connection is drained.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::{watch, Semaphore},
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    registry::{ConnectionInfo, Registry},
+    upstream,
+};
+use crate::{
+    admin::metrics::Metrics,
+    audit::{append_shared, AuditEvent, SharedAudit},
+    config::ListenerConfig,
+    reload::generation::GenerationStore,
+    tls::slot::TlsSlot,
+};
+
+/// Everything a listener shares with the rest of the agent.
+#[derive(Clone)]
+pub struct ListenerContext {
+    /// Generations of every bundle.
+    pub store: Arc<GenerationStore>,
+    /// Live connections.
+    pub registry: Arc<Registry>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Audit trail (drained connections).
+    pub audit: SharedAudit,
+}
+
+/// A listener and the slot its connections take their TLS configuration from.
+pub struct Listener {
+    /// Its configuration.
+    pub config: ListenerConfig,
+    /// The TLS configuration of the current epoch.
+    pub slot: Arc<TlsSlot>,
+    socket: TcpListener,
+}
+
+impl Listener {
+    /// Binds the socket (so a port conflict is a start-up error) and builds the first epoch.
+    pub async fn bind(
+        config: ListenerConfig,
+        store: &GenerationStore,
+    ) -> std::io::Result<Listener> {
+        let socket = TcpListener::bind(config.listen).await?;
+        let slot = Arc::new(TlsSlot::default());
+        slot.refresh(store, &config.bundle, config.client_ca.as_deref());
+        Ok(Listener {
+            config,
+            slot,
+            socket,
+        })
+    }
+
+    /// The bound address (tests bind port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Accepts until `shutdown`; also follows generation changes and drains stale connections.
+    pub async fn serve(self, ctx: ListenerContext, mut shutdown: watch::Receiver<bool>) {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let config = Arc::new(self.config);
+        tokio::spawn(follow_generations(
+            config.clone(),
+            self.slot.clone(),
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                accepted = self.socket.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        ctx.metrics.handshake_failure(&config.name, "connection_limit");
+                        continue; // dropping the stream closes it
+                    };
+                    let (config, slot, ctx) = (config.clone(), self.slot.clone(), ctx.clone());
+                    tokio::spawn(async move {
+                        handle(stream, peer, &config, &slot, &ctx).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds the slot when the server bundle or client CA gets a new generation, and drains stale
+/// connections once `stale_grace` has passed.
+async fn follow_generations(
+    config: Arc<ListenerConfig>,
+    slot: Arc<TlsSlot>,
+    ctx: ListenerContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut server = ctx.store.subscribe(&config.bundle);
+    let mut client_ca = config
+        .client_ca
+        .as_deref()
+        .and_then(|ca| ctx.store.subscribe(ca));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        let ca_changed = async {
+            match client_ca.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let server_changed = async {
+            match server.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = server_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
+            _ = ca_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
+            _ = tick.tick() => {
+                let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else { continue };
+                for (info, stale_for_s) in ctx.registry.drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e)) {
+                    ctx.metrics.connections_drained.inc();
+                    let event = AuditEvent::ConnectionDrained {
+                        listener: config.name.clone(),
+                        peer: info.peer.to_string(),
+                        generation: info.server_generation,
+                        stale_for_s,
+                    };
+                    if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
+                        tracing::error!(error = %e, "cannot audit a drained connection");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &ListenerConfig,
+    slot: &TlsSlot,
+    ctx: &ListenerContext,
+) {
+    let _ = stream.set_nodelay(true);
+    // The configuration is taken once, before the handshake: the whole handshake uses one epoch.
+    let Some(active) = slot.current() else {
+        ctx.metrics
+            .handshake_failure(&config.name, "no_certificate");
+        return;
+    };
+    let acceptor = TlsAcceptor::from(active.config.clone());
+    let mut tls =
+        match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = if e.to_string().contains("certificate") {
+                    "client_certificate"
+                } else {
+                    "handshake"
+                };
+                ctx.metrics.handshake_failure(&config.name, reason);
+                tracing::debug!(listener = %config.name, %peer, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.handshake_failure(&config.name, "timeout");
+                return;
+            }
+        };
+    let client_fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| hex::encode(Sha256::digest(c)));
+    let mut upstream = match upstream::connect(&config.upstream).await {
+        Ok(u) => u,
+        Err(e) => {
+            ctx.metrics
+                .upstream_failures
+                .get_or_create(&crate::admin::metrics::ListenerLabel {
+                    listener: config.name.clone(),
+                })
+                .inc();
+            tracing::warn!(listener = %config.name, error = %e, "upstream unreachable; closing the client");
+            let _ = tls.shutdown().await;
+            return;
+        }
+    };
+    let mut registration = ctx.registry.register(ConnectionInfo {
+        listener: config.name.clone(),
+        peer,
+        started: Instant::now(),
+        epoch: active.epoch,
+        server_generation: active.server_generation,
+        client_ca_generation: active.client_ca_generation,
+        client_fingerprint,
+    });
+    drop(active);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut tls, &mut upstream) => {
+            if let Err(e) = result {
+                tracing::debug!(listener = %config.name, %peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = registration.close.changed() => {
+            // Drained or revoked: close_notify first, then the TCP close when `tls` drops.
+            let _ = tls.shutdown().await;
+            let _ = upstream.shutdown().await;
+        }
+    }
+}

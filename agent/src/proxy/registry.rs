@@ -1,0 +1,196 @@
+//! Every live connection, the epoch it was made in, and a way to close it on purpose.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// What the registry knows about one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Listener name.
+    pub listener: String,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// When it was accepted.
+    pub started: Instant,
+    /// The listener epoch whose configuration it was made with.
+    pub epoch: u64,
+    /// Server bundle generation.
+    pub server_generation: u64,
+    /// Client CA generation (mTLS).
+    pub client_ca_generation: Option<u64>,
+    /// SHA-256 of the client certificate (mTLS).
+    pub client_fingerprint: Option<String>,
+}
+
+struct Entry {
+    info: ConnectionInfo,
+    close: watch::Sender<bool>,
+}
+
+/// Live connections of every listener.
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Per-listener counts for status and metrics.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ListenerCounts {
+    /// Live connections.
+    pub live: usize,
+    /// Of which made with an older epoch.
+    pub stale: usize,
+    /// Age of the oldest stale connection, seconds.
+    pub oldest_stale_s: Option<f64>,
+}
+
+/// Keeps a connection registered; unregisters on drop.
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    /// Turns true when the connection must close (drained or revoked).
+    pub close: watch::Receiver<bool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a connection.
+    pub fn register(self: &Arc<Self>, info: ConnectionInfo) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (close, rx) = watch::channel(false);
+        self.lock().insert(id, Entry { info, close });
+        Registration {
+            registry: self.clone(),
+            id,
+            close: rx,
+        }
+    }
+
+    /// Counts for `listener`, given its current epoch and when each epoch started.
+    pub fn counts(
+        &self,
+        listener: &str,
+        current_epoch: u64,
+        epoch_started: impl Fn(u64) -> Option<Instant>,
+    ) -> ListenerCounts {
+        let now = Instant::now();
+        let live = self.lock();
+        let mut counts = ListenerCounts::default();
+        for e in live.values().filter(|e| e.info.listener == listener) {
+            counts.live += 1;
+            if e.info.epoch < current_epoch {
+                counts.stale += 1;
+                let since =
+                    epoch_started(e.info.epoch + 1).map(|t| now.duration_since(t).as_secs_f64());
+                counts.oldest_stale_s = match (counts.oldest_stale_s, since) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        counts
+    }
+
+    /// Asks every connection of `listener` that has been stale for at least `grace` to close, and
+    /// returns them (for the audit trail).
+    pub fn drain(
+        &self,
+        listener: &str,
+        current_epoch: u64,
+        grace: std::time::Duration,
+        epoch_started: impl Fn(u64) -> Option<Instant>,
+    ) -> Vec<(ConnectionInfo, f64)> {
+        let now = Instant::now();
+        let live = self.lock();
+        let mut drained = Vec::new();
+        for e in live
+            .values()
+            .filter(|e| e.info.listener == listener && e.info.epoch < current_epoch)
+        {
+            let Some(stale_since) = epoch_started(e.info.epoch + 1) else {
+                continue;
+            };
+            let stale_for = now.duration_since(stale_since);
+            if stale_for >= grace && !*e.close.borrow() {
+                let _ = e.close.send(true);
+                drained.push((e.info.clone(), stale_for.as_secs_f64()));
+            }
+        }
+        drained
+    }
+
+    /// Every live connection (status).
+    pub fn snapshot(&self) -> Vec<ConnectionInfo> {
+        self.lock().values().map(|e| e.info.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn info(epoch: u64) -> ConnectionInfo {
+        ConnectionInfo {
+            listener: "l".into(),
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            started: Instant::now(),
+            epoch,
+            server_generation: epoch,
+            client_ca_generation: None,
+            client_fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn counts_and_drains_stale_connections() {
+        let registry = Arc::new(Registry::default());
+        let old = registry.register(info(1));
+        let _new = registry.register(info(2));
+        let epoch2 = Instant::now() - Duration::from_secs(5);
+        let started = |e: u64| (e == 2).then_some(epoch2);
+        let c = registry.counts("l", 2, started);
+        assert_eq!((c.live, c.stale), (2, 1));
+        assert!(c.oldest_stale_s.expect("age") >= 5.0);
+        assert!(
+            registry
+                .drain("l", 2, Duration::from_secs(60), started)
+                .is_empty(),
+            "grace not over"
+        );
+        let drained = registry.drain("l", 2, Duration::from_secs(1), started);
+        assert_eq!(drained.len(), 1);
+        assert!(*old.close.borrow(), "the stale connection is told to close");
+        assert!(
+            registry
+                .drain("l", 2, Duration::from_secs(1), started)
+                .is_empty(),
+            "only once"
+        );
+        drop(old);
+        assert_eq!(registry.counts("l", 2, started).live, 1);
+    }
+}

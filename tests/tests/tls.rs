@@ -1,0 +1,272 @@
+//! The TLS front with real clients: `openssl s_client` through a certreload listener in front of a
+//! local upstream, across a certificate rotation.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use certreload_e2e::{skip_unless, Agent};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+fn have_openssl() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A line-echo server: the "component" behind the listener.
+fn echo_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writeln!(writer, "echo: {line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// SHA-256 fingerprint of the certificate a TLS server presents, as openssl prints it.
+fn served_fingerprint(addr: &str) -> String {
+    let s_client = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", "localhost"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .expect("s_client runs");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("x509 runs");
+    x509.stdin
+        .take()
+        .expect("stdin")
+        .write_all(&s_client.stdout)
+        .expect("pipe");
+    let out = x509.wait_with_output().expect("x509");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn file_fingerprint(path: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()
+        .expect("x509");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A long-lived `openssl s_client` session, to send lines through after the swap.
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    fn open(addr: &str) -> Session {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                addr,
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s_client runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn round_trip(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write");
+        self.stdin.flush().expect("flush");
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).expect("read");
+        reply.trim().to_string()
+    }
+
+    /// True once the server closed the connection.
+    fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let _ = self.stdout.read_to_end(&mut rest);
+        let _ = self.child.wait();
+        true
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("admin");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn issue(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, issuer)
+        .expect("leaf");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn rotation_reaches_new_handshakes_while_old_connections_keep_working_then_drain() {
+    skip_unless!(
+        have_openssl(),
+        "openssl is needed (cargo xtask setup installs it)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    fs::write(
+        p("ca.crt"),
+        ca_params.self_signed(&ca_key).expect("ca").pem(),
+    )
+    .expect("write");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let (cert_a, key_a) = issue(&issuer);
+    fs::write(p("tls.crt"), &cert_a).expect("write");
+    fs::write(p("tls.key"), &key_a).expect("write");
+    let upstream = echo_upstream();
+    let audit = p("audit.jsonl");
+    let config = format!(
+        r#"
+[agent]
+admin = "127.0.0.1:0"
+pair_timeout = "5s"
+[audit]
+path = "{audit}"
+[[bundle]]
+name = "web"
+kind = "server"
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+bundle = "web"
+upstream = "tcp://{upstream}"
+[[listener]]
+name = "draining"
+listen = "127.0.0.1:0"
+bundle = "web"
+upstream = "tcp://{upstream}"
+stale_grace = "1s"
+"#,
+        audit = audit.display(),
+        cert = p("tls.crt").display(),
+        key = p("tls.key").display(),
+        ca = p("ca.crt").display(),
+    );
+    fs::write(p("certreload.toml"), config).expect("write");
+    let agent = Agent::start(&p("certreload.toml"), &audit, &[]);
+    let front = agent.log_field("listener=front", "address");
+    let draining = agent.log_field("listener=draining", "address");
+    let admin = agent.log_field("agent ready", "admin");
+
+    let fingerprint_a = file_fingerprint(&p("tls.crt"));
+    assert_eq!(
+        served_fingerprint(&front),
+        fingerprint_a,
+        "serves certificate A"
+    );
+    let mut old = Session::open(&front);
+    assert_eq!(old.round_trip("before"), "echo: before");
+    let mut old_draining = Session::open(&draining);
+    assert_eq!(old_draining.round_trip("hello"), "echo: hello");
+
+    // Rotate with mv, cert then key, as many tools do.
+    let (cert_b, key_b) = issue(&issuer);
+    fs::write(p("new.crt"), &cert_b).expect("write");
+    fs::write(p("new.key"), &key_b).expect("write");
+    let fingerprint_b = file_fingerprint(&p("new.crt"));
+    assert!(Command::new("mv")
+        .arg(p("new.crt"))
+        .arg(p("tls.crt"))
+        .status()
+        .expect("mv")
+        .success());
+    assert!(Command::new("mv")
+        .arg(p("new.key"))
+        .arg(p("tls.key"))
+        .status()
+        .expect("mv")
+        .success());
+    agent.expect_record("generation 2", |r| {
+        r["event"] == "material_accepted" && r["new_generation"] == 2
+    });
+    // The listener follows the new generation (asynchronously, right after the publish).
+    let deadline = std::time::Instant::now() + certreload_e2e::EVENT_DEADLINE;
+    while served_fingerprint(&front) != fingerprint_b {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new handshakes never saw certificate B"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // The connection made before the swap still carries a request and its response.
+    assert_eq!(old.round_trip("after"), "echo: after");
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains(r#"certreload_listener_connections{listener="front",state="stale"} 1"#),
+        "the pre-swap connection counts as stale:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("x509_cert_not_after{"),
+        "x509 exporter families are exported:\n{metrics}"
+    );
+    let status = http_get(&admin, "/status");
+    assert!(status.contains("\"server_generation\":2"), "{status}");
+    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+
+    // On the listener with stale_grace = 1s, the stale connection is closed and audited.
+    let drained = agent.expect_record("connection_drained", |r| {
+        r["event"] == "connection_drained" && r["listener"] == "draining"
+    });
+    assert_eq!(drained["generation"], 1, "{drained}");
+    assert!(old_draining.closed_by_server());
+    let records = agent.stop();
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["event"] == "connection_drained" && r["listener"] == "front"),
+        "no grace: never drained"
+    );
+    drop(old);
+}
