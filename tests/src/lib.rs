@@ -131,12 +131,15 @@ impl Watch {
             let stderr = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    {
+                        let mut s = stderr.lock().expect("stderr buffer");
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                    // Signal only once the line is in the buffer, so readers see it.
                     if line.contains("monitor ready") {
                         let _ = ready_tx.send(());
                     }
-                    let mut s = stderr.lock().expect("stderr buffer");
-                    s.push_str(&line);
-                    s.push('\n');
                 }
             });
         }
@@ -306,12 +309,15 @@ impl Agent {
             let stderr = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    {
+                        let mut s = stderr.lock().expect("stderr buffer");
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                    // Signal only once the line is in the buffer, so readers see it.
                     if line.contains("agent ready") {
                         let _ = ready_tx.send(());
                     }
-                    let mut s = stderr.lock().expect("stderr buffer");
-                    s.push_str(&line);
-                    s.push('\n');
                 }
             });
         }
