@@ -93,6 +93,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Show a running agent's bundles (generation, expiry countdown, last writer) and listeners
+    /// (live and stale connections).
+    Status {
+        /// The agent's admin endpoint.
+        #[arg(long, default_value = certreload::config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]

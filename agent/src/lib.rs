@@ -16,5 +16,6 @@ pub mod monitor;
 pub mod proxy;
 pub mod reload;
 pub mod run;
+pub mod status_cmd;
 pub mod tls;
 pub mod watch;

@@ -77,6 +77,16 @@ async fn main() -> anyhow::Result<()> {
             };
             std::process::exit(run_check(&target, output));
         }
+        Some(Command::Status { admin, output }) => match certreload::status_cmd::fetch(admin) {
+            Ok(doc) => match output {
+                Output::Json => println!("{doc}"),
+                Output::Text => print!("{}", certreload::status_cmd::render(&doc)),
+            },
+            Err(e) => {
+                eprintln!("certreload status: {e}");
+                std::process::exit(2);
+            }
+        },
         Some(Command::Audit {
             command: AuditCommand::Verify { files, output },
         }) => {

@@ -254,6 +254,17 @@ stale_grace = "1s"
     let status = http_get(&admin, "/status");
     assert!(status.contains("\"server_generation\":2"), "{status}");
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    let table = Command::new(certreload_e2e::certreload_bin())
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("front")
+            && table.contains("web")
+            && (table.contains("mv[") || table.contains("unknown writer")),
+        "certreload status shows listeners, bundles and the last writer:\n{table}"
+    );
 
     // On the listener with stale_grace = 1s, the stale connection is closed and audited.
     let drained = agent.expect_record("connection_drained", |r| {

@@ -1,0 +1,200 @@
+//! `certreload status`: the admin endpoint's `/status` as a readable table.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, SystemTime},
+};
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// The status could not be fetched.
+#[derive(Debug, Error)]
+pub enum StatusError {
+    /// No agent answering there.
+    #[error("cannot reach the admin endpoint at {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something answered, but not with a status document.
+    #[error("unexpected answer from {addr}: {detail}")]
+    Answer {
+        /// The address.
+        addr: SocketAddr,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// GETs `/status` from the admin endpoint (our own loopback endpoint: a one-shot HTTP/1.1 request
+/// with `Connection: close` is all it takes).
+pub fn fetch(addr: SocketAddr) -> Result<Value, StatusError> {
+    let connect = |source| StatusError::Connect { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(connect)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(connect)?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(connect)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(connect)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| StatusError::Answer {
+            addr,
+            detail: "no HTTP body".into(),
+        })?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(StatusError::Answer {
+            addr,
+            detail: head.lines().next().unwrap_or_default().to_string(),
+        });
+    }
+    serde_json::from_str(body).map_err(|e| StatusError::Answer {
+        addr,
+        detail: e.to_string(),
+    })
+}
+
+/// Renders the status document: bundles with their expiry countdown, listeners with stale counts.
+pub fn render(status: &Value) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut out = format!(
+        "monitor: {} (ring-buffer drops: {})\n\n",
+        status["monitor"]["mode"].as_str().unwrap_or("?"),
+        status["monitor"]["ringbuf_drops"]
+    );
+    out.push_str(&format!(
+        "{:<20} {:>4} {:<18} {:<22} {}\n",
+        "BUNDLE", "GEN", "EXPIRES IN", "SERIAL", "LAST CHANGE"
+    ));
+    for b in status["bundles"].as_array().into_iter().flatten() {
+        let g = &b["generation"];
+        let expires = g["not_after"]
+            .as_i64()
+            .map(|t| countdown(t - now))
+            .unwrap_or_else(|| {
+                if g.is_null() {
+                    "NOT READY".into()
+                } else {
+                    "-".into()
+                }
+            });
+        let last = &b["last_change"];
+        let change = if last.is_null() {
+            "-".to_string()
+        } else {
+            let who = &last["writer"];
+            let writer = if who.is_null() {
+                "unknown writer".to_string()
+            } else {
+                format!("{}[{}]", who["comm"].as_str().unwrap_or("?"), who["tgid"])
+            };
+            format!(
+                "{} {} by {}",
+                last["ts"].as_str().unwrap_or(""),
+                last["path"].as_str().unwrap_or(""),
+                writer
+            )
+        };
+        let serial: String = g["serial"]
+            .as_str()
+            .unwrap_or("-")
+            .chars()
+            .take(20)
+            .collect();
+        out.push_str(&format!(
+            "{:<20} {:>4} {:<18} {:<22} {}\n",
+            b["name"].as_str().unwrap_or("?"),
+            g["number"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            expires,
+            serial,
+            change
+        ));
+    }
+    let listeners = status["listeners"].as_array().cloned().unwrap_or_default();
+    if !listeners.is_empty() {
+        out.push_str(&format!(
+            "\n{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
+            "LISTENER", "ADDRESS", "GEN", "LIVE", "STALE", "OLDEST STALE"
+        ));
+        for l in listeners {
+            let c = &l["connections"];
+            out.push_str(&format!(
+                "{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
+                l["name"].as_str().unwrap_or("?"),
+                l["listen"].as_str().unwrap_or("?"),
+                l["server_generation"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                c["live"].to_string(),
+                c["stale"].to_string(),
+                c["oldest_stale_s"]
+                    .as_f64()
+                    .map(|s| countdown(s as i64))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
+    out
+}
+
+fn countdown(secs: i64) -> String {
+    if secs < 0 {
+        return format!("EXPIRED {}", countdown(-secs));
+    }
+    let (d, h, m) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m {}s", secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bundles_and_listeners() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let doc = serde_json::json!({
+            "monitor": {"mode": "ebpf", "ringbuf_drops": 0},
+            "bundles": [
+                {"name": "web", "generation": {"number": 2, "not_after": now + 3 * 86400 + 7200, "serial": "0a"},
+                 "last_change": {"ts": "t", "path": "/p/tls.crt", "writer": {"comm": "mv", "tgid": 42}}},
+                {"name": "broken", "generation": null, "last_change": null}
+            ],
+            "listeners": [{"name": "front", "listen": "127.0.0.1:9443", "server_generation": 2,
+                           "connections": {"live": 3, "stale": 1, "oldest_stale_s": 65.0}}]
+        });
+        let text = render(&doc);
+        assert!(
+            text.contains("web") && text.contains("3d 2h") && text.contains("mv[42]"),
+            "{text}"
+        );
+        assert!(text.contains("NOT READY"), "{text}");
+        assert!(text.contains("front") && text.contains("1m 5s"), "{text}");
+        assert_eq!(countdown(-90), "EXPIRED 1m 30s");
+    }
+}
