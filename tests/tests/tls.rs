@@ -78,6 +78,13 @@ struct Session {
     stdout: BufReader<ChildStdout>,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Session {
     fn open(addr: &str) -> Session {
         let mut child = Command::new("openssl")
@@ -280,4 +287,184 @@ stale_grace = "1s"
         "no grace: never drained"
     );
     drop(old);
+}
+
+/// A client certificate (clientAuth) from `issuer`, written as `<name>.crt` / `<name>.key`.
+fn client_cert(dir: &Path, issuer: &Issuer<'static, KeyPair>, name: &str) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec![format!("{name}.client")]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).expect("client cert");
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    fs::write(&c, cert.pem()).expect("write");
+    fs::write(&k, key.serialize_pem()).expect("write");
+    (c.display().to_string(), k.display().to_string())
+}
+
+fn new_ca() -> (String, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).expect("ca").pem();
+    (pem, Issuer::new(params, key))
+}
+
+impl Session {
+    fn open_with(addr: &str, extra: &[&str]) -> Session {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                addr,
+                "-servername",
+                "localhost",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s_client runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Like `round_trip`, but a refused or closed connection gives an empty reply.
+    fn try_round_trip(&mut self, line: &str) -> String {
+        let _ = writeln!(self.stdin, "{line}");
+        let _ = self.stdin.flush();
+        let mut reply = String::new();
+        let _ = self.stdout.read_line(&mut reply);
+        reply.trim().to_string()
+    }
+}
+
+#[test]
+fn client_ca_rotation_refuses_and_closes_old_clients_and_resumption() {
+    skip_unless!(
+        have_openssl(),
+        "openssl is needed (cargo xtask setup installs it)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = |n: &str| d.join(n);
+    let (server_ca_pem, server_ca) = new_ca();
+    fs::write(p("server-ca.crt"), server_ca_pem).expect("write");
+    let (cert, key) = issue(&server_ca);
+    fs::write(p("tls.crt"), cert).expect("write");
+    fs::write(p("tls.key"), key).expect("write");
+    let (ca1_pem, ca1) = new_ca();
+    let (ca2_pem, ca2) = new_ca();
+    fs::write(p("clients.crt"), &ca1_pem).expect("write");
+    let (c1_cert, c1_key) = client_cert(d, &ca1, "c1");
+    let (c2_cert, c2_key) = client_cert(d, &ca2, "c2");
+    let upstream = echo_upstream();
+    let audit = p("audit.jsonl");
+    let config = format!(
+        r#"
+[agent]
+admin = "127.0.0.1:0"
+[audit]
+path = "{audit}"
+[[bundle]]
+name = "web"
+kind = "server"
+cert = "{d}/tls.crt"
+key = "{d}/tls.key"
+[[bundle]]
+name = "clients"
+kind = "ca"
+cert = "{d}/clients.crt"
+[[listener]]
+name = "mtls"
+listen = "127.0.0.1:0"
+bundle = "web"
+client_ca = "clients"
+upstream = "tcp://{upstream}"
+close_untrusted = true
+"#,
+        audit = audit.display(),
+        d = d.display(),
+    );
+    fs::write(p("certreload.toml"), config).expect("write");
+    let agent = Agent::start(&p("certreload.toml"), &audit, &[]);
+    let addr = agent.log_field("listener=mtls", "address");
+    let c1 = ["-cert", c1_cert.as_str(), "-key", c1_key.as_str()];
+
+    // No client certificate: refused. A CA1 client: served, and it keeps a session to resume.
+    assert_ne!(
+        Session::open_with(&addr, &[]).try_round_trip("anon"),
+        "echo: anon"
+    );
+    let mut existing = Session::open_with(&addr, &c1);
+    assert_eq!(existing.round_trip("ca1"), "echo: ca1");
+    let sess = p("c1.session");
+    let mut saver = Session::open_with(
+        &addr,
+        &[&c1[..], &["-sess_out", &sess.display().to_string()]].concat(),
+    );
+    assert_eq!(saver.round_trip("save"), "echo: save");
+    // s_client -quiet ignores EOF on stdin; the session was written when its ticket arrived.
+    let _ = saver.child.kill();
+    let _ = saver.child.wait();
+    assert!(sess.exists(), "openssl saved the session");
+
+    // Rotate the client CA to CA2 only.
+    fs::write(p("clients.new"), &ca2_pem).expect("write");
+    assert!(Command::new("mv")
+        .arg(p("clients.new"))
+        .arg(p("clients.crt"))
+        .status()
+        .expect("mv")
+        .success());
+    agent.expect_record("client CA generation 2", |r| {
+        r["event"] == "material_accepted" && r["bundle"] == "clients" && r["new_generation"] == 2
+    });
+    let revoked = agent.expect_record("connection_revoked", |r| {
+        r["event"] == "connection_revoked" && r["listener"] == "mtls"
+    });
+    assert!(revoked["client_fingerprint"].is_string(), "{revoked}");
+    assert!(
+        existing.closed_by_server(),
+        "the existing CA1 connection is closed"
+    );
+
+    // New CA1 clients are refused; a CA2 client works.
+    assert_ne!(
+        Session::open_with(&addr, &c1).try_round_trip("again"),
+        "echo: again"
+    );
+    let mut ca2_client = Session::open_with(&addr, &["-cert", &c2_cert, "-key", &c2_key]);
+    assert_eq!(ca2_client.round_trip("ca2"), "echo: ca2");
+
+    // The session from before the rotation is not resumed (new ticket keys, new cache).
+    let resumed = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-sess_in",
+        ])
+        .arg(&sess)
+        .args(c1)
+        .stdin(Stdio::null())
+        .output()
+        .expect("s_client");
+    let text = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        !text.contains("Reused,"),
+        "a pre-rotation session must not resume:\n{text}"
+    );
+    agent.stop();
 }

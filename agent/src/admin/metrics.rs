@@ -91,6 +91,8 @@ pub struct Metrics {
     pub upstream_failures: Family<ListenerLabel, Counter>,
     /// Stale connections closed after stale_grace.
     pub connections_drained: Counter,
+    /// Connections closed because their client certificate no longer verifies.
+    pub connections_revoked: Counter,
     /// Accepted generations by bundle.
     pub reloads: Family<BundleLabel, Counter>,
     /// Rejections by bundle and check.

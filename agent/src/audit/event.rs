@@ -84,6 +84,18 @@ pub enum AuditEvent {
         /// How long it had been stale.
         stale_for_s: f64,
     },
+    /// On client-CA rotation (`close_untrusted`), a connection whose client certificate no
+    /// longer verifies was closed.
+    ConnectionRevoked {
+        /// Listener.
+        listener: String,
+        /// Client address.
+        peer: String,
+        /// SHA-256 of the client certificate.
+        client_fingerprint: Option<String>,
+        /// The client-CA generation it failed against.
+        client_ca_generation: u64,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -109,6 +121,7 @@ impl AuditEvent {
             AuditEvent::MaterialAccepted { .. } => "material_accepted",
             AuditEvent::MaterialRejected { .. } => "material_rejected",
             AuditEvent::ConnectionDrained { .. } => "connection_drained",
+            AuditEvent::ConnectionRevoked { .. } => "connection_revoked",
         }
     }
 }

@@ -132,7 +132,37 @@ async fn follow_generations(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = server_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
-            _ = ca_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
+            _ = ca_changed => {
+                let Some(active) = slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()) else { continue };
+                if !config.close_untrusted {
+                    continue;
+                }
+                let Some(ca) = active.client_ca.clone() else { continue };
+                let verifier = match crate::tls::server_config::client_verifier(&ca) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(listener = %config.name, error = %e, "cannot re-verify clients against the new CA");
+                        continue;
+                    }
+                };
+                let now = rustls_pki_types::UnixTime::now();
+                let untrusted = |info: &super::registry::ConnectionInfo| {
+                    let Some((leaf, rest)) = info.client_chain.split_first() else { return false };
+                    verifier.verify_client_cert(leaf, rest, now).is_err()
+                };
+                for info in ctx.registry.revoke(&config.name, untrusted) {
+                    ctx.metrics.connections_revoked.inc();
+                    let event = AuditEvent::ConnectionRevoked {
+                        listener: config.name.clone(),
+                        peer: info.peer.to_string(),
+                        client_fingerprint: info.client_fingerprint.clone(),
+                        client_ca_generation: ca.number,
+                    };
+                    if let Err(e) = append_shared(&ctx.audit, config.client_ca.as_deref(), &event) {
+                        tracing::error!(error = %e, "cannot audit a revoked connection");
+                    }
+                }
+            }
             _ = tick.tick() => {
                 let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else { continue };
                 for (info, stale_for_s) in ctx.registry.drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e)) {
@@ -185,6 +215,12 @@ async fn handle(
                 return;
             }
         };
+    let client_chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
     let client_fingerprint = tls
         .get_ref()
         .1
@@ -213,6 +249,7 @@ async fn handle(
         server_generation: active.server_generation,
         client_ca_generation: active.client_ca_generation,
         client_fingerprint,
+        client_chain,
     });
     drop(active);
     tokio::select! {

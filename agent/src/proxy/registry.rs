@@ -30,6 +30,8 @@ pub struct ConnectionInfo {
     pub client_ca_generation: Option<u64>,
     /// SHA-256 of the client certificate (mTLS).
     pub client_fingerprint: Option<String>,
+    /// The client's certificate chain (mTLS), kept to re-verify it when the client CA rotates.
+    pub client_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 struct Entry {
@@ -141,6 +143,27 @@ impl Registry {
         drained
     }
 
+    /// Asks every connection of `listener` for which `untrusted` says so to close, and returns
+    /// them (client-CA rotation with `close_untrusted`).
+    pub fn revoke(
+        &self,
+        listener: &str,
+        untrusted: impl Fn(&ConnectionInfo) -> bool,
+    ) -> Vec<ConnectionInfo> {
+        let live = self.lock();
+        let mut revoked = Vec::new();
+        for e in live
+            .values()
+            .filter(|e| e.info.listener == listener && !*e.close.borrow())
+        {
+            if untrusted(&e.info) {
+                let _ = e.close.send(true);
+                revoked.push(e.info.clone());
+            }
+        }
+        revoked
+    }
+
     /// Every live connection (status).
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
         self.lock().values().map(|e| e.info.clone()).collect()
@@ -162,6 +185,7 @@ mod tests {
             server_generation: epoch,
             client_ca_generation: None,
             client_fingerprint: None,
+            client_chain: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use rustls::{
-    server::{ServerSessionMemoryCache, WebPkiClientVerifier},
+    server::{danger::ClientCertVerifier, ServerSessionMemoryCache, WebPkiClientVerifier},
     RootCertStore, ServerConfig,
 };
 use thiserror::Error;
@@ -31,6 +31,23 @@ pub enum TlsConfigError {
     /// The client CA set is unusable.
     #[error("client CA: {0}")]
     ClientCa(String),
+}
+
+/// The client-certificate verifier for a client-CA generation (also used to re-verify live
+/// connections when that CA rotates).
+pub fn client_verifier(ca: &Generation) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    for der in &ca.material.ca_der {
+        roots
+            .add(der.clone())
+            .map_err(|e| TlsConfigError::ClientCa(e.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| TlsConfigError::ClientCa(e.to_string()))
 }
 
 /// Builds the server configuration for `server`, requiring client certificates from `client_ca`
