@@ -5,7 +5,7 @@ use std::{sync::atomic::AtomicU64, time::SystemTime};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -83,8 +83,10 @@ pub struct FileLabel {
 }
 
 /// Counters updated where things happen.
-#[derive(Default)]
 pub struct Metrics {
+    /// Seconds from a confirmed change reaching the reload pipeline to the new generation being
+    /// published (validation and the fsync'd audit record included).
+    pub change_to_swap: Histogram,
     /// Failed handshakes by listener and reason.
     pub handshake_failures: Family<ListenerReason, Counter>,
     /// Upstream connection failures by listener.
@@ -99,6 +101,24 @@ pub struct Metrics {
     pub rejections: Family<BundleReason, Counter>,
     /// Confirmed changes by source.
     pub change_events: Family<SourceLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            // 100 µs … ~3 s.
+            change_to_swap: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15),
+            ),
+            handshake_failures: Family::default(),
+            upstream_failures: Family::default(),
+            connections_drained: Counter::default(),
+            connections_revoked: Counter::default(),
+            reloads: Family::default(),
+            rejections: Family::default(),
+            change_events: Family::default(),
+        }
+    }
 }
 
 impl Metrics {

@@ -262,6 +262,7 @@ impl Reloader {
                     },
                 );
                 if let Some((metrics, _)) = &self.observers {
+                    metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
                     metrics
                         .reloads
                         .get_or_create(&BundleLabel {
