@@ -116,6 +116,8 @@ async fn follow_generations(
         .as_deref()
         .and_then(|ca| ctx.store.subscribe(ca));
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    // The client-CA generation live connections were last re-verified against.
+    let mut checked_ca = slot.current().and_then(|a| a.client_ca_generation);
     loop {
         let ca_changed = async {
             match client_ca.as_mut() {
@@ -133,10 +135,13 @@ async fn follow_generations(
             _ = shutdown.changed() => return,
             _ = server_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
             _ = ca_changed => {
-                let Some(active) = slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()) else { continue };
-                if !config.close_untrusted {
+                // The accept path may already have switched to the new CA: act on what is current.
+                slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref());
+                let Some(active) = slot.current() else { continue };
+                if !config.close_untrusted || active.client_ca_generation == checked_ca {
                     continue;
                 }
+                checked_ca = active.client_ca_generation;
                 let Some(ca) = active.client_ca.clone() else { continue };
                 let verifier = match crate::tls::server_config::client_verifier(&ca) {
                     Ok(v) => v,
@@ -191,7 +196,9 @@ async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     // The configuration is taken once, before the handshake: the whole handshake uses one epoch.
-    let Some(active) = slot.current() else {
+    let Some(active) =
+        slot.for_new_connection(&ctx.store, &config.bundle, config.client_ca.as_deref())
+    else {
         ctx.metrics
             .handshake_failure(&config.name, "no_certificate");
         return;

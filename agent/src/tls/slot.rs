@@ -53,6 +53,31 @@ impl TlsSlot {
             .copied()
     }
 
+    /// The configuration for a connection being accepted now: the current one, rebuilt first if
+    /// the store already holds a newer generation. This makes the swap strict: once a generation
+    /// is published, no handshake that starts afterwards gets the old material, even before the
+    /// listener's follower task has run.
+    pub fn for_new_connection(
+        &self,
+        store: &GenerationStore,
+        bundle: &str,
+        client_ca: Option<&str>,
+    ) -> Option<Arc<ActiveTls>> {
+        let current = self.current();
+        let up_to_date = current.as_ref().is_some_and(|cur| {
+            store
+                .current(bundle)
+                .is_some_and(|g| g.number == cur.server_generation)
+                && client_ca.is_none_or(|ca| {
+                    store.current(ca).map(|g| g.number) == cur.client_ca_generation
+                })
+        });
+        if up_to_date {
+            return current;
+        }
+        self.refresh(store, bundle, client_ca).or(current)
+    }
+
     /// Rebuilds from the store's current generations if they differ from what is served.
     /// Returns the new epoch when one began.
     pub fn refresh(
@@ -61,13 +86,17 @@ impl TlsSlot {
         bundle: &str,
         client_ca: Option<&str>,
     ) -> Option<Arc<ActiveTls>> {
+        // Serialised: two racing refreshes must not open two epochs for one generation.
+        let mut started = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let server = store.current(bundle)?;
         let ca = match client_ca {
             Some(name) => Some(store.current(name)?),
             None => None,
         };
-        let current = self.current();
-        if let Some(cur) = &current {
+        if let Some(cur) = self.current() {
             if cur.server_generation == server.number
                 && cur.client_ca_generation == ca.as_ref().map(|c| c.number)
             {
@@ -81,10 +110,6 @@ impl TlsSlot {
                 return None;
             }
         };
-        let mut started = self
-            .started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         started.push(Instant::now());
         let active = Arc::new(ActiveTls {
             epoch: started.len() as u64,
@@ -95,5 +120,73 @@ impl TlsSlot {
         });
         self.current.store(Some(active.clone()));
         Some(active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::material::{
+        read::DEFAULT_MAX_FILE_SIZE,
+        validate::{validate_pair, PairPolicy, Usage},
+    };
+
+    fn generation(number: u64) -> Generation {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = crate::demo::prepare(dir.path()).expect("demo material");
+        let policy = PairPolicy {
+            usage: Usage::Server,
+            expect_sans: vec![],
+            min_validity: None,
+            allow_san_removal: false,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+        };
+        let report = validate_pair(
+            &files.cert,
+            &files.key,
+            Some(&files.ca),
+            &policy,
+            None,
+            SystemTime::now(),
+        );
+        Generation {
+            number,
+            accepted_at: SystemTime::now(),
+            material: report.material.expect("valid"),
+        }
+    }
+
+    #[test]
+    fn a_published_generation_reaches_the_next_connection_without_the_follower() {
+        let store = GenerationStore::new(["web"]);
+        let slot = TlsSlot::default();
+        assert!(
+            slot.for_new_connection(&store, "web", None).is_none(),
+            "nothing to serve yet"
+        );
+        store.publish("web", generation(1));
+        let first = slot
+            .for_new_connection(&store, "web", None)
+            .expect("epoch 1");
+        assert_eq!((first.epoch, first.server_generation), (1, 1));
+        assert!(
+            Arc::ptr_eq(
+                &first,
+                &slot.for_new_connection(&store, "web", None).expect("same")
+            ),
+            "no rebuild without a change"
+        );
+        store.publish("web", generation(2));
+        let second = slot
+            .for_new_connection(&store, "web", None)
+            .expect("epoch 2");
+        assert_eq!((second.epoch, second.server_generation), (2, 2));
+        assert!(
+            slot.refresh(&store, "web", None).is_none(),
+            "the follower finds it done"
+        );
+        assert!(slot.epoch_started(2).is_some());
     }
 }
