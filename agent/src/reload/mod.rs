@@ -261,6 +261,7 @@ impl Reloader {
                         material,
                     },
                 );
+                tracing::info!(bundle = %bundle.name, generation = number, "generation published");
                 if let Some((metrics, _)) = &self.observers {
                     metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
                     metrics
