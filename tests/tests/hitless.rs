@@ -54,6 +54,33 @@ async fn echo_upstream() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotating_every_50ms_under_load_fails_nothing() {
+    scenario(false).await;
+}
+
+/// Bad material written during load (garbage, a key for another certificate, another issuer, an
+/// expired pair): every write is rejected and the first certificate keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_material_during_load_keeps_the_old_certificate_and_fails_nothing() {
+    scenario(true).await;
+}
+
+const BAD_WRITES: usize = 20;
+
+fn leaf(issuer: &Issuer<'static, KeyPair>, expired: bool) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    if expired {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(10);
+        params.not_after = now - time::Duration::days(1);
+    }
+    (
+        params.signed_by(&key, issuer).expect("leaf").pem(),
+        key.serialize_pem(),
+    )
+}
+
+async fn scenario(bad: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_path_buf();
     let vol = d.join("vol");
@@ -80,15 +107,29 @@ async fn rotating_every_50ms_under_load_fails_nothing() {
     symlink("..data/tls.crt", vol.join("tls.crt")).expect("symlink");
     symlink("..data/tls.key", vol.join("tls.key")).expect("symlink");
     let upstream = echo_upstream().await;
+    // Bad pairs are rejected at once rather than waited on as a half-written rotation.
+    let pair_timeout = if bad { "0s" } else { "10s" };
     let audit = d.join("audit.jsonl");
     let config = format!(
-        "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbundle = \"web\"\nupstream = \"tcp://{upstream}\"\n",
+        "[agent]\nadmin = \"127.0.0.1:0\"\npair_timeout = \"{pair_timeout}\"\n[audit]\npath = \"{}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbundle = \"web\"\nupstream = \"tcp://{upstream}\"\n",
         audit.display(),
         vol.join("tls.crt").display(),
         vol.join("tls.key").display(),
         d.join("ca.crt").display()
     );
     fs::write(d.join("c.toml"), config).expect("write");
+    let rogue = {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Issuer::new(params, key)
+    };
+    let bad_versions: Vec<(String, String)> = vec![
+        ("garbage".to_string(), pairs[1].1.clone()),
+        (pairs[1].0.clone(), pairs[2].1.clone()),
+        leaf(&rogue, false),
+        leaf(&issuer, true),
+    ];
     let agent = Agent::start(&d.join("c.toml"), &audit, &[]);
     let addr = agent.log_field("listener=web", "address");
 
@@ -218,7 +259,30 @@ async fn rotating_every_50ms_under_load_fails_nothing() {
     // Rotate every 50 ms; note when each generation is published (the agent logs it right after the
     // swap; its audit record comes earlier, before the fsync that must precede the swap).
     let mut accepted_at: Vec<(u64, Instant)> = Vec::new();
-    for (n, (cert, key)) in pairs.iter().enumerate().skip(1) {
+    if bad {
+        for (i, (cert, key)) in bad_versions.iter().cycle().take(BAD_WRITES).enumerate() {
+            let n = i + 1;
+            write_version(&vol, n, cert, key);
+            let _ = fs::remove_dir_all(vol.join(format!("..ts{}", n - 1)));
+            let deadline = Instant::now() + certreload_e2e::EVENT_DEADLINE;
+            while fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .matches("\"event\":\"material_rejected\"")
+                .count()
+                < n
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "bad write {n} never rejected:\n{}",
+                    agent.log()
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let rotations = if bad { 0 } else { ROTATIONS };
+    for (n, (cert, key)) in pairs.iter().enumerate().skip(1).take(rotations) {
         let old = vol.join(format!("..ts{}", n - 1));
         write_version(&vol, n, cert, key);
         let _ = fs::remove_dir_all(old);
@@ -242,12 +306,19 @@ async fn rotating_every_50ms_under_load_fails_nothing() {
     }
     opener.await.expect("opener");
     let audit_records = agent.stop();
-    assert!(
-        !audit_records
-            .iter()
-            .any(|r| r["event"] == "material_rejected"),
-        "no rotation was rejected"
-    );
+    let rejected = audit_records
+        .iter()
+        .filter(|r| r["event"] == "material_rejected")
+        .count();
+    // A ..data swap changes cert and key; when they arrive in two batches, both are judged.
+    if bad {
+        assert!(
+            rejected >= BAD_WRITES,
+            "every bad write is rejected: {rejected}"
+        );
+    } else {
+        assert_eq!(rejected, 0, "no good rotation is rejected");
+    }
 
     let failures = failures.lock().expect("lock");
     assert!(
@@ -258,7 +329,7 @@ async fn rotating_every_50ms_under_load_fails_nothing() {
     );
     let handshakes = handshakes.lock().expect("lock");
     assert!(
-        handshakes.len() > ROTATIONS,
+        handshakes.len() > 100,
         "load ran: {} handshakes",
         handshakes.len()
     );
@@ -283,12 +354,21 @@ async fn rotating_every_50ms_under_load_fails_nothing() {
     let records = fs::read_to_string(&audit).expect("audit");
     assert_eq!(
         records.matches("\"event\":\"material_accepted\"").count(),
-        ROTATIONS + 1,
-        "one generation per rotation"
+        rotations + 1,
+        "one generation per rotation, none for bad material"
     );
+    if bad {
+        assert!(
+            handshakes
+                .iter()
+                .all(|(_, l)| generation_of.get(l) == Some(&1)),
+            "the first certificate is served throughout"
+        );
+    }
     eprintln!(
-        "{} handshakes, {} long-stream round trips, {ROTATIONS} rotations: 0 failures",
+        "{} handshakes, {} long-stream round trips, {rotations} rotations, {} bad writes: 0 failures",
         handshakes.len(),
-        stream_rounds.load(Ordering::Relaxed)
+        stream_rounds.load(Ordering::Relaxed),
+        if bad { BAD_WRITES } else { 0 }
     );
 }
