@@ -107,6 +107,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> Result<(), RunError
         store: store.clone(),
         registry: registry.clone(),
         slots: listeners.iter().map(|l| l.slot.clone()).collect(),
+        client_slots: listeners.iter().map(|l| l.client_slot.clone()).collect(),
         monitor_mode: mode,
         ringbuf_drops: monitor.drops(),
         last_change: Default::default(),

@@ -132,7 +132,9 @@ impl Watch {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     {
-                        let mut s = stderr.lock().expect("stderr buffer");
+                        let mut s = stderr
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         s.push_str(&line);
                         s.push('\n');
                     }
@@ -160,7 +162,10 @@ impl Watch {
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(100));
-            let log = stderr.lock().expect("stderr buffer").clone();
+            let log = stderr
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             if mode == Mode::Ebpf && !ci() && log.contains("eBPF monitor unavailable") {
                 eprintln!("SKIP: eBPF unavailable here:\n{log}");
                 return None;
@@ -207,7 +212,10 @@ impl Watch {
 
     /// What the agent logged so far.
     pub fn log(&self) -> String {
-        self.stderr.lock().expect("stderr buffer").clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops the agent (SIGTERM) and returns the changes not consumed by [`Watch::expect`] and its
@@ -310,7 +318,9 @@ impl Agent {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     {
-                        let mut s = stderr.lock().expect("stderr buffer");
+                        let mut s = stderr
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         s.push_str(&line);
                         s.push('\n');
                     }
@@ -326,7 +336,10 @@ impl Agent {
             let _ = child.wait();
             panic!(
                 "certreload run did not become ready:\n{}",
-                stderr.lock().expect("stderr").clone()
+                stderr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
             );
         }
         Agent {
@@ -338,7 +351,10 @@ impl Agent {
 
     /// What the agent logged so far (stderr).
     pub fn log(&self) -> String {
-        self.stderr.lock().expect("stderr").clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The value of `key=` on the first log line containing `marker` (addresses the agent bound).
@@ -384,7 +400,7 @@ impl Agent {
                 panic!(
                     "no audit record {what} within {EVENT_DEADLINE:?}; records:\n{}\nagent log:\n{}",
                     self.records().iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
-                    self.stderr.lock().expect("stderr").clone()
+                    self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -399,7 +415,10 @@ impl Agent {
         assert!(
             status.success(),
             "agent exited with {status}:\n{}",
-            self.stderr.lock().expect("stderr").clone()
+            self.stderr
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         );
         self.records()
     }

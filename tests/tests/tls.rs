@@ -468,3 +468,168 @@ close_untrusted = true
     );
     agent.stop();
 }
+
+fn signed(
+    issuer: &Issuer<'static, KeyPair>,
+    cn: &str,
+    san: &str,
+    eku: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec![san.to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![eku];
+    (
+        params.signed_by(&key, issuer).expect("cert").pem(),
+        key.serialize_pem(),
+    )
+}
+
+#[test]
+fn upstream_re_encryption_presents_the_rotated_client_certificate() {
+    skip_unless!(
+        have_openssl(),
+        "openssl is needed (cargo xtask setup installs it)"
+    );
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = |n: &str| d.join(n);
+    let (server_ca_pem, server_ca) = new_ca();
+    let (up_ca_pem, up_ca) = new_ca();
+    let (client_ca_pem, client_ca) = new_ca();
+    fs::write(p("server-ca.crt"), server_ca_pem).expect("write");
+    fs::write(p("up-ca.crt"), up_ca_pem).expect("write");
+    fs::write(p("client-ca.crt"), client_ca_pem).expect("write");
+    let (c, k) = issue(&server_ca);
+    fs::write(p("tls.crt"), c).expect("write");
+    fs::write(p("tls.key"), k).expect("write");
+    let (c, k) = signed(&up_ca, "upstream", "upstream.local", ServerAuth);
+    fs::write(p("up.crt"), c).expect("write");
+    fs::write(p("up.key"), k).expect("write");
+    let (c, k) = signed(&client_ca, "client-a", "to-upstream.client", ClientAuth);
+    fs::write(p("client.crt"), c).expect("write");
+    fs::write(p("client.key"), k).expect("write");
+
+    // A real upstream that demands a client certificate: openssl s_server -Verify, reversing lines.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server_log = fs::File::create(p("s_server.log")).expect("log");
+    let mut s_server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-rev",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+        ])
+        .args([
+            "-cert",
+            &p("up.crt").display().to_string(),
+            "-key",
+            &p("up.key").display().to_string(),
+        ])
+        .args(["-CAfile", &p("client-ca.crt").display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(server_log.try_clone().expect("log"))
+        .stderr(server_log)
+        .spawn()
+        .expect("s_server runs");
+    let deadline = std::time::Instant::now() + certreload_e2e::EVENT_DEADLINE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let audit = p("audit.jsonl");
+    let config = format!(
+        r#"
+[agent]
+admin = "127.0.0.1:0"
+[audit]
+path = "{audit}"
+[[bundle]]
+name = "web"
+kind = "server"
+cert = "{d}/tls.crt"
+key = "{d}/tls.key"
+[[bundle]]
+name = "upstream-ca"
+kind = "ca"
+cert = "{d}/up-ca.crt"
+[[bundle]]
+name = "to-upstream"
+kind = "client"
+cert = "{d}/client.crt"
+key = "{d}/client.key"
+[[listener]]
+name = "reencrypt"
+listen = "127.0.0.1:0"
+bundle = "web"
+upstream = "tcp://127.0.0.1:{port}"
+upstream_tls = {{ client_bundle = "to-upstream", ca = "upstream-ca", server_name = "upstream.local" }}
+"#,
+        audit = audit.display(),
+        d = d.display(),
+    );
+    fs::write(p("certreload.toml"), config).expect("write");
+    let agent = Agent::start(&p("certreload.toml"), &audit, &[]);
+    let addr = agent.log_field("listener=reencrypt", "address");
+    let seen = || fs::read_to_string(p("s_server.log")).unwrap_or_default();
+
+    let mut first = Session::open(&addr);
+    assert_eq!(
+        first.round_trip("abc"),
+        "cba",
+        "through certreload, re-encrypted, to s_server"
+    );
+    assert!(
+        seen().contains("client-a"),
+        "s_server saw client-a:\n{}",
+        seen()
+    );
+    drop(first);
+
+    let (c, k) = signed(&client_ca, "client-b", "to-upstream.client", ClientAuth);
+    fs::write(p("client.new"), c).expect("write");
+    fs::write(p("client.newkey"), k).expect("write");
+    assert!(Command::new("mv")
+        .arg(p("client.new"))
+        .arg(p("client.crt"))
+        .status()
+        .expect("mv")
+        .success());
+    assert!(Command::new("mv")
+        .arg(p("client.newkey"))
+        .arg(p("client.key"))
+        .status()
+        .expect("mv")
+        .success());
+    agent.expect_record("client generation 2", |r| {
+        r["event"] == "material_accepted"
+            && r["bundle"] == "to-upstream"
+            && r["new_generation"] == 2
+    });
+
+    let mut second = Session::open(&addr);
+    assert_eq!(second.round_trip("xyz"), "zyx");
+    assert!(
+        seen().contains("client-b"),
+        "new upstream connections present the rotated certificate:\n{}",
+        seen()
+    );
+    drop(second);
+    agent.stop();
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+}

@@ -12,7 +12,7 @@ use crate::{
     monitor::{ConfirmedChange, Writer},
     proxy::registry::{ListenerCounts, Registry},
     reload::generation::GenerationStore,
-    tls::slot::TlsSlot,
+    tls::{client_config::ClientSlot, slot::TlsSlot},
 };
 
 /// Live state the admin endpoint reads.
@@ -25,6 +25,8 @@ pub struct AgentState {
     pub registry: Arc<Registry>,
     /// Each listener's TLS slot.
     pub slots: Vec<Arc<TlsSlot>>,
+    /// Each listener's upstream client slot.
+    pub client_slots: Vec<Arc<ClientSlot>>,
     /// Monitor mode in words.
     pub monitor_mode: String,
     /// eBPF ring-buffer drops (updated at every resync).
@@ -120,6 +122,8 @@ pub struct ListenerStatus {
     pub epoch: Option<u64>,
     /// Server generation served to new connections.
     pub server_generation: Option<u64>,
+    /// Client bundle generation presented to the upstream by new connections (`upstream_tls`).
+    pub upstream_client_generation: Option<u64>,
     /// Connection counts.
     pub connections: ListenerCounts,
 }
@@ -197,8 +201,8 @@ impl AgentState {
             .config
             .listeners
             .iter()
-            .zip(&self.slots)
-            .map(|(l, slot)| {
+            .zip(self.slots.iter().zip(&self.client_slots))
+            .map(|(l, (slot, client_slot))| {
                 let active = slot.current();
                 let epoch = active.as_ref().map_or(0, |a| a.epoch);
                 ListenerStatus {
@@ -206,9 +210,13 @@ impl AgentState {
                     listen: l.listen.to_string(),
                     epoch: active.as_ref().map(|a| a.epoch),
                     server_generation: active.as_ref().map(|a| a.server_generation),
-                    connections: self
-                        .registry
-                        .counts(&l.name, epoch, |e| slot.epoch_started(e)),
+                    upstream_client_generation: client_slot.current().map(|c| c.client_generation),
+                    connections: self.registry.counts(
+                        &l.name,
+                        epoch,
+                        client_slot.current().map(|c| c.client_generation),
+                        |e| slot.epoch_started(e),
+                    ),
                 }
             })
             .collect();

@@ -37,6 +37,20 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Most simultaneous connections; further ones are refused.
     pub max_connections: usize,
+    /// Re-encrypt to the upstream with a client certificate (the upstream demands one).
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// `upstream_tls = { client_bundle = "...", ca = "...", server_name = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// A client bundle: the certificate presented to the upstream.
+    pub client_bundle: String,
+    /// A ca bundle: what the upstream's certificate must verify to.
+    pub ca: String,
+    /// The name the upstream's certificate must carry.
+    pub server_name: String,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +66,7 @@ pub(crate) struct RawListener {
     close_untrusted: bool,
     handshake_timeout: Option<Spanned<String>>,
     max_connections: Option<usize>,
+    upstream_tls: Option<UpstreamTls>,
 }
 
 pub(crate) fn parse(
@@ -111,6 +126,35 @@ pub(crate) fn parse(
                 }
             }
         }
+        if let Some(t) = &l.upstream_tls {
+            match kind_of(&t.client_bundle) {
+                Some(BundleKind::Client) => {}
+                _ => {
+                    return Err(src.invalid(
+                        offset,
+                        field("upstream_tls.client_bundle"),
+                        format!("{:?} is not a client bundle", t.client_bundle),
+                    ))
+                }
+            }
+            match kind_of(&t.ca) {
+                Some(BundleKind::Ca) => {}
+                _ => {
+                    return Err(src.invalid(
+                        offset,
+                        field("upstream_tls.ca"),
+                        format!("{:?} is not a ca bundle", t.ca),
+                    ))
+                }
+            }
+            if rustls_pki_types::ServerName::try_from(t.server_name.as_str()).is_err() {
+                return Err(src.invalid(
+                    offset,
+                    field("upstream_tls.server_name"),
+                    format!("{:?} is not a DNS name or IP address", t.server_name),
+                ));
+            }
+        }
         let upstream = if let Some(addr) = l.upstream.strip_prefix("tcp://") {
             Upstream::Tcp(addr.to_string())
         } else if let Some(path) = l.upstream.strip_prefix("unix://") {
@@ -140,6 +184,7 @@ pub(crate) fn parse(
             close_untrusted: l.close_untrusted,
             handshake_timeout,
             max_connections: l.max_connections.unwrap_or(10_000),
+            upstream_tls: l.upstream_tls.clone(),
         });
     }
     Ok(out)

@@ -15,7 +15,7 @@ use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
 pub mod listener;
 
-pub use self::listener::{ListenerConfig, Upstream};
+pub use self::listener::{ListenerConfig, Upstream, UpstreamTls};
 
 /// The configuration cannot be used.
 #[derive(Debug, Error)]

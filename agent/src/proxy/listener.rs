@@ -20,7 +20,7 @@ use crate::{
     audit::{append_shared, AuditEvent, SharedAudit},
     config::ListenerConfig,
     reload::generation::GenerationStore,
-    tls::slot::TlsSlot,
+    tls::{client_config::ClientSlot, slot::TlsSlot},
 };
 
 /// Everything a listener shares with the rest of the agent.
@@ -42,6 +42,8 @@ pub struct Listener {
     pub config: ListenerConfig,
     /// The TLS configuration of the current epoch.
     pub slot: Arc<TlsSlot>,
+    /// The upstream client configuration (`upstream_tls`).
+    pub client_slot: Arc<ClientSlot>,
     socket: TcpListener,
 }
 
@@ -57,6 +59,7 @@ impl Listener {
         Ok(Listener {
             config,
             slot,
+            client_slot: Arc::default(),
             socket,
         })
     }
@@ -91,9 +94,9 @@ impl Listener {
                         ctx.metrics.handshake_failure(&config.name, "connection_limit");
                         continue; // dropping the stream closes it
                     };
-                    let (config, slot, ctx) = (config.clone(), self.slot.clone(), ctx.clone());
+                    let (config, slot, client_slot, ctx) = (config.clone(), self.slot.clone(), self.client_slot.clone(), ctx.clone());
                     tokio::spawn(async move {
-                        handle(stream, peer, &config, &slot, &ctx).await;
+                        handle(stream, peer, &config, (&slot, &client_slot), &ctx).await;
                         drop(permit);
                     });
                 }
@@ -191,7 +194,7 @@ async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     config: &ListenerConfig,
-    slot: &TlsSlot,
+    (slot, client_slot): (&TlsSlot, &ClientSlot),
     ctx: &ListenerContext,
 ) {
     let _ = stream.set_nodelay(true);
@@ -234,20 +237,53 @@ async fn handle(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| hex::encode(Sha256::digest(c)));
+    let upstream_failed = |reason: &str| {
+        ctx.metrics
+            .upstream_failures
+            .get_or_create(&crate::admin::metrics::ListenerLabel {
+                listener: config.name.clone(),
+            })
+            .inc();
+        tracing::warn!(listener = %config.name, %reason, "upstream unreachable; closing the client");
+    };
     let mut upstream = match upstream::connect(&config.upstream).await {
         Ok(u) => u,
         Err(e) => {
-            ctx.metrics
-                .upstream_failures
-                .get_or_create(&crate::admin::metrics::ListenerLabel {
-                    listener: config.name.clone(),
-                })
-                .inc();
-            tracing::warn!(listener = %config.name, error = %e, "upstream unreachable; closing the client");
+            upstream_failed(&e.to_string());
             let _ = tls.shutdown().await;
             return;
         }
     };
+    let mut upstream_generation = None;
+    if let Some(spec) = &config.upstream_tls {
+        // Re-encrypt with the current client certificate (taken now, like the server side).
+        let Some(active) = client_slot.for_new_connection(&ctx.store, spec) else {
+            upstream_failed("no valid client certificate for the upstream");
+            let _ = tls.shutdown().await;
+            return;
+        };
+        let name = match rustls_pki_types::ServerName::try_from(spec.server_name.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                upstream_failed(&e.to_string());
+                return;
+            }
+        };
+        match tokio_rustls::TlsConnector::from(active.config.clone())
+            .connect(name, upstream)
+            .await
+        {
+            Ok(secured) => {
+                upstream = Box::new(secured);
+                upstream_generation = Some(active.client_generation);
+            }
+            Err(e) => {
+                upstream_failed(&format!("upstream TLS handshake: {e}"));
+                let _ = tls.shutdown().await;
+                return;
+            }
+        }
+    }
     let mut registration = ctx.registry.register(ConnectionInfo {
         listener: config.name.clone(),
         peer,
@@ -257,6 +293,7 @@ async fn handle(
         client_ca_generation: active.client_ca_generation,
         client_fingerprint,
         client_chain,
+        upstream_generation,
     });
     drop(active);
     tokio::select! {

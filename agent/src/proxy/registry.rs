@@ -32,6 +32,8 @@ pub struct ConnectionInfo {
     pub client_fingerprint: Option<String>,
     /// The client's certificate chain (mTLS), kept to re-verify it when the client CA rotates.
     pub client_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Client bundle generation presented to the upstream (`upstream_tls`).
+    pub upstream_generation: Option<u64>,
 }
 
 struct Entry {
@@ -95,6 +97,7 @@ impl Registry {
         &self,
         listener: &str,
         current_epoch: u64,
+        current_upstream: Option<u64>,
         epoch_started: impl Fn(u64) -> Option<Instant>,
     ) -> ListenerCounts {
         let now = Instant::now();
@@ -102,6 +105,10 @@ impl Registry {
         let mut counts = ListenerCounts::default();
         for e in live.values().filter(|e| e.info.listener == listener) {
             counts.live += 1;
+            let upstream_stale = matches!((e.info.upstream_generation, current_upstream), (Some(made), Some(now)) if made < now);
+            if upstream_stale && e.info.epoch >= current_epoch {
+                counts.stale += 1;
+            }
             if e.info.epoch < current_epoch {
                 counts.stale += 1;
                 let since =
@@ -186,6 +193,7 @@ mod tests {
             client_ca_generation: None,
             client_fingerprint: None,
             client_chain: Vec::new(),
+            upstream_generation: None,
         }
     }
 
@@ -196,7 +204,7 @@ mod tests {
         let _new = registry.register(info(2));
         let epoch2 = Instant::now() - Duration::from_secs(5);
         let started = |e: u64| (e == 2).then_some(epoch2);
-        let c = registry.counts("l", 2, started);
+        let c = registry.counts("l", 2, None, started);
         assert_eq!((c.live, c.stale), (2, 1));
         assert!(c.oldest_stale_s.expect("age") >= 5.0);
         assert!(
@@ -215,6 +223,6 @@ mod tests {
             "only once"
         );
         drop(old);
-        assert_eq!(registry.counts("l", 2, started).live, 1);
+        assert_eq!(registry.counts("l", 2, None, started).live, 1);
     }
 }

@@ -1,4 +1,5 @@
 //! TLS configurations made from generations, and the slot each listener takes them from.
 
+pub mod client_config;
 pub mod server_config;
 pub mod slot;
