@@ -35,6 +35,8 @@ pub struct ListenerConfig {
     pub close_untrusted: bool,
     /// Handshake deadline.
     pub handshake_timeout: Duration,
+    /// Close a connection on which no byte moved either way for this long.
+    pub idle_timeout: Duration,
     /// Most simultaneous connections; further ones are refused.
     pub max_connections: usize,
     /// Re-encrypt to the upstream with a client certificate (the upstream demands one).
@@ -65,6 +67,7 @@ pub(crate) struct RawListener {
     #[serde(default)]
     close_untrusted: bool,
     handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     max_connections: Option<usize>,
     upstream_tls: Option<UpstreamTls>,
 }
@@ -174,6 +177,10 @@ pub(crate) fn parse(
             Some(v) => src.duration(v, &field("handshake_timeout"))?,
             None => Duration::from_secs(10),
         };
+        let idle_timeout = match &l.idle_timeout {
+            Some(v) => src.duration(v, &field("idle_timeout"))?,
+            None => Duration::from_secs(3600),
+        };
         out.push(ListenerConfig {
             name: l.name.clone(),
             listen,
@@ -183,6 +190,7 @@ pub(crate) fn parse(
             stale_grace,
             close_untrusted: l.close_untrusted,
             handshake_timeout,
+            idle_timeout,
             max_connections: l.max_connections.unwrap_or(10_000),
             upstream_tls: l.upstream_tls.clone(),
         });

@@ -12,6 +12,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
+    idle::{Activity, Tracked},
     registry::{ConnectionInfo, Registry},
     upstream,
 };
@@ -296,11 +297,17 @@ async fn handle(
         upstream_generation,
     });
     drop(active);
+    let activity = Activity::new();
+    let mut tls = Tracked::new(tls, activity.clone());
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut tls, &mut upstream) => {
             if let Err(e) = result {
                 tracing::debug!(listener = %config.name, %peer, error = %e, "connection ended with an error");
             }
+        }
+        _ = activity.idle(config.idle_timeout) => {
+            tracing::debug!(listener = %config.name, %peer, "idle timeout");
+            let _ = tls.shutdown().await;
         }
         _ = registration.close.changed() => {
             // Drained or revoked: close_notify first, then the TCP close when `tls` drops.
