@@ -181,7 +181,7 @@ mod tests {
         let doc = serde_json::json!({
             "monitor": {"mode": "ebpf", "ringbuf_drops": 0},
             "bundles": [
-                {"name": "web", "generation": {"number": 2, "not_after": now + 3 * 86400 + 7200, "serial": "0a"},
+                {"name": "web", "generation": {"number": 2, "not_after": now + 3 * 86400 + 7200 + 1800, "serial": "0a"},
                  "last_change": {"ts": "t", "path": "/p/tls.crt", "writer": {"comm": "mv", "tgid": 42}}},
                 {"name": "broken", "generation": null, "last_change": null}
             ],
