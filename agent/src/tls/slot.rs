@@ -75,7 +75,9 @@ impl TlsSlot {
         if up_to_date {
             return current;
         }
-        self.refresh(store, bundle, client_ca).or(current)
+        // None means another accept rebuilt it first: take what is current now, not the stale copy.
+        self.refresh(store, bundle, client_ca)
+            .or_else(|| self.current())
     }
 
     /// Rebuilds from the store's current generations if they differ from what is served.
