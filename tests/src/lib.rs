@@ -79,6 +79,34 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Buffers `child`'s stderr line by line; the receiver fires once a line containing `ready` is in
+/// the buffer.
+fn collect_stderr(
+    child: &mut Child,
+    ready: &'static str,
+) -> (Arc<Mutex<String>>, mpsc::Receiver<()>) {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let pipe = child.stderr.take().expect("stderr piped");
+    let buffer = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            {
+                let mut s = buffer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+            // Signal only once the line is in the buffer, so readers see it.
+            if line.contains(ready) {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    (stderr, ready_rx)
+}
+
 /// Which change source the agent runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -124,27 +152,7 @@ impl Watch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("certreload starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let pipe = child.stderr.take().expect("stderr piped");
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    {
-                        let mut s = stderr
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        s.push_str(&line);
-                        s.push('\n');
-                    }
-                    // Signal only once the line is in the buffer, so readers see it.
-                    if line.contains("monitor ready") {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
+        let (stderr, ready_rx) = collect_stderr(&mut child, "monitor ready");
         let (tx, changes) = mpsc::channel();
         {
             let pipe = child.stdout.take().expect("stdout piped");
@@ -310,27 +318,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("certreload starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let pipe = child.stderr.take().expect("stderr piped");
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    {
-                        let mut s = stderr
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        s.push_str(&line);
-                        s.push('\n');
-                    }
-                    // Signal only once the line is in the buffer, so readers see it.
-                    if line.contains("agent ready") {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
+        let (stderr, ready_rx) = collect_stderr(&mut child, "agent ready");
         if ready_rx.recv_timeout(EVENT_DEADLINE).is_err() {
             let _ = child.kill();
             let _ = child.wait();

@@ -87,27 +87,7 @@ impl Drop for Session {
 
 impl Session {
     fn open(addr: &str) -> Session {
-        let mut child = Command::new("openssl")
-            .args([
-                "s_client",
-                "-quiet",
-                "-connect",
-                addr,
-                "-servername",
-                "localhost",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s_client runs");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Session {
-            child,
-            stdin,
-            stdout,
-        }
+        Session::open_with(addr, &[])
     }
 
     fn round_trip(&mut self, line: &str) -> String {

@@ -403,13 +403,21 @@ fn unrelated_operations(mode: Mode) -> Option<Value> {
         .path()
         .join(format!("watched-{}-{:?}.pem", std::process::id(), mode));
     fs::write(&watched, "W").expect("write");
-    let watch = Watch::start(mode, &[&watched], &[])?;
+    let mut watch = Watch::start(mode, &[&watched], &[])?;
     for i in 0..1000 {
         let tmp = dir.path().join(format!("noise-{i}.tmp"));
         let dst = dir.path().join(format!("noise-{i}.pem"));
         fs::write(&tmp, "noise").expect("write");
         fs::rename(&tmp, &dst).expect("rename");
         fs::remove_file(&dst).expect("unlink");
+    }
+    if mode == Mode::Inotify {
+        // inotify delivers a directory's events in order: once this change is reported, every
+        // noise event before it has been read by the agent (and is in its counters).
+        fs::write(&watched, "SENTINEL").expect("write");
+        watch.expect(&watched, "sentinel", |c| {
+            c["sha256"] == sha256_hex(b"SENTINEL")
+        });
     }
     let (rest, stats) = watch.stop();
     assert!(rest.is_empty(), "unrelated files reported: {rest:#?}");
