@@ -102,7 +102,7 @@ impl Node {
         let config = format!(
             r#"
 [agent]
-pair_timeout = "1s"
+pair_timeout = "3s"
 admin = "127.0.0.1:0"
 [audit]
 path = "{audit}"
