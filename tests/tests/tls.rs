@@ -62,6 +62,16 @@ fn served_fingerprint(addr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Replaces `to` with `from` using mv(1), the way operators rotate files by hand.
+fn mv(from: &Path, to: &Path) {
+    let status = Command::new("mv")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("mv runs");
+    assert!(status.success(), "mv {} {}", from.display(), to.display());
+}
+
 fn file_fingerprint(path: &Path) -> String {
     let out = Command::new("openssl")
         .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
@@ -202,18 +212,8 @@ stale_grace = "1s"
     fs::write(p("new.crt"), &cert_b).expect("write");
     fs::write(p("new.key"), &key_b).expect("write");
     let fingerprint_b = file_fingerprint(&p("new.crt"));
-    assert!(Command::new("mv")
-        .arg(p("new.crt"))
-        .arg(p("tls.crt"))
-        .status()
-        .expect("mv")
-        .success());
-    assert!(Command::new("mv")
-        .arg(p("new.key"))
-        .arg(p("tls.key"))
-        .status()
-        .expect("mv")
-        .success());
+    mv(&p("new.crt"), &p("tls.crt"));
+    mv(&p("new.key"), &p("tls.key"));
     agent.expect_record("generation 2", |r| {
         r["event"] == "material_accepted" && r["new_generation"] == 2
     });
@@ -400,12 +400,7 @@ close_untrusted = true
 
     // Rotate the client CA to CA2 only.
     fs::write(p("clients.new"), &ca2_pem).expect("write");
-    assert!(Command::new("mv")
-        .arg(p("clients.new"))
-        .arg(p("clients.crt"))
-        .status()
-        .expect("mv")
-        .success());
+    mv(&p("clients.new"), &p("clients.crt"));
     agent.expect_record("client CA generation 2", |r| {
         r["event"] == "material_accepted" && r["bundle"] == "clients" && r["new_generation"] == 2
     });
@@ -583,18 +578,8 @@ upstream_tls = {{ client_bundle = "to-upstream", ca = "upstream-ca", server_name
     let (c, k) = signed(&client_ca, "client-b", "to-upstream.client", ClientAuth);
     fs::write(p("client.new"), c).expect("write");
     fs::write(p("client.newkey"), k).expect("write");
-    assert!(Command::new("mv")
-        .arg(p("client.new"))
-        .arg(p("client.crt"))
-        .status()
-        .expect("mv")
-        .success());
-    assert!(Command::new("mv")
-        .arg(p("client.newkey"))
-        .arg(p("client.key"))
-        .status()
-        .expect("mv")
-        .success());
+    mv(&p("client.new"), &p("client.crt"));
+    mv(&p("client.newkey"), &p("client.key"));
     agent.expect_record("client generation 2", |r| {
         r["event"] == "material_accepted"
             && r["bundle"] == "to-upstream"
