@@ -177,14 +177,16 @@ fn kubernetes_atomic_writer(mode: Mode) {
     symlink("..data/tls.crt", vol.join("tls.crt")).expect("symlink");
     symlink("..data/tls.key", vol.join("tls.key")).expect("symlink");
     let (cert, key) = (vol.join("tls.crt"), vol.join("tls.key"));
-    let Some(mut watch) = Watch::start(mode, &[&cert, &key], &[]) else {
-        return;
-    };
-
+    // The new timestamped directory is written before the agent starts: the change under test is
+    // the ..data swap, and its attribution must not race with our own writes of the new files.
     let ts2 = vol.join("..2026_11_28_11_00_00.000000002");
     fs::create_dir(&ts2).expect("mkdir");
     fs::write(ts2.join("tls.crt"), "SECRET V2\n").expect("write");
     fs::write(ts2.join("tls.key"), "KEY V1\n").expect("write");
+    let Some(mut watch) = Watch::start(mode, &[&cert, &key], &[]) else {
+        return;
+    };
+
     symlink(ts2.file_name().expect("name"), vol.join("..data_tmp")).expect("symlink");
     let pid = run_writer(
         Command::new("mv")
