@@ -38,6 +38,8 @@ pub enum Which {
         #[arg(long, default_value_t = 200)]
         rotations: usize,
     },
+    /// The TLS front against nginx: handshake rate (also while rotating), proxied throughput, RSS.
+    Tls(crate::tls_bench::Params),
 }
 
 /// Runs the selected benchmark and prints its tables.
@@ -50,6 +52,10 @@ pub fn run(which: Which, built: &Built) -> Result<()> {
             renames,
         } => monitor(built, ops, syscalls, rounds, renames),
         Which::Gate { rotations } => crate::gate_bench::run(&built.agent, rotations),
+        Which::Tls(params) => {
+            crate::setup::install(&crate::setup::TLS_BENCH_PACKAGES)?;
+            crate::tls_bench::run(&built.agent, &params)
+        }
     }
 }
 

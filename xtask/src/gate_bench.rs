@@ -4,7 +4,6 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Read},
-    os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -12,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+use crate::secret_volume::SecretVolume;
 
 /// Runs the benchmark and prints its table.
 pub fn run(bin: &Path, rotations: usize) -> Result<()> {
@@ -58,21 +59,9 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
         "certreload-gate-bench-{}-{mode}",
         std::process::id()
     ));
-    let vol = dir.join("vol");
-    fs::create_dir_all(&vol)?;
+    fs::create_dir_all(&dir)?;
     fs::write(dir.join("ca.crt"), ca_pem)?;
-    let write_version = |n: usize| -> Result<()> {
-        let ts = vol.join(format!("..ts{n}"));
-        fs::create_dir(&ts)?;
-        fs::write(ts.join("tls.crt"), &pairs[n].0)?;
-        fs::write(ts.join("tls.key"), &pairs[n].1)?;
-        symlink(format!("..ts{n}"), vol.join("..data_tmp"))?;
-        Ok(())
-    };
-    write_version(0)?;
-    fs::rename(vol.join("..data_tmp"), vol.join("..data"))?;
-    symlink("..data/tls.crt", vol.join("tls.crt"))?;
-    symlink("..data/tls.key", vol.join("tls.key"))?;
+    let mut volume = SecretVolume::create(&dir.join("vol"), &pairs[0].0, &pairs[0].1)?;
     let audit = dir.join("audit.jsonl");
     let config = dir.join("certreload.toml");
     fs::write(
@@ -80,8 +69,8 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
         format!(
             "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[[bundle]]\nname = \"bench\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
             audit.display(),
-            vol.join("tls.crt").display(),
-            vol.join("tls.key").display(),
+            volume.cert().display(),
+            volume.key().display(),
             dir.join("ca.crt").display()
         ),
     )?;
@@ -105,9 +94,8 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
     let mut log = fs::File::open(&audit)?;
     let mut seen = String::new();
     let mut out = Vec::with_capacity(pairs.len() - 1);
-    for n in 1..pairs.len() {
-        write_version(n)?;
-        fs::rename(vol.join("..data_tmp"), vol.join("..data"))?;
+    for (n, (cert, key)) in pairs.iter().enumerate().skip(1) {
+        volume.rotate(cert, key)?;
         let t0 = Instant::now();
         let needle = format!("\"new_generation\":{}", n + 1);
         loop {
@@ -123,7 +111,6 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
             std::thread::sleep(Duration::from_micros(50));
         }
         out.push(t0.elapsed().as_secs_f64() * 1e3);
-        let _ = fs::remove_dir_all(vol.join(format!("..ts{}", n - 1)));
     }
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -6,7 +6,9 @@ mod bench;
 mod build;
 mod cmd;
 mod gate_bench;
+mod secret_volume;
 mod setup;
+mod tls_bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -16,13 +16,23 @@ pub const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to build against LLVM 22 with these toolchains.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the end-to-end tests and benchmarks use, with a binary that proves each present.
+/// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
+/// binary on PATH, or an absolute path.
 const PACKAGES: [(&str, &str); 5] = [
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+];
+
+/// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module.
+pub const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
+    ("nginx", "/usr/sbin/nginx"),
+    (
+        "libnginx-mod-stream",
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+    ),
 ];
 
 /// Cache for tools built by xtask, outside the repository (survives `cargo clean`).
@@ -148,9 +158,21 @@ fn find_libllvm(lib: &Path, major: u32) -> Result<PathBuf> {
 
 /// Installs the Debian packages tests and benchmarks use, when missing (root and apt-get needed).
 pub fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install(&PACKAGES)
+}
+
+/// Installs those of `wanted` (package, binary or absolute path proving it) that are missing.
+pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
+    let present = |probe: &str| {
+        if probe.starts_with('/') {
+            Path::new(probe).exists()
+        } else {
+            cmd::on_path(probe)
+        }
+    };
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(_, bin)| !cmd::on_path(bin))
+        .filter(|(_, probe)| !present(probe))
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
