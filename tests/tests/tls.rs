@@ -19,7 +19,11 @@ fn have_openssl() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A line-echo server: the "component" behind the listener.
+/// Body the upstream answers an HTTP GET with (what curl must print through the listener).
+const HTTP_BODY: &str = "hello from the upstream";
+
+/// A line-echo server, the "component" behind the listener; a connection that starts with an
+/// HTTP GET gets one HTTP/1.1 response instead, so curl can be the client.
 fn echo_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
@@ -27,7 +31,22 @@ fn echo_upstream() -> String {
         for stream in listener.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
                 let mut writer = stream.try_clone().expect("clone");
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut lines = BufReader::new(stream).lines().map_while(Result::ok);
+                while let Some(line) = lines.next() {
+                    if line.starts_with("GET ") {
+                        // Skip the headers, answer, close.
+                        for header in lines.by_ref() {
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let _ = write!(
+                            writer,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
+                            HTTP_BODY.len()
+                        );
+                        break;
+                    }
                     if writeln!(writer, "echo: {line}").is_err() {
                         break;
                     }
@@ -36,6 +55,30 @@ fn echo_upstream() -> String {
         }
     });
     addr
+}
+
+/// `curl https://localhost:PORT/` through the listener at `addr`, trusting `ca`, presenting
+/// `client` (certificate, key) when given. Ok(body) on success, Err(curl's exit code and error).
+fn curl(addr: &str, ca: &Path, client: Option<(&str, &str)>) -> Result<String, String> {
+    let port = addr.rsplit_once(':').expect("host:port").1;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/"));
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    let out = cmd.output().expect("curl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// SHA-256 fingerprint of the certificate a TLS server presents, as openssl prints it.
@@ -108,12 +151,17 @@ impl Session {
         reply.trim().to_string()
     }
 
-    /// True once the server closed the connection.
+    /// True when the server closes the connection within 10 s (s_client -quiet exits on the
+    /// server's close; stdin stays open, so nothing else ends it).
     fn closed_by_server(&mut self) -> bool {
-        let mut rest = Vec::new();
-        let _ = self.stdout.read_to_end(&mut rest);
-        let _ = self.child.wait();
-        true
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
     }
 }
 
@@ -131,10 +179,12 @@ fn http_get(addr: &str, path: &str) -> String {
 
 fn issue(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
     let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&key, issuer)
-        .expect("leaf");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    // A subject of its own: with rcgen's default DN on both, OpenSSL takes the leaf as self-signed.
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, issuer).expect("leaf");
     (cert.pem(), key.serialize_pem())
 }
 
@@ -273,6 +323,9 @@ stale_grace = "1s"
 fn client_cert(dir: &Path, issuer: &Issuer<'static, KeyPair>, name: &str) -> (String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(vec![format!("{name}.client")]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name}.client"));
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, issuer).expect("client cert");
     let (c, k) = (
@@ -285,8 +338,13 @@ fn client_cert(dir: &Path, issuer: &Issuer<'static, KeyPair>, name: &str) -> (St
 }
 
 fn new_ca() -> (String, Issuer<'static, KeyPair>) {
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("test CA {n}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let pem = params.self_signed(&key).expect("ca").pem();
     (pem, Issuer::new(params, key))
@@ -385,6 +443,14 @@ close_untrusted = true
         Session::open_with(&addr, &[]).try_round_trip("anon"),
         "echo: anon"
     );
+    let server_ca = p("server-ca.crt");
+    let err = curl(&addr, &server_ca, None).expect_err("curl without a client certificate");
+    assert!(err.contains("curl exit"), "{err}");
+    assert_eq!(
+        curl(&addr, &server_ca, Some((&c1_cert, &c1_key))).as_deref(),
+        Ok(HTTP_BODY),
+        "curl with a CA1 client certificate"
+    );
     let mut existing = Session::open_with(&addr, &c1);
     assert_eq!(existing.round_trip("ca1"), "echo: ca1");
     let sess = p("c1.session");
@@ -420,6 +486,13 @@ close_untrusted = true
     );
     let mut ca2_client = Session::open_with(&addr, &["-cert", &c2_cert, "-key", &c2_key]);
     assert_eq!(ca2_client.round_trip("ca2"), "echo: ca2");
+    let refused = curl(&addr, &server_ca, Some((&c1_cert, &c1_key)));
+    assert!(refused.is_err(), "curl with CA1 after the rotation: {refused:?}");
+    assert_eq!(
+        curl(&addr, &server_ca, Some((&c2_cert, &c2_key))).as_deref(),
+        Ok(HTTP_BODY),
+        "curl with a CA2 client certificate"
+    );
 
     // The session from before the rotation is not resumed (new ticket keys, new cache).
     let resumed = Command::new("openssl")
