@@ -9,6 +9,7 @@ pub mod audit;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod converge;
 pub mod demo;
 pub mod gate;
 pub mod material;

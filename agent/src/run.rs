@@ -122,6 +122,13 @@ pub async fn run(config_path: &Path, options: RunOptions) -> Result<(), RunError
         metrics: metrics.clone(),
         audit: audit.clone(),
     };
+    crate::converge::start(
+        &config,
+        store.clone(),
+        audit.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    );
     for l in listeners {
         tracing::info!(listener = %l.config.name, address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         tokio::spawn(l.serve(ctx.clone(), stop_rx.clone()));

@@ -75,6 +75,24 @@ pub struct X509Labels {
     pub bundle: String,
 }
 
+/// Labels of per-probe series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    /// Probe name.
+    pub probe: String,
+    /// The bundle it checks.
+    pub bundle: String,
+}
+
+/// Labels of per-action counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// `bundle#line`.
+    pub action: String,
+    /// `success`, `failure` or `timeout`.
+    pub result: String,
+}
+
 /// `{filepath}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileLabel {
@@ -101,6 +119,15 @@ pub struct Metrics {
     pub rejections: Family<BundleReason, Counter>,
     /// Confirmed changes by source.
     pub change_events: Family<SourceLabel, Counter>,
+    /// 1 when the probed endpoint reflects the bundle's current generation.
+    pub probe_converged: Family<ProbeLabel, Gauge>,
+    /// Seconds from the current generation's acceptance to the probe's last check (while it
+    /// converges) or to its convergence.
+    pub probe_seconds_since_change: Family<ProbeLabel, Gauge<f64, AtomicU64>>,
+    /// notAfter (Unix seconds) of the leaf the endpoint served at the last check.
+    pub probe_served_not_after: Family<ProbeLabel, Gauge>,
+    /// Reload actions run, by result.
+    pub actions: Family<ActionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +144,10 @@ impl Default for Metrics {
             reloads: Family::default(),
             rejections: Family::default(),
             change_events: Family::default(),
+            probe_converged: Family::default(),
+            probe_seconds_since_change: Family::default(),
+            probe_served_not_after: Family::default(),
+            actions: Family::default(),
         }
     }
 }
@@ -149,6 +180,26 @@ impl Metrics {
             "certreload_connections_drained",
             "Stale connections closed after stale_grace",
             self.connections_drained.clone(),
+        );
+        registry.register(
+            "certreload_probe_converged",
+            "1 when the endpoint reflects the bundle's current generation",
+            self.probe_converged.clone(),
+        );
+        registry.register(
+            "certreload_probe_seconds_since_change",
+            "Seconds from the generation's acceptance to the last check or to convergence",
+            self.probe_seconds_since_change.clone(),
+        );
+        registry.register(
+            "certreload_probe_served_not_after",
+            "notAfter (Unix seconds) of the leaf the endpoint served",
+            self.probe_served_not_after.clone(),
+        );
+        registry.register(
+            "certreload_actions",
+            "Reload actions run, by result",
+            self.actions.clone(),
         );
         registry.register(
             "certreload_reloads",

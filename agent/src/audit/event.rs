@@ -96,6 +96,61 @@ pub enum AuditEvent {
         /// The client-CA generation it failed against.
         client_ca_generation: u64,
     },
+    /// A probed endpoint reflects the bundle's current generation (after a change, at start-up, or
+    /// again after having been stale).
+    EndpointConverged {
+        /// Probe name.
+        probe: String,
+        /// `host:port`.
+        endpoint: String,
+        /// The bundle generation it reflects.
+        generation: u64,
+        /// `rotation`, `startup` or `interval` (what started the check).
+        trigger: String,
+        /// Seconds from the generation's acceptance to this check.
+        seconds: f64,
+        /// SHA-256 of the leaf the endpoint served.
+        served_fingerprint: Option<String>,
+    },
+    /// A probed endpoint still does not reflect the current generation: at the deadline after a
+    /// change, or found drifted by a steady-state check. Checking goes on.
+    EndpointStale {
+        /// Probe name.
+        probe: String,
+        /// `host:port`.
+        endpoint: String,
+        /// The generation it should reflect.
+        generation: u64,
+        /// `rotation`, `startup` or `interval`.
+        trigger: String,
+        /// Seconds since the generation was accepted.
+        seconds: f64,
+        /// What the endpoint did instead (served another leaf, refused the client, unreachable).
+        observed: String,
+        /// SHA-256 of the leaf it served, when it completed a handshake.
+        served_fingerprint: Option<String>,
+    },
+    /// A reload action ran.
+    ActionRun {
+        /// `bundle#line` of the action.
+        action: String,
+        /// `stale` or `accepted`.
+        trigger: String,
+        /// The generation that triggered it.
+        generation: u64,
+        /// argv, or `kill -HUP <pid>...`.
+        command: String,
+        /// Exit status (null when killed at the timeout, or for signals).
+        exit_status: Option<i32>,
+        /// Whether it was killed at its timeout.
+        timed_out: bool,
+        /// Whether it succeeded (exit 0, or every signal delivered).
+        success: bool,
+        /// Seconds it ran.
+        duration_s: f64,
+        /// stdout+stderr (or the signal result), truncated to 4 KiB.
+        output: String,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -122,6 +177,9 @@ impl AuditEvent {
             AuditEvent::MaterialRejected { .. } => "material_rejected",
             AuditEvent::ConnectionDrained { .. } => "connection_drained",
             AuditEvent::ConnectionRevoked { .. } => "connection_revoked",
+            AuditEvent::EndpointConverged { .. } => "endpoint_converged",
+            AuditEvent::EndpointStale { .. } => "endpoint_stale",
+            AuditEvent::ActionRun { .. } => "action_run",
         }
     }
 }

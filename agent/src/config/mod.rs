@@ -13,9 +13,13 @@ use toml::Spanned;
 
 use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
+pub mod converge;
 pub mod listener;
 
-pub use self::listener::{ListenerConfig, Upstream, UpstreamTls};
+pub use self::{
+    converge::{ActionCommand, ActionConfig, ActionTrigger, ProbeConfig, SignalTarget},
+    listener::{ListenerConfig, Upstream, UpstreamTls},
+};
 
 /// The configuration cannot be used.
 #[derive(Debug, Error)]
@@ -197,6 +201,10 @@ pub struct Config {
     pub bundles: Vec<BundleConfig>,
     /// `[[listener]]`s: TLS termination in front of components.
     pub listeners: Vec<ListenerConfig>,
+    /// `[[probe]]`s: endpoints that must converge on new generations.
+    pub probes: Vec<ProbeConfig>,
+    /// `[[action]]`s: reloads for components that cannot reload.
+    pub actions: Vec<ActionConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,6 +218,10 @@ struct RawConfig {
     bundles: Vec<Spanned<RawBundle>>,
     #[serde(default, rename = "listener")]
     listeners: Vec<Spanned<listener::RawListener>>,
+    #[serde(default, rename = "probe")]
+    probes: Vec<Spanned<converge::RawProbe>>,
+    #[serde(default, rename = "action")]
+    actions: Vec<Spanned<converge::RawAction>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -459,11 +471,15 @@ impl Config {
             });
         }
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
+        let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
+        let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
         Ok(Config {
             agent,
             audit,
             bundles,
             listeners,
+            probes,
+            actions,
         })
     }
 }

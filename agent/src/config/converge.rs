@@ -1,0 +1,306 @@
+//! `[[probe]]` and `[[action]]`: proving that the node's other TLS endpoints picked up new
+//! material, and restarting or signalling the components that cannot.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{BundleConfig, BundleKind, ConfigError, Source};
+
+/// Default time an endpoint gets to serve a new generation.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+/// Default steady-state check period.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One endpoint that must serve (or, for a ca bundle, trust) a bundle's current generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Unique name (records, metrics).
+    pub name: String,
+    /// `host:port` to handshake with.
+    pub endpoint: String,
+    /// SNI sent in the handshake.
+    pub server_name: String,
+    /// The bundle whose current generation the endpoint must reflect. A server/client bundle: the
+    /// endpoint serves its leaf. A ca bundle: the endpoint accepts a client certificate issued by
+    /// it (from `client_bundle`).
+    pub bundle: String,
+    /// A client bundle presented in the handshake (endpoints that demand a client certificate).
+    pub client_bundle: Option<String>,
+    /// After a new generation: how long the endpoint has before it is reported stale.
+    pub deadline: Duration,
+    /// Steady-state check period (catches "renewed on disk, never reloaded").
+    pub interval: Duration,
+}
+
+/// When an action runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionTrigger {
+    /// A probe of the bundle reported the endpoint stale at its deadline.
+    Stale,
+    /// Right after the bundle got a new (validated) generation.
+    Accepted,
+}
+
+/// Which process a signal goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// The pid written in this file.
+    Pidfile(PathBuf),
+    /// Every process whose executable's file name is exactly this.
+    Process(String),
+}
+
+/// What an action does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionCommand {
+    /// Run this argv (no shell).
+    Exec(Vec<String>),
+    /// Send this signal (number) to the target.
+    Signal {
+        /// Signal name as configured (`HUP`), for records.
+        name: String,
+        /// Its number.
+        number: i32,
+        /// The receiver.
+        target: SignalTarget,
+    },
+}
+
+/// A reload action for a component that cannot reload by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionConfig {
+    /// The bundle it reacts to.
+    pub bundle: String,
+    /// When.
+    pub on: ActionTrigger,
+    /// What.
+    pub command: ActionCommand,
+    /// A command still running after this is killed (and recorded as timed out).
+    pub timeout: Duration,
+    /// At most one run per this period; triggers inside it wait for its end (coalesced).
+    pub min_interval: Duration,
+    /// Line in the config (identifies the action in records: `bundle#line`).
+    pub line: usize,
+}
+
+impl ActionConfig {
+    /// A stable identifier for records and metrics.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.bundle, self.line)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProbe {
+    name: String,
+    endpoint: String,
+    server_name: Option<String>,
+    bundle: String,
+    client_bundle: Option<String>,
+    deadline: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAction {
+    bundle: String,
+    on: ActionTrigger,
+    exec: Option<Vec<String>>,
+    signal: Option<String>,
+    pidfile: Option<PathBuf>,
+    process: Option<String>,
+    timeout: Option<Spanned<String>>,
+    min_interval: Option<Spanned<String>>,
+}
+
+fn kind_of(bundles: &[BundleConfig], name: &str) -> Option<BundleKind> {
+    bundles.iter().find(|b| b.name == name).map(|b| b.kind)
+}
+
+pub(crate) fn parse_probes(
+    src: &Source<'_>,
+    raw: &[Spanned<RawProbe>],
+    bundles: &[BundleConfig],
+) -> Result<Vec<ProbeConfig>, ConfigError> {
+    let mut out: Vec<ProbeConfig> = Vec::new();
+    for spanned in raw {
+        let offset = spanned.span().start;
+        let p = spanned.get_ref();
+        let field = |f: &str| format!("probe[{}].{f}", p.name);
+        if out.iter().any(|o| o.name == p.name) {
+            return Err(src.invalid(offset, field("name"), "duplicate probe name"));
+        }
+        let Some((host, port)) = p.endpoint.rsplit_once(':') else {
+            return Err(src.invalid(offset, field("endpoint"), "expected host:port"));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(src.invalid(
+                offset,
+                field("endpoint"),
+                format!("{:?} is not host:port", p.endpoint),
+            ));
+        }
+        let kind = kind_of(bundles, &p.bundle).ok_or_else(|| {
+            src.invalid(
+                offset,
+                field("bundle"),
+                format!("no bundle named {:?}", p.bundle),
+            )
+        })?;
+        if kind == BundleKind::SaKeys {
+            return Err(src.invalid(
+                offset,
+                field("bundle"),
+                "an sa-keys bundle is not served over TLS",
+            ));
+        }
+        if let Some(c) = &p.client_bundle {
+            if kind_of(bundles, c) != Some(BundleKind::Client) {
+                return Err(src.invalid(
+                    offset,
+                    field("client_bundle"),
+                    format!("{c:?} is not a client bundle"),
+                ));
+            }
+        }
+        if kind == BundleKind::Ca && p.client_bundle.is_none() {
+            return Err(src.invalid(
+                offset,
+                field("client_bundle"),
+                "a probe of a ca bundle checks that the endpoint trusts it: it needs a client bundle issued by that CA",
+            ));
+        }
+        let duration = |v: &Option<Spanned<String>>, name: &str, default: Duration| match v {
+            Some(v) => src.duration(v, &field(name)),
+            None => Ok(default),
+        };
+        let interval = duration(&p.interval, "interval", DEFAULT_INTERVAL)?;
+        if interval.is_zero() {
+            return Err(src.invalid(offset, field("interval"), "must be greater than zero"));
+        }
+        out.push(ProbeConfig {
+            name: p.name.clone(),
+            endpoint: p.endpoint.clone(),
+            server_name: p
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
+            bundle: p.bundle.clone(),
+            client_bundle: p.client_bundle.clone(),
+            deadline: duration(&p.deadline, "deadline", DEFAULT_DEADLINE)?,
+            interval,
+        });
+    }
+    Ok(out)
+}
+
+/// Signal names actions may send.
+const SIGNALS: [(&str, i32); 6] = [
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("TERM", libc::SIGTERM),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+];
+
+pub(crate) fn parse_actions(
+    src: &Source<'_>,
+    raw: &[Spanned<RawAction>],
+    bundles: &[BundleConfig],
+) -> Result<Vec<ActionConfig>, ConfigError> {
+    let mut out = Vec::new();
+    for spanned in raw {
+        let offset = spanned.span().start;
+        let a = spanned.get_ref();
+        let field = |f: &str| format!("action[{}].{f}", a.bundle);
+        if kind_of(bundles, &a.bundle).is_none() {
+            return Err(src.invalid(
+                offset,
+                field("bundle"),
+                format!("no bundle named {:?}", a.bundle),
+            ));
+        }
+        let command = match (&a.exec, &a.signal) {
+            (Some(_), Some(_)) => {
+                return Err(src.invalid(offset, field("exec"), "give exec or signal, not both"))
+            }
+            (None, None) => {
+                return Err(src.invalid(offset, field("exec"), "give exec (argv) or signal"))
+            }
+            (Some(argv), None) => {
+                if argv.first().is_none_or(|a| a.is_empty()) {
+                    return Err(src.invalid(offset, field("exec"), "empty argv"));
+                }
+                if a.pidfile.is_some() || a.process.is_some() {
+                    return Err(src.invalid(
+                        offset,
+                        field("pidfile"),
+                        "pidfile/process go with signal, not exec",
+                    ));
+                }
+                ActionCommand::Exec(argv.clone())
+            }
+            (None, Some(sig)) => {
+                let name = sig.trim().trim_start_matches("SIG").to_ascii_uppercase();
+                let number = SIGNALS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| {
+                        src.invalid(
+                            offset,
+                            field("signal"),
+                            format!(
+                                "{sig:?} is not one of {:?}",
+                                SIGNALS.map(|(n, _)| n)
+                            ),
+                        )
+                    })?;
+                let target = match (&a.pidfile, &a.process) {
+                    (Some(p), None) => SignalTarget::Pidfile(p.clone()),
+                    (None, Some(p)) if !p.is_empty() && !p.contains('/') => {
+                        SignalTarget::Process(p.clone())
+                    }
+                    (None, Some(p)) => {
+                        return Err(src.invalid(
+                            offset,
+                            field("process"),
+                            format!("{p:?} must be an executable's file name"),
+                        ))
+                    }
+                    _ => {
+                        return Err(src.invalid(
+                            offset,
+                            field("pidfile"),
+                            "a signal needs exactly one of pidfile or process",
+                        ))
+                    }
+                };
+                ActionCommand::Signal {
+                    name,
+                    number,
+                    target,
+                }
+            }
+        };
+        let duration = |v: &Option<Spanned<String>>, name: &str, default: Duration| match v {
+            Some(v) => src.duration(v, &field(name)),
+            None => Ok(default),
+        };
+        out.push(ActionConfig {
+            bundle: a.bundle.clone(),
+            on: a.on,
+            command,
+            timeout: duration(&a.timeout, "timeout", Duration::from_secs(60))?,
+            min_interval: duration(&a.min_interval, "min_interval", Duration::from_secs(300))?,
+            line: src.line(offset),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,300 @@
+//! One probe's life: after every new generation of its bundle, check the endpoint (backing off)
+//! until it reflects that generation or the deadline passes; in between, check every `interval`
+//! and audit each change of verdict.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+use super::{
+    observe::{observe, Observation},
+    StaleNotice,
+};
+use crate::{
+    admin::metrics::{Metrics, ProbeLabel},
+    audit::{append_shared, AuditEvent, SharedAudit},
+    config::{BundleKind, ProbeConfig},
+    reload::generation::{Generation, GenerationStore},
+};
+
+/// First retry delay after a failed check during convergence; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between checks while an endpoint has not converged.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a probe needs from the agent.
+#[derive(Clone)]
+pub struct ProbeContext {
+    /// Generations of every bundle.
+    pub store: Arc<GenerationStore>,
+    /// Audit trail.
+    pub audit: SharedAudit,
+    /// Probe gauges.
+    pub metrics: Arc<Metrics>,
+    /// Stale verdicts, for `on = "stale"` actions.
+    pub stale: mpsc::Sender<StaleNotice>,
+}
+
+/// The result of one check against the bundle's current generation.
+struct Verdict {
+    converged: bool,
+    /// What was seen, in words (for `endpoint_stale`).
+    observed: String,
+    fingerprint: Option<String>,
+    not_after: Option<i64>,
+}
+
+/// A convergence episode: from a new generation (or start-up) until the endpoint reflects it.
+struct Episode {
+    trigger: &'static str,
+    deadline: Instant,
+    stale_reported: bool,
+    backoff: Duration,
+}
+
+impl Episode {
+    fn new(trigger: &'static str, deadline: Duration) -> Episode {
+        Episode {
+            trigger,
+            deadline: Instant::now() + deadline,
+            stale_reported: false,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+}
+
+fn seconds_since(g: &Generation) -> f64 {
+    SystemTime::now()
+        .duration_since(g.accepted_at)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Checks whether the endpoint reflects `target` (and, for a ca bundle, trusts a client certificate
+/// issued by it).
+async fn check(
+    config: &ProbeConfig,
+    kind: BundleKind,
+    target: &Generation,
+    client: Option<&Generation>,
+) -> Verdict {
+    if kind == BundleKind::Ca {
+        // The client certificate must come from the CA being checked, or acceptance proves nothing.
+        let issued = client.is_some_and(|c| issued_by(c, target));
+        if !issued {
+            return Verdict {
+                converged: false,
+                observed: format!(
+                    "client bundle {:?} is not issued by CA generation {} yet",
+                    config.client_bundle.as_deref().unwrap_or_default(),
+                    target.number
+                ),
+                fingerprint: None,
+                not_after: None,
+            };
+        }
+    }
+    match observe(&config.endpoint, &config.server_name, client).await {
+        Err(e) => Verdict {
+            converged: false,
+            observed: e.to_string(),
+            fingerprint: None,
+            not_after: None,
+        },
+        Ok(Observation {
+            leaf_fingerprint,
+            not_after,
+            client_refused,
+        }) => {
+            let (converged, observed) = match (kind, client_refused) {
+                (_, Some(alert)) => (false, format!("refused the client certificate: {alert}")),
+                (BundleKind::Ca, None) => (true, "accepted the client certificate".into()),
+                (_, None) => {
+                    let want = target.leaf().map(|l| l.fingerprint.as_str());
+                    if want == Some(leaf_fingerprint.as_str()) {
+                        (true, "serves the current certificate".into())
+                    } else {
+                        (
+                            false,
+                            format!("serves another certificate (sha256 {leaf_fingerprint})"),
+                        )
+                    }
+                }
+            };
+            Verdict {
+                converged,
+                observed,
+                fingerprint: Some(leaf_fingerprint),
+                not_after,
+            }
+        }
+    }
+}
+
+/// Whether the client generation's chain verifies to the CA generation.
+fn issued_by(client: &Generation, ca: &Generation) -> bool {
+    let Ok(verifier) = crate::tls::server_config::client_verifier(ca) else {
+        return false;
+    };
+    let Some((leaf, rest)) = client.material.chain.split_first() else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, rest, rustls_pki_types::UnixTime::now())
+        .is_ok()
+}
+
+/// Runs one probe until `shutdown`.
+pub async fn run(
+    config: ProbeConfig,
+    kind: BundleKind,
+    ctx: ProbeContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(mut bundle_rx) = ctx.store.subscribe(&config.bundle) else {
+        return;
+    };
+    let mut client_rx = config
+        .client_bundle
+        .as_deref()
+        .and_then(|c| ctx.store.subscribe(c));
+    let label = ProbeLabel {
+        probe: config.name.clone(),
+        bundle: config.bundle.clone(),
+    };
+    bundle_rx.mark_unchanged();
+    if let Some(rx) = client_rx.as_mut() {
+        rx.mark_unchanged();
+    }
+    let mut episode = Some(Episode::new("startup", config.deadline));
+    let mut verdict: Option<bool> = None;
+    let mut next = Instant::now();
+    loop {
+        let client_changed = async {
+            match client_rx.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = bundle_rx.changed() => {
+                if r.is_err() { return; }
+                episode = Some(Episode::new("rotation", config.deadline));
+                next = Instant::now();
+                continue;
+            }
+            r = client_changed => {
+                if r.is_err() { return; }
+                // For a ca bundle the client certificate is the instrument: re-check with it now.
+                if kind == BundleKind::Ca && episode.is_none() {
+                    episode = Some(Episode::new("rotation", config.deadline));
+                }
+                next = Instant::now();
+                continue;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let Some(target) = ctx.store.current(&config.bundle) else {
+            next = Instant::now() + config.interval;
+            continue;
+        };
+        let client = config
+            .client_bundle
+            .as_deref()
+            .and_then(|c| ctx.store.current(c));
+        let v = check(&config, kind, &target, client.as_deref()).await;
+        let seconds = seconds_since(&target);
+        ctx.metrics
+            .probe_converged
+            .get_or_create(&label)
+            .set(i64::from(v.converged));
+        if let Some(n) = v.not_after {
+            ctx.metrics.probe_served_not_after.get_or_create(&label).set(n);
+        }
+        if !v.converged || episode.is_some() {
+            ctx.metrics
+                .probe_seconds_since_change
+                .get_or_create(&label)
+                .set(seconds);
+        }
+        let now = Instant::now();
+        match episode.as_mut() {
+            Some(ep) if v.converged => {
+                record(&ctx, &config, &target, ep.trigger, seconds, &v);
+                verdict = Some(true);
+                episode = None;
+                next = now + config.interval;
+            }
+            Some(ep) => {
+                if now >= ep.deadline && !ep.stale_reported {
+                    ep.stale_reported = true;
+                    verdict = Some(false);
+                    record(&ctx, &config, &target, ep.trigger, seconds, &v);
+                }
+                // Keep checking: before the deadline never sleep past it; after it, back off.
+                next = now + ep.backoff;
+                if !ep.stale_reported {
+                    next = next.min(ep.deadline);
+                }
+                ep.backoff = (ep.backoff * 2).min(MAX_BACKOFF.min(config.interval));
+            }
+            None => {
+                if verdict != Some(v.converged) {
+                    verdict = Some(v.converged);
+                    record(&ctx, &config, &target, "interval", seconds, &v);
+                }
+                next = now + config.interval;
+            }
+        }
+    }
+}
+
+/// Audits a verdict (and hands a stale one to the actions).
+fn record(
+    ctx: &ProbeContext,
+    config: &ProbeConfig,
+    target: &Generation,
+    trigger: &str,
+    seconds: f64,
+    v: &Verdict,
+) {
+    let event = if v.converged {
+        tracing::info!(probe = %config.name, endpoint = %config.endpoint, generation = target.number, trigger, seconds, "endpoint converged");
+        AuditEvent::EndpointConverged {
+            probe: config.name.clone(),
+            endpoint: config.endpoint.clone(),
+            generation: target.number,
+            trigger: trigger.to_string(),
+            seconds,
+            served_fingerprint: v.fingerprint.clone(),
+        }
+    } else {
+        tracing::warn!(probe = %config.name, endpoint = %config.endpoint, generation = target.number, trigger, seconds, observed = %v.observed, "endpoint stale");
+        let notice = StaleNotice {
+            bundle: config.bundle.clone(),
+            generation: target.number,
+        };
+        if ctx.stale.try_send(notice).is_err() {
+            tracing::warn!(probe = %config.name, "stale notice dropped: the action queue is full");
+        }
+        AuditEvent::EndpointStale {
+            probe: config.name.clone(),
+            endpoint: config.endpoint.clone(),
+            generation: target.number,
+            trigger: trigger.to_string(),
+            seconds,
+            observed: v.observed.clone(),
+            served_fingerprint: v.fingerprint.clone(),
+        }
+    };
+    if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
+        tracing::error!(error = %e, "cannot audit a probe verdict");
+    }
+}
