@@ -487,7 +487,10 @@ close_untrusted = true
     let mut ca2_client = Session::open_with(&addr, &["-cert", &c2_cert, "-key", &c2_key]);
     assert_eq!(ca2_client.round_trip("ca2"), "echo: ca2");
     let refused = curl(&addr, &server_ca, Some((&c1_cert, &c1_key)));
-    assert!(refused.is_err(), "curl with CA1 after the rotation: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "curl with CA1 after the rotation: {refused:?}"
+    );
     assert_eq!(
         curl(&addr, &server_ca, Some((&c2_cert, &c2_key))).as_deref(),
         Ok(HTTP_BODY),

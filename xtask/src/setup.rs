@@ -18,12 +18,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
 /// binary on PATH, or an absolute path.
-const PACKAGES: [(&str, &str); 5] = [
+const PACKAGES: [(&str, &str); 6] = [
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+    ("etcd-server", "/usr/bin/etcd"),
 ];
 
 /// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module.

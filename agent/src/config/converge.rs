@@ -256,10 +256,7 @@ pub(crate) fn parse_actions(
                         src.invalid(
                             offset,
                             field("signal"),
-                            format!(
-                                "{sig:?} is not one of {:?}",
-                                SIGNALS.map(|(n, _)| n)
-                            ),
+                            format!("{sig:?} is not one of {:?}", SIGNALS.map(|(n, _)| n)),
                         )
                     })?;
                 let target = match (&a.pidfile, &a.process) {
@@ -303,4 +300,85 @@ pub(crate) fn parse_actions(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{ActionCommand, Config, ConfigError, SignalTarget};
+
+    const BUNDLES: &str = r#"
+[[bundle]]
+name = "srv"
+kind = "server"
+cert = "/c"
+key = "/k"
+[[bundle]]
+name = "cli"
+kind = "client"
+cert = "/c2"
+key = "/k2"
+[[bundle]]
+name = "ca"
+kind = "ca"
+cert = "/ca"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), &format!("{BUNDLES}{extra}"))
+    }
+
+    fn error(extra: &str) -> String {
+        parse(extra).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn probes_and_actions_parse_with_defaults() {
+        let c = parse(
+            r#"
+[[probe]]
+name = "api"
+endpoint = "127.0.0.1:6443"
+bundle = "srv"
+[[action]]
+bundle = "ca"
+on = "stale"
+signal = "SIGHUP"
+process = "etcd"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.probes[0].server_name, "127.0.0.1");
+        assert_eq!(c.probes[0].deadline, super::DEFAULT_DEADLINE);
+        assert!(matches!(
+            &c.actions[0].command,
+            ActionCommand::Signal { name, target: SignalTarget::Process(p), .. } if name == "HUP" && p == "etcd"
+        ));
+    }
+
+    #[test]
+    fn bad_probes_and_actions_name_the_field_and_line() {
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"nohostport\"\nbundle = \"srv\"\n");
+        assert!(
+            e.contains("probe[x].endpoint") && e.contains("t.toml:"),
+            "{e}"
+        );
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"ca\"\n");
+        assert!(e.contains("probe[x].client_bundle"), "{e}");
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nclient_bundle = \"srv\"\n");
+        assert!(e.contains("is not a client bundle"), "{e}");
+        let e = error("[[action]]\nbundle = \"ca\"\non = \"stale\"\n");
+        assert!(e.contains("action[ca].exec"), "{e}");
+        let e = error(
+            "[[action]]\nbundle = \"ca\"\non = \"stale\"\nsignal = \"KILLALL\"\npidfile = \"/p\"\n",
+        );
+        assert!(e.contains("action[ca].signal"), "{e}");
+        let e = error("[[action]]\nbundle = \"ca\"\non = \"stale\"\nsignal = \"HUP\"\n");
+        assert!(e.contains("pidfile or process"), "{e}");
+        let e = error("[[action]]\nbundle = \"nope\"\non = \"accepted\"\nexec = [\"/bin/true\"]\n");
+        assert!(e.contains("no bundle named"), "{e}");
+        let e = error("[[action]]\nbundle = \"ca\"\non = \"sometimes\"\nexec = [\"/bin/true\"]\n");
+        assert!(e.contains("sometimes"), "{e}");
+    }
 }

@@ -2,12 +2,7 @@
 //! or send a signal, only for validated generations, with a timeout, a rate limit and never two
 //! at once for one bundle; every run audited.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    sync::Arc,
-    time::Instant,
-};
+use std::{path::Path, process::Stdio, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, watch, Mutex};
 
@@ -264,4 +259,138 @@ fn processes_named(exe: &str) -> Vec<i32> {
                 .is_some_and(|f| f == exe)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::AuditLog;
+
+    fn action(command: ActionCommand, timeout_ms: u64, min_interval_ms: u64) -> ActionConfig {
+        ActionConfig {
+            bundle: "b".into(),
+            on: ActionTrigger::Accepted,
+            command,
+            timeout: Duration::from_millis(timeout_ms),
+            min_interval: Duration::from_millis(min_interval_ms),
+            line: 1,
+        }
+    }
+
+    fn sh(script: &str) -> ActionCommand {
+        ActionCommand::Exec(vec!["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    #[tokio::test]
+    async fn exec_captures_status_and_output_and_passes_the_generation() {
+        let out = execute(
+            &action(
+                sh("echo gen=$CERTRELOAD_GENERATION; echo err >&2; exit 3"),
+                5000,
+                0,
+            ),
+            7,
+        )
+        .await;
+        assert_eq!(out.exit_status, Some(3));
+        assert!(!out.success && !out.timed_out);
+        assert!(
+            out.output.contains("gen=7") && out.output.contains("err"),
+            "{}",
+            out.output
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_is_killed_at_its_timeout() {
+        let started = Instant::now();
+        let out = execute(&action(sh("sleep 30"), 200, 0), 1).await;
+        assert!(out.timed_out && !out.success);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not waited for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_failed_run_not_a_crash() {
+        let cmd = ActionCommand::Exec(vec!["/nonexistent/reload".into()]);
+        let out = execute(&action(cmd, 1000, 0), 1).await;
+        assert!(!out.success);
+        assert!(out.output.contains("/nonexistent/reload"), "{}", out.output);
+    }
+
+    #[test]
+    fn output_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(OUTPUT_LIMIT);
+        let cut = truncate(long);
+        assert!(cut.len() <= OUTPUT_LIMIT + "…[truncated]".len());
+        assert!(cut.ends_with("…[truncated]"));
+    }
+
+    #[tokio::test]
+    async fn signal_reaches_the_pid_in_the_pidfile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pidfile = dir.path().join("x.pid");
+        std::fs::write(&pidfile, child.id().to_string()).expect("write");
+        let cmd = ActionCommand::Signal {
+            name: "TERM".into(),
+            number: libc::SIGTERM,
+            target: SignalTarget::Pidfile(pidfile),
+        };
+        let out = execute(&action(cmd, 1000, 0), 1).await;
+        assert!(out.success, "{}", out.output);
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+    }
+
+    #[tokio::test]
+    async fn triggers_inside_min_interval_coalesce_into_one_later_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Arc::new(std::sync::Mutex::new(
+            AuditLog::open(&path, 1 << 20).expect("audit"),
+        ));
+        let ctx = ActionContext {
+            audit,
+            metrics: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            action(sh("true"), 5000, 400),
+            ctx,
+            rx,
+            Arc::default(),
+            stop_rx,
+        ));
+        for g in 1..=4 {
+            tx.send(g).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        let runs: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .filter(|r: &serde_json::Value| r["event"] == "action_run")
+            .collect();
+        let generations: Vec<_> = runs.iter().map(|r| r["generation"].clone()).collect();
+        assert_eq!(
+            generations,
+            vec![1, 4],
+            "first at once, the rest coalesced: {runs:?}"
+        );
+    }
 }

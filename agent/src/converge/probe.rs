@@ -216,7 +216,10 @@ pub async fn run(
             .get_or_create(&label)
             .set(i64::from(v.converged));
         if let Some(n) = v.not_after {
-            ctx.metrics.probe_served_not_after.get_or_create(&label).set(n);
+            ctx.metrics
+                .probe_served_not_after
+                .get_or_create(&label)
+                .set(n);
         }
         if !v.converged || episode.is_some() {
             ctx.metrics
