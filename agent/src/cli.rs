@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use certreload::{
+    config::profile::Profile,
     monitor::{HookStrategy, ModeRequest, DEFAULT_RESYNC},
     watch::Output,
 };
@@ -58,9 +59,15 @@ pub enum Command {
     /// Run the agent: watch every bundle's files, validate each change, keep generations current,
     /// and audit every step.
     Run {
-        /// Configuration file (TOML).
-        #[arg(long)]
-        config: PathBuf,
+        /// Configuration file (TOML); with --profile, overlaid on the profile.
+        #[arg(long, required_unless_present = "profile")]
+        config: Option<PathBuf>,
+        /// A built-in profile for a standard node layout.
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
+        /// The host filesystem root the profile looks under (where a container mounts it).
+        #[arg(long, default_value = "/")]
+        host_root: PathBuf,
         /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
         #[arg(long, value_enum, default_value = "auto")]
         mode: ModeRequest,
@@ -108,14 +115,32 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The built-in demo: a throwaway certificate directory, watched, with commands to try.
+    /// The built-in demo: a demo CA and certificate, a TLS listener in front of a built-in
+    /// upstream, the admin endpoint, and commands to try; `demo rotate` swaps in a new certificate.
     Demo {
-        /// Where to create the demo files (default: a new directory under the temp dir).
-        #[arg(long)]
+        /// `rotate`: issue a new certificate from the demo CA and swap it in like a Secret volume.
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+        /// The demo's state directory (default: certreload-demo under the temp dir).
+        #[arg(long, global = true)]
         dir: Option<PathBuf>,
-        #[command(flatten)]
-        monitor: MonitorArgs,
+        /// Where the demo listener accepts TLS.
+        #[arg(long, default_value = certreload::demo::state::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// The admin endpoint.
+        #[arg(long, default_value = certreload::config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Change source.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ModeRequest,
     },
+}
+
+/// `certreload demo ...`.
+#[derive(Debug, Subcommand)]
+pub enum DemoAction {
+    /// Issue the next certificate from the demo CA and swap it in (AtomicWriter style).
+    Rotate,
 }
 
 /// `certreload audit ...`.
@@ -131,16 +156,4 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-}
-
-impl MonitorArgs {
-    /// The options the demo uses when `certreload` runs without a command.
-    pub fn default_for_demo() -> Self {
-        MonitorArgs {
-            mode: ModeRequest::Auto,
-            hook: HookStrategy::default_for_host(),
-            resync: DEFAULT_RESYNC.as_secs_f64(),
-            profile_hooks: false,
-        }
-    }
 }

@@ -6,14 +6,17 @@ use anyhow::Context;
 use certreload::{
     audit,
     check::{self, CheckTarget},
-    config::BundleKind,
-    demo,
-    monitor::MonitorConfig,
-    run::{self, RunOptions},
+    config::{
+        profile::{self, Profile},
+        BundleKind,
+    },
+    demo::{self, state::DemoState},
+    monitor::{HookStrategy, ModeRequest, MonitorConfig},
+    run::{self, ConfigSource, RunOptions},
     watch::{self, Output},
 };
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, MonitorArgs};
+use cli::{AuditCommand, Cli, Command, DemoAction, MonitorArgs};
 
 fn monitor_config(paths: Vec<std::path::PathBuf>, args: &MonitorArgs) -> MonitorConfig {
     MonitorConfig {
@@ -44,9 +47,44 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             watch::run(monitor_config(paths, &monitor), output).await?;
         }
-        Some(Command::Demo { dir, monitor }) => run_demo(dir, &monitor).await?,
-        Some(Command::Run { config, mode, hook }) => {
-            run::run(&config, RunOptions { mode, hook }).await?;
+        Some(Command::Demo {
+            action: Some(DemoAction::Rotate),
+            dir,
+            ..
+        }) => {
+            let state = DemoState {
+                dir: dir.unwrap_or_else(DemoState::default_dir),
+            };
+            let serial = state.rotate().context("certreload demo rotate")?;
+            println!(
+                "swapped in a new certificate (serial {serial}) under {}",
+                state.volume().display()
+            );
+        }
+        Some(Command::Demo {
+            action: None,
+            dir,
+            listen,
+            admin,
+            mode,
+        }) => run_demo(dir, listen, admin, mode).await?,
+        Some(Command::Run {
+            config,
+            profile,
+            host_root,
+            mode,
+            hook,
+        }) => {
+            let source = match (profile, config) {
+                (Some(profile), file) => ConfigSource::Profile {
+                    profile,
+                    root: host_root,
+                    file,
+                },
+                (None, Some(file)) => ConfigSource::File(file),
+                (None, None) => anyhow::bail!("give --config FILE or --profile kubeadm"),
+            };
+            run::run(&source, RunOptions { mode, hook }).await?;
         }
         Some(Command::Check {
             config,
@@ -92,7 +130,30 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             std::process::exit(run_audit_verify(&files, output));
         }
-        None => run_demo(None, &MonitorArgs::default_for_demo()).await?,
+        None => {
+            let root = std::path::PathBuf::from("/");
+            if profile::is_kubeadm_node(&root) {
+                eprintln!("certreload: /etc/kubernetes/pki exists: running the kubeadm profile (certreload run --profile kubeadm)");
+                let source = ConfigSource::Profile {
+                    profile: Profile::Kubeadm,
+                    root,
+                    file: None,
+                };
+                let options = RunOptions {
+                    mode: ModeRequest::Auto,
+                    hook: HookStrategy::default_for_host(),
+                };
+                run::run(&source, options).await?;
+            } else {
+                run_demo(
+                    None,
+                    demo::state::DEFAULT_LISTEN.parse()?,
+                    certreload::config::DEFAULT_ADMIN.parse()?,
+                    ModeRequest::Auto,
+                )
+                .await?;
+            }
+        }
     }
     Ok(())
 }
@@ -141,13 +202,24 @@ fn run_audit_verify(files: &[std::path::PathBuf], output: Output) -> i32 {
     }
 }
 
-async fn run_demo(dir: Option<std::path::PathBuf>, args: &MonitorArgs) -> anyhow::Result<()> {
-    let dir = dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("certreload-demo-{}", std::process::id()))
-    });
-    let files =
-        demo::prepare(&dir).with_context(|| format!("preparing the demo in {}", dir.display()))?;
-    eprintln!("{}", files.cheat_sheet());
-    watch::run(monitor_config(files.watched(), args), Output::Text).await?;
+async fn run_demo(
+    dir: Option<std::path::PathBuf>,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    mode: ModeRequest,
+) -> anyhow::Result<()> {
+    let dir = dir.unwrap_or_else(DemoState::default_dir);
+    let state = DemoState::init(&dir)
+        .with_context(|| format!("preparing the demo in {}", dir.display()))?;
+    let upstream = demo::upstream::spawn()
+        .await
+        .context("starting the demo upstream")?;
+    let config = state.write_config(listen, admin, upstream)?;
+    eprintln!("{}", state.cheat_sheet(listen, admin));
+    let options = RunOptions {
+        mode,
+        hook: HookStrategy::default_for_host(),
+    };
+    run::run(&ConfigSource::File(config), options).await?;
     Ok(())
 }

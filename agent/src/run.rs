@@ -1,7 +1,7 @@
 //! `certreload run --config FILE`: the agent. Monitor every file of every bundle, gate each change,
 //! keep generations current, audit every step, until SIGTERM.
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -9,7 +9,10 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     admin::{self, metrics::Metrics, status::AgentState},
     audit::{append_shared, AuditError, AuditEvent, AuditLog},
-    config::{Config, ConfigError},
+    config::{
+        profile::{self, Profile},
+        Config, ConfigError,
+    },
     monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
     proxy::{
         listener::{Listener, ListenerContext},
@@ -51,9 +54,45 @@ pub struct RunOptions {
     pub hook: HookStrategy,
 }
 
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file.
+    File(PathBuf),
+    /// A built-in profile for the host filesystem at `root`, optionally extended by a file.
+    Profile {
+        /// Which.
+        profile: Profile,
+        /// The host's filesystem root (`/`, or where a container mounts it).
+        root: PathBuf,
+        /// A config file overlaid on the profile.
+        file: Option<PathBuf>,
+    },
+}
+
+impl ConfigSource {
+    /// Loads it; a profile logs one info line per file missing on this node.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(path) => Config::load(path),
+            ConfigSource::Profile {
+                profile,
+                root,
+                file,
+            } => {
+                let (config, skipped) = profile::load(*profile, root, file.as_deref())?;
+                for line in skipped {
+                    tracing::info!("{line}");
+                }
+                Ok(config)
+            }
+        }
+    }
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(config_path: &Path, options: RunOptions) -> Result<(), RunError> {
-    let config = Config::load(config_path)?;
+pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunError> {
+    let config = source.load()?;
     let mut audit = AuditLog::open(&config.audit.path, config.audit.max_size)?;
     let paths: BTreeSet<_> = config.bundles.iter().flat_map(|b| b.files()).collect();
     let monitor = Monitor::start(&MonitorConfig {

@@ -301,6 +301,20 @@ impl Agent {
 
     /// Like [`Agent::start`], run through `wrapper` (e.g. `setpriv ... --`) when not empty.
     pub fn start_wrapped(wrapper: &[&str], config: &Path, audit: &Path, extra: &[&str]) -> Agent {
+        let config = config.display().to_string();
+        let args: Vec<&str> = ["run", "--config", config.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Agent::spawn(wrapper, &args, audit)
+    }
+
+    /// `certreload ARGS` (any command that runs the agent, e.g. `demo`), writing to `audit`.
+    pub fn start_args(args: &[&str], audit: &Path) -> Agent {
+        Agent::spawn(&[], args, audit)
+    }
+
+    fn spawn(wrapper: &[&str], args: &[&str], audit: &Path) -> Agent {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -310,9 +324,7 @@ impl Agent {
             None => Command::new(certreload_bin()),
         };
         let mut child = command
-            .args(["run", "--config"])
-            .arg(config)
-            .args(extra)
+            .args(args)
             .env("CERTRELOAD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -72,6 +72,8 @@ pub enum ActionCommand {
 /// A reload action for a component that cannot reload by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionConfig {
+    /// Optional name (records, metrics; a config file overrides a profile's action by name).
+    pub name: Option<String>,
     /// The bundle it reacts to.
     pub bundle: String,
     /// When.
@@ -87,9 +89,11 @@ pub struct ActionConfig {
 }
 
 impl ActionConfig {
-    /// A stable identifier for records and metrics.
+    /// A stable identifier for records and metrics: the name, else `bundle#line`.
     pub fn id(&self) -> String {
-        format!("{}#{}", self.bundle, self.line)
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}#{}", self.bundle, self.line))
     }
 }
 
@@ -108,6 +112,10 @@ pub(crate) struct RawProbe {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAction {
+    name: Option<String>,
+    /// `false` keeps a (profile's) action configured but off.
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
     bundle: String,
     on: ActionTrigger,
     exec: Option<Vec<String>>,
@@ -116,6 +124,10 @@ pub(crate) struct RawAction {
     process: Option<String>,
     timeout: Option<Spanned<String>>,
     min_interval: Option<Spanned<String>>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 fn kind_of(bundles: &[BundleConfig], name: &str) -> Option<BundleKind> {
@@ -218,7 +230,7 @@ pub(crate) fn parse_actions(
     for spanned in raw {
         let offset = spanned.span().start;
         let a = spanned.get_ref();
-        let field = |f: &str| format!("action[{}].{f}", a.bundle);
+        let field = |f: &str| format!("action[{}].{f}", a.name.as_deref().unwrap_or(&a.bundle));
         if kind_of(bundles, &a.bundle).is_none() {
             return Err(src.invalid(
                 offset,
@@ -290,7 +302,12 @@ pub(crate) fn parse_actions(
             Some(v) => src.duration(v, &field(name)),
             None => Ok(default),
         };
+        if !a.enabled {
+            tracing::info!(action = %a.name.as_deref().unwrap_or(&a.bundle), "action configured but disabled (enabled = false)");
+            continue;
+        }
         out.push(ActionConfig {
+            name: a.name.clone(),
             bundle: a.bundle.clone(),
             on: a.on,
             command,

@@ -15,6 +15,7 @@ use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
 pub mod converge;
 pub mod listener;
+pub mod profile;
 
 pub use self::{
     converge::{ActionCommand, ActionConfig, ActionTrigger, ProbeConfig, SignalTarget},

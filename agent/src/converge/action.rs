@@ -270,6 +270,7 @@ mod tests {
 
     fn action(command: ActionCommand, timeout_ms: u64, min_interval_ms: u64) -> ActionConfig {
         ActionConfig {
+            name: None,
             bundle: "b".into(),
             on: ActionTrigger::Accepted,
             command,

@@ -1,5 +1,10 @@
-//! The built-in default (`certreload` with no command, `cargo xtask run`): a throwaway certificate
-//! directory, watched, with a cheat-sheet of commands that change it from another shell.
+//! The built-in default off a kubeadm node (`certreload` with no command, `cargo xtask run`): a
+//! state directory with a demo CA and a server certificate in a Secret-style volume, a TLS listener
+//! in front of a small built-in upstream, the admin endpoint, and a cheat-sheet; `certreload demo
+//! rotate` issues the next certificate and swaps it in the way the kubelet does.
+
+pub mod state;
+pub mod upstream;
 
 use std::{
     fs,
@@ -17,6 +22,15 @@ pub enum DemoError {
     /// Certificate generation failed.
     #[error("generating the demo certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Reading the demo state failed (run `certreload demo` first).
+    #[error("reading {path}: {source} (start the demo with `certreload demo` first)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -28,7 +42,7 @@ pub enum DemoError {
     },
 }
 
-/// The files the demo watches.
+/// A CA-signed server certificate in flat files (unit tests build generations from it).
 #[derive(Debug, Clone)]
 pub struct DemoFiles {
     /// The demo directory.
@@ -39,29 +53,6 @@ pub struct DemoFiles {
     pub cert: PathBuf,
     /// Server private key (mode 0600).
     pub key: PathBuf,
-}
-
-impl DemoFiles {
-    /// The paths to watch.
-    pub fn watched(&self) -> Vec<PathBuf> {
-        vec![self.ca.clone(), self.cert.clone(), self.key.clone()]
-    }
-
-    /// Commands to type in another shell, each showing one way a certificate gets replaced.
-    pub fn cheat_sheet(&self) -> String {
-        let d = self.dir.display();
-        format!(
-            "certreload demo: watching {d}/{{ca.crt,tls.crt,tls.key}}\n\
-             In another shell, try (each prints one change with the writer's pid and comm):\n\
-             \x20 cp {d}/ca.crt {d}/tls.crt.new && mv {d}/tls.crt.new {d}/tls.crt   # replaced, by mv\n\
-             \x20 echo '# rotated' >> {d}/ca.crt                                    # modified, by the shell\n\
-             \x20 (cd {d} && cp ca.crt tls.key)                                     # relative path, by cp\n\
-             \x20 rm {d}/tls.key                                                    # removed, by rm\n\
-             \x20 touch {d}/other.txt                                               # unwatched: nothing\n\
-             Rewriting a file with identical bytes is not a change (the content hash decides).\n\
-             Stop with Ctrl-C.\n"
-        )
-    }
 }
 
 /// Creates `dir` with a fresh CA, server certificate and key.
@@ -101,7 +92,7 @@ pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     Ok(files)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
+pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -132,7 +123,5 @@ mod tests {
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
         let key_mode = fs::metadata(&files.key).expect("key").permissions().mode() & 0o777;
         assert_eq!(key_mode, 0o600, "private key must not be world-readable");
-        assert!(files.cheat_sheet().contains("mv "));
-        assert_eq!(files.watched().len(), 3);
     }
 }
