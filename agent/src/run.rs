@@ -8,7 +8,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     admin::{self, metrics::Metrics, status::AgentState},
-    audit::{append_shared, AuditError, AuditEvent, AuditLog},
+    audit::{
+        append_shared,
+        kube_events::{self, NodeEvents},
+        AuditError, AuditEvent, AuditLog,
+    },
     config::{
         profile::{self, Profile},
         Config, ConfigError,
@@ -118,6 +122,10 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
     let store = Arc::new(GenerationStore::new(
         config.bundles.iter().map(|b| b.name.as_str()),
     ));
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    if config.events.enabled {
+        audit.observe(events_tx);
+    }
     let audit = Arc::new(std::sync::Mutex::new(audit));
     let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(Registry::default());
@@ -161,6 +169,22 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         metrics: metrics.clone(),
         audit: audit.clone(),
     };
+    if config.events.enabled {
+        let node = config
+            .events
+            .node
+            .clone()
+            .unwrap_or_else(kube_events::node_name);
+        match NodeEvents::from_environment(&config.events.namespace, node.clone()).await {
+            Ok(sink) => {
+                tracing::info!(node = %node, namespace = %config.events.namespace, "posting Kubernetes Events");
+                tokio::spawn(kube_events::run(sink, events_rx, stop_rx.clone()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "[events] enabled but no Kubernetes API credentials; Events are not posted (the audit log has every record)");
+            }
+        }
+    }
     crate::converge::start(
         &config,
         store.clone(),

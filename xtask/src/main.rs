@@ -5,7 +5,9 @@
 mod bench;
 mod build;
 mod cmd;
+mod dist;
 mod gate_bench;
+mod manifests;
 mod secret_volume;
 mod setup;
 mod tls_bench;
@@ -43,8 +45,15 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then format/lint checks and every test (unit and privileged end-to-end).
+    /// Setup, build, then format/lint checks, the deploy/ manifests against the Kubernetes schema,
+    /// and every test (unit and privileged end-to-end).
     Test,
+    /// Release binary, Kubernetes manifests and Containerfile in one folder.
+    Dist {
+        /// Output folder (default target/dist).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Benchmarks; prints tables with the peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -66,6 +75,10 @@ fn main() -> Result<()> {
             cmd::exec(&built.agent, &args)?;
         }
         Command::Test => test()?,
+        Command::Dist { out } => {
+            manifests::check(&cmd::workspace_root())?;
+            dist::run(out)?;
+        }
         Command::Bench { which } => {
             setup::packages()?;
             let built = build::all(true)?;
@@ -110,6 +123,7 @@ fn test() -> Result<()> {
             ])
             .current_dir(&root),
     )?;
+    manifests::check(&root)?;
     cmd::run(
         built
             .cargo_env(&mut cmd::cargo())

@@ -37,7 +37,7 @@ pub const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
 ];
 
 /// Cache for tools built by xtask, outside the repository (survives `cargo clean`).
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("CERTRELOAD_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("certreload")))

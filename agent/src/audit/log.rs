@@ -35,6 +35,16 @@ pub struct AuditLog {
     max_size: u64,
     head: ChainHead,
     instance: String,
+    observer: Option<tokio::sync::mpsc::UnboundedSender<Observed>>,
+}
+
+/// A record handed to an observer (Kubernetes Events) after it is durable.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The record's bundle.
+    pub bundle: Option<String>,
+    /// What it says.
+    pub event: AuditEvent,
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -96,6 +106,7 @@ impl AuditLog {
             max_size,
             head,
             instance,
+            observer: None,
         })
     }
 
@@ -109,8 +120,13 @@ impl AuditLog {
         &self.path
     }
 
+    /// Hands every durable record to `tx` from now on (the Kubernetes Events publisher).
+    pub fn observe(&mut self, tx: tokio::sync::mpsc::UnboundedSender<Observed>) {
+        self.observer = Some(tx);
+    }
+
     /// Appends one record, fsyncs it, and mirrors it as a `tracing` event (so it also shows in
-    /// `kubectl logs`). Returns the record's `seq`.
+    /// `kubectl logs`) and to the observer. Returns the record's `seq`.
     pub fn append(&mut self, bundle: Option<&str>, event: &AuditEvent) -> Result<u64, AuditError> {
         let seq = self.head.seq;
         let line = self
@@ -122,6 +138,12 @@ impl AuditLog {
         self.file.sync_data().map_err(err(&self.path))?;
         self.size += bytes.len() as u64;
         tracing::info!(target: "certreload::audit", event = event.name(), bundle = bundle.unwrap_or("-"), seq, "{line}");
+        if let Some(tx) = &self.observer {
+            let _ = tx.send(Observed {
+                bundle: bundle.map(str::to_string),
+                event: event.clone(),
+            });
+        }
         if self.size > self.max_size {
             self.rotate()?;
         }

@@ -3,12 +3,13 @@
 
 pub mod chain;
 pub mod event;
+pub mod kube_events;
 pub mod log;
 
 pub use self::{
     chain::{verify_files, VerifyError, VerifySummary},
     event::AuditEvent,
-    log::{AuditError, AuditLog},
+    log::{AuditError, AuditLog, Observed},
 };
 
 /// The audit log shared by the reload pipeline and the TLS front (connection records). Appends

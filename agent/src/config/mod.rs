@@ -191,6 +191,26 @@ impl BundleConfig {
     }
 }
 
+/// `[events]`: Kubernetes Events on the Node for rejections, stale endpoints and acceptances.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventsSettings {
+    /// Off unless asked for: it needs API credentials (the DaemonSet's ServiceAccount).
+    pub enabled: bool,
+    /// Namespace the Events are created in.
+    pub namespace: String,
+    /// Node name (default: `NODE_NAME`, else the hostname).
+    pub node: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    #[serde(default)]
+    enabled: bool,
+    namespace: Option<String>,
+    node: Option<String>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
@@ -206,6 +226,8 @@ pub struct Config {
     pub probes: Vec<ProbeConfig>,
     /// `[[action]]`s: reloads for components that cannot reload.
     pub actions: Vec<ActionConfig>,
+    /// `[events]`.
+    pub events: EventsSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -223,6 +245,8 @@ struct RawConfig {
     probes: Vec<Spanned<converge::RawProbe>>,
     #[serde(default, rename = "action")]
     actions: Vec<Spanned<converge::RawAction>>,
+    #[serde(default)]
+    events: RawEvents,
 }
 
 #[derive(Deserialize, Default)]
@@ -474,6 +498,15 @@ impl Config {
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
         let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
+        let events = EventsSettings {
+            enabled: raw.events.enabled,
+            namespace: raw
+                .events
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            node: raw.events.node.clone(),
+        };
         Ok(Config {
             agent,
             audit,
@@ -481,6 +514,7 @@ impl Config {
             listeners,
             probes,
             actions,
+            events,
         })
     }
 }

@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn the_daemonset_configmap_is_a_valid_overlay_of_the_profile() {
+        let manifest = include_str!("../../../deploy/configmap.yaml");
+        let toml: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("certreload.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        assert!(toml.contains("[agent]"), "extracted: {toml}");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("certreload.toml");
+        std::fs::write(&file, toml).expect("write");
+        let (config, _) = load(Profile::Kubeadm, tmp.path(), Some(&file)).expect("valid overlay");
+        assert!(config.events.enabled);
+        assert_eq!(config.agent.admin.to_string(), "0.0.0.0:9808");
+    }
+
+    #[test]
     fn overlay_overrides_by_name_and_adds() {
         let mut base: Table = toml::from_str(
             "[agent]\nresync = \"30s\"\n[[action]]\nname = \"a\"\nenabled = false\nbundle = \"x\"\n",

@@ -1,0 +1,157 @@
+//! Kubernetes Events on the Node for the records an operator must see without reading the audit
+//! log: `material_rejected`, `endpoint_stale` and `material_accepted` (`[events] enabled = true`).
+//! The audit log stays the source of truth; an Event that cannot be posted is logged and dropped.
+
+use k8s_openapi::{
+    api::core::v1::{Event, EventSource, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{api::PostParams, Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use super::{AuditEvent, Observed};
+
+/// Posts Events about one Node.
+pub struct NodeEvents {
+    api: Api<Event>,
+    node: String,
+}
+
+/// The node this agent runs on: `NODE_NAME` (the DaemonSet sets it from the downward API), else
+/// the kernel's hostname.
+pub fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The Event an audit record becomes, if it is one operators need: (type, reason, message).
+pub fn describe(observed: &Observed) -> Option<(&'static str, &'static str, String)> {
+    let bundle = observed.bundle.as_deref().unwrap_or("-");
+    match &observed.event {
+        AuditEvent::MaterialRejected {
+            check,
+            reason,
+            current_generation,
+            ..
+        } => Some((
+            "Warning",
+            "CertificateRejected",
+            format!(
+                "certreload: bundle {bundle}: new material failed check {}: {reason}; generation {} stays live",
+                check.name(),
+                current_generation.map_or_else(|| "none".to_string(), |g| g.to_string())
+            ),
+        )),
+        AuditEvent::EndpointStale {
+            probe,
+            endpoint,
+            generation,
+            seconds,
+            observed: what,
+            ..
+        } => Some((
+            "Warning",
+            "EndpointStale",
+            format!(
+                "certreload: {probe} ({endpoint}) does not reflect bundle {bundle} generation {generation} after {seconds:.0}s: {what}"
+            ),
+        )),
+        AuditEvent::MaterialAccepted {
+            new_generation,
+            new_serial,
+            not_after,
+            ..
+        } => Some((
+            "Normal",
+            "CertificateAccepted",
+            format!(
+                "certreload: bundle {bundle}: generation {new_generation} accepted (serial {}, notAfter {})",
+                new_serial.as_deref().unwrap_or("-"),
+                not_after.map_or_else(|| "-".to_string(), |t| t.to_string())
+            ),
+        )),
+        _ => None,
+    }
+}
+
+impl NodeEvents {
+    /// Events about `node`, posted in `namespace` through `client`.
+    pub fn new(client: Client, namespace: &str, node: String) -> NodeEvents {
+        NodeEvents {
+            api: Api::namespaced(client, namespace),
+            node,
+        }
+    }
+
+    /// With the in-cluster (or kubeconfig) credentials.
+    pub async fn from_environment(
+        namespace: &str,
+        node: String,
+    ) -> Result<NodeEvents, kube::Error> {
+        Ok(NodeEvents::new(
+            Client::try_default().await?,
+            namespace,
+            node,
+        ))
+    }
+
+    /// Posts the Event for `observed`, if it maps to one.
+    pub async fn publish(&self, observed: &Observed) -> Result<bool, kube::Error> {
+        let Some((kind, reason, message)) = describe(observed) else {
+            return Ok(false);
+        };
+        let now = Time(Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.certreload.", self.node)),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(self.node.clone()),
+                ..ObjectReference::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message),
+            type_: Some(kind.into()),
+            source: Some(EventSource {
+                component: Some("certreload".into()),
+                host: Some(self.node.clone()),
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            reporting_component: Some("certreload".into()),
+            reporting_instance: Some(self.node.clone()),
+            ..Event::default()
+        };
+        self.api.create(&PostParams::default(), &event).await?;
+        Ok(true)
+    }
+}
+
+/// Publishes every observed record that maps to an Event until `shutdown`.
+pub async fn run(
+    sink: NodeEvents,
+    mut records: mpsc::UnboundedReceiver<Observed>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let observed = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = records.recv() => match r { Some(r) => r, None => return },
+        };
+        if let Err(e) = sink.publish(&observed).await {
+            tracing::warn!(error = %e, event = observed.event.name(), "cannot post a Kubernetes Event (the audit log has the record)");
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `cargo xtask dist`: what a release ships, in one folder: the release binary (eBPF object
+//! embedded), the Kubernetes manifests and the Containerfile.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::{build, cmd, manifests};
+
+/// Builds and assembles the folder; returns it.
+pub fn run(out: Option<PathBuf>) -> Result<PathBuf> {
+    let root = cmd::workspace_root();
+    let out = out.unwrap_or_else(|| root.join("target/dist"));
+    let built = build::all(true)?;
+    std::fs::create_dir_all(out.join("deploy"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    copy(&built.agent, &out.join("certreload"))?;
+    for file in manifests::files(&root)? {
+        let name = file.file_name().context("manifest name")?;
+        copy(&file, &out.join("deploy").join(name))?;
+    }
+    copy(
+        &root.join("deploy/Containerfile"),
+        &out.join("deploy/Containerfile"),
+    )?;
+    eprintln!("xtask: dist in {}", out.display());
+    Ok(out)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+}
