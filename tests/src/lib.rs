@@ -44,6 +44,23 @@ macro_rules! skip_unless {
     };
 }
 
+/// Installs a Debian package when `probe` (an absolute path) is missing and this test runs as
+/// root with apt-get; returns whether `probe` exists afterwards. (`cargo xtask setup` installs
+/// the same packages; this covers a test run on its own.)
+pub fn ensure_package(package: &str, probe: &str) -> bool {
+    if Path::new(probe).exists() {
+        return true;
+    }
+    if is_root() && Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("installing {package} for this test");
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    Path::new(probe).exists()
+}
+
 /// The certreload binary under test: `CERTRELOAD_BIN` (set by `cargo xtask test`), else the
 /// workspace's debug build, built on demand.
 pub fn certreload_bin() -> PathBuf {

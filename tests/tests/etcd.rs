@@ -92,8 +92,8 @@ fn seq_of(records: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> u64 {
 #[test]
 fn etcd_server_rotation_converges_alone_and_client_ca_rotation_needs_the_restart_action() {
     skip_unless!(
-        Path::new(ETCD).exists(),
-        "etcd is needed (cargo xtask setup installs etcd-server)"
+        certreload_e2e::ensure_package("etcd-server", ETCD),
+        "etcd is needed (etcd-server: cargo xtask setup installs it; root with apt-get lets this test install it)"
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
