@@ -149,6 +149,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             })?;
         listeners.push(bound);
     }
+    let probes = crate::converge::ProbeBoard::default();
     let state = Arc::new(AgentState {
         config: config.clone(),
         store: store.clone(),
@@ -158,6 +159,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         monitor_mode: mode,
         ringbuf_drops: monitor.drops(),
         last_change: Default::default(),
+        probes: probes.clone(),
     });
     let mut reloader = reloader.observed_by(metrics.clone(), state.clone());
 
@@ -190,6 +192,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         store.clone(),
         audit.clone(),
         metrics.clone(),
+        probes,
         stop_rx.clone(),
     );
     for l in listeners {

@@ -64,7 +64,8 @@ pub fn fetch(addr: SocketAddr) -> Result<Value, StatusError> {
     })
 }
 
-/// Renders the status document: bundles with their expiry countdown, listeners with stale counts.
+/// Renders the status document: bundles with their expiry countdown, listeners with stale counts,
+/// probes with their verdicts.
 pub fn render(status: &Value) -> String {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -151,6 +152,28 @@ pub fn render(status: &Value) -> String {
             ));
         }
     }
+    let probes = status["probes"].as_array().cloned().unwrap_or_default();
+    if !probes.is_empty() {
+        out.push_str(&format!(
+            "\n{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
+            "PROBE", "ENDPOINT", "BUNDLE", "GEN", "VERDICT", "OBSERVED"
+        ));
+        for p in probes {
+            out.push_str(&format!(
+                "{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
+                p["name"].as_str().unwrap_or("?"),
+                p["endpoint"].as_str().unwrap_or("?"),
+                p["bundle"].as_str().unwrap_or("?"),
+                p["generation"].to_string(),
+                if p["converged"] == true {
+                    "converged"
+                } else {
+                    "STALE"
+                },
+                p["observed"].as_str().unwrap_or("")
+            ));
+        }
+    }
     out
 }
 
@@ -186,7 +209,9 @@ mod tests {
                 {"name": "broken", "generation": null, "last_change": null}
             ],
             "listeners": [{"name": "front", "listen": "127.0.0.1:9443", "server_generation": 2,
-                           "connections": {"live": 3, "stale": 1, "oldest_stale_s": 65.0}}]
+                           "connections": {"live": 3, "stale": 1, "oldest_stale_s": 65.0}}],
+            "probes": [{"name": "etcd-client", "endpoint": "127.0.0.1:2379", "bundle": "etcd-server",
+                        "generation": 3, "converged": false, "observed": "serves another certificate"}]
         });
         let text = render(&doc);
         assert!(
@@ -195,6 +220,10 @@ mod tests {
         );
         assert!(text.contains("NOT READY"), "{text}");
         assert!(text.contains("front") && text.contains("1m 5s"), "{text}");
+        assert!(
+            text.contains("etcd-client") && text.contains("STALE"),
+            "{text}"
+        );
         assert_eq!(countdown(-90), "EXPIRED 1m 30s");
     }
 }

@@ -69,6 +69,16 @@ fn demo_serves_rotates_converges_and_rejects_garbage() {
         r["event"] == "endpoint_converged" && r["generation"] == 2 && r["trigger"] == "rotation"
     });
     assert_ne!(converged["served_fingerprint"], first["served_fingerprint"]);
+    let admin = agent.log_field("agent ready", "admin");
+    let status = Command::new(certreload_bin())
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("demo-listener") && text.contains("converged") && text.contains("LISTENER"),
+        "{text}"
+    );
 
     fs::write(d.join("tls/..data/tls.crt"), "garbage\n").expect("write");
     let rejected = agent.expect_record("garbage rejected", |r| r["event"] == "material_rejected");

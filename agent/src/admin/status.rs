@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::{
     config::{BundleFiles, Config},
+    converge::{probe::ProbeStatus, ProbeBoard},
     monitor::{ConfirmedChange, Writer},
     proxy::registry::{ListenerCounts, Registry},
     reload::generation::GenerationStore,
@@ -33,6 +34,8 @@ pub struct AgentState {
     pub ringbuf_drops: Arc<AtomicU64>,
     /// Last confirmed change per bundle.
     pub last_change: Mutex<HashMap<String, ConfirmedChange>>,
+    /// Latest probe verdicts.
+    pub probes: ProbeBoard,
 }
 
 /// The whole status document.
@@ -44,6 +47,8 @@ pub struct Status {
     pub bundles: Vec<BundleStatus>,
     /// Every listener.
     pub listeners: Vec<ListenerStatus>,
+    /// Every probe's latest check.
+    pub probes: Vec<ProbeStatus>,
 }
 
 /// The change monitor.
@@ -229,6 +234,13 @@ impl AgentState {
             },
             bundles,
             listeners,
+            probes: self
+                .probes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }

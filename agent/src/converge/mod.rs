@@ -16,6 +16,9 @@ use crate::{
     reload::generation::GenerationStore,
 };
 
+/// Each probe's latest verdict, by name (read by `/status`).
+pub type ProbeBoard = Arc<std::sync::Mutex<BTreeMap<String, probe::ProbeStatus>>>;
+
 /// A probe found an endpoint stale: `on = "stale"` actions of the bundle run.
 #[derive(Debug, Clone)]
 pub struct StaleNotice {
@@ -31,6 +34,7 @@ pub fn start(
     store: Arc<GenerationStore>,
     audit: SharedAudit,
     metrics: Arc<Metrics>,
+    board: ProbeBoard,
     shutdown: watch::Receiver<bool>,
 ) {
     let (stale_tx, mut stale_rx) = mpsc::channel::<StaleNotice>(64);
@@ -39,6 +43,7 @@ pub fn start(
         audit: audit.clone(),
         metrics: metrics.clone(),
         stale: stale_tx,
+        board,
     };
     for p in &config.probes {
         let Some(kind) = config

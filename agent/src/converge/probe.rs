@@ -39,6 +39,29 @@ pub struct ProbeContext {
     pub metrics: Arc<Metrics>,
     /// Stale verdicts, for `on = "stale"` actions.
     pub stale: mpsc::Sender<StaleNotice>,
+    /// Latest verdicts, for `/status`.
+    pub board: super::ProbeBoard,
+}
+
+/// A probe's latest check, as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeStatus {
+    /// Probe name.
+    pub name: String,
+    /// `host:port`.
+    pub endpoint: String,
+    /// The bundle it checks.
+    pub bundle: String,
+    /// The generation checked against.
+    pub generation: u64,
+    /// Whether the endpoint reflects it.
+    pub converged: bool,
+    /// What was seen, in words.
+    pub observed: String,
+    /// SHA-256 of the leaf served.
+    pub served_fingerprint: Option<String>,
+    /// When (RFC 3339).
+    pub checked_at: String,
 }
 
 /// The result of one check against the bundle's current generation.
@@ -211,6 +234,22 @@ pub async fn run(
             .and_then(|c| ctx.store.current(c));
         let v = check(&config, kind, &target, client.as_deref()).await;
         let seconds = seconds_since(&target);
+        ctx.board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                config.name.clone(),
+                ProbeStatus {
+                    name: config.name.clone(),
+                    endpoint: config.endpoint.clone(),
+                    bundle: config.bundle.clone(),
+                    generation: target.number,
+                    converged: v.converged,
+                    observed: v.observed.clone(),
+                    served_fingerprint: v.fingerprint.clone(),
+                    checked_at: crate::clock::now_rfc3339(),
+                },
+            );
         ctx.metrics
             .probe_converged
             .get_or_create(&label)
