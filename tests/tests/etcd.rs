@@ -13,39 +13,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+use certreload_e2e::pki::{Leaf, TestCa};
 use certreload_e2e::{skip_unless, Agent};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 use serde_json::Value;
 
 const ETCD: &str = "/usr/bin/etcd";
 
-fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let pem = params.self_signed(&key).expect("ca").pem();
-    (pem, Issuer::new(params, key))
-}
-
 /// A leaf for localhost/127.0.0.1 usable as server and client (like kubeadm's etcd certificates).
-fn leaf(issuer: &Issuer<'static, KeyPair>, cn: &str) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, issuer).expect("leaf");
-    (cert.pem(), key.serialize_pem())
+fn leaf(ca: &TestCa, cn: &str) -> (String, String) {
+    ca.issue(
+        &Leaf::server(cn)
+            .sans(&["localhost", "127.0.0.1"])
+            .eku(&[ServerAuth, ClientAuth]),
+    )
 }
 
 fn free_port() -> u16 {
@@ -98,8 +79,9 @@ fn etcd_server_rotation_converges_alone_and_client_ca_rotation_needs_the_restart
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let p = |n: &str| d.join(n);
-    let (ca1_pem, ca1) = ca("etcd-ca-1");
-    let (ca2_pem, ca2) = ca("etcd-ca-2");
+    let ca1 = TestCa::new("etcd-ca-1");
+    let ca2 = TestCa::new("etcd-ca-2");
+    let (ca1_pem, ca2_pem) = (ca1.pem.clone(), ca2.pem.clone());
     let (s1, s1_key) = leaf(&ca1, "etcd-server-1");
     let (peer, peer_key) = leaf(&ca1, "etcd-peer");
     let (c1, c1_key) = leaf(&ca1, "healthcheck-client-1");

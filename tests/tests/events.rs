@@ -12,8 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certreload_e2e::Agent;
-use rcgen::{CertificateParams, KeyPair};
+use certreload_e2e::{pki::Leaf, Agent};
 use serde_json::Value;
 
 type Posted = Arc<Mutex<Vec<(String, Value)>>>;
@@ -100,13 +99,9 @@ fn wait_for(posted: &Posted, reason: &str) -> (String, Value) {
 fn stub_api_server_receives_node_events_for_acceptance_and_rejection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    fs::write(d.join("tls.crt"), cert.pem()).expect("write");
-    fs::write(d.join("tls.key"), key.serialize_pem()).expect("write");
+    let (cert, key) = Leaf::server("localhost").self_signed();
+    fs::write(d.join("tls.crt"), cert).expect("write");
+    fs::write(d.join("tls.key"), key).expect("write");
     let (api, posted) = stub_api_server();
     let kubeconfig = d.join("kubeconfig");
     fs::write(

@@ -11,66 +11,20 @@ use std::{
     process::Command,
 };
 
+use certreload_e2e::pki::{Leaf, TestCa};
 use certreload_e2e::{is_root, skip_unless, Agent};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::{ExtendedKeyUsagePurpose, KeyPair};
 use serde_json::Value;
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("ca");
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-struct LeafSpec {
-    sans: Vec<&'static str>,
-    eku: ExtendedKeyUsagePurpose,
-    from_days: i64,
-    to_days: i64,
-}
-
-impl Default for LeafSpec {
-    fn default() -> Self {
-        LeafSpec {
-            sans: vec!["api.example", "10.0.0.1"],
-            eku: ExtendedKeyUsagePurpose::ServerAuth,
-            from_days: -1,
-            to_days: 30,
-        }
-    }
-}
-
-fn new_leaf(ca: &Ca, spec: LeafSpec) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params =
-        CertificateParams::new(spec.sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    params.extended_key_usages = vec![spec.eku];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now + time::Duration::days(spec.from_days);
-    params.not_after = now + time::Duration::days(spec.to_days);
-    (
-        params.signed_by(&key, &ca.issuer).expect("leaf").pem(),
-        key.serialize_pem(),
-    )
+/// The gate tests' default leaf: the SANs the `web` bundle expects, serverAuth, valid now.
+fn web_leaf() -> Leaf {
+    Leaf::server("api.example").sans(&["api.example", "10.0.0.1"])
 }
 
 /// A node's worth of material and a running agent over it.
 struct Node {
     dir: tempfile::TempDir,
-    ca1: Ca,
+    ca1: TestCa,
     key_pem: String,
     agent: Option<Agent>,
 }
@@ -84,8 +38,8 @@ impl Node {
     fn start(wrapper: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("pki")).expect("mkdir");
-        let ca1 = new_ca("cluster CA 1");
-        let (cert, key) = new_leaf(&ca1, LeafSpec::default());
+        let ca1 = TestCa::new("cluster CA 1");
+        let (cert, key) = ca1.issue(&web_leaf());
         let sa = KeyPair::generate().expect("sa key");
         let mut node = Node {
             dir,
@@ -250,14 +204,7 @@ fn key_that_matches_nothing_is_rejected_after_pair_timeout() {
 #[test]
 fn expired_pair_is_rejected_by_validity() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(
-        &node.ca1,
-        LeafSpec {
-            from_days: -10,
-            to_days: -1,
-            ..LeafSpec::default()
-        },
-    );
+    let (cert, key) = node.ca1.issue(&web_leaf().valid(-10, -1));
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "validity", "expired");
@@ -266,14 +213,7 @@ fn expired_pair_is_rejected_by_validity() {
 #[test]
 fn not_yet_valid_pair_is_rejected_by_validity() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(
-        &node.ca1,
-        LeafSpec {
-            from_days: 2,
-            to_days: 30,
-            ..LeafSpec::default()
-        },
-    );
+    let (cert, key) = node.ca1.issue(&web_leaf().valid(2, 30));
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "validity", "not yet valid");
@@ -282,7 +222,7 @@ fn not_yet_valid_pair_is_rejected_by_validity() {
 #[test]
 fn pair_from_another_issuer_is_rejected_by_chain() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(&new_ca("rogue CA"), LeafSpec::default());
+    let (cert, key) = TestCa::new("rogue CA").issue(&web_leaf());
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "chain", "not in the CA file");
@@ -291,13 +231,9 @@ fn pair_from_another_issuer_is_rejected_by_chain() {
 #[test]
 fn missing_expected_san_is_rejected() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(
-        &node.ca1,
-        LeafSpec {
-            sans: vec!["other.example", "10.0.0.1"],
-            ..LeafSpec::default()
-        },
-    );
+    let (cert, key) = node
+        .ca1
+        .issue(&web_leaf().sans(&["other.example", "10.0.0.1"]));
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "sans", "api.example");
@@ -306,13 +242,7 @@ fn missing_expected_san_is_rejected() {
 #[test]
 fn dropping_a_san_of_the_live_generation_is_rejected() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(
-        &node.ca1,
-        LeafSpec {
-            sans: vec!["api.example"],
-            ..LeafSpec::default()
-        },
-    );
+    let (cert, key) = node.ca1.issue(&web_leaf().sans(&["api.example"]));
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "san_removal", "10.0.0.1");
@@ -321,13 +251,9 @@ fn dropping_a_san_of_the_live_generation_is_rejected() {
 #[test]
 fn wrong_eku_is_rejected() {
     let node = Node::start(&[]);
-    let (cert, key) = new_leaf(
-        &node.ca1,
-        LeafSpec {
-            eku: ExtendedKeyUsagePurpose::ClientAuth,
-            ..LeafSpec::default()
-        },
-    );
+    let (cert, key) = node
+        .ca1
+        .issue(&web_leaf().eku(&[ExtendedKeyUsagePurpose::ClientAuth]));
     node.replace("tls.crt", cert);
     node.replace("tls.key", key);
     node.expect_rejected("web", "eku", "serverAuth");
@@ -387,7 +313,7 @@ fn unreadable_file_is_rejected_by_read() {
 #[test]
 fn ca_bundle_that_drops_the_ca_in_use_is_rejected() {
     let node = Node::start(&[]);
-    node.replace("ca.crt", new_ca("cluster CA 2").pem);
+    node.replace("ca.crt", TestCa::new("cluster CA 2").pem);
     node.expect_rejected("cluster-ca", "ca_continuity", "cluster CA 1");
 }
 
@@ -399,7 +325,7 @@ fn sa_private_key_not_among_public_keys_is_rejected() {
 }
 
 fn rotate_pair(node: &Node, cert_first: bool) {
-    let (cert, key) = new_leaf(&node.ca1, LeafSpec::default());
+    let (cert, key) = node.ca1.issue(&web_leaf());
     let (first, second) = if cert_first {
         (("tls.crt", cert), ("tls.key", key))
     } else {
@@ -505,8 +431,8 @@ fn audit_verify_names_modified_deleted_and_reordered_records() {
 #[test]
 fn a_bundle_invalid_at_start_up_is_reported_and_the_rest_is_served() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = new_ca("ca");
-    let (cert, key) = new_leaf(&ca, LeafSpec::default());
+    let ca = TestCa::new("ca");
+    let (cert, key) = ca.issue(&web_leaf());
     let p = |n: &str| dir.path().join(n);
     fs::write(p("good.crt"), &cert).expect("write");
     fs::write(p("good.key"), &key).expect("write");

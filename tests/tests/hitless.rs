@@ -15,9 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certreload_e2e::Agent;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::ServerName;
+use certreload_e2e::{
+    pki::{Leaf, TestCa},
+    Agent,
+};
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -66,41 +68,20 @@ async fn bad_material_during_load_keeps_the_old_certificate_and_fails_nothing() 
 
 const BAD_WRITES: usize = 20;
 
-fn leaf(issuer: &Issuer<'static, KeyPair>, expired: bool) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    if expired {
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(10);
-        params.not_after = now - time::Duration::days(1);
-    }
-    (
-        params.signed_by(&key, issuer).expect("leaf").pem(),
-        key.serialize_pem(),
-    )
-}
-
 async fn scenario(bad: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_path_buf();
     let vol = d.join("vol");
     fs::create_dir(&vol).expect("mkdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-    fs::write(d.join("ca.crt"), ca_cert.pem()).expect("write");
-    let issuer = Issuer::new(ca_params, ca_key);
+    let issuer = TestCa::new("hitless CA");
+    fs::write(d.join("ca.crt"), &issuer.pem).expect("write");
     let mut generation_of: HashMap<Vec<u8>, u64> = HashMap::new();
     let pairs: Vec<(String, String)> = (0..=ROTATIONS)
         .map(|i| {
-            let key = KeyPair::generate().expect("key");
-            let cert = CertificateParams::new(vec!["localhost".to_string()])
-                .expect("params")
-                .signed_by(&key, &issuer)
-                .expect("leaf");
-            generation_of.insert(Sha256::digest(cert.der()).to_vec(), i as u64 + 1);
-            (cert.pem(), key.serialize_pem())
+            let (cert, key) = issuer.issue(&Leaf::server("localhost"));
+            let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("PEM");
+            generation_of.insert(Sha256::digest(&der).to_vec(), i as u64 + 1);
+            (cert, key)
         })
         .collect();
     write_version(&vol, 0, &pairs[0].0, &pairs[0].1);
@@ -118,23 +99,20 @@ async fn scenario(bad: bool) {
         d.join("ca.crt").display()
     );
     fs::write(d.join("c.toml"), config).expect("write");
-    let rogue = {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Issuer::new(params, key)
-    };
+    let rogue = TestCa::new("rogue CA");
     let bad_versions: Vec<(String, String)> = vec![
         ("garbage".to_string(), pairs[1].1.clone()),
         (pairs[1].0.clone(), pairs[2].1.clone()),
-        leaf(&rogue, false),
-        leaf(&issuer, true),
+        rogue.issue(&Leaf::server("localhost")),
+        issuer.issue(&Leaf::server("localhost").valid(-10, -1)),
     ];
     let agent = Agent::start(&d.join("c.toml"), &audit, &[]);
     let addr = agent.log_field("listener=web", "address");
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).expect("root");
+    roots
+        .add(CertificateDer::from_pem_slice(issuer.pem.as_bytes()).expect("CA PEM"))
+        .expect("root");
     let client = Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),

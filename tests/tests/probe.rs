@@ -10,8 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certreload_e2e::{skip_unless, Agent};
-use rcgen::{CertificateParams, KeyPair};
+use certreload_e2e::{pki::Leaf, skip_unless, Agent};
 
 fn have_openssl() -> bool {
     Command::new("openssl")
@@ -21,14 +20,9 @@ fn have_openssl() -> bool {
 }
 
 fn self_signed(dir: &Path, stem: &str) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, stem.to_string());
-    let cert = params.self_signed(&key).expect("cert");
-    fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
-    fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+    let (cert, key) = Leaf::server("localhost").self_signed();
+    fs::write(dir.join(format!("{stem}.crt")), cert).expect("write");
+    fs::write(dir.join(format!("{stem}.key")), key).expect("write");
 }
 
 struct Server(Child);

@@ -9,8 +9,10 @@ use std::{
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
-use certreload_e2e::{skip_unless, Agent};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use certreload_e2e::{
+    pki::{Leaf, TestCa},
+    skip_unless, Agent,
+};
 
 fn have_openssl() -> bool {
     Command::new("openssl")
@@ -177,15 +179,9 @@ fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
-fn issue(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    // A subject of its own: with rcgen's default DN on both, OpenSSL takes the leaf as self-signed.
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, issuer).expect("leaf");
-    (cert.pem(), key.serialize_pem())
+/// The listener's server certificate (localhost) from `ca`.
+fn issue(ca: &TestCa) -> (String, String) {
+    ca.issue(&Leaf::server("localhost"))
 }
 
 #[test]
@@ -196,15 +192,8 @@ fn rotation_reaches_new_handshakes_while_old_connections_keep_working_then_drain
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n);
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    fs::write(
-        p("ca.crt"),
-        ca_params.self_signed(&ca_key).expect("ca").pem(),
-    )
-    .expect("write");
-    let issuer = Issuer::new(ca_params, ca_key);
+    let issuer = TestCa::new("listener CA");
+    fs::write(p("ca.crt"), &issuer.pem).expect("write");
     let (cert_a, key_a) = issue(&issuer);
     fs::write(p("tls.crt"), &cert_a).expect("write");
     fs::write(p("tls.key"), &key_a).expect("write");
@@ -319,35 +308,16 @@ stale_grace = "1s"
     drop(old);
 }
 
-/// A client certificate (clientAuth) from `issuer`, written as `<name>.crt` / `<name>.key`.
-fn client_cert(dir: &Path, issuer: &Issuer<'static, KeyPair>, name: &str) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec![format!("{name}.client")]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name}.client"));
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, issuer).expect("client cert");
+/// A client certificate (clientAuth) from `ca`, written as `<name>.crt` / `<name>.key`.
+fn client_cert(dir: &Path, ca: &TestCa, name: &str) -> (String, String) {
+    let (cert, key) = ca.issue(&Leaf::client(&format!("{name}.client")));
     let (c, k) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    fs::write(&c, cert.pem()).expect("write");
-    fs::write(&k, key.serialize_pem()).expect("write");
+    fs::write(&c, cert).expect("write");
+    fs::write(&k, key).expect("write");
     (c.display().to_string(), k.display().to_string())
-}
-
-fn new_ca() -> (String, Issuer<'static, KeyPair>) {
-    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("test CA {n}"));
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let pem = params.self_signed(&key).expect("ca").pem();
-    (pem, Issuer::new(params, key))
 }
 
 impl Session {
@@ -395,13 +365,13 @@ fn client_ca_rotation_refuses_and_closes_old_clients_and_resumption() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let p = |n: &str| d.join(n);
-    let (server_ca_pem, server_ca) = new_ca();
-    fs::write(p("server-ca.crt"), server_ca_pem).expect("write");
+    let server_ca = TestCa::new("server CA");
+    fs::write(p("server-ca.crt"), &server_ca.pem).expect("write");
     let (cert, key) = issue(&server_ca);
     fs::write(p("tls.crt"), cert).expect("write");
     fs::write(p("tls.key"), key).expect("write");
-    let (ca1_pem, ca1) = new_ca();
-    let (ca2_pem, ca2) = new_ca();
+    let (ca1, ca2) = (TestCa::new("client CA 1"), TestCa::new("client CA 2"));
+    let (ca1_pem, ca2_pem) = (ca1.pem.clone(), ca2.pem.clone());
     fs::write(p("clients.crt"), &ca1_pem).expect("write");
     let (c1_cert, c1_key) = client_cert(d, &ca1, "c1");
     let (c2_cert, c2_key) = client_cert(d, &ca2, "c2");
@@ -521,21 +491,12 @@ close_untrusted = true
 }
 
 fn signed(
-    issuer: &Issuer<'static, KeyPair>,
+    ca: &TestCa,
     cn: &str,
     san: &str,
     eku: rcgen::ExtendedKeyUsagePurpose,
 ) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec![san.to_string()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params.extended_key_usages = vec![eku];
-    (
-        params.signed_by(&key, issuer).expect("cert").pem(),
-        key.serialize_pem(),
-    )
+    ca.issue(&Leaf::server(cn).sans(&[san]).eku(&[eku]))
 }
 
 #[test]
@@ -548,12 +509,12 @@ fn upstream_re_encryption_presents_the_rotated_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let p = |n: &str| d.join(n);
-    let (server_ca_pem, server_ca) = new_ca();
-    let (up_ca_pem, up_ca) = new_ca();
-    let (client_ca_pem, client_ca) = new_ca();
-    fs::write(p("server-ca.crt"), server_ca_pem).expect("write");
-    fs::write(p("up-ca.crt"), up_ca_pem).expect("write");
-    fs::write(p("client-ca.crt"), client_ca_pem).expect("write");
+    let server_ca = TestCa::new("server CA");
+    let up_ca = TestCa::new("upstream CA");
+    let client_ca = TestCa::new("client CA");
+    fs::write(p("server-ca.crt"), &server_ca.pem).expect("write");
+    fs::write(p("up-ca.crt"), &up_ca.pem).expect("write");
+    fs::write(p("client-ca.crt"), &client_ca.pem).expect("write");
     let (c, k) = issue(&server_ca);
     fs::write(p("tls.crt"), c).expect("write");
     fs::write(p("tls.key"), k).expect("write");
