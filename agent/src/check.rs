@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::SystemTime};
 use serde::Serialize;
 
 use crate::{
-    config::{AgentSettings, BundleConfig, BundleFiles, BundleKind, Config, ConfigError},
+    config::{AgentSettings, BundleConfig, BundleFiles, BundleKind, ConfigError, ConfigSource},
     gate::{validate_bundle, Current},
     material::validate::{Report, Status},
 };
@@ -14,8 +14,8 @@ use crate::{
 /// What to check.
 #[derive(Debug, Clone)]
 pub enum CheckTarget {
-    /// Every bundle of a configuration file.
-    Config(PathBuf),
+    /// Every bundle of a configuration (file, or profile + overlay).
+    Config(ConfigSource),
     /// One certificate/key pair given on the command line.
     Pair {
         /// Leaf + intermediates.
@@ -48,8 +48,8 @@ pub struct BundleVerdict {
 /// Runs the gate on `target`. `Err` only for usage/configuration errors (exit 2).
 pub fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
     let (agent, bundles) = match target {
-        CheckTarget::Config(path) => {
-            let config = Config::load(path)?;
+        CheckTarget::Config(source) => {
+            let config = source.load()?;
             (config.agent, config.bundles)
         }
         CheckTarget::Pair {

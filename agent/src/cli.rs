@@ -78,9 +78,15 @@ pub enum Command {
     /// Run the validation gate on a configuration's bundles or on one certificate/key pair.
     /// Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
     Check {
-        /// Check every bundle of this configuration file.
+        /// Check every bundle of this configuration file (with --profile: overlaid on it).
         #[arg(long, conflicts_with_all = ["cert", "key", "ca", "san"])]
         config: Option<PathBuf>,
+        /// Check every bundle of a built-in profile (e.g. this node's kubeadm PKI).
+        #[arg(long, value_enum, conflicts_with_all = ["cert", "key", "ca", "san"])]
+        profile: Option<Profile>,
+        /// The host filesystem root the profile looks under.
+        #[arg(long, default_value = "/")]
+        host_root: PathBuf,
         /// Certificate chain (leaf first) to check.
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,

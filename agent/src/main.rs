@@ -8,11 +8,11 @@ use certreload::{
     check::{self, CheckTarget},
     config::{
         profile::{self, Profile},
-        BundleKind,
+        BundleKind, ConfigSource,
     },
     demo::{self, state::DemoState},
     monitor::{HookStrategy, ModeRequest, MonitorConfig},
-    run::{self, ConfigSource, RunOptions},
+    run::{self, RunOptions},
     watch::{self, Output},
 };
 use clap::Parser;
@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Check {
             config,
+            profile,
+            host_root,
             cert,
             key,
             ca,
@@ -95,9 +97,14 @@ async fn main() -> anyhow::Result<()> {
             client,
             output,
         }) => {
-            let target = match (config, cert, key) {
-                (Some(config), _, _) => CheckTarget::Config(config),
-                (None, Some(cert), Some(key)) => CheckTarget::Pair {
+            let target = match (profile, config, cert, key) {
+                (Some(profile), file, _, _) => CheckTarget::Config(ConfigSource::Profile {
+                    profile,
+                    root: host_root,
+                    file,
+                }),
+                (None, Some(config), _, _) => CheckTarget::Config(ConfigSource::File(config)),
+                (None, None, Some(cert), Some(key)) => CheckTarget::Pair {
                     cert,
                     key,
                     ca,
@@ -109,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                 },
                 _ => {
-                    eprintln!("certreload check: give --config FILE, or --cert C --key K");
+                    eprintln!("certreload check: give --config FILE, --profile kubeadm, or --cert C --key K");
                     std::process::exit(2);
                 }
             };

@@ -1,7 +1,7 @@
 //! `certreload run --config FILE`: the agent. Monitor every file of every bundle, gate each change,
 //! keep generations current, audit every step, until SIGTERM.
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -13,10 +13,7 @@ use crate::{
         kube_events::{self, NodeEvents},
         AuditError, AuditEvent, AuditLog,
     },
-    config::{
-        profile::{self, Profile},
-        Config, ConfigError,
-    },
+    config::{ConfigError, ConfigSource},
     monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
     proxy::{
         listener::{Listener, ListenerContext},
@@ -56,42 +53,6 @@ pub struct RunOptions {
     pub mode: ModeRequest,
     /// eBPF attachment strategy.
     pub hook: HookStrategy,
-}
-
-/// Where the configuration comes from.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    /// A TOML file.
-    File(PathBuf),
-    /// A built-in profile for the host filesystem at `root`, optionally extended by a file.
-    Profile {
-        /// Which.
-        profile: Profile,
-        /// The host's filesystem root (`/`, or where a container mounts it).
-        root: PathBuf,
-        /// A config file overlaid on the profile.
-        file: Option<PathBuf>,
-    },
-}
-
-impl ConfigSource {
-    /// Loads it; a profile logs one info line per file missing on this node.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        match self {
-            ConfigSource::File(path) => Config::load(path),
-            ConfigSource::Profile {
-                profile,
-                root,
-                file,
-            } => {
-                let (config, skipped) = profile::load(*profile, root, file.as_deref())?;
-                for line in skipped {
-                    tracing::info!("{line}");
-                }
-                Ok(config)
-            }
-        }
-    }
 }
 
 /// Runs the agent until SIGINT/SIGTERM.

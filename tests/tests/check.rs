@@ -232,3 +232,48 @@ fn usage_and_io_errors_exit_2() {
         "names the line and field: {stderr}"
     );
 }
+
+#[test]
+fn profile_check_validates_the_node_pki_and_names_the_broken_bundle() {
+    use certreload_e2e::pki::{Leaf, TestCa};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("etc/kubernetes/pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    let ca = TestCa::new("kubernetes");
+    let (cert, key) = ca.issue(&Leaf::server("kubernetes"));
+    std::fs::write(pki.join("ca.crt"), &ca.pem).expect("write");
+    std::fs::write(pki.join("apiserver.crt"), cert).expect("write");
+    std::fs::write(pki.join("apiserver.key"), key).expect("write");
+    let root = dir.path().display().to_string();
+    let args = ["--profile", "kubeadm", "--host-root", root.as_str()];
+    let (code, v) = check(&args);
+    assert_eq!(code, 0, "{v}");
+    let names: Vec<_> = v["bundles"]
+        .as_array()
+        .expect("bundles")
+        .iter()
+        .map(|b| b["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, ["kubernetes-ca", "apiserver"]);
+
+    // A key that does not match: exit 1, the apiserver bundle names key_match.
+    let (_, other_key) = ca.issue(&Leaf::server("kubernetes"));
+    std::fs::write(pki.join("apiserver.key"), other_key).expect("write");
+    let (code, v) = check(&args);
+    assert_eq!(code, 1, "{v}");
+    let apiserver = v["bundles"]
+        .as_array()
+        .expect("bundles")
+        .iter()
+        .find(|b| b["name"] == "apiserver")
+        .cloned()
+        .expect("apiserver");
+    let failed: Vec<_> = apiserver["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["status"] == "fail")
+        .map(|r| r["check"].clone())
+        .collect();
+    assert_eq!(failed, ["key_match"], "{apiserver}");
+}

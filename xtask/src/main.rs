@@ -36,7 +36,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run `certreload ARGS` (no ARGS: the built-in demo).
+    /// Build, then run `certreload ARGS` (no ARGS: the built-in default: the kubeadm profile on a
+    /// kubeadm node, else the demo).
     Run {
         /// Build the agent in release mode.
         #[arg(long)]

@@ -16,10 +16,12 @@ use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 pub mod converge;
 pub mod listener;
 pub mod profile;
+pub mod source;
 
 pub use self::{
     converge::{ActionCommand, ActionConfig, ActionTrigger, ProbeConfig, SignalTarget},
     listener::{ListenerConfig, Upstream, UpstreamTls},
+    source::ConfigSource,
 };
 
 /// The configuration cannot be used.

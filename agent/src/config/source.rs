@@ -1,0 +1,44 @@
+//! Where a configuration comes from: a file, or a built-in profile extended by a file.
+
+use std::path::PathBuf;
+
+use super::{
+    profile::{self, Profile},
+    Config, ConfigError,
+};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file.
+    File(PathBuf),
+    /// A built-in profile for the host filesystem at `root`, optionally extended by a file.
+    Profile {
+        /// Which.
+        profile: Profile,
+        /// The host's filesystem root (`/`, or where a container mounts it).
+        root: PathBuf,
+        /// A config file overlaid on the profile.
+        file: Option<PathBuf>,
+    },
+}
+
+impl ConfigSource {
+    /// Loads it; a profile logs one info line per file missing on this node.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(path) => Config::load(path),
+            ConfigSource::Profile {
+                profile,
+                root,
+                file,
+            } => {
+                let (config, skipped) = profile::load(*profile, root, file.as_deref())?;
+                for line in skipped {
+                    tracing::info!("{line}");
+                }
+                Ok(config)
+            }
+        }
+    }
+}
