@@ -10,25 +10,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-use crate::secret_volume::SecretVolume;
+use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
 
 /// Runs the benchmark and prints its table.
 pub fn run(bin: &Path, rotations: usize) -> Result<()> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca_params.self_signed(&ca_key)?.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let pairs: Vec<(String, String)> = (0..=rotations)
-        .map(|_| {
-            let key = KeyPair::generate()?;
-            let cert = CertificateParams::new(vec!["bench.example".to_string()])?
-                .signed_by(&key, &issuer)?;
-            Ok((cert.pem(), key.serialize_pem()))
-        })
-        .collect::<Result<_>>()?;
+    let BenchPki {
+        ca_pem,
+        leaves: pairs,
+    } = BenchPki::generate("bench.example", rotations + 1)?;
     println!("certreload bench gate: {rotations} Secret-volume rotations (..data swap of cert + key), ECDSA P-256, chain checked");
     println!("time from rename(2) returning to the material_accepted record being durable in the audit log");
     println!(

@@ -3,6 +3,7 @@
 //! Each subcommand is idempotent and prints what it does. Nothing here is needed at run time.
 
 mod bench;
+mod bench_pki;
 mod build;
 mod cmd;
 mod dist;

@@ -19,7 +19,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::{client::Resumption, ClientConfig, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::{
@@ -28,7 +27,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::secret_volume::SecretVolume;
+use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
 
 /// What to measure and how long.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,19 +73,7 @@ struct Material {
 
 impl Material {
     fn generate(leaves: usize) -> Result<Material> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaves = (0..leaves)
-            .map(|_| {
-                let key = KeyPair::generate()?;
-                let cert = CertificateParams::new(vec!["localhost".to_string()])?
-                    .signed_by(&key, &issuer)?;
-                Ok((cert.pem(), key.serialize_pem()))
-            })
-            .collect::<Result<_>>()?;
+        let BenchPki { ca_pem, leaves } = BenchPki::generate("localhost", leaves)?;
         Ok(Material { ca_pem, leaves })
     }
 
