@@ -3,13 +3,12 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
 
@@ -64,22 +63,11 @@ fn measure(bin: &Path, mode: &str, ca_pem: &str, pairs: &[(String, String)]) -> 
             dir.join("ca.crt").display()
         ),
     )?;
-    let mut child = Command::new(bin)
-        .args(["run", "--mode", mode, "--config"])
-        .arg(&config)
-        .env("CERTRELOAD_LOG", "warn,certreload::run=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting certreload run")?;
-    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-    let mut line = String::new();
-    while !line.contains("agent ready") {
-        line.clear();
-        if stderr.read_line(&mut line)? == 0 {
-            bail!("certreload run ({mode}) exited before it was ready");
-        }
-    }
+    let crate::agent_proc::Started {
+        mut child,
+        mut stderr,
+        ..
+    } = crate::agent_proc::start(bin, &["--mode", mode], &config, "warn,certreload::run=info")?;
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let mut log = fs::File::open(&audit)?;
     let mut seen = String::new();

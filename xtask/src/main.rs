@@ -2,6 +2,7 @@
 //!
 //! Each subcommand is idempotent and prints what it does. Nothing here is needed at run time.
 
+mod agent_proc;
 mod bench;
 mod bench_pki;
 mod build;

@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::BufRead,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -566,32 +566,25 @@ idle_timeout = "1h"
                 ca = dir.join("ca.crt").display(),
             ),
         )?;
-        let mut child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env(
-                "CERTRELOAD_LOG",
-                "warn,certreload::run=info,certreload::reload=info",
-            )
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting certreload run")?;
-        let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-        let mut line = String::new();
-        let mut addr = None;
-        while !line.contains("agent ready") {
-            line.clear();
-            if stderr.read_line(&mut line)? == 0 {
-                bail!("certreload run exited before it was ready");
-            }
-            if line.contains("listening") {
-                addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("address="))
-                    .and_then(|a| a.parse().ok());
-            }
-        }
+        let crate::agent_proc::Started {
+            child,
+            stderr,
+            startup,
+        } = crate::agent_proc::start(
+            bin,
+            &[],
+            &config,
+            "warn,certreload::run=info,certreload::reload=info",
+        )?;
+        let addr: Option<SocketAddr> =
+            startup
+                .iter()
+                .filter(|l| l.contains("listening"))
+                .find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .and_then(|a| a.parse().ok())
+                });
         let addr = addr.context("certreload printed no listening address")?;
         let published = Arc::new(AtomicU64::new(0));
         let counter = published.clone();
