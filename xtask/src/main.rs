@@ -10,6 +10,7 @@ mod cmd;
 mod dist;
 mod gate_bench;
 mod manifests;
+mod peers;
 mod secret_volume;
 mod setup;
 mod tls_bench;
@@ -29,8 +30,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Make sure the nightly has rust-src, build (or reuse) bpf-linker against the nightly's own
-    /// LLVM, and install the Debian packages the tests and benchmarks use.
+    /// Install the pinned nightly with rust-src, build (or reuse) bpf-linker against the nightly's
+    /// own LLVM, install the Debian packages the tests and benchmarks use, and build (or reuse) the
+    /// real Kubernetes components and etcd from the pinned Go modules in peers/.
     Setup,
     /// Build the eBPF object, then the agent with the object embedded.
     Build {
@@ -38,8 +40,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run `certreload ARGS` (no ARGS: the built-in default: the kubeadm profile on a
-    /// kubeadm node, else the demo).
+    /// Set up the eBPF toolchain (as `setup` does), build, then run `certreload ARGS` (no ARGS:
+    /// the built-in default: the kubeadm profile on a kubeadm node, else the demo).
     Run {
         /// Build the agent in release mode.
         #[arg(long)]
@@ -69,11 +71,18 @@ fn main() -> Result<()> {
         Command::Setup => {
             setup::toolchain()?;
             setup::packages()?;
+            peers::build()?;
         }
         Command::Build { release } => {
             build::all(release)?;
         }
         Command::Run { release, args } => {
+            // The kernel path is the default: a fresh machine gets the nightly and bpf-linker here,
+            // not only under `test`. A machine that cannot have them (no rustup, offline) still
+            // runs, on the inotify fallback, and `build::all` says so.
+            if let Err(e) = setup::toolchain() {
+                eprintln!("xtask: WARNING: cannot set up the eBPF toolchain: {e:#}");
+            }
             let built = build::all(release)?;
             cmd::exec(&built.agent, &args)?;
         }
@@ -101,6 +110,17 @@ fn test() -> Result<()> {
         eprintln!("xtask: eBPF toolchain unavailable ({e:#}); testing the fallback only");
     }
     setup::packages()?;
+    // Real Kubernetes and etcd for the end-to-end tests; under CI=true they must build.
+    let peers = match peers::build() {
+        Ok(dir) => Some(dir),
+        Err(e) if !ci => {
+            eprintln!(
+                "xtask: WARNING: {e:#}\nxtask: tests against real Kubernetes components will skip"
+            );
+            None
+        }
+        Err(e) => return Err(e.context("CI=true: the real Kubernetes components are required")),
+    };
     let built = build::all(false)?;
     let root = cmd::workspace_root();
     cmd::run(
@@ -127,11 +147,14 @@ fn test() -> Result<()> {
             .current_dir(&root),
     )?;
     manifests::check(&root)?;
-    cmd::run(
-        built
-            .cargo_env(&mut cmd::cargo())
-            .args(["test", "--workspace"])
-            .current_dir(&root),
-    )?;
+    let mut tests = cmd::cargo();
+    built
+        .cargo_env(&mut tests)
+        .args(["test", "--workspace"])
+        .current_dir(&root);
+    if let Some(dir) = peers {
+        tests.env("CERTRELOAD_PEERS", dir);
+    }
+    cmd::run(&mut tests)?;
     Ok(())
 }

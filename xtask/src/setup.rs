@@ -10,8 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 
-/// The toolchain that builds the eBPF object (needs `-Z build-std`).
-pub const NIGHTLY: &str = "nightly";
+/// The toolchain that builds the eBPF object (needs `-Z build-std`): the one nightly the kernel
+/// programs and bpf-linker are known to work with (rustc 1.97.0-nightly e50aa6fba, LLVM 22.1.4).
+/// The only place its date is written; `cargo xtask setup` installs it when missing.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
 
 /// bpf-linker release known to build against LLVM 22 with these toolchains.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -45,11 +47,31 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/certreload"))
 }
 
+/// Installs [`NIGHTLY`] with rust-src when rustup does not have it (RUSTUP_AUTO_INSTALL=0 machines
+/// never install a toolchain on first use).
+fn install_nightly() -> Result<()> {
+    let present = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "-V"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("rustup")
+            .args(["toolchain", "install", NIGHTLY])
+            .args(["--profile", "minimal", "--component", "rust-src"]),
+    )
+    .with_context(|| format!("installing the {NIGHTLY} toolchain (it builds the eBPF object)"))
+}
+
 /// The nightly's LLVM major version, from `rustc +nightly -vV`.
 fn nightly_llvm_major() -> Result<u32> {
-    let out = cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"])).context(
-        "the nightly toolchain is missing (install it with `rustup toolchain install nightly`)",
-    )?;
+    let out = cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))
+        .with_context(|| {
+            format!("the {NIGHTLY} toolchain is missing (`cargo xtask setup` installs it)")
+        })?;
     let version = out
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -71,8 +93,9 @@ pub fn bpf_linker_bin() -> Result<PathBuf> {
     Ok(bpf_linker_root(nightly_llvm_major()?).join("bin"))
 }
 
-/// rust-src for the nightly, and bpf-linker. Errors name the missing piece.
+/// The pinned nightly with rust-src, and bpf-linker. Errors name the missing piece.
 pub fn toolchain() -> Result<()> {
+    install_nightly()?;
     let major = nightly_llvm_major()?;
     let installed = cmd::output(Command::new("rustup").args([
         "component",
