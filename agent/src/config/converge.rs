@@ -32,6 +32,120 @@ pub struct ProbeConfig {
     pub deadline: Duration,
     /// Steady-state check period (catches "renewed on disk, never reloaded").
     pub interval: Duration,
+    /// What the probe does after the handshake (`check = "tls" | "http" | "jwks"`).
+    pub check: ProbeCheck,
+}
+
+/// How a probe judges an endpoint. The TLS handshake alone is right for servers that verify a
+/// client certificate in the handshake (etcd: `tls.RequireAndVerifyClientCert`); Kubernetes
+/// servers (kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet) accept any client
+/// certificate there (`tls.RequestClientCert`) and refuse it per HTTP request with 401, so their
+/// trust can only be seen in an HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProbeCheck {
+    /// `check = "tls"` (default): the served leaf, and a client certificate refused in (or right
+    /// after) the handshake.
+    #[default]
+    Tls,
+    /// `check = "http"`: the TLS judgement of the leaf, then one HTTP/1.1 request over the same
+    /// mTLS connection. 401 = the client certificate is not trusted; 200/201/204/403 = trusted;
+    /// anything else, or no answer = unknown (retried, never converged).
+    Http(ProbeRequest),
+    /// `check = "jwks"` (sa-keys bundles only): read the API server's JSON Web Key Set and require
+    /// every key id of the bundle's current generation in it.
+    Jwks(ProbeRequest),
+}
+
+impl ProbeCheck {
+    /// The configured word (`tls`, `http`, `jwks`), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeCheck::Tls => "tls",
+            ProbeCheck::Http(_) => "http",
+            ProbeCheck::Jwks(_) => "jwks",
+        }
+    }
+
+    /// The HTTP request the check sends, if any.
+    pub fn request(&self) -> Option<&ProbeRequest> {
+        match self {
+            ProbeCheck::Tls => None,
+            ProbeCheck::Http(r) | ProbeCheck::Jwks(r) => Some(r),
+        }
+    }
+}
+
+/// Default `request` of `check = "http"`: every Kubernetes server answers it, and
+/// controller-manager and scheduler authenticate it without an authorization step (it is in their
+/// `AlwaysAllowPaths`).
+pub const DEFAULT_HTTP_REQUEST: &str = "GET /healthz";
+/// Default `request` of `check = "jwks"`: kube-apiserver's service-account issuer key set.
+pub const DEFAULT_JWKS_REQUEST: &str = "GET /openid/v1/jwks";
+/// The path suffix that makes a POST a SelfSubjectReview (body added automatically).
+const SELF_SUBJECT_REVIEWS: &str = "/selfsubjectreviews";
+/// The body of a SelfSubjectReview: the API server answers 201 with the user the client
+/// certificate authenticated as.
+pub const SELF_SUBJECT_REVIEW_BODY: &str =
+    r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+
+/// `request = "METHOD /path"`: what an `http` or `jwks` probe sends. A `POST` to a path ending in
+/// `/selfsubjectreviews` (e.g. `/apis/authentication.k8s.io/v1/selfsubjectreviews`) is sent with
+/// a SelfSubjectReview body and `Content-Type: application/json`; every other request has no body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    /// Upper-case method token (`GET`, `POST`).
+    pub method: String,
+    /// Absolute path with an optional query (`/healthz`, `/livez?verbose`).
+    pub path: String,
+}
+
+impl ProbeRequest {
+    /// Parses `"METHOD /path"`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<ProbeRequest, String> {
+        let mut words = text.split_whitespace();
+        let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!(
+                "{text:?} is not \"METHOD /path\" (e.g. \"GET /healthz\")"
+            ));
+        };
+        if !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "{method:?} is not an HTTP method in upper case (GET, POST, ...)"
+            ));
+        }
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b'#') {
+            return Err(format!(
+                "{path:?} is not an absolute path (it starts with /, no fragment)"
+            ));
+        }
+        Ok(ProbeRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Whether this is a SelfSubjectReview (its answer names the authenticated user).
+    pub fn is_self_subject_review(&self) -> bool {
+        self.method == "POST"
+            && self
+                .path
+                .split(['?', '#'])
+                .next()
+                .is_some_and(|p| p.trim_end_matches('/').ends_with(SELF_SUBJECT_REVIEWS))
+    }
+
+    /// The body sent with the request and its content type: a SelfSubjectReview for a POST to
+    /// `…/selfsubjectreviews`, else none.
+    pub fn body(&self) -> Option<(&'static str, &'static [u8])> {
+        self.is_self_subject_review()
+            .then_some(("application/json", SELF_SUBJECT_REVIEW_BODY.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for ProbeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
 }
 
 /// When an action runs.
@@ -107,6 +221,8 @@ pub(crate) struct RawProbe {
     client_bundle: Option<String>,
     deadline: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
+    check: Option<Spanned<String>>,
+    request: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -164,13 +280,7 @@ pub(crate) fn parse_probes(
                 format!("no bundle named {:?}", p.bundle),
             )
         })?;
-        if kind == BundleKind::SaKeys {
-            return Err(src.invalid(
-                offset,
-                field("bundle"),
-                "an sa-keys bundle is not served over TLS",
-            ));
-        }
+        let check = parse_check(src, offset, p, kind, &field)?;
         if let Some(c) = &p.client_bundle {
             if kind_of(bundles, c) != Some(BundleKind::Client) {
                 return Err(src.invalid(
@@ -206,9 +316,72 @@ pub(crate) fn parse_probes(
             client_bundle: p.client_bundle.clone(),
             deadline: duration(&p.deadline, "deadline", DEFAULT_DEADLINE)?,
             interval,
+            check,
         });
     }
     Ok(out)
+}
+
+/// `check` and `request` of one probe, checked against its bundle's kind.
+fn parse_check(
+    src: &Source<'_>,
+    offset: usize,
+    p: &RawProbe,
+    kind: BundleKind,
+    field: &dyn Fn(&str) -> String,
+) -> Result<ProbeCheck, ConfigError> {
+    let (word, word_at) = match &p.check {
+        Some(c) => (c.get_ref().as_str(), c.span().start),
+        None => ("tls", offset),
+    };
+    let request = |default: &str| match &p.request {
+        Some(r) => ProbeRequest::parse(r.get_ref())
+            .map_err(|m| src.invalid(r.span().start, field("request"), m)),
+        None => Ok(ProbeRequest::parse(default).expect("the default request parses")),
+    };
+    let check = match word {
+        "tls" => {
+            if let Some(r) = &p.request {
+                return Err(src.invalid(
+                    r.span().start,
+                    field("request"),
+                    "a request is sent only by check = \"http\" or \"jwks\"",
+                ));
+            }
+            ProbeCheck::Tls
+        }
+        "http" => ProbeCheck::Http(request(DEFAULT_HTTP_REQUEST)?),
+        "jwks" => ProbeCheck::Jwks(request(DEFAULT_JWKS_REQUEST)?),
+        other => {
+            return Err(src.invalid(
+                word_at,
+                field("check"),
+                format!("{other:?} is not one of \"tls\", \"http\", \"jwks\""),
+            ))
+        }
+    };
+    match (&check, kind) {
+        (ProbeCheck::Jwks(_), BundleKind::SaKeys) => {}
+        (ProbeCheck::Jwks(_), _) => {
+            return Err(src.invalid(
+                word_at,
+                field("check"),
+                format!(
+                    "check = \"jwks\" compares an API server's key ids with an sa-keys bundle; {:?} is not one",
+                    p.bundle
+                ),
+            ))
+        }
+        (_, BundleKind::SaKeys) => {
+            return Err(src.invalid(
+                word_at,
+                field("check"),
+                "an sa-keys bundle is not served over TLS: probe the API server's accepted keys with check = \"jwks\"",
+            ))
+        }
+        _ => {}
+    }
+    Ok(check)
 }
 
 /// Signal names actions may send.
@@ -323,6 +496,7 @@ pub(crate) fn parse_actions(
 mod tests {
     use std::path::Path;
 
+    use super::{ProbeCheck, ProbeRequest, SELF_SUBJECT_REVIEW_BODY};
     use crate::config::{ActionCommand, Config, ConfigError, SignalTarget};
 
     const BUNDLES: &str = r#"
@@ -340,6 +514,11 @@ key = "/k2"
 name = "ca"
 kind = "ca"
 cert = "/ca"
+[[bundle]]
+name = "sa"
+kind = "sa-keys"
+private_key = "/sa.key"
+public_keys = ["/sa.pub"]
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
@@ -397,5 +576,156 @@ process = "etcd"
         assert!(e.contains("no bundle named"), "{e}");
         let e = error("[[action]]\nbundle = \"ca\"\non = \"sometimes\"\nexec = [\"/bin/true\"]\n");
         assert!(e.contains("sometimes"), "{e}");
+    }
+
+    /// The line of `needle` in the parsed text (BUNDLES + extra), 1-based.
+    fn line_of(extra: &str, needle: &str) -> usize {
+        let text = format!("{BUNDLES}{extra}");
+        let at = text.find(needle).expect("needle in the text");
+        text[..at].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn check_defaults_to_tls_and_http_and_jwks_get_their_default_requests() {
+        let c = parse(
+            r#"
+[[probe]]
+name = "plain"
+endpoint = "127.0.0.1:2379"
+bundle = "srv"
+[[probe]]
+name = "kcm"
+endpoint = "127.0.0.1:10257"
+bundle = "ca"
+client_bundle = "cli"
+check = "http"
+[[probe]]
+name = "api"
+endpoint = "127.0.0.1:6443"
+bundle = "ca"
+client_bundle = "cli"
+check = "http"
+request = "POST /apis/authentication.k8s.io/v1/selfsubjectreviews"
+[[probe]]
+name = "keys"
+endpoint = "127.0.0.1:6443"
+bundle = "sa"
+check = "jwks"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.probes[0].check, ProbeCheck::Tls);
+        let get = |t: &str| ProbeRequest::parse(t).expect("request");
+        assert_eq!(c.probes[1].check, ProbeCheck::Http(get("GET /healthz")));
+        assert_eq!(
+            c.probes[2].check,
+            ProbeCheck::Http(get(
+                "POST /apis/authentication.k8s.io/v1/selfsubjectreviews"
+            ))
+        );
+        assert_eq!(
+            c.probes[3].check,
+            ProbeCheck::Jwks(get("GET /openid/v1/jwks"))
+        );
+        assert_eq!(c.probes[3].client_bundle, None, "jwks may go anonymous");
+    }
+
+    #[test]
+    fn a_post_to_selfsubjectreviews_carries_the_review_and_nothing_else_has_a_body() {
+        let ssr = ProbeRequest::parse("POST /apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .expect("request");
+        assert_eq!(
+            ssr.body(),
+            Some(("application/json", SELF_SUBJECT_REVIEW_BODY.as_bytes()))
+        );
+        let with_query =
+            ProbeRequest::parse("POST /apis/authentication.k8s.io/v1beta1/selfsubjectreviews?x=1")
+                .expect("request");
+        assert!(with_query.is_self_subject_review());
+        for plain in [
+            "GET /apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "POST /healthz",
+            "GET /healthz",
+            "POST /selfsubjectreviewsx",
+        ] {
+            let r = ProbeRequest::parse(plain).expect("request");
+            assert_eq!(r.body(), None, "{plain}");
+        }
+        assert_eq!(
+            ssr.to_string(),
+            "POST /apis/authentication.k8s.io/v1/selfsubjectreviews"
+        );
+    }
+
+    #[test]
+    fn bad_check_and_request_combinations_name_field_and_line() {
+        let cases: [(&str, &str, &str, &str); 8] = [
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"h2\"\n",
+                "check = \"h2\"",
+                "probe[x].check",
+                "is not one of",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"jwks\"\n",
+                "check = \"jwks\"",
+                "probe[x].check",
+                "sa-keys",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"sa\"\n",
+                "[[probe]]",
+                "probe[x].check",
+                "with check = \"jwks\"",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"sa\"\ncheck = \"http\"\n",
+                "check = \"http\"",
+                "probe[x].check",
+                "not served over TLS",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nrequest = \"GET /healthz\"\n",
+                "request = ",
+                "probe[x].request",
+                "only by check",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"http\"\nrequest = \"/healthz\"\n",
+                "request = ",
+                "probe[x].request",
+                "METHOD /path",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"http\"\nrequest = \"get healthz\"\n",
+                "request = ",
+                "probe[x].request",
+                "upper case",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"ca\"\ncheck = \"http\"\n",
+                "[[probe]]",
+                "probe[x].client_bundle",
+                "needs a client bundle",
+            ),
+        ];
+        for (extra, at, field, message) in cases {
+            let e = error(extra);
+            let line = line_of(extra, at);
+            assert!(
+                e.starts_with(&format!("t.toml:{line}: {field}: ")) && e.contains(message),
+                "expected t.toml:{line}: {field}: …{message}…, got {e}"
+            );
+        }
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"http\"\nrequest = \"GET /a b\"\n");
+        assert!(e.contains("METHOD /path"), "{e}");
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\ncheck = \"http\"\nrequest = \"GET healthz\"\n");
+        assert!(e.contains("absolute path"), "{e}");
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"sa\"\ncheck = \"jwks\"\nclient_bundle = \"srv\"\n");
+        assert!(e.contains("is not a client bundle"), "{e}");
+        let e = error(
+            "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nchecks = \"http\"\n",
+        );
+        assert!(e.contains("checks"), "unknown keys stay refused: {e}");
     }
 }
