@@ -72,6 +72,7 @@ pub fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
                 min_validity: None,
                 allow_san_removal: false,
                 allow_ca_removal: false,
+                signing: false,
             };
             (AgentSettings::default(), vec![bundle])
         }
@@ -108,6 +109,7 @@ pub fn render_text(verdicts: &[BundleVerdict]) -> String {
             let status = match r.status {
                 Status::Pass => "pass",
                 Status::Fail => "FAIL",
+                Status::Warn => "WARN",
                 Status::Skip => "skip",
             };
             out.push_str(&format!(

@@ -8,7 +8,8 @@ use crate::{
     material::{
         inspect::CertInfo,
         validate::{
-            validate_ca_bundle, validate_pair, validate_sa_keys, PairPolicy, Report, Usage,
+            validate_ca_bundle, validate_kubeconfig, validate_pair, validate_sa_keys, CaPolicy,
+            PairPolicy, Report, Usage,
         },
     },
 };
@@ -32,27 +33,43 @@ pub fn validate_bundle(
     now: SystemTime,
 ) -> Report {
     let max = agent.max_file_size;
+    let pair_policy = |usage| PairPolicy {
+        usage,
+        expect_sans: bundle.expect_sans.clone(),
+        min_validity: bundle.min_validity,
+        allow_san_removal: bundle.allow_san_removal,
+        max_file_size: max,
+    };
     match &bundle.files {
         BundleFiles::Pair { cert, key, ca } => {
-            let policy = PairPolicy {
-                usage: if bundle.kind == BundleKind::Client {
-                    Usage::Client
-                } else {
-                    Usage::Server
-                },
-                expect_sans: bundle.expect_sans.clone(),
-                min_validity: bundle.min_validity,
-                allow_san_removal: bundle.allow_san_removal,
-                max_file_size: max,
+            let usage = if bundle.kind == BundleKind::Client {
+                Usage::Client
+            } else {
+                Usage::Server
             };
-            validate_pair(cert, key, ca.as_deref(), &policy, current.leaf, now)
+            validate_pair(
+                cert,
+                key,
+                ca.as_deref(),
+                &pair_policy(usage),
+                current.leaf,
+                now,
+            )
         }
-        BundleFiles::Ca { bundle: file } => validate_ca_bundle(
+        // A kubeconfig's certificate is the component's client certificate to the API server.
+        BundleFiles::Kubeconfig { file } => {
+            validate_kubeconfig(file, &pair_policy(Usage::Client), current.leaf, now)
+        }
+        BundleFiles::Ca { bundle: file, key } => validate_ca_bundle(
             file,
-            max,
+            &CaPolicy {
+                max_file_size: max,
+                allow_ca_removal: bundle.allow_ca_removal,
+                key: key.clone(),
+                signing: bundle.signing,
+            },
             current.in_use,
             current.cas,
-            bundle.allow_ca_removal,
         ),
         BundleFiles::SaKeys {
             private_key,

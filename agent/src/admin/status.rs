@@ -149,7 +149,8 @@ impl AgentState {
                     let leaf = g.leaf();
                     let leaf_file = match &b.files {
                         BundleFiles::Pair { cert, .. } => cert.display().to_string(),
-                        BundleFiles::Ca { bundle } => bundle.display().to_string(),
+                        BundleFiles::Ca { bundle, .. } => bundle.display().to_string(),
+                        BundleFiles::Kubeconfig { file } => file.display().to_string(),
                         BundleFiles::SaKeys { private_key, .. } => {
                             private_key.display().to_string()
                         }

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::{material::validate::Check, monitor::Writer};
+use crate::{
+    material::validate::{Check, CheckResult},
+    monitor::Writer,
+};
 
 /// One audited step. Serialised flat into the record, with `event` naming the variant.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +74,10 @@ pub enum AuditEvent {
         /// ServiceAccount key ids (sa-keys bundles).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         key_ids: Vec<String>,
+        /// Checks that passed with a warning (e.g. a signing CA file with more than one
+        /// certificate): accepted, but a consumer of the material will refuse it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<CheckResult>,
     },
     /// A connection still on stale material was closed after `stale_grace` (close_notify, then
     /// TCP close).

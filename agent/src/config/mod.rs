@@ -70,6 +70,9 @@ pub enum BundleKind {
     Ca,
     /// ServiceAccount signing key and verification keys.
     SaKeys,
+    /// A kubeconfig with an embedded client certificate and key (`file`), checked like a client
+    /// pair chained to its embedded CA: kubeadm's `controller-manager.conf`, `scheduler.conf`.
+    Kubeconfig,
 }
 
 /// `[agent]`.
@@ -144,6 +147,9 @@ pub struct BundleConfig {
     pub allow_san_removal: bool,
     /// Allow a CA bundle to drop a CA that issued certificates in use.
     pub allow_ca_removal: bool,
+    /// A ca bundle that is a signer's certificate file (kube-controller-manager's
+    /// `--cluster-signing-cert-file`): warn when it holds more than one certificate.
+    pub signing: bool,
 }
 
 /// The files of a bundle, by kind.
@@ -158,10 +164,18 @@ pub enum BundleFiles {
         /// CA file (optional).
         ca: Option<PathBuf>,
     },
-    /// A CA bundle (the `cert` field).
+    /// A CA bundle (the `cert` field), and the CA's private key (`key`) where the node signs with
+    /// it: checked to belong to the bundle, never kept.
     Ca {
         /// The bundle file.
         bundle: PathBuf,
+        /// The CA's private key.
+        key: Option<PathBuf>,
+    },
+    /// A kubeconfig with embedded client material.
+    Kubeconfig {
+        /// The kubeconfig file.
+        file: PathBuf,
     },
     /// ServiceAccount signing key and verification keys.
     SaKeys {
@@ -181,7 +195,10 @@ impl BundleConfig {
                 .flatten()
                 .cloned()
                 .collect(),
-            BundleFiles::Ca { bundle } => vec![bundle.clone()],
+            BundleFiles::Ca { bundle, key } => {
+                std::iter::once(bundle).chain(key).cloned().collect()
+            }
+            BundleFiles::Kubeconfig { file } => vec![file.clone()],
             BundleFiles::SaKeys {
                 private_key,
                 public_keys,
@@ -283,6 +300,9 @@ struct RawBundle {
     allow_san_removal: bool,
     #[serde(default)]
     allow_ca_removal: bool,
+    #[serde(default)]
+    signing: bool,
+    file: Option<PathBuf>,
     private_key: Option<PathBuf>,
     #[serde(default)]
     public_keys: Vec<PathBuf>,
@@ -433,11 +453,14 @@ impl Config {
             };
             let files = match b.kind {
                 BundleKind::Server | BundleKind::Client => {
-                    if b.private_key.is_some() {
-                        return Err(unused("private_key"));
-                    }
-                    if !b.public_keys.is_empty() {
-                        return Err(unused("public_keys"));
+                    for (name, present) in [
+                        ("private_key", b.private_key.is_some()),
+                        ("public_keys", !b.public_keys.is_empty()),
+                        ("file", b.file.is_some()),
+                    ] {
+                        if present {
+                            return Err(unused(name));
+                        }
                     }
                     BundleFiles::Pair {
                         cert: b.cert.clone().ok_or_else(|| missing("cert"))?,
@@ -447,6 +470,23 @@ impl Config {
                 }
                 BundleKind::Ca => {
                     for (name, present) in [
+                        ("ca", b.ca.is_some()),
+                        ("private_key", b.private_key.is_some()),
+                        ("public_keys", !b.public_keys.is_empty()),
+                        ("file", b.file.is_some()),
+                    ] {
+                        if present {
+                            return Err(unused(name));
+                        }
+                    }
+                    BundleFiles::Ca {
+                        bundle: b.cert.clone().ok_or_else(|| missing("cert"))?,
+                        key: b.key.clone(),
+                    }
+                }
+                BundleKind::Kubeconfig => {
+                    for (name, present) in [
+                        ("cert", b.cert.is_some()),
                         ("key", b.key.is_some()),
                         ("ca", b.ca.is_some()),
                         ("private_key", b.private_key.is_some()),
@@ -456,8 +496,8 @@ impl Config {
                             return Err(unused(name));
                         }
                     }
-                    BundleFiles::Ca {
-                        bundle: b.cert.clone().ok_or_else(|| missing("cert"))?,
+                    BundleFiles::Kubeconfig {
+                        file: b.file.clone().ok_or_else(|| missing("file"))?,
                     }
                 }
                 BundleKind::SaKeys => {
@@ -465,6 +505,7 @@ impl Config {
                         ("cert", b.cert.is_some()),
                         ("key", b.key.is_some()),
                         ("ca", b.ca.is_some()),
+                        ("file", b.file.is_some()),
                     ] {
                         if present {
                             return Err(unused(name));
@@ -482,6 +523,9 @@ impl Config {
                     }
                 }
             };
+            if b.signing && b.kind != BundleKind::Ca {
+                return Err(unused("signing"));
+            }
             let min_validity = match &b.min_validity {
                 Some(v) => Some(src.duration(v, &field("min_validity"))?),
                 None => None,
@@ -495,6 +539,7 @@ impl Config {
                 min_validity,
                 allow_san_removal: b.allow_san_removal,
                 allow_ca_removal: b.allow_ca_removal,
+                signing: b.signing,
             });
         }
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;

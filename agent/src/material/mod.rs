@@ -2,6 +2,7 @@
 //! new generation is made of it. Knows nothing of how files change or of listeners.
 
 pub mod inspect;
+pub mod kubeconfig;
 pub mod pem;
 pub mod read;
 pub mod validate;

@@ -14,14 +14,15 @@ use super::{
     inspect::inspect,
     read::DEFAULT_MAX_FILE_SIZE,
     validate::{
-        validate_ca_bundle, validate_pair, validate_sa_keys, Check, PairPolicy, Report, Status,
-        Usage,
+        validate_ca_bundle, validate_kubeconfig, validate_pair, validate_sa_keys, CaPolicy, Check,
+        PairPolicy, Report, Status, Usage,
     },
 };
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+    key_pem: String,
 }
 
 fn ca(name: &str) -> Ca {
@@ -32,6 +33,7 @@ fn ca(name: &str) -> Ca {
     let cert = params.self_signed(&key).expect("ca");
     Ca {
         pem: cert.pem(),
+        key_pem: key.serialize_pem(),
         issuer: Issuer::new(params, key),
     }
 }
@@ -360,26 +362,272 @@ fn a_ca_bundle_must_keep_the_ca_in_use() {
         .map(|d| inspect(d).expect("ca"))
         .collect::<Vec<_>>();
     let both = f.put("both.crt", format!("{}{}", ca1.pem, ca2.pem));
-    assert!(validate_ca_bundle(
-        &both,
-        DEFAULT_MAX_FILE_SIZE,
-        std::slice::from_ref(&in_use),
-        &old,
-        false
-    )
-    .is_valid());
+    let strict = ca_policy(None, false);
+    assert!(validate_ca_bundle(&both, &strict, std::slice::from_ref(&in_use), &old).is_valid());
     let only_new = f.put("new.crt", &ca2.pem);
     assert_rejected(
-        &validate_ca_bundle(
-            &only_new,
-            DEFAULT_MAX_FILE_SIZE,
-            std::slice::from_ref(&in_use),
-            &old,
-            false,
-        ),
+        &validate_ca_bundle(&only_new, &strict, std::slice::from_ref(&in_use), &old),
         Check::CaContinuity,
     );
-    assert!(validate_ca_bundle(&only_new, DEFAULT_MAX_FILE_SIZE, &[in_use], &old, true).is_valid());
+    let allowed = CaPolicy {
+        allow_ca_removal: true,
+        ..strict
+    };
+    assert!(validate_ca_bundle(&only_new, &allowed, &[in_use], &old).is_valid());
+}
+
+fn ca_policy(key: Option<&Path>, signing: bool) -> CaPolicy {
+    CaPolicy {
+        max_file_size: DEFAULT_MAX_FILE_SIZE,
+        allow_ca_removal: false,
+        key: key.map(Path::to_path_buf),
+        signing,
+    }
+}
+
+fn status_of(report: &Report, check: Check) -> Option<Status> {
+    report
+        .results
+        .iter()
+        .find(|r| r.check == check)
+        .map(|r| r.status)
+}
+
+#[test]
+fn a_ca_key_must_belong_to_a_certificate_of_the_bundle_and_is_not_kept() {
+    let f = Files::new();
+    let ca1 = ca("ca1");
+    let ca2 = ca("ca2");
+    let bundle = f.put("ca.crt", &ca1.pem);
+    let own = f.put("ca.key", &ca1.key_pem);
+    let report = validate_ca_bundle(&bundle, &ca_policy(Some(&own), false), &[], &[]);
+    assert!(report.is_valid(), "{report:#?}");
+    assert_eq!(status_of(&report, Check::KeyMatch), Some(Status::Pass));
+    assert!(
+        report.material.as_ref().expect("material").key.is_none(),
+        "the CA key is checked, not kept"
+    );
+
+    // Another CA's key (ca.key replaced, ca.crt not): rejected, and the key never in the report.
+    let foreign = f.put("other.key", &ca2.key_pem);
+    let report = validate_ca_bundle(&bundle, &ca_policy(Some(&foreign), false), &[], &[]);
+    assert_rejected(&report, Check::KeyMatch);
+    let detail = &report.failure().expect("failure").detail;
+    assert!(detail.contains("other.key"), "{detail}");
+    let key_line = ca2.key_pem.lines().nth(1).expect("base64 line");
+    let rendered = format!(
+        "{report:?} {}",
+        serde_json::to_string(&report).expect("json")
+    );
+    assert!(
+        !rendered.contains(&key_line[..32]),
+        "key bytes leaked: {rendered}"
+    );
+
+    // During a rotation the bundle holds old and new CA: the key may be either one's.
+    let both = f.put("both.crt", format!("{}{}", ca1.pem, ca2.pem));
+    assert!(validate_ca_bundle(&both, &ca_policy(Some(&foreign), false), &[], &[]).is_valid());
+
+    // Without a key configured, key_match says it was not checked.
+    let report = validate_ca_bundle(&bundle, &ca_policy(None, false), &[], &[]);
+    assert_eq!(status_of(&report, Check::KeyMatch), Some(Status::Skip));
+
+    // A missing or encrypted key is a rejection like for any pair.
+    let missing = f.dir.path().join("absent.key");
+    assert_rejected(
+        &validate_ca_bundle(&bundle, &ca_policy(Some(&missing), false), &[], &[]),
+        Check::Read,
+    );
+}
+
+#[test]
+fn a_signing_ca_with_more_than_one_certificate_is_accepted_with_a_warning() {
+    let f = Files::new();
+    let ca1 = ca("ca1");
+    let ca2 = ca("ca2");
+    let both = f.put("both.crt", format!("{}{}", ca1.pem, ca2.pem));
+    let single = f.put("ca.crt", &ca1.pem);
+
+    let report = validate_ca_bundle(&both, &ca_policy(None, true), &[], &[]);
+    assert!(report.is_valid(), "a warning never rejects: {report:#?}");
+    assert!(report.material.is_some());
+    let warnings: Vec<_> = report.warnings().collect();
+    assert_eq!(warnings.len(), 1, "{report:#?}");
+    assert_eq!(warnings[0].check, Check::SingleCert);
+    assert!(
+        warnings[0].detail.contains("holds 2 certificates"),
+        "{}",
+        warnings[0].detail
+    );
+    let json = serde_json::to_value(&report).expect("json");
+    assert!(
+        json["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .any(|r| r["check"] == "single_cert" && r["status"] == "warn"),
+        "{json}"
+    );
+
+    let report = validate_ca_bundle(&single, &ca_policy(None, true), &[], &[]);
+    assert_eq!(status_of(&report, Check::SingleCert), Some(Status::Pass));
+    assert_eq!(report.warnings().count(), 0);
+
+    // Not a signing CA: a multi-certificate bundle is what a client-CA rotation needs.
+    let report = validate_ca_bundle(&both, &ca_policy(None, false), &[], &[]);
+    assert_eq!(status_of(&report, Check::SingleCert), Some(Status::Skip));
+    assert_eq!(report.warnings().count(), 0);
+}
+
+/// A kubeadm-style kubeconfig with the client pair and CA embedded.
+fn kubeconfig(cert: &str, key: &str, ca: Option<&str>) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = ca.map_or(String::new(), |ca| {
+        format!("    certificate-authority-data: {}\n", b64(ca))
+    });
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n{ca}    server: https://10.0.0.1:6443\n  name: kubernetes\ncontexts:\n- context:\n    cluster: kubernetes\n    user: system:kube-scheduler\n  name: system:kube-scheduler@kubernetes\ncurrent-context: system:kube-scheduler@kubernetes\nusers:\n- name: system:kube-scheduler\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+fn client_leaf() -> Leaf {
+    Leaf {
+        sans: vec![],
+        eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ..Leaf::default()
+    }
+}
+
+fn kubeconfig_policy() -> PairPolicy {
+    PairPolicy {
+        usage: Usage::Client,
+        expect_sans: Vec::new(),
+        min_validity: None,
+        allow_san_removal: false,
+        max_file_size: DEFAULT_MAX_FILE_SIZE,
+    }
+}
+
+#[test]
+fn a_kubeconfig_is_checked_like_a_client_pair_chained_to_its_embedded_ca() {
+    let f = Files::new();
+    let ca1 = ca("kubernetes");
+    let (cert, key) = leaf(&ca1, client_leaf());
+    let file = f.put("scheduler.conf", kubeconfig(&cert, &key, Some(&ca1.pem)));
+    let report = validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now());
+    assert!(report.is_valid(), "{report:#?}");
+    for c in [Check::KeyMatch, Check::Validity, Check::Eku, Check::Chain] {
+        assert_eq!(
+            status_of(&report, c),
+            Some(Status::Pass),
+            "{c}: {report:#?}"
+        );
+    }
+    let material = report.material.as_ref().expect("material");
+    let fingerprint = &material.leaf.as_ref().expect("leaf").fingerprint;
+    assert_eq!(material.cas.len(), 1);
+
+    // A renewed certificate is a new leaf (what a restart action reacts to).
+    let (renewed, renewed_key) = leaf(&ca1, client_leaf());
+    let file = f.put(
+        "scheduler.conf",
+        kubeconfig(&renewed, &renewed_key, Some(&ca1.pem)),
+    );
+    let report = validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now());
+    let renewed_fp = &report
+        .material
+        .as_ref()
+        .expect("valid")
+        .leaf
+        .as_ref()
+        .expect("leaf")
+        .fingerprint;
+    assert_ne!(renewed_fp, fingerprint);
+
+    // The key of another certificate.
+    let file = f.put(
+        "mixed.conf",
+        kubeconfig(&cert, &renewed_key, Some(&ca1.pem)),
+    );
+    let report = validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now());
+    assert_rejected(&report, Check::KeyMatch);
+    let detail = &report.failure().expect("failure").detail;
+    assert!(detail.contains("client-key-data"), "{detail}");
+    let key_line = renewed_key.lines().nth(1).expect("base64 line");
+    let rendered = format!(
+        "{report:?} {}",
+        serde_json::to_string(&report).expect("json")
+    );
+    assert!(
+        !rendered.contains(&key_line[..32]),
+        "key bytes leaked: {rendered}"
+    );
+
+    // Issued by a CA other than the embedded one.
+    let other = ca("other");
+    let (foreign, foreign_key) = leaf(&other, client_leaf());
+    let file = f.put(
+        "foreign.conf",
+        kubeconfig(&foreign, &foreign_key, Some(&ca1.pem)),
+    );
+    assert_rejected(
+        &validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now()),
+        Check::Chain,
+    );
+
+    // Expired.
+    let now = time::OffsetDateTime::now_utc();
+    let (old, old_key) = leaf(
+        &ca1,
+        Leaf {
+            not_before: now - time::Duration::days(400),
+            not_after: now - time::Duration::days(35),
+            ..client_leaf()
+        },
+    );
+    let file = f.put("expired.conf", kubeconfig(&old, &old_key, Some(&ca1.pem)));
+    assert_rejected(
+        &validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now()),
+        Check::Validity,
+    );
+
+    // A serving certificate is not a client certificate.
+    let (server, server_key) = leaf(&ca1, Leaf::default());
+    let file = f.put(
+        "server.conf",
+        kubeconfig(&server, &server_key, Some(&ca1.pem)),
+    );
+    assert_rejected(
+        &validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now()),
+        Check::Eku,
+    );
+
+    // No embedded CA: the chain is not checked, and the result says why.
+    let file = f.put("noca.conf", kubeconfig(&cert, &key, None));
+    let report = validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now());
+    assert!(report.is_valid(), "{report:#?}");
+    let chain = report
+        .results
+        .iter()
+        .find(|r| r.check == Check::Chain)
+        .expect("chain");
+    assert_eq!(chain.status, Status::Skip);
+    assert!(
+        chain.detail.contains("certificate-authority-data"),
+        "{}",
+        chain.detail
+    );
+
+    // Half-written (truncated YAML) and garbage.
+    let full = kubeconfig(&cert, &key, Some(&ca1.pem));
+    let file = f.put("half.conf", &full[..full.len() / 2]);
+    assert_rejected(
+        &validate_kubeconfig(&file, &kubeconfig_policy(), None, SystemTime::now()),
+        Check::Parse,
+    );
 }
 
 #[test]

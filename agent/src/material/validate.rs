@@ -1,7 +1,8 @@
 //! The validation gate: every check new material must pass before it may be served.
 //!
-//! Each check yields a result (pass, fail or skipped) so that `certreload check` can show all of
-//! them; the first failure, in the order below, is the verdict. A rejected bundle is a value, not an
+//! Each check yields a result (pass, fail, warn or skipped) so that `certreload check` can show all
+//! of them; the first failure, in the order below, is the verdict. A warning never rejects: it
+//! names something a consumer of the material will refuse (logged and audited with the acceptance). A rejected bundle is a value, not an
 //! error of the program: it is logged, audited and counted, and nothing live changes.
 
 use std::{
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     inspect::{inspect, CertInfo},
-    pem,
+    kubeconfig, pem,
     read::read_material,
 };
 
@@ -52,6 +53,10 @@ pub enum Check {
     CaContinuity,
     /// The ServiceAccount private key's public half is among the public keys.
     SaKeyPair,
+    /// A signing CA's file holds exactly one certificate (kube-controller-manager's CSR signer
+    /// refuses any other count). Only ever a warning: the same file is also a client-CA bundle,
+    /// where old and new CA side by side is what a rotation needs.
+    SingleCert,
 }
 
 impl Check {
@@ -70,6 +75,7 @@ impl Check {
             Check::SanRemoval => "san_removal",
             Check::CaContinuity => "ca_continuity",
             Check::SaKeyPair => "sa_key_pair",
+            Check::SingleCert => "single_cert",
         }
     }
 
@@ -94,6 +100,9 @@ pub enum Status {
     Pass,
     /// Failed: the material is rejected.
     Fail,
+    /// Passed with a warning: the material is accepted, but something that uses it will not work
+    /// as intended (logged, and carried in the acceptance's audit record).
+    Warn,
     /// Not applicable, or not reachable after an earlier failure.
     Skip,
 }
@@ -162,6 +171,11 @@ impl Report {
     pub fn is_valid(&self) -> bool {
         self.failure().is_none()
     }
+
+    /// The checks that passed with a warning.
+    pub fn warnings(&self) -> impl Iterator<Item = &CheckResult> {
+        self.results.iter().filter(|r| r.status == Status::Warn)
+    }
 }
 
 /// The role a server/client bundle plays, which decides the EKU and chain usage.
@@ -208,6 +222,9 @@ impl Checks {
     }
     fn skip(&mut self, check: Check, detail: impl Into<String>) {
         self.push(check, Status::Skip, detail.into(), None);
+    }
+    fn warn(&mut self, check: Check, detail: impl Into<String>, file: Option<&Path>) {
+        self.push(check, Status::Warn, detail.into(), file);
     }
     fn push(&mut self, check: Check, status: Status, detail: String, file: Option<&Path>) {
         self.results.push(CheckResult {
@@ -310,6 +327,40 @@ pub fn kubernetes_key_id(spki: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(spki))
 }
 
+/// One part of a pair as the results name it: the file a result points at, and how details call
+/// it (the path, or for embedded material the file and its field).
+struct Part<'a> {
+    file: &'a Path,
+    name: String,
+}
+
+impl<'a> Part<'a> {
+    fn file(path: &'a Path) -> Self {
+        Part {
+            file: path,
+            name: path.display().to_string(),
+        }
+    }
+
+    fn field(path: &'a Path, field: &str) -> Self {
+        Part {
+            file: path,
+            name: format!("{}: {field}", path.display()),
+        }
+    }
+}
+
+/// The checks after `read`/`parse` of a pair, in report order.
+const PAIR_CHECKS: [Check; 7] = [
+    Check::KeyMatch,
+    Check::Validity,
+    Check::MinValidity,
+    Check::Eku,
+    Check::Chain,
+    Check::Sans,
+    Check::SanRemoval,
+];
+
 /// Validates a certificate/key pair (server or client bundle), optionally against a CA file and the
 /// current generation's leaf.
 pub fn validate_pair(
@@ -321,15 +372,6 @@ pub fn validate_pair(
     now: SystemTime,
 ) -> Report {
     let mut c = Checks::new();
-    let later = [
-        Check::KeyMatch,
-        Check::Validity,
-        Check::MinValidity,
-        Check::Eku,
-        Check::Chain,
-        Check::Sans,
-        Check::SanRemoval,
-    ];
     let chain = load_certs(&mut c, cert, policy.max_file_size, "certificate chain");
     let private = load_key(&mut c, key, policy.max_file_size);
     let ca_der = match ca {
@@ -337,19 +379,159 @@ pub fn validate_pair(
         None => Some(None),
     };
     let (Some(chain), Some(private), Some(ca_der)) = (chain, private, ca_der) else {
-        c.skip_rest(&later, "files could not be loaded");
+        c.skip_rest(&PAIR_CHECKS, "files could not be loaded");
         return c.report(None);
     };
+    let material = judge_pair(
+        &mut c,
+        Loaded {
+            chain,
+            key: private,
+            ca: ca_der,
+        },
+        &PairParts {
+            cert: Part::file(cert),
+            key: Part::file(key),
+            ca: ca.map(Part::file),
+            no_ca: "no ca configured",
+        },
+        policy,
+        previous,
+        now,
+    );
+    c.report(material)
+}
+
+/// Validates the client certificate embedded in a kubeconfig (`client-certificate-data`,
+/// `client-key-data`) like a client pair, chained to its `certificate-authority-data`. The key
+/// never reaches a message: kubeconfig errors name the field, not the value.
+pub fn validate_kubeconfig(
+    file: &Path,
+    policy: &PairPolicy,
+    previous: Option<&CertInfo>,
+    now: SystemTime,
+) -> Report {
+    let mut c = Checks::new();
+    let bytes = match read_material(file, policy.max_file_size) {
+        Ok(b) => b,
+        Err(e) => {
+            c.fail(Check::Read, e.to_string(), Some(file));
+            c.skip_rest(&PAIR_CHECKS, "file could not be loaded");
+            return c.report(None);
+        }
+    };
+    let embedded = match kubeconfig::embedded_client(&bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            c.fail(Check::Parse, format!("{}: {e}", file.display()), Some(file));
+            c.skip_rest(&PAIR_CHECKS, "kubeconfig does not parse");
+            return c.report(None);
+        }
+    };
+    let user = |field: &str| format!("user {:?} {field}", embedded.user);
+    let cluster = format!("cluster {:?} certificate-authority-data", embedded.cluster);
+    let parts = PairParts {
+        cert: Part::field(file, &user("client-certificate-data")),
+        key: Part::field(file, &user("client-key-data")),
+        ca: embedded.ca.as_ref().map(|_| Part::field(file, &cluster)),
+        no_ca: if embedded.ca_file.is_some() {
+            "the cluster's CA is a file reference, not embedded"
+        } else {
+            "the cluster has no certificate-authority-data"
+        },
+    };
+    let chain = match pem::certificates(&embedded.cert) {
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            c.fail(
+                Check::Parse,
+                format!("{}: {e}", parts.cert.name),
+                Some(file),
+            );
+            None
+        }
+    };
+    let private = match pem::private_key(&embedded.key) {
+        Ok(k) => Some(k),
+        Err(e @ pem::PemError::Encrypted(_)) => {
+            c.fail(
+                Check::EncryptedKey,
+                format!("{}: {e}", parts.key.name),
+                Some(file),
+            );
+            None
+        }
+        Err(e) => {
+            c.fail(Check::Parse, format!("{}: {e}", parts.key.name), Some(file));
+            None
+        }
+    };
+    let ca = match &embedded.ca {
+        Some(bytes) => match pem::certificates(bytes) {
+            Ok(certs) => Some(Some(certs)),
+            Err(e) => {
+                c.fail(Check::Parse, format!("{cluster}: {e}"), Some(file));
+                None
+            }
+        },
+        None => Some(None),
+    };
+    let (Some(chain), Some(key), Some(ca)) = (chain, private, ca) else {
+        c.skip_rest(&PAIR_CHECKS, "embedded material could not be decoded");
+        return c.report(None);
+    };
+    let material = judge_pair(
+        &mut c,
+        Loaded { chain, key, ca },
+        &parts,
+        policy,
+        previous,
+        now,
+    );
+    c.report(material)
+}
+
+/// A pair's decoded material, before any check but `read`/`parse`.
+struct Loaded {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// How the results name a pair's parts.
+struct PairParts<'a> {
+    cert: Part<'a>,
+    key: Part<'a>,
+    ca: Option<Part<'a>>,
+    /// Why `chain` is skipped when there is no CA.
+    no_ca: &'a str,
+}
+
+/// Every check of a loaded pair; the material when it is usable (the report decides validity).
+fn judge_pair(
+    c: &mut Checks,
+    loaded: Loaded,
+    parts: &PairParts<'_>,
+    policy: &PairPolicy,
+    previous: Option<&CertInfo>,
+    now: SystemTime,
+) -> Option<Material> {
+    let Loaded {
+        chain,
+        key: private,
+        ca: ca_der,
+    } = loaded;
+    let (cert, key) = (&parts.cert, &parts.key);
     let leaf = match inspect(&chain[0]) {
         Ok(l) => l,
         Err(e) => {
             c.fail(
                 Check::Parse,
-                format!("{}: leaf: {e}", cert.display()),
-                Some(cert),
+                format!("{}: leaf: {e}", cert.name),
+                Some(cert.file),
             );
-            c.skip_rest(&later, "leaf does not parse");
-            return c.report(None);
+            c.skip_rest(&PAIR_CHECKS, "leaf does not parse");
+            return None;
         }
     };
     let mut cas = Vec::new();
@@ -357,11 +539,11 @@ pub fn validate_pair(
         match inspect(der) {
             Ok(info) => cas.push(info),
             Err(e) => {
-                let ca = ca.unwrap_or(cert);
+                let ca = parts.ca.as_ref().unwrap_or(cert);
                 c.fail(
                     Check::Parse,
-                    format!("{}: CA certificate: {e}", ca.display()),
-                    Some(ca),
+                    format!("{}: CA certificate: {e}", ca.name),
+                    Some(ca.file),
                 );
             }
         }
@@ -374,23 +556,24 @@ pub fn validate_pair(
             leaf.serial,
             chain.len()
         ),
-        Some(cert),
+        Some(cert.file),
     );
 
     match public_key_of(&private) {
-        Ok(spki) if spki.as_ref() == leaf.spki.as_slice() => {
-            c.pass(Check::KeyMatch, "private key matches the leaf", Some(key))
-        }
+        Ok(spki) if spki.as_ref() == leaf.spki.as_slice() => c.pass(
+            Check::KeyMatch,
+            "private key matches the leaf",
+            Some(key.file),
+        ),
         Ok(_) => c.fail(
             Check::KeyMatch,
             format!(
                 "{} does not match the leaf certificate in {}",
-                key.display(),
-                cert.display()
+                key.name, cert.name
             ),
-            Some(key),
+            Some(key.file),
         ),
-        Err(e) => c.fail(Check::Parse, format!("{}: {e}", key.display()), Some(key)),
+        Err(e) => c.fail(Check::Parse, format!("{}: {e}", key.name), Some(key.file)),
     }
 
     let now_s = now_unix(now);
@@ -401,19 +584,19 @@ pub fn validate_pair(
                 "not yet valid: notBefore is {} s in the future",
                 leaf.not_before - now_s
             ),
-            Some(cert),
+            Some(cert.file),
         );
     } else if now_s > leaf.not_after {
         c.fail(
             Check::Validity,
             format!("expired {} ago", human_secs(now_s - leaf.not_after)),
-            Some(cert),
+            Some(cert.file),
         );
     } else {
         c.pass(
             Check::Validity,
             format!("valid for {} s more", leaf.not_after - now_s),
-            Some(cert),
+            Some(cert.file),
         );
     }
     match policy.min_validity {
@@ -424,12 +607,12 @@ pub fn validate_pair(
                 (leaf.not_after - now_s).max(0),
                 min.as_secs()
             ),
-            Some(cert),
+            Some(cert.file),
         ),
         Some(min) => c.pass(
             Check::MinValidity,
             format!("at least {} s left", min.as_secs()),
-            Some(cert),
+            Some(cert.file),
         ),
         None => c.skip(Check::MinValidity, "min_validity not configured"),
     }
@@ -448,36 +631,32 @@ pub fn validate_pair(
         c.pass(
             Check::Eku,
             format!("extended key usage allows {wanted}"),
-            Some(cert),
+            Some(cert.file),
         );
     } else {
         c.fail(
             Check::Eku,
             format!("extended key usage does not include {wanted}"),
-            Some(cert),
+            Some(cert.file),
         );
     }
 
-    match (&ca_der, ca) {
-        (Some(anchors_der), Some(ca_path)) => {
+    match (&ca_der, &parts.ca) {
+        (Some(anchors_der), Some(ca)) => {
             match verify_chain(&chain, anchors_der, policy.usage, now) {
                 Ok(()) => c.pass(
                     Check::Chain,
-                    format!("chain verifies to {}", ca_path.display()),
-                    Some(cert),
+                    format!("chain verifies to {}", ca.name),
+                    Some(cert.file),
                 ),
                 Err(e) => c.fail(
                     Check::Chain,
-                    format!(
-                        "chain of {} does not verify to {}: {e}",
-                        cert.display(),
-                        ca_path.display()
-                    ),
-                    Some(cert),
+                    format!("chain of {} does not verify to {}: {e}", cert.name, ca.name),
+                    Some(cert.file),
                 ),
             }
         }
-        _ => c.skip(Check::Chain, "no ca configured"),
+        _ => c.skip(Check::Chain, parts.no_ca),
     }
 
     let missing: Vec<&String> = policy
@@ -488,12 +667,16 @@ pub fn validate_pair(
     if policy.expect_sans.is_empty() {
         c.skip(Check::Sans, "expect_sans not configured");
     } else if missing.is_empty() {
-        c.pass(Check::Sans, "every expected SAN is covered", Some(cert));
+        c.pass(
+            Check::Sans,
+            "every expected SAN is covered",
+            Some(cert.file),
+        );
     } else {
         c.fail(
             Check::Sans,
             format!("missing expected SAN(s): {}", join(&missing)),
-            Some(cert),
+            Some(cert.file),
         );
     }
 
@@ -508,7 +691,7 @@ pub fn validate_pair(
                 c.pass(
                     Check::SanRemoval,
                     "no SAN of the current generation is dropped",
-                    Some(cert),
+                    Some(cert.file),
                 );
             } else if policy.allow_san_removal {
                 c.pass(
@@ -517,28 +700,27 @@ pub fn validate_pair(
                         "SAN(s) dropped, allowed by allow_san_removal: {}",
                         join(&dropped)
                     ),
-                    Some(cert),
+                    Some(cert.file),
                 );
             } else {
                 c.fail(
                     Check::SanRemoval,
                     format!("drops SAN(s) the current generation has: {} (set allow_san_removal = true if intended)", join(&dropped)),
-                    Some(cert),
+                    Some(cert.file),
                 );
             }
         }
         None => c.skip(Check::SanRemoval, "no current generation"),
     }
 
-    let material = Material {
+    Some(Material {
         leaf: Some(leaf),
         chain,
         key: Some(private),
         cas,
         ca_der: ca_der.unwrap_or_default(),
         key_ids: Vec::new(),
-    };
-    c.report(Some(material))
+    })
 }
 
 fn human_secs(secs: i64) -> String {
@@ -596,18 +778,40 @@ fn verify_chain(
         })
 }
 
+/// What a CA bundle is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct CaPolicy {
+    /// Per-file size limit.
+    pub max_file_size: u64,
+    /// Allow a rotation to drop a CA that issued certificates in use.
+    pub allow_ca_removal: bool,
+    /// The CA's private key, for a CA this node signs with (kubeadm's `ca.key`, used by
+    /// kube-controller-manager's CSR signer): it must belong to a certificate of the bundle.
+    pub key: Option<PathBuf>,
+    /// The bundle is a signer's certificate file (`--cluster-signing-cert-file`), which must hold
+    /// exactly one certificate: any other count is a warning.
+    pub signing: bool,
+}
+
 /// Validates a CA bundle. `in_use` are the leaves currently served that chain to it: each one's
-/// issuer must still be in the new bundle (old and new CA must overlap during a rotation).
+/// issuer must still be in the new bundle (old and new CA must overlap during a rotation). With a
+/// key, the key must belong to one of the bundle's certificates; a signing CA is warned about when
+/// its file holds more than one certificate.
 pub fn validate_ca_bundle(
     bundle: &Path,
-    max_file_size: u64,
+    policy: &CaPolicy,
     in_use: &[CertInfo],
     previous_cas: &[CertInfo],
-    allow_ca_removal: bool,
 ) -> Report {
     let mut c = Checks::new();
-    let Some(ders) = load_certs(&mut c, bundle, max_file_size, "CA bundle") else {
-        c.skip(Check::CaContinuity, "bundle could not be loaded");
+    let later = [Check::KeyMatch, Check::CaContinuity, Check::SingleCert];
+    let ders = load_certs(&mut c, bundle, policy.max_file_size, "CA bundle");
+    let key = match &policy.key {
+        Some(path) => load_key(&mut c, path, policy.max_file_size).map(|k| Some((path, k))),
+        None => Some(None),
+    };
+    let (Some(ders), Some(key)) = (ders, key) else {
+        c.skip_rest(&later, "files could not be loaded");
         return c.report(None);
     };
     let mut cas = Vec::new();
@@ -627,6 +831,34 @@ pub fn validate_ca_bundle(
             format!("{} CA certificate(s)", cas.len()),
             Some(bundle),
         );
+    }
+    match key {
+        Some((path, private)) => match public_key_of(&private) {
+            Ok(spki) => match cas.iter().find(|ca| ca.spki == spki.as_ref()) {
+                Some(ca) => c.pass(
+                    Check::KeyMatch,
+                    format!(
+                        "{} is the key of CA {} ({})",
+                        path.display(),
+                        ca.subject,
+                        ca.fingerprint
+                    ),
+                    Some(path),
+                ),
+                None => c.fail(
+                    Check::KeyMatch,
+                    format!(
+                        "{} is the key of none of the {} certificate(s) in {}: what it signs would not verify to this CA",
+                        path.display(),
+                        cas.len(),
+                        bundle.display()
+                    ),
+                    Some(path),
+                ),
+            },
+            Err(e) => c.fail(Check::Parse, format!("{}: {e}", path.display()), Some(path)),
+        },
+        None => c.skip(Check::KeyMatch, "no CA key configured"),
     }
     // The issuers in use: the previous CAs that issued an in-use leaf.
     let issuers: Vec<&CertInfo> = previous_cas
@@ -657,7 +889,7 @@ pub fn validate_ca_bundle(
             "drops the CA that issued certificates in use: {}",
             names.join("; ")
         );
-        if allow_ca_removal {
+        if policy.allow_ca_removal {
             c.pass(
                 Check::CaContinuity,
                 format!("{detail} (allowed by allow_ca_removal)"),
@@ -667,6 +899,26 @@ pub fn validate_ca_bundle(
             c.fail(Check::CaContinuity, format!("{detail}; add the new CA alongside the old one first, or set allow_ca_removal = true"), Some(bundle));
         }
     }
+    // kube-controller-manager's CSR signer (pkg/controller/certificates/signer/ca_provider.go,
+    // setCA) refuses a --cluster-signing-cert-file without exactly one certificate and keeps the CA
+    // it had: it would go on signing kubelet certificates with the old CA.
+    match (policy.signing, ders.len()) {
+        (false, _) => c.skip(Check::SingleCert, "not a signing CA (signing = false)"),
+        (true, 1) => c.pass(
+            Check::SingleCert,
+            "exactly one certificate, as a signer's certificate file must hold",
+            Some(bundle),
+        ),
+        (true, n) => c.warn(
+            Check::SingleCert,
+            format!(
+                "{} holds {n} certificates: kube-controller-manager's CSR signer (--cluster-signing-cert-file) accepts exactly one and keeps signing with the CA it loaded before",
+                bundle.display()
+            ),
+            Some(bundle),
+        ),
+    }
+    // The CA key was only checked: it is not kept in memory.
     let material = Material {
         leaf: cas.first().cloned(),
         chain: Vec::new(),

@@ -220,7 +220,7 @@ impl Reloader {
         let bundle = self.config.bundles[i].clone();
         let current = self.store.current(&bundle.name);
         let (in_use, cas) = match &bundle.files {
-            BundleFiles::Ca { bundle: file } => self.ca_context(file, &bundle.name),
+            BundleFiles::Ca { bundle: file, .. } => self.ca_context(file, &bundle.name),
             _ => (Vec::new(), Vec::new()),
         };
         let context = Current {
@@ -230,6 +230,7 @@ impl Reloader {
         };
         let report = validate_bundle(&bundle, &self.config.agent, &context, SystemTime::now());
         let current_number = current.as_ref().map(|g| g.number);
+        let warnings: Vec<_> = report.warnings().cloned().collect();
         if let (true, Some(material)) = (report.is_valid(), report.material) {
             self.waiting.remove(&i);
             if current.as_ref().is_some_and(|g| {
@@ -250,7 +251,11 @@ impl Reloader {
                 new_serial: leaf.as_ref().map(|l| l.serial.clone()),
                 not_after: leaf.as_ref().map(|l| l.not_after),
                 key_ids: material.key_ids.clone(),
+                warnings: warnings.clone(),
             };
+            for w in &warnings {
+                tracing::warn!(bundle = %bundle.name, check = %w.check, "accepted with a warning: {}", w.detail);
+            }
             // Durable before visible: the swap happens only once its record is on disk.
             if self.record(Some(&bundle.name), &event) {
                 self.store.publish(
