@@ -158,6 +158,80 @@ pub enum AuditEvent {
         /// stdout+stderr (or the signal result), truncated to 4 KiB.
         output: String,
     },
+    /// An action with a `lock` cannot take its Lease yet: another node holds it, or the API
+    /// server cannot be reached or refuses. Audited when the wait starts and whenever its reason
+    /// changes; the action does not run meanwhile.
+    LockWait {
+        /// The action.
+        action: String,
+        /// The lock's name.
+        lock: String,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The generation the run is for.
+        generation: u64,
+        /// The node holding the Lease, when that is why.
+        holder: Option<String>,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The action's Lease is held by this node: from now until `lock_released`, no other node's
+    /// action of the same lock runs.
+    LockAcquired {
+        /// The action.
+        action: String,
+        /// The lock's name.
+        lock: String,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// This node (the Lease's holderIdentity).
+        holder: String,
+        /// The generation the run is for.
+        generation: u64,
+        /// Seconds spent waiting for it.
+        waited_s: f64,
+        /// When the API server confirmed the hold (RFC 3339, microseconds): the hold began
+        /// before this instant.
+        acquired_at: String,
+    },
+    /// The action and its bundle's probes are done: the Lease is given back.
+    LockReleased {
+        /// The action.
+        action: String,
+        /// The lock's name.
+        lock: String,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The generation the run was for.
+        generation: u64,
+        /// When the release was sent (RFC 3339, microseconds): the hold lasted at least until
+        /// this instant, and ended when the API server took the release (or the Lease expired).
+        held_until: String,
+        /// Seconds from `acquired_at` to `held_until`.
+        held_s: f64,
+        /// What each probe of the bundle showed after the command, before the release.
+        probes: Vec<ProbeSettled>,
+        /// Whether the API server took the release; if not, the Lease expires after its
+        /// duration.
+        released: bool,
+        /// Why the release failed, or why the hold ended early (lost to another node).
+        error: Option<String>,
+    },
+    /// An action with a `lock` waited `lock_wait` without getting its Lease: it did not run.
+    LockNotAcquired {
+        /// The action.
+        action: String,
+        /// The lock's name.
+        lock: String,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The generation the run was for.
+        generation: u64,
+        /// Seconds waited.
+        waited_s: f64,
+        /// The last reason it could not be taken.
+        reason: String,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -169,6 +243,18 @@ pub enum AuditEvent {
         /// The generation that stays live (null when the bundle has none).
         current_generation: Option<u64>,
     },
+}
+
+/// One probe's outcome while an action held its lock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeSettled {
+    /// Probe name.
+    pub probe: String,
+    /// Whether a check that began after the command reported the endpoint converged on the run's
+    /// generation (or a newer one) before the probe's deadline.
+    pub converged: bool,
+    /// Seconds from the command's end to that verdict (or to the deadline).
+    pub seconds: f64,
 }
 
 impl AuditEvent {
@@ -187,6 +273,10 @@ impl AuditEvent {
             AuditEvent::EndpointConverged { .. } => "endpoint_converged",
             AuditEvent::EndpointStale { .. } => "endpoint_stale",
             AuditEvent::ActionRun { .. } => "action_run",
+            AuditEvent::LockWait { .. } => "lock_wait",
+            AuditEvent::LockAcquired { .. } => "lock_acquired",
+            AuditEvent::LockReleased { .. } => "lock_released",
+            AuditEvent::LockNotAcquired { .. } => "lock_not_acquired",
         }
     }
 }

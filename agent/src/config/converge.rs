@@ -200,6 +200,121 @@ pub struct ActionConfig {
     pub min_interval: Duration,
     /// Line in the config (identifies the action in records: `bundle#line`).
     pub line: usize,
+    /// A cluster-wide lock held while the action runs and its bundle's probes converge.
+    pub lock: Option<ActionLock>,
+}
+
+/// Default `lock_wait`: longer than a restart plus a probe deadline on another node.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// `lock = "NAME"`: the action runs only while this node holds the Lease
+/// `certreload-action-NAME` (coordination.k8s.io/v1), from before the command until every probe
+/// of the bundle converged (or its deadline passed). Actions of the same lock on other nodes wait,
+/// so a CA rotation seen by every control-plane node restarts one etcd or kube-apiserver at a time
+/// instead of all of them at once (quorum, API availability).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionLock {
+    /// The lock's name (`kube-apiserver`, `etcd`): actions with the same name exclude each other
+    /// cluster-wide.
+    pub name: String,
+    /// How long a run waits for the lock (held elsewhere, or no API server); then it is skipped
+    /// and audited, never run unlocked.
+    pub wait: Duration,
+}
+
+/// `[locks]`: where action locks (Leases) live and how long a hold lasts unrenewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocksSettings {
+    /// Namespace of the Leases (default `certreload`, the DaemonSet's: its Role grants them).
+    pub namespace: String,
+    /// `leaseDurationSeconds`: how long another node waits for a holder that stopped renewing.
+    pub lease_duration: Duration,
+}
+
+/// Default `[locks] namespace`.
+pub const DEFAULT_LOCK_NAMESPACE: &str = "certreload";
+/// Default `[locks] lease_duration`.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+
+impl Default for LocksSettings {
+    fn default() -> LocksSettings {
+        LocksSettings {
+            namespace: DEFAULT_LOCK_NAMESPACE.into(),
+            lease_duration: DEFAULT_LEASE_DURATION,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLocks {
+    namespace: Option<Spanned<String>>,
+    lease_duration: Option<Spanned<String>>,
+}
+
+pub(crate) fn parse_locks(src: &Source<'_>, raw: &RawLocks) -> Result<LocksSettings, ConfigError> {
+    let mut out = LocksSettings::default();
+    if let Some(ns) = &raw.namespace {
+        let n = ns.get_ref();
+        let label = !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !label {
+            return Err(src.invalid(
+                ns.span().start,
+                "locks.namespace",
+                format!(
+                    "{n:?} is not a namespace name (lower-case letters, digits, '-'; at most 63)"
+                ),
+            ));
+        }
+        out.namespace = n.clone();
+    }
+    if let Some(d) = &raw.lease_duration {
+        out.lease_duration = src.duration(d, "locks.lease_duration")?;
+        if out.lease_duration < Duration::from_secs(3) || out.lease_duration.subsec_nanos() != 0 {
+            return Err(src.invalid(
+                d.span().start,
+                "locks.lease_duration",
+                "must be whole seconds, at least 3s (the holder renews every third of it)",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The prefix of every lock's Lease name (deploy/rbac.yaml lists the names it may update).
+pub const LOCK_LEASE_PREFIX: &str = "certreload-action-";
+
+impl ActionLock {
+    /// The Lease that implements the lock.
+    pub fn lease_name(&self) -> String {
+        format!("{LOCK_LEASE_PREFIX}{}", self.name)
+    }
+}
+
+/// Why a lock name is refused, or `None`: the Lease name must be a DNS-1123 subdomain
+/// (lower-case alphanumerics, `-`, `.`; alphanumeric at both ends; at most 253 characters).
+fn lock_name_problem(name: &str) -> Option<String> {
+    let lease = format!("{LOCK_LEASE_PREFIX}{name}");
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if name.is_empty() {
+        Some("empty lock name".into())
+    } else if !ok_chars || !ends(name.bytes().last()) {
+        Some(format!(
+            "{name:?}: a lock name makes the Lease name {lease:?}, so it takes lower-case letters, digits, '-' and '.', and ends with a letter or digit"
+        ))
+    } else if lease.len() > 253 {
+        Some(format!("{name:?} is too long for a Lease name"))
+    } else {
+        None
+    }
 }
 
 impl ActionConfig {
@@ -240,6 +355,8 @@ pub(crate) struct RawAction {
     process: Option<String>,
     timeout: Option<Spanned<String>>,
     min_interval: Option<Spanned<String>>,
+    lock: Option<Spanned<String>>,
+    lock_wait: Option<Spanned<String>>,
 }
 
 fn enabled_by_default() -> bool {
@@ -475,6 +592,25 @@ pub(crate) fn parse_actions(
             Some(v) => src.duration(v, &field(name)),
             None => Ok(default),
         };
+        let lock = match (&a.lock, &a.lock_wait) {
+            (None, Some(w)) => {
+                return Err(src.invalid(
+                    w.span().start,
+                    field("lock_wait"),
+                    "lock_wait goes with lock",
+                ))
+            }
+            (None, None) => None,
+            (Some(name), wait) => {
+                if let Some(problem) = lock_name_problem(name.get_ref()) {
+                    return Err(src.invalid(name.span().start, field("lock"), problem));
+                }
+                Some(ActionLock {
+                    name: name.get_ref().clone(),
+                    wait: duration(wait, "lock_wait", DEFAULT_LOCK_WAIT)?,
+                })
+            }
+        };
         if !a.enabled {
             tracing::info!(action = %a.name.as_deref().unwrap_or(&a.bundle), "action configured but disabled (enabled = false)");
             continue;
@@ -487,6 +623,7 @@ pub(crate) fn parse_actions(
             timeout: duration(&a.timeout, "timeout", Duration::from_secs(60))?,
             min_interval: duration(&a.min_interval, "min_interval", Duration::from_secs(300))?,
             line: src.line(offset),
+            lock,
         });
     }
     Ok(out)
@@ -576,6 +713,92 @@ process = "etcd"
         assert!(e.contains("no bundle named"), "{e}");
         let e = error("[[action]]\nbundle = \"ca\"\non = \"sometimes\"\nexec = [\"/bin/true\"]\n");
         assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn an_action_lock_names_its_lease_and_defaults_its_wait() {
+        let c = parse(
+            "[[action]]\nbundle = \"srv\"\non = \"accepted\"\nexec = [\"/bin/true\"]\nlock = \"kube-apiserver\"\n[[action]]\nbundle = \"srv\"\non = \"stale\"\nexec = [\"/bin/true\"]\nlock = \"etcd\"\nlock_wait = \"90s\"\n[[action]]\nbundle = \"srv\"\non = \"stale\"\nexec = [\"/bin/true\"]\n",
+        )
+        .expect("valid");
+        let lock = c.actions[0].lock.as_ref().expect("lock");
+        assert_eq!(lock.lease_name(), "certreload-action-kube-apiserver");
+        assert_eq!(lock.wait, super::DEFAULT_LOCK_WAIT);
+        let lock = c.actions[1].lock.as_ref().expect("lock");
+        assert_eq!(
+            (lock.name.as_str(), lock.wait),
+            ("etcd", std::time::Duration::from_secs(90))
+        );
+        assert_eq!(c.actions[2].lock, None);
+    }
+
+    #[test]
+    fn locks_section_defaults_and_refusals() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.locks, super::LocksSettings::default());
+        assert_eq!(c.locks.namespace, "certreload");
+        let c = parse("[locks]\nnamespace = \"kube-system\"\nlease_duration = \"15s\"\n")
+            .expect("valid");
+        assert_eq!(c.locks.namespace, "kube-system");
+        assert_eq!(c.locks.lease_duration, std::time::Duration::from_secs(15));
+        for (extra, field) in [
+            ("[locks]\nnamespace = \"Kube_System\"\n", "locks.namespace"),
+            ("[locks]\nlease_duration = \"1s\"\n", "locks.lease_duration"),
+            (
+                "[locks]\nlease_duration = \"3500ms\"\n",
+                "locks.lease_duration",
+            ),
+        ] {
+            let e = error(extra);
+            let line = line_of(extra, field.trim_start_matches("locks."));
+            assert!(
+                e.starts_with(&format!("t.toml:{line}: {field}: ")),
+                "expected t.toml:{line}: {field}: …, got {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_locks_name_the_field_and_line() {
+        let head = "[[action]]\nbundle = \"srv\"\non = \"stale\"\nexec = [\"/bin/true\"]\n";
+        for (extra, at, field, message) in [
+            (
+                "lock = \"Kube_APIServer\"\n",
+                "lock = ",
+                "action[srv].lock",
+                "lower-case",
+            ),
+            (
+                "lock = \"etcd-\"\n",
+                "lock = ",
+                "action[srv].lock",
+                "ends with",
+            ),
+            ("lock = \"\"\n", "lock = ", "action[srv].lock", "empty"),
+            (
+                "lock_wait = \"1m\"\n",
+                "lock_wait = ",
+                "action[srv].lock_wait",
+                "goes with lock",
+            ),
+            (
+                "lock = \"etcd\"\nlock_wait = \"soon\"\n",
+                "lock_wait = ",
+                "action[srv].lock_wait",
+                "",
+            ),
+        ] {
+            let text = format!("{head}{extra}");
+            let e = error(&text);
+            let line = line_of(&text, at);
+            assert!(
+                e.starts_with(&format!("t.toml:{line}: {field}: ")) && e.contains(message),
+                "expected t.toml:{line}: {field}: …{message}…, got {e}"
+            );
+        }
+        let long = "a".repeat(240);
+        let e = error(&format!("{head}lock = \"{long}\"\n"));
+        assert!(e.contains("too long"), "{e}");
     }
 
     /// The line of `needle` in the parsed text (BUNDLES + extra), 1-based.

@@ -19,7 +19,10 @@ pub mod profile;
 pub mod source;
 
 pub use self::{
-    converge::{ActionCommand, ActionConfig, ActionTrigger, ProbeConfig, SignalTarget},
+    converge::{
+        ActionCommand, ActionConfig, ActionLock, ActionTrigger, LocksSettings, ProbeConfig,
+        SignalTarget,
+    },
     listener::{ListenerConfig, Upstream, UpstreamTls},
     source::ConfigSource,
 };
@@ -247,6 +250,8 @@ pub struct Config {
     pub actions: Vec<ActionConfig>,
     /// `[events]`.
     pub events: EventsSettings,
+    /// `[locks]`: where `[[action]] lock`s live.
+    pub locks: LocksSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,6 +271,8 @@ struct RawConfig {
     actions: Vec<Spanned<converge::RawAction>>,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    locks: converge::RawLocks,
 }
 
 #[derive(Deserialize, Default)]
@@ -554,6 +561,7 @@ impl Config {
                 .unwrap_or_else(|| "default".into()),
             node: raw.events.node.clone(),
         };
+        let locks = converge::parse_locks(&src, &raw.locks)?;
         Ok(Config {
             agent,
             audit,
@@ -562,6 +570,7 @@ impl Config {
             probes,
             actions,
             events,
+            locks,
         })
     }
 }

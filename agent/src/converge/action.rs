@@ -277,6 +277,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             min_interval: Duration::from_millis(min_interval_ms),
             line: 1,
+            lock: None,
         }
     }
 
