@@ -1,15 +1,21 @@
 //! Reload actions: for components that cannot pick up new material by themselves, run a command
 //! or send a signal, only for validated generations, with a timeout, a rate limit and never two
-//! at once for one bundle; every run audited.
+//! at once for one bundle; every run audited. An action with a `lock` also never runs at the same
+//! time as the same lock's action on another node (a Lease, [`super::lease`]), and keeps the lock
+//! until its bundle's probes converged after it ([`super::settle`]).
 
 use std::{path::Path, process::Stdio, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, watch, Mutex};
 
+use super::{
+    lease::{Acquired, HeldLease, Leases},
+    settle::ConvergenceFeed,
+};
 use crate::{
     admin::metrics::{ActionLabel, Metrics},
     audit::{append_shared, AuditEvent, SharedAudit},
-    config::{ActionCommand, ActionConfig, ActionTrigger, SignalTarget},
+    config::{ActionCommand, ActionConfig, ActionLock, ActionTrigger, SignalTarget},
 };
 
 /// Most bytes of a command's output kept in the record.
@@ -22,6 +28,10 @@ pub struct ActionContext {
     pub audit: SharedAudit,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Probe verdicts, to hold a lock until the bundle's endpoints converged.
+    pub feed: ConvergenceFeed,
+    /// The Leases behind `lock`s.
+    pub leases: Arc<Leases>,
 }
 
 /// What one run did.
@@ -63,9 +73,48 @@ pub async fn run(
             generation = generation.max(newer);
         }
         let _guard = bundle_lock.lock().await;
+        let held = match &config.lock {
+            None => None,
+            Some(lock) => {
+                match take_lock(&config, lock, &ctx, generation, &mut shutdown).await {
+                    Acquired::Held(held) => {
+                        // Triggers that came while waiting: run once, for the newest.
+                        while let Ok(newer) = triggers.try_recv() {
+                            generation = generation.max(newer);
+                        }
+                        let event = AuditEvent::LockAcquired {
+                            action: config.id(),
+                            lock: lock.name.clone(),
+                            lease: ctx.leases.lease_ref(lock),
+                            holder: ctx.leases.settings().holder.clone(),
+                            generation,
+                            waited_s: held.waited.as_secs_f64(),
+                            acquired_at: held.acquired_at.clone(),
+                        };
+                        audit(&ctx, &config, &event);
+                        Some(held)
+                    }
+                    Acquired::GaveUp(last) => {
+                        tracing::error!(action = %config.id(), lock = %lock.name, generation, reason = %last.describe(), "lock not acquired within lock_wait: the action does not run");
+                        let event = AuditEvent::LockNotAcquired {
+                            action: config.id(),
+                            lock: lock.name.clone(),
+                            lease: ctx.leases.lease_ref(lock),
+                            generation,
+                            waited_s: lock.wait.as_secs_f64(),
+                            reason: last.describe(),
+                        };
+                        audit(&ctx, &config, &event);
+                        continue;
+                    }
+                    Acquired::Shutdown => return,
+                }
+            }
+        };
         let started = Instant::now();
         last_run = Some(started);
         let outcome = execute(&config, generation).await;
+        let ended = tokio::time::Instant::now();
         let duration_s = started.elapsed().as_secs_f64();
         let result = if outcome.timed_out {
             "timeout"
@@ -97,9 +146,107 @@ pub async fn run(
             duration_s,
             output: outcome.output,
         };
-        if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
-            tracing::error!(error = %e, "cannot audit an action");
+        audit(&ctx, &config, &event);
+        if let (Some(held), Some(lock)) = (held, &config.lock) {
+            // Keep the lock until the component is back and serving what it should, so the next
+            // node restarts its own only then.
+            ctx.feed.request_recheck(&config.bundle);
+            let probes = tokio::select! {
+                _ = shutdown.changed() => Vec::new(),
+                p = ctx.feed.settled(&config.bundle, generation, ended) => p,
+            };
+            release_lock(&config, lock, &ctx, generation, held, probes).await;
+            if *shutdown.borrow() {
+                return;
+            }
         }
+    }
+}
+
+/// A lock taken for one run.
+struct HeldRun {
+    lease: HeldLease,
+    waited: std::time::Duration,
+    acquired_at: String,
+}
+
+/// Waits for the action's Lease, auditing each new reason to wait.
+async fn take_lock(
+    config: &ActionConfig,
+    lock: &ActionLock,
+    ctx: &ActionContext,
+    generation: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Acquired<HeldRun> {
+    let began = Instant::now();
+    let outcome = ctx
+        .leases
+        .acquire(lock, shutdown, |waiting| {
+            let event = AuditEvent::LockWait {
+                action: config.id(),
+                lock: lock.name.clone(),
+                lease: ctx.leases.lease_ref(lock),
+                generation,
+                holder: waiting.holder().map(str::to_string),
+                reason: waiting.describe(),
+            };
+            audit(ctx, config, &event);
+        })
+        .await;
+    match outcome {
+        Acquired::Held(lease) => {
+            // Taken after the API server confirmed the hold: the hold began before this.
+            let acquired_at = crate::clock::now_rfc3339();
+            tracing::info!(action = %config.id(), lock = %lock.name, generation, "lock acquired");
+            Acquired::Held(HeldRun {
+                lease,
+                waited: began.elapsed(),
+                acquired_at,
+            })
+        }
+        Acquired::GaveUp(w) => Acquired::GaveUp(w),
+        Acquired::Shutdown => Acquired::Shutdown,
+    }
+}
+
+/// Gives the Lease back and audits the hold.
+async fn release_lock(
+    config: &ActionConfig,
+    lock: &ActionLock,
+    ctx: &ActionContext,
+    generation: u64,
+    held: HeldRun,
+    probes: Vec<crate::audit::event::ProbeSettled>,
+) {
+    // Taken before the release is sent: the hold lasted at least until this.
+    let held_until = crate::clock::now_rfc3339();
+    let held_s = held.lease.acquired.elapsed().as_secs_f64();
+    let lost = held.lease.lost();
+    let result = held.lease.release().await;
+    let released = result.is_ok() && lost.is_none();
+    let error = match (&result, lost) {
+        (_, Some(lost)) => Some(lost),
+        (Err(e), None) => Some(format!("{e}; the Lease expires by itself")),
+        (Ok(()), None) => None,
+    };
+    tracing::info!(action = %config.id(), lock = %lock.name, generation, held_s, released, "lock released");
+    let event = AuditEvent::LockReleased {
+        action: config.id(),
+        lock: lock.name.clone(),
+        lease: ctx.leases.lease_ref(lock),
+        generation,
+        held_until,
+        held_s,
+        probes,
+        released,
+        error,
+    };
+    audit(ctx, config, &event);
+}
+
+fn audit(ctx: &ActionContext, config: &ActionConfig, event: &AuditEvent) {
+    if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), event) {
+        tracing::error!(error = %e, event = event.name(), "cannot audit an action");
     }
 }
 
@@ -281,6 +428,20 @@ mod tests {
         }
     }
 
+    /// A context whose Leases are never asked (the actions of these tests have no lock).
+    fn context(audit: SharedAudit) -> ActionContext {
+        ActionContext {
+            audit,
+            metrics: Arc::default(),
+            feed: ConvergenceFeed::default(),
+            leases: Arc::new(Leases::new(super::super::lease::LockSettings {
+                namespace: "certreload".into(),
+                lease_duration: Duration::from_secs(30),
+                holder: "test-node".into(),
+            })),
+        }
+    }
+
     fn sh(script: &str) -> ActionCommand {
         ActionCommand::Exec(vec!["/bin/sh".into(), "-c".into(), script.into()])
     }
@@ -362,10 +523,7 @@ mod tests {
         let audit = Arc::new(std::sync::Mutex::new(
             AuditLog::open(&path, 1 << 20).expect("audit"),
         ));
-        let ctx = ActionContext {
-            audit,
-            metrics: Arc::default(),
-        };
+        let ctx = context(audit);
         let (tx, rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(

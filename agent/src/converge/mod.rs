@@ -2,8 +2,10 @@
 //! TLS endpoints converged on it (probes), and make the ones that cannot reload do so (actions).
 
 pub mod action;
+pub mod lease;
 pub mod observe;
 pub mod probe;
+pub mod settle;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -38,7 +40,9 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) {
     let (stale_tx, mut stale_rx) = mpsc::channel::<StaleNotice>(64);
+    let feed = settle::ConvergenceFeed::new(&config.probes);
     let probe_ctx = probe::ProbeContext {
+        feed: feed.clone(),
         store: store.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
@@ -62,7 +66,21 @@ pub fn start(
         ));
     }
 
-    let action_ctx = action::ActionContext { audit, metrics };
+    let leases = lease::Leases::new(lease::LockSettings {
+        namespace: config.locks.namespace.clone(),
+        lease_duration: config.locks.lease_duration,
+        holder: config
+            .events
+            .node
+            .clone()
+            .unwrap_or_else(crate::audit::kube_events::node_name),
+    });
+    let action_ctx = action::ActionContext {
+        audit,
+        metrics,
+        feed,
+        leases: Arc::new(leases),
+    };
     let mut locks: BTreeMap<String, Arc<Mutex<()>>> = BTreeMap::new();
     let mut on_stale: BTreeMap<String, Vec<mpsc::Sender<u64>>> = BTreeMap::new();
     for a in &config.actions {

@@ -41,6 +41,8 @@ pub struct ProbeContext {
     pub stale: mpsc::Sender<StaleNotice>,
     /// Latest verdicts, for `/status`.
     pub board: super::ProbeBoard,
+    /// Every check's verdict for locked actions, and their requests for a fresh check.
+    pub feed: super::settle::ConvergenceFeed,
 }
 
 /// A probe's latest check, as `/status` shows it.
@@ -195,6 +197,7 @@ pub async fn run(
     if let Some(rx) = client_rx.as_mut() {
         rx.mark_unchanged();
     }
+    let mut rechecks = ctx.feed.rechecks(&config.bundle);
     let mut episode = Some(Episode::new("startup", config.deadline));
     let mut verdict: Option<bool> = None;
     let mut next = Instant::now();
@@ -205,8 +208,21 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let recheck = async {
+            match rechecks.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
+            r = recheck => {
+                if r.is_err() { return; }
+                // A locked action of the bundle ran: its lock waits for this episode's verdict.
+                episode = Some(Episode::new("action", config.deadline));
+                next = Instant::now();
+                continue;
+            }
             r = bundle_rx.changed() => {
                 if r.is_err() { return; }
                 episode = Some(Episode::new("rotation", config.deadline));
@@ -232,7 +248,16 @@ pub async fn run(
             .client_bundle
             .as_deref()
             .and_then(|c| ctx.store.current(c));
+        let began = Instant::now();
         let v = check(&config, kind, &target, client.as_deref()).await;
+        ctx.feed.checked(
+            &config.name,
+            super::settle::Checked {
+                generation: target.number,
+                converged: v.converged,
+                began,
+            },
+        );
         let seconds = seconds_since(&target);
         ctx.board
             .lock()
