@@ -2,6 +2,9 @@
 //! TLS endpoints converged on it (probes), and make the ones that cannot reload do so (actions).
 
 pub mod action;
+pub mod http;
+pub mod judge;
+pub mod jwks;
 pub mod lease;
 pub mod observe;
 pub mod probe;

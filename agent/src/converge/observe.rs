@@ -1,38 +1,63 @@
 //! One TLS handshake with an endpoint certreload does not front, to see what it serves and whether
-//! it accepts a client certificate. The probe records the server's certificate instead of trusting
-//! it (the point is to compare it with the bundle), but still checks the handshake signature, so
-//! the endpoint proved it holds the key of the leaf it showed.
+//! it accepts a client certificate, optionally followed by one HTTP request on the same connection.
+//! The probe records the server's certificate instead of trusting it (the point is to compare it
+//! with the bundle), but still checks the handshake signature, so the endpoint proved it holds the
+//! key of the leaf it showed.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
+use std::time::Duration;
 
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::{
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        ResolvesClientCert,
+    },
     crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
     pki_types::{CertificateDer, ServerName, UnixTime},
+    sign::CertifiedKey,
     ClientConfig, DigitallySignedStruct, SignatureScheme,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
-use crate::{material::inspect::inspect, reload::generation::Generation};
+use super::http::{self, HttpError, Response};
+use crate::{
+    config::converge::ProbeRequest, material::inspect::inspect, reload::generation::Generation,
+};
 
 /// How long connecting and handshaking may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the HTTP request and its whole response may take after the handshake.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// After a TLS 1.3 handshake the server judges the client certificate; a refusal arrives as an
-/// alert shortly after. Silence this long counts as acceptance.
+/// alert shortly after. Silence this long counts as acceptance (`check = "tls"` only: that is
+/// right for servers that verify in the handshake, such as etcd, and wrong for Kubernetes servers,
+/// which need `check = "http"`).
 const CLIENT_VERDICT_WAIT: Duration = Duration::from_millis(750);
 
 /// What the endpoint did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Observation {
     /// SHA-256 of the leaf it served (hex, as in generations).
     pub leaf_fingerprint: String,
     /// Its notAfter (Unix seconds), when parsable.
     pub not_after: Option<i64>,
-    /// With a client certificate: `None` when accepted, else the alert or error it answered with.
+    /// Whether the server asked for a client certificate (a CertificateRequest). A server that
+    /// does not ask has no client CA: it cannot be said to trust one.
+    pub client_requested: bool,
+    /// With a client certificate: `None` when not refused at the TLS level, else the alert or
+    /// error it answered with (a failed TLS 1.2 handshake, or an alert after a TLS 1.3 one). The
+    /// served leaf is still judged: the server showed it before judging ours.
     pub client_refused: Option<String>,
+    /// The answer to the HTTP request, when one was sent and the TLS level did not refuse the
+    /// client certificate first.
+    pub answer: Option<Result<Response, HttpError>>,
 }
 
 /// The endpoint could not be observed.
@@ -47,7 +72,7 @@ pub enum ObserveError {
         #[source]
         source: std::io::Error,
     },
-    /// The handshake failed (includes a TLS 1.2 server refusing the client certificate).
+    /// The handshake failed before the server proved its certificate.
     #[error("handshake with {endpoint}: {message}")]
     Handshake {
         /// `host:port`.
@@ -66,19 +91,59 @@ pub enum ObserveError {
     Setup(String),
 }
 
+/// What the handshake showed of the server, recorded by the verifier as it happens: a TLS 1.2
+/// server refusing our certificate fails the handshake after it proved its own, and that leaf is
+/// still what it serves.
+#[derive(Debug, Default)]
+struct Seen {
+    leaf: Mutex<Option<CertificateDer<'static>>>,
+    /// The server's handshake signature verified against `leaf`.
+    proved: AtomicBool,
+}
+
+impl Seen {
+    fn proved_leaf(&self) -> Option<CertificateDer<'static>> {
+        if !self.proved.load(Ordering::Acquire) {
+            return None;
+        }
+        self.leaf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Accepts any server certificate (it is recorded, not trusted) but verifies handshake signatures.
 #[derive(Debug)]
-struct RecordServerCert(Arc<CryptoProvider>);
+struct RecordServerCert {
+    provider: Arc<CryptoProvider>,
+    seen: Arc<Seen>,
+}
+
+impl RecordServerCert {
+    fn proved<T>(&self, r: Result<T, rustls::Error>) -> Result<T, rustls::Error> {
+        if r.is_ok() {
+            self.seen.proved.store(true, Ordering::Release);
+        }
+        r
+    }
+}
 
 impl ServerCertVerifier for RecordServerCert {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        *self
+            .seen
+            .leaf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(end_entity.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
 
@@ -88,12 +153,12 @@ impl ServerCertVerifier for RecordServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
+        self.proved(verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
-        )
+            &self.provider.signature_verification_algorithms,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -102,51 +167,115 @@ impl ServerCertVerifier for RecordServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
+        self.proved(verify_tls13_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
-        )
+            &self.provider.signature_verification_algorithms,
+        ))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-fn client_config(client: Option<&Generation>) -> Result<ClientConfig, ObserveError> {
+/// Presents the client certificate whenever asked, and remembers that it was asked.
+#[derive(Debug)]
+struct RecordClientRequest {
+    key: Arc<CertifiedKey>,
+    asked: AtomicBool,
+}
+
+impl ResolvesClientCert for RecordClientRequest {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        // Always the certificate, whatever CA names the server hints: a Kubernetes server
+        // advertises subject names only, and an old and a renewed CA usually share them.
+        self.asked.store(true, Ordering::Release);
+        Some(self.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn client_config(
+    client: Option<&Generation>,
+    seen: Arc<Seen>,
+) -> Result<(ClientConfig, Option<Arc<RecordClientRequest>>), ObserveError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ObserveError::Setup(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RecordServerCert(provider)));
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
+        .with_custom_certificate_verifier(Arc::new(RecordServerCert {
+            provider: provider.clone(),
+            seen,
+        }));
+    let (mut config, resolver) = match client {
+        None => (builder.with_no_client_auth(), None),
         Some(g) => {
             let key = g.material.key.as_ref().ok_or_else(|| {
                 ObserveError::Setup(format!("client generation {} has no key", g.number))
             })?;
-            builder
-                .with_client_auth_cert(g.material.chain.clone(), key.clone_key())
-                .map_err(|e| ObserveError::Setup(format!("client certificate: {e}")))?
+            let key = CertifiedKey::from_der(g.material.chain.clone(), key.clone_key(), &provider)
+                .map_err(|e| ObserveError::Setup(format!("client certificate: {e}")))?;
+            let resolver = Arc::new(RecordClientRequest {
+                key: Arc::new(key),
+                asked: AtomicBool::new(false),
+            });
+            (
+                builder.with_client_cert_resolver(resolver.clone()),
+                Some(resolver),
+            )
         }
     };
     // Every probe is a full handshake: a resumed session would not show the current leaf.
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(config)
+    Ok((config, resolver))
 }
 
-/// Handshakes with `endpoint` as `server_name`, presenting `client` when given.
+/// The TLS alert inside an I/O error from tokio-rustls, when the peer sent one.
+fn alert_in(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        alert @ rustls::Error::AlertReceived(_) => Some(alert.to_string()),
+        _ => None,
+    }
+}
+
+fn fingerprint(leaf: &CertificateDer<'_>) -> (String, Option<i64>) {
+    (
+        hex::encode(Sha256::digest(leaf)),
+        inspect(leaf).ok().map(|i| i.not_after),
+    )
+}
+
+/// Handshakes with `endpoint` as `server_name`, presenting `client` when given; then, with a
+/// `request`, sends it on the same connection and reads the answer (within
+/// [`EXCHANGE_TIMEOUT`]).
 pub async fn observe(
     endpoint: &str,
     server_name: &str,
     client: Option<&Generation>,
+    request: Option<&ProbeRequest>,
 ) -> Result<Observation, ObserveError> {
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| ObserveError::Setup(format!("server_name {server_name:?}: {e}")))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(client)?));
+    let seen = Arc::new(Seen::default());
+    let (config, resolver) = client_config(client, seen.clone())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let asked = || {
+        resolver
+            .as_ref()
+            .is_some_and(|r| r.asked.load(Ordering::Acquire))
+    };
     let timeout = || ObserveError::Timeout {
         endpoint: endpoint.to_string(),
     };
@@ -157,13 +286,30 @@ pub async fn observe(
             endpoint: endpoint.to_string(),
             source,
         })?;
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| timeout())?
-        .map_err(|e| ObserveError::Handshake {
-            endpoint: endpoint.to_string(),
-            message: e.to_string(),
-        })?;
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            // A TLS 1.2 server refuses a client certificate by failing the handshake, after it
+            // proved its own leaf: judge that leaf, and report the refusal.
+            if let (Some(alert), Some(leaf), true) = (alert_in(&e), seen.proved_leaf(), asked()) {
+                let (leaf_fingerprint, not_after) = fingerprint(&leaf);
+                return Ok(Observation {
+                    leaf_fingerprint,
+                    not_after,
+                    client_requested: true,
+                    client_refused: Some(alert),
+                    answer: None,
+                });
+            }
+            return Err(ObserveError::Handshake {
+                endpoint: endpoint.to_string(),
+                message: e.to_string(),
+            });
+        }
+    };
     let leaf = tls
         .get_ref()
         .1
@@ -174,19 +320,48 @@ pub async fn observe(
             endpoint: endpoint.to_string(),
             message: "the server sent no certificate".into(),
         })?;
-    let client_refused = if client.is_some() {
-        let mut byte = [0u8; 1];
-        match tokio::time::timeout(CLIENT_VERDICT_WAIT, tls.read(&mut byte)).await {
-            Ok(Err(e)) => Some(e.to_string()),
-            // Data, a clean close or silence: the certificate passed.
-            _ => None,
-        }
-    } else {
-        None
+    let (leaf_fingerprint, not_after) = fingerprint(&leaf);
+    let mut observation = Observation {
+        leaf_fingerprint,
+        not_after,
+        client_requested: asked(),
+        client_refused: None,
+        answer: None,
     };
-    Ok(Observation {
-        leaf_fingerprint: hex::encode(Sha256::digest(&leaf)),
-        not_after: inspect(&leaf).ok().map(|i| i.not_after),
-        client_refused,
-    })
+    match request {
+        Some(request) => {
+            let host = endpoint.to_string();
+            let answer = http::exchange(
+                &mut tls,
+                &http::Request {
+                    method: &request.method,
+                    path: &request.path,
+                    host: &host,
+                    body: request.body(),
+                },
+                EXCHANGE_TIMEOUT,
+            )
+            .await;
+            // A server that verifies in the handshake (etcd) answers an untrusted TLS 1.3 client
+            // with an alert, which arrives where the response would.
+            match answer {
+                Err(HttpError::Send(ref e) | HttpError::Receive(ref e))
+                    if client.is_some() && alert_in(e).is_some() =>
+                {
+                    observation.client_refused = alert_in(e);
+                }
+                answer => observation.answer = Some(answer),
+            }
+        }
+        None if client.is_some() => {
+            let mut byte = [0u8; 1];
+            if let Ok(Err(e)) = tokio::time::timeout(CLIENT_VERDICT_WAIT, tls.read(&mut byte)).await
+            {
+                observation.client_refused = Some(e.to_string());
+            }
+            // Data, a clean close or silence: the certificate passed the TLS level.
+        }
+        None => {}
+    }
+    Ok(observation)
 }

@@ -13,7 +13,8 @@ use tokio::{
 };
 
 use super::{
-    observe::{observe, Observation},
+    judge::{judge, Outcome, Verdict},
+    observe::observe,
     StaleNotice,
 };
 use crate::{
@@ -27,6 +28,8 @@ use crate::{
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between checks while an endpoint has not converged.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The trigger of steady-state checks (and of re-checks after an inconclusive answer).
+const RECHECK: &str = "interval";
 
 /// What a probe needs from the agent.
 #[derive(Clone)]
@@ -66,15 +69,6 @@ pub struct ProbeStatus {
     pub checked_at: String,
 }
 
-/// The result of one check against the bundle's current generation.
-struct Verdict {
-    converged: bool,
-    /// What was seen, in words (for `endpoint_stale`).
-    observed: String,
-    fingerprint: Option<String>,
-    not_after: Option<i64>,
-}
-
 /// A convergence episode: from a new generation (or start-up) until the endpoint reflects it.
 struct Episode {
     trigger: &'static str,
@@ -102,7 +96,7 @@ fn seconds_since(g: &Generation) -> f64 {
 }
 
 /// Checks whether the endpoint reflects `target` (and, for a ca bundle, trusts a client certificate
-/// issued by it).
+/// issued by it), the way `config.check` says.
 async fn check(
     config: &ProbeConfig,
     kind: BundleKind,
@@ -113,52 +107,26 @@ async fn check(
         // The client certificate must come from the CA being checked, or acceptance proves nothing.
         let issued = client.is_some_and(|c| issued_by(c, target));
         if !issued {
-            return Verdict {
-                converged: false,
-                observed: format!(
+            return Verdict::without_observation(
+                Outcome::Stale,
+                format!(
                     "client bundle {:?} is not issued by CA generation {} yet",
                     config.client_bundle.as_deref().unwrap_or_default(),
                     target.number
                 ),
-                fingerprint: None,
-                not_after: None,
-            };
+            );
         }
     }
-    match observe(&config.endpoint, &config.server_name, client).await {
-        Err(e) => Verdict {
-            converged: false,
-            observed: e.to_string(),
-            fingerprint: None,
-            not_after: None,
-        },
-        Ok(Observation {
-            leaf_fingerprint,
-            not_after,
-            client_refused,
-        }) => {
-            let (converged, observed) = match (kind, client_refused) {
-                (_, Some(alert)) => (false, format!("refused the client certificate: {alert}")),
-                (BundleKind::Ca, None) => (true, "accepted the client certificate".into()),
-                (_, None) => {
-                    let want = target.leaf().map(|l| l.fingerprint.as_str());
-                    if want == Some(leaf_fingerprint.as_str()) {
-                        (true, "serves the current certificate".into())
-                    } else {
-                        (
-                            false,
-                            format!("serves another certificate (sha256 {leaf_fingerprint})"),
-                        )
-                    }
-                }
-            };
-            Verdict {
-                converged,
-                observed,
-                fingerprint: Some(leaf_fingerprint),
-                not_after,
-            }
-        }
+    match observe(
+        &config.endpoint,
+        &config.server_name,
+        client,
+        config.check.request(),
+    )
+    .await
+    {
+        Err(e) => Verdict::without_observation(Outcome::Stale, e.to_string()),
+        Ok(observation) => judge(&config.check, kind, target, client.is_some(), observation),
     }
 }
 
@@ -254,7 +222,7 @@ pub async fn run(
             &config.name,
             super::settle::Checked {
                 generation: target.number,
-                converged: v.converged,
+                converged: v.converged(),
                 began,
             },
         );
@@ -269,7 +237,7 @@ pub async fn run(
                     endpoint: config.endpoint.clone(),
                     bundle: config.bundle.clone(),
                     generation: target.number,
-                    converged: v.converged,
+                    converged: v.converged(),
                     observed: v.observed.clone(),
                     served_fingerprint: v.fingerprint.clone(),
                     checked_at: crate::clock::now_rfc3339(),
@@ -278,14 +246,14 @@ pub async fn run(
         ctx.metrics
             .probe_converged
             .get_or_create(&label)
-            .set(i64::from(v.converged));
+            .set(i64::from(v.converged()));
         if let Some(n) = v.not_after {
             ctx.metrics
                 .probe_served_not_after
                 .get_or_create(&label)
                 .set(n);
         }
-        if !v.converged || episode.is_some() {
+        if !v.converged() || episode.is_some() {
             ctx.metrics
                 .probe_seconds_since_change
                 .get_or_create(&label)
@@ -293,8 +261,11 @@ pub async fn run(
         }
         let now = Instant::now();
         match episode.as_mut() {
-            Some(ep) if v.converged => {
-                record(&ctx, &config, &target, ep.trigger, seconds, &v);
+            Some(ep) if v.converged() => {
+                // A re-check after an inconclusive answer that confirms convergence is no news.
+                if !(ep.trigger == RECHECK && verdict == Some(true)) {
+                    record(&ctx, &config, &target, ep.trigger, seconds, &v);
+                }
                 verdict = Some(true);
                 episode = None;
                 next = now + config.interval;
@@ -312,10 +283,19 @@ pub async fn run(
                 }
                 ep.backoff = (ep.backoff * 2).min(MAX_BACKOFF.min(config.interval));
             }
+            None if v.outcome == Outcome::Unknown && verdict == Some(true) => {
+                // An inconclusive answer (a 503, a dropped connection) does not overturn a
+                // converged endpoint at once: re-check with backoff; stale only if it lasts to
+                // the deadline.
+                let mut ep = Episode::new(RECHECK, config.deadline);
+                next = (now + ep.backoff).min(ep.deadline);
+                ep.backoff = (ep.backoff * 2).min(MAX_BACKOFF.min(config.interval));
+                episode = Some(ep);
+            }
             None => {
-                if verdict != Some(v.converged) {
-                    verdict = Some(v.converged);
-                    record(&ctx, &config, &target, "interval", seconds, &v);
+                if verdict != Some(v.converged()) {
+                    verdict = Some(v.converged());
+                    record(&ctx, &config, &target, RECHECK, seconds, &v);
                 }
                 next = now + config.interval;
             }
@@ -332,8 +312,8 @@ fn record(
     seconds: f64,
     v: &Verdict,
 ) {
-    let event = if v.converged {
-        tracing::info!(probe = %config.name, endpoint = %config.endpoint, generation = target.number, trigger, seconds, "endpoint converged");
+    let event = if v.converged() {
+        tracing::info!(probe = %config.name, endpoint = %config.endpoint, generation = target.number, trigger, seconds, observed = %v.observed, "endpoint converged");
         AuditEvent::EndpointConverged {
             probe: config.name.clone(),
             endpoint: config.endpoint.clone(),
