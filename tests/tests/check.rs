@@ -277,3 +277,100 @@ fn profile_check_validates_the_node_pki_and_names_the_broken_bundle() {
         .collect();
     assert_eq!(failed, ["key_match"], "{apiserver}");
 }
+
+/// A CA as kubeadm writes it: (ca.crt PEM, ca.key PEM).
+fn ca_with_key(cn: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    (
+        params.self_signed(&key).expect("ca").pem(),
+        key.serialize_pem(),
+    )
+}
+
+fn bundle<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["bundles"]
+        .as_array()
+        .expect("bundles")
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no bundle {name}: {v}"))
+}
+
+fn status_of(bundle: &Value, check: &str) -> Option<String> {
+    bundle["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["check"] == check)
+        .and_then(|r| r["status"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn profile_check_rejects_a_ca_key_that_is_not_the_cas_and_warns_on_a_second_signing_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("etc/kubernetes/pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    let (ca_crt, ca_key) = ca_with_key("kubernetes");
+    std::fs::write(pki.join("ca.crt"), &ca_crt).expect("write");
+    std::fs::write(pki.join("ca.key"), &ca_key).expect("write");
+    let root = dir.path().display().to_string();
+    let args = ["--profile", "kubeadm", "--host-root", root.as_str()];
+    let (code, v) = check(&args);
+    assert_eq!(code, 0, "{v}");
+    let ca = bundle(&v, "kubernetes-ca");
+    assert_eq!(status_of(ca, "key_match").as_deref(), Some("pass"), "{ca}");
+    assert_eq!(
+        status_of(ca, "single_cert").as_deref(),
+        Some("pass"),
+        "{ca}"
+    );
+
+    // ca.key replaced by another CA's key: exit 1, key_match, and the key is nowhere in the output.
+    let (_, foreign_key) = ca_with_key("kubernetes");
+    std::fs::write(pki.join("ca.key"), &foreign_key).expect("write");
+    let out = Command::new(certreload_bin())
+        .args(["check", "--output", "json"])
+        .args(args)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ca = bundle(&v, "kubernetes-ca");
+    assert_eq!(ca["valid"], false, "{ca}");
+    assert_eq!(
+        first_failure(&serde_json::json!({ "bundles": [ca] })).as_deref(),
+        Some("key_match")
+    );
+    let key_line = foreign_key.lines().nth(1).expect("base64 line");
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(&key_line[..32]),
+            "key bytes in the output"
+        );
+    }
+
+    // The right key back, and a second CA in ca.crt (a client-CA rotation): valid, with a
+    // warning that the controller-manager's signer will not take it.
+    std::fs::write(pki.join("ca.key"), &ca_key).expect("write");
+    let (next, _) = ca_with_key("kubernetes-next");
+    std::fs::write(pki.join("ca.crt"), format!("{ca_crt}{next}")).expect("write");
+    let (code, v) = check(&args);
+    assert_eq!(code, 0, "a warning never fails the check: {v}");
+    let ca = bundle(&v, "kubernetes-ca");
+    assert_eq!(
+        status_of(ca, "single_cert").as_deref(),
+        Some("warn"),
+        "{ca}"
+    );
+    assert_eq!(status_of(ca, "key_match").as_deref(), Some("pass"), "{ca}");
+    let text = Command::new(certreload_bin())
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("WARN  single_cert"), "{text}");
+}
