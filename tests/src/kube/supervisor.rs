@@ -1,0 +1,249 @@
+//! The kubelet stand-in: one thread per static pod that starts the component from its manifest
+//! (re-read on every start, as the kubelet does), writes its pid file, waits for it to exit and
+//! starts it again, with a growing pause when it keeps failing fast (the kubelet's crash-loop
+//! back-off, shortened).
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::manifest;
+
+/// A component that ran at least this long before exiting is restarted at once; one that exits
+/// sooner waits a back-off first.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// First and longest pause before restarting a component that keeps exiting early.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a component gets to exit on SIGTERM before SIGKILL when the harness stops.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Where a supervised component's files are.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Its static-pod manifest.
+    pub manifest: PathBuf,
+    /// Its pid file (written on every start, removed on exit).
+    pub pidfile: PathBuf,
+    /// stdout and stderr of every run, appended, with a harness line per start and exit.
+    pub log: PathBuf,
+    /// The host root (for mapping manifest paths).
+    pub root: PathBuf,
+    /// Peer binaries.
+    pub peers: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pid: Option<u32>,
+    starts: u32,
+    /// Why the latest start failed (manifest unreadable, binary missing), if it did.
+    error: Option<String>,
+    stopping: bool,
+}
+
+/// One supervised static pod.
+pub struct Supervised {
+    /// Component name (the manifest's file stem).
+    pub name: String,
+    /// Its files.
+    pub paths: Paths,
+    state: Mutex<State>,
+    changed: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Supervised {
+    /// Starts supervising `name` (the first start happens at once, on the supervisor thread, so
+    /// that the process's parent-death signal is tied to a thread that lives as long as it).
+    pub fn start(name: &str, paths: Paths) -> Arc<Supervised> {
+        let s = Arc::new(Supervised {
+            name: name.to_string(),
+            paths,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        let worker = s.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("kubelet-standin-{name}"))
+            .spawn(move || worker.run())
+            .expect("a thread starts");
+        *s.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        s
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many times the process was started.
+    pub fn starts(&self) -> u32 {
+        self.state().starts
+    }
+
+    /// The running process, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.state().pid
+    }
+
+    /// Why the latest start failed, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.state().error.clone()
+    }
+
+    fn log_line(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.paths.log)
+        {
+            let _ = writeln!(f, "[harness {}] {line}", crate::kube::timestamp());
+        }
+    }
+
+    fn spawn(&self) -> Result<std::process::Child, String> {
+        let launch = manifest::launch(&self.paths.manifest, &self.paths.root, &self.paths.peers)
+            .map_err(|e| format!("{e:#}"))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.paths.log)
+            .map_err(|e| format!("{}: {e}", self.paths.log.display()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", self.paths.log.display()))?;
+        self.log_line(&format!(
+            "start: {} {}",
+            launch.program.display(),
+            launch.args.join(" ")
+        ));
+        let mut command = Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal, so
+        // the component dies with the supervisor thread (the test process) even when it is
+        // killed without running its exit handlers.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", launch.program.display()))
+    }
+
+    fn run(self: Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if self.state().stopping {
+                return;
+            }
+            let started = Instant::now();
+            match self.spawn() {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    write_pidfile(&self.paths.pidfile, pid);
+                    {
+                        let mut s = self.state();
+                        s.pid = Some(pid);
+                        s.starts += 1;
+                        s.error = None;
+                    }
+                    self.changed.notify_all();
+                    let status = child.wait();
+                    let _ = std::fs::remove_file(&self.paths.pidfile);
+                    self.state().pid = None;
+                    self.changed.notify_all();
+                    self.log_line(&format!("pid {pid} exited: {status:?}"));
+                }
+                Err(e) => {
+                    self.log_line(&format!("cannot start: {e}"));
+                    self.state().error = Some(e);
+                    self.changed.notify_all();
+                }
+            }
+            // Restart at once after a healthy run; back off while it keeps failing early.
+            let pause = if started.elapsed() >= HEALTHY_RUN {
+                backoff = FIRST_BACKOFF;
+                Duration::ZERO
+            } else {
+                let p = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                p
+            };
+            let s = self.state();
+            let _ = self
+                .changed
+                .wait_timeout_while(s, pause, |s| !s.stopping)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits until `pred` holds for (starts, pid) or `timeout` passes; returns whether it held.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(u32, Option<u32>) -> bool) -> bool {
+        let s = self.state();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| !pred(s.starts, s.pid))
+            .unwrap_or_else(PoisonError::into_inner);
+        pred(s.starts, s.pid)
+    }
+
+    /// Stops supervising: SIGTERM to the process, SIGKILL after a grace period, thread joined.
+    /// Safe to call more than once.
+    pub fn stop(&self) {
+        let pid = {
+            let mut s = self.state();
+            s.stopping = true;
+            s.pid
+        };
+        self.changed.notify_all();
+        if let Some(pid) = pid {
+            signal(pid, libc::SIGTERM);
+            if !self.wait_for(STOP_GRACE, |_, p| p != Some(pid)) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends `sig` to a component process the harness started.
+pub(super) fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions. The pid is a child the harness
+        // started, read while it was recorded as running (the supervisor clears it right after
+        // reaping, a window in which the pid is not yet reused in practice).
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Writes the pid file atomically (a reader never sees it half-written).
+fn write_pidfile(path: &Path, pid: u32) {
+    let tmp = path.with_extension("pid.tmp");
+    if std::fs::write(&tmp, format!("{pid}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

@@ -1,0 +1,407 @@
+//! End-to-end tests on a real kubeadm control plane (Kubernetes and etcd built from source, named
+//! by `CERTRELOAD_PEERS`), made by kubeadm in a temporary host root: the agent runs with
+//! `run --profile kubeadm --host-root ROOT` and an overlay, the way the DaemonSet runs it.
+//!
+//! The harness (`certreload_e2e::kube`) starts the static pods kubeadm wrote as processes and
+//! restarts them when they exit: it stands in for the kubelet. Restart actions therefore kill the
+//! component through its pid file, where a node would `crictl stop` it.
+//!
+//! Every figure the tests print (bring-up, seconds to converge) is a measurement for
+//! docs/kubernetes.md, never an assertion.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use certreload_e2e::{
+    kube::{self, ControlPlane, APISERVER, CONTROLLER_MANAGER, KUBEADM_CONFIG},
+    Agent,
+};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use serde_json::Value;
+
+/// SHA-256 (hex) of the first certificate in a PEM file, as the agent fingerprints leaves.
+fn leaf_sha256(path: &Path) -> String {
+    let der = CertificateDer::pem_file_iter(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .next()
+        .unwrap_or_else(|| panic!("{}: no certificate", path.display()))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    certreload_e2e::sha256_hex(der.as_ref())
+}
+
+/// The agent on the control plane's root: the kubeadm profile, overlaid with `overlay` (TOML
+/// appended after the test's `[agent]` and `[audit]` tables).
+struct Run {
+    agent: Agent,
+    _dir: tempfile::TempDir,
+}
+
+fn start_agent(cp: &ControlPlane, overlay: &str) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("overlay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{overlay}",
+            audit.display()
+        ),
+    )
+    .expect("write overlay");
+    let root = cp.root().display().to_string();
+    let config_arg = config.display().to_string();
+    let agent = Agent::start_args(
+        &[
+            "run",
+            "--profile",
+            "kubeadm",
+            "--host-root",
+            &root,
+            "--config",
+            &config_arg,
+        ],
+        &audit,
+    );
+    Run { agent, _dir: dir }
+}
+
+/// Waits up to `within` for an audit record matching `pred`; on failure prints the records, the
+/// agent's log and the components' logs.
+fn await_record(
+    cp: &ControlPlane,
+    agent: &Agent,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(r) = agent.records().into_iter().find(|r| pred(r)) {
+            return r;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no audit record {what} within {within:?}; records:\n{}\nagent log:\n{}\ncomponents:\n{}",
+                agent
+                    .records()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                agent.log(),
+                cp.logs(30)
+            );
+        }
+        // The audit log is a file the agent appends to: read it again shortly.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn seq(r: &Value) -> u64 {
+    r["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("record without seq: {r}"))
+}
+
+#[test]
+fn kubeadm_certs_renew_apiserver_is_served_without_a_restart() {
+    let Some(cp) = kube::shared() else { return };
+    let run = start_agent(&cp, "");
+    let agent = &run.agent;
+    await_record(
+        &cp,
+        agent,
+        "kube-apiserver converged at start-up",
+        Duration::from_secs(60),
+        |r| r["event"] == "endpoint_converged" && r["probe"] == "kube-apiserver",
+    );
+    let restarts = cp.restart_count(APISERVER);
+
+    cp.kubeadm(&["certs", "renew", "apiserver", "--config", KUBEADM_CONFIG])
+        .expect("kubeadm certs renew apiserver");
+    let renewed_at = Instant::now();
+    let renewed = leaf_sha256(&cp.pki().join("apiserver.crt"));
+
+    let accepted = await_record(
+        &cp,
+        agent,
+        "the renewed apiserver certificate accepted",
+        Duration::from_secs(60),
+        |r| {
+            r["event"] == "material_accepted"
+                && r["bundle"] == "apiserver"
+                && r["new_fingerprint"] == renewed.as_str()
+        },
+    );
+    let generation = accepted["new_generation"].clone();
+    let converged = await_record(
+        &cp,
+        agent,
+        "kube-apiserver converged on the renewed certificate",
+        Duration::from_secs(120),
+        |r| {
+            r["event"] == "endpoint_converged"
+                && r["probe"] == "kube-apiserver"
+                && r["generation"] == generation
+        },
+    );
+    assert_eq!(converged["trigger"], "rotation", "{converged}");
+    assert_eq!(
+        converged["served_fingerprint"],
+        renewed.as_str(),
+        "{converged}"
+    );
+    let seconds = converged["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("converged without seconds: {converged}"));
+    eprintln!(
+        "kube-apiserver: renewed certificate served {seconds:.2} s after the agent accepted it \
+         (converged record seen {:.2} s after kubeadm returned)",
+        renewed_at.elapsed().as_secs_f64()
+    );
+
+    // Seen from outside the agent too: the API server presents the renewed leaf...
+    let reply = kube::health::get(
+        "127.0.0.1",
+        6443,
+        "/readyz",
+        true,
+        "kubernetes",
+        Duration::from_secs(10),
+    )
+    .expect("GET /readyz");
+    assert_eq!(reply.leaf_sha256.as_deref(), Some(renewed.as_str()));
+    // ...and it reloaded it: nobody restarted it.
+    assert_eq!(cp.restart_count(APISERVER), restarts, "no restart");
+    assert!(
+        !agent.records().iter().any(|r| r["event"] == "action_run"),
+        "no action runs for a component that reloads its serving certificate"
+    );
+    run.agent.stop();
+}
+
+/// Restores the controller-manager's client CA flag (and restarts it) if the test ends early.
+struct RestoreFlag<'a> {
+    cp: &'a ControlPlane,
+    component: &'static str,
+    flag: &'static str,
+    value: String,
+}
+
+impl Drop for RestoreFlag<'_> {
+    fn drop(&mut self) {
+        if self
+            .cp
+            .flag(self.component, self.flag)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(self.value.as_str())
+        {
+            let _ = self.cp.set_flag(self.component, self.flag, &self.value);
+            let _ = self.cp.restart(self.component);
+        }
+    }
+}
+
+/// Rotates the cluster CA the way an operator does with kubeadm: a new CA made by kubeadm in a
+/// scratch root; `ca.crt` becomes new + old (so every certificate of the old CA stays trusted)
+/// and `ca.key` the new key, each replaced by rename; then apiserver-kubelet-client is renewed
+/// by kubeadm from the new CA. Returns the new CA's and the renewed leaf's fingerprints.
+fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
+    let scratch = tempfile::tempdir().expect("scratch root");
+    let etc = scratch.path().join("etc/kubernetes");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::copy(
+        cp.path(KUBEADM_CONFIG),
+        scratch.path().join(KUBEADM_CONFIG.trim_start_matches('/')),
+    )
+    .expect("copy kubeadm config");
+    cp.kubeadm_in(
+        scratch.path(),
+        &["init", "phase", "certs", "ca", "--config", KUBEADM_CONFIG],
+    )
+    .expect("kubeadm init phase certs ca (scratch root)");
+    let new_crt = std::fs::read_to_string(etc.join("pki/ca.crt")).expect("new ca.crt");
+    let new_key = std::fs::read(etc.join("pki/ca.key")).expect("new ca.key");
+    let pki = cp.pki();
+    let old_crt = std::fs::read_to_string(pki.join("ca.crt")).expect("old ca.crt");
+    let replace = |name: &str, bytes: &[u8]| {
+        let tmp = pki.join(format!(".{name}.rotating"));
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, pki.join(name)).expect("rename");
+    };
+    replace("ca.key", &new_key);
+    replace("ca.crt", format!("{new_crt}{old_crt}").as_bytes());
+    let new_ca = leaf_sha256(&etc.join("pki/ca.crt"));
+    cp.kubeadm(&[
+        "certs",
+        "renew",
+        "apiserver-kubelet-client",
+        "--config",
+        KUBEADM_CONFIG,
+    ])
+    .expect("kubeadm certs renew apiserver-kubelet-client");
+    (
+        new_ca,
+        leaf_sha256(&pki.join("apiserver-kubelet-client.crt")),
+    )
+}
+
+#[test]
+fn controller_manager_that_keeps_the_old_client_ca_goes_stale_and_the_restart_action_converges_it()
+{
+    let Some(cp) = kube::shared() else { return };
+    const FLAG: &str = "client-ca-file";
+    const FROZEN: &str = "/etc/kubernetes/pki/kcm-client-ca-frozen.crt";
+    let rotated = cp
+        .flag(CONTROLLER_MANAGER, FLAG)
+        .expect("manifest")
+        .expect("kubeadm sets --client-ca-file");
+    // A controller-manager that trusts a copy of today's CA, which nobody rotates.
+    std::fs::copy(cp.pki().join("ca.crt"), cp.path(FROZEN)).expect("copy ca.crt");
+    let _restore = RestoreFlag {
+        cp: &cp,
+        component: CONTROLLER_MANAGER,
+        flag: FLAG,
+        value: rotated.clone(),
+    };
+    cp.set_flag(CONTROLLER_MANAGER, FLAG, FROZEN)
+        .expect("edit manifest");
+    cp.restart(CONTROLLER_MANAGER)
+        .expect("controller-manager restarts");
+
+    let manifest = cp.manifest(CONTROLLER_MANAGER);
+    let pidfile = cp.pidfile(CONTROLLER_MANAGER);
+    let run = start_agent(
+        &cp,
+        &format!(
+            r#"
+[[probe]]
+name = "kube-controller-manager-client-ca"
+deadline = "20s"
+interval = "5s"
+
+# What an operator enables: point the controller-manager back at the rotated ca.crt and stop it;
+# the kubelet (here the harness) starts it again from the manifest.
+[[action]]
+name = "kcm-trust-rotated-ca"
+bundle = "kubernetes-ca"
+on = "stale"
+exec = ["/bin/sh", "-c", "sed -i 's#--{FLAG}=.*#--{FLAG}={rotated}#' {manifest} && kill $(cat {pidfile})"]
+timeout = "60s"
+min_interval = "1s"
+"#,
+            manifest = manifest.display(),
+            pidfile = pidfile.display(),
+        ),
+    );
+    let agent = &run.agent;
+    await_record(
+        &cp,
+        agent,
+        "controller-manager trusts the client certificate at start-up",
+        Duration::from_secs(60),
+        |r| {
+            r["event"] == "endpoint_converged"
+                && r["probe"] == "kube-controller-manager-client-ca"
+                && r["trigger"] == "startup"
+        },
+    );
+    let restarts = cp.restart_count(CONTROLLER_MANAGER);
+
+    let (new_ca, new_client) = rotate_cluster_ca(&cp);
+    let ca = await_record(
+        &cp,
+        agent,
+        "the rotated CA bundle accepted",
+        Duration::from_secs(60),
+        |r| {
+            r["event"] == "material_accepted"
+                && r["bundle"] == "kubernetes-ca"
+                && r["new_fingerprint"] == new_ca.as_str()
+        },
+    );
+    let client = await_record(
+        &cp,
+        agent,
+        "the renewed apiserver-kubelet-client accepted",
+        Duration::from_secs(60),
+        |r| {
+            r["event"] == "material_accepted"
+                && r["bundle"] == "apiserver-kubelet-client"
+                && r["new_fingerprint"] == new_client.as_str()
+        },
+    );
+    let after = seq(&ca).max(seq(&client));
+    // The controller-manager answers 401 to a client certificate of the new CA.
+    let stale = await_record(
+        &cp,
+        agent,
+        "controller-manager stale at its deadline",
+        Duration::from_secs(90),
+        |r| {
+            r["event"] == "endpoint_stale"
+                && r["probe"] == "kube-controller-manager-client-ca"
+                && seq(r) > after
+        },
+    );
+    let action = await_record(
+        &cp,
+        agent,
+        "the restart action ran",
+        Duration::from_secs(90),
+        |r| {
+            r["event"] == "action_run"
+                && r["action"] == "kcm-trust-rotated-ca"
+                && seq(r) > seq(&stale)
+        },
+    );
+    assert_eq!(action["success"], true, "{action}");
+    let converged = await_record(
+        &cp,
+        agent,
+        "controller-manager converged after the restart",
+        Duration::from_secs(120),
+        |r| {
+            r["event"] == "endpoint_converged"
+                && r["probe"] == "kube-controller-manager-client-ca"
+                && seq(r) > seq(&action)
+        },
+    );
+    assert!(
+        cp.restart_count(CONTROLLER_MANAGER) > restarts,
+        "the action restarted the controller-manager"
+    );
+    assert_eq!(
+        cp.flag(CONTROLLER_MANAGER, FLAG)
+            .expect("manifest")
+            .as_deref(),
+        Some(rotated.as_str())
+    );
+    eprintln!(
+        "kube-controller-manager client CA: stale at {:.1} s ({}), converged {:.1} s after the CA was accepted (action ran {:.1} s)",
+        stale["seconds"].as_f64().unwrap_or_default(),
+        stale["observed"],
+        converged["seconds"].as_f64().unwrap_or_default(),
+        action["duration_s"].as_f64().unwrap_or_default(),
+    );
+    // The other components trust the bundle by themselves (the API server reloads its client CA
+    // file; the scheduler gets it through the extension-apiserver-authentication ConfigMap).
+    for probe in ["kube-apiserver-client-ca", "kube-scheduler-client-ca"] {
+        let r = await_record(
+            &cp,
+            agent,
+            &format!("{probe} converged on the new client certificate"),
+            Duration::from_secs(120),
+            |r| r["event"] == "endpoint_converged" && r["probe"] == probe && seq(r) > after,
+        );
+        eprintln!(
+            "{probe}: converged {:.1} s after the CA was accepted",
+            r["seconds"].as_f64().unwrap_or_default()
+        );
+    }
+    run.agent.stop();
+}
