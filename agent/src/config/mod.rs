@@ -660,6 +660,54 @@ public_keys = ["/etc/kubernetes/pki/sa.pub"]
     }
 
     #[test]
+    fn ca_key_signing_and_kubeconfig_bundles_parse_and_stray_fields_are_named() {
+        let c = parse(
+            "[[bundle]]\nname = \"ca\"\nkind = \"ca\"\ncert = \"/p/ca.crt\"\nkey = \"/p/ca.key\"\nsigning = true\n\n[[bundle]]\nname = \"kcm\"\nkind = \"kubeconfig\"\nfile = \"/etc/kubernetes/controller-manager.conf\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.bundles[0].files,
+            BundleFiles::Ca {
+                bundle: "/p/ca.crt".into(),
+                key: Some("/p/ca.key".into())
+            }
+        );
+        assert!(c.bundles[0].signing);
+        assert_eq!(
+            c.bundles[0].files(),
+            [PathBuf::from("/p/ca.crt"), PathBuf::from("/p/ca.key")],
+            "the CA key is watched too"
+        );
+        assert_eq!(c.bundles[1].kind, BundleKind::Kubeconfig);
+        assert_eq!(
+            c.bundles[1].files(),
+            [PathBuf::from("/etc/kubernetes/controller-manager.conf")]
+        );
+
+        for (text, field) in [
+            (
+                "kind = \"server\"\ncert = \"/c\"\nkey = \"/k\"\nsigning = true",
+                "signing",
+            ),
+            ("kind = \"kubeconfig\"", "file"),
+            (
+                "kind = \"kubeconfig\"\nfile = \"/f\"\ncert = \"/c\"",
+                "cert",
+            ),
+            (
+                "kind = \"client\"\ncert = \"/c\"\nkey = \"/k\"\nfile = \"/f\"",
+                "file",
+            ),
+        ] {
+            let err = parse(&format!("[[bundle]]\nname = \"b\"\n{text}\n")).expect_err(text);
+            assert!(
+                err.to_string().contains(&format!("bundle[b].{field}")),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_apply_when_sections_are_absent() {
         let c = parse("").expect("empty config");
         assert_eq!(c.agent, AgentSettings::default());

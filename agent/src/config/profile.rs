@@ -288,7 +288,7 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
                 Some(KubeletServing::Default),
                 None,
                 format!(
-                    "bundle kubelet-serving: no {}; the kubelet's default {KUBELET_PKI}/kubelet.crt/.key",
+                    "bundle kubelet-serving: no {}; the kubelet's default /{KUBELET_PKI}/kubelet.crt and kubelet.key",
                     file.display()
                 ),
             );
@@ -323,7 +323,7 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
             Some(KubeletServing::Bootstrap),
             reload_gate,
             format!(
-                "bundle kubelet-serving: {} has serverTLSBootstrap: true, so the kubelet serves {KUBELET_PKI}/kubelet-server-current.pem (rotated and reloaded by the kubelet; no restart action)",
+                "bundle kubelet-serving: {} has serverTLSBootstrap: true, so the kubelet serves /{KUBELET_PKI}/kubelet-server-current.pem (rotated and reloaded by the kubelet; no restart action)",
                 file.display()
             ),
         );
@@ -347,7 +347,7 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
             Some(KubeletServing::Default),
             reload_gate,
             format!(
-                "bundle kubelet-serving: {} sets neither tlsCertFile nor serverTLSBootstrap; the kubelet's default {KUBELET_PKI}/kubelet.crt/.key",
+                "bundle kubelet-serving: {} sets neither tlsCertFile nor serverTLSBootstrap; the kubelet's default /{KUBELET_PKI}/kubelet.crt and kubelet.key",
                 file.display()
             ),
         ),
