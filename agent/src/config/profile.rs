@@ -216,6 +216,25 @@ fn crictl_stop(container: &str) -> Vec<String> {
     ]
 }
 
+/// A path as one shell word.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// [`crictl_stop`] for kube-controller-manager, refused (exit 1, the reason on stderr, both in the
+/// `action_run` record) while its `--cluster-signing-cert-file` holds other than one certificate:
+/// a controller-manager started then fails to start its controllers ("expected 1 certificate"),
+/// so the restart would turn a warning into a crash loop.
+fn kcm_stop_guarded(signing_cert: &Path) -> Vec<String> {
+    let file = shell_quote(signing_cert);
+    let mut argv = crictl_stop("kube-controller-manager");
+    argv[2] = format!(
+        "n=$(grep -c -- '-----BEGIN CERTIFICATE-----' {file}); if [ \"$n\" != 1 ]; then echo \"not restarting kube-controller-manager: {file} holds $n certificates and its CSR signer would not start\" >&2; exit 1; fi; {}",
+        argv[2]
+    );
+    argv
+}
+
 /// Where the kubelet's configuration file is under kubeadm.
 const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
 /// The kubelet's certificate directory (`--cert-dir` default, which kubeadm keeps).
@@ -617,7 +636,11 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
     // Actions, off by default, only where the component cannot reload the material.
     let stop_etcd = crictl_stop("etcd");
     let stop_apiserver = crictl_stop("kube-apiserver");
-    let stop_kcm = crictl_stop("kube-controller-manager");
+    let stop_kcm = if w.has("kubernetes-ca") {
+        kcm_stop_guarded(&w.path(&p("ca.crt")))
+    } else {
+        crictl_stop("kube-controller-manager")
+    };
     let stop_scheduler = crictl_stop("kube-scheduler");
     fn argv(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
@@ -1391,6 +1414,55 @@ mod tests {
             argv(0)
         );
         assert!(argv(2).contains("'^kube-scheduler$'"), "{}", argv(2));
+        // Every kube-controller-manager restart is refused while ca.crt holds two certificates
+        // (a restarted one would not start its CSR signer): run the command against a fake crictl.
+        let bin = root.join("fake-bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        let calls = root.join("crictl.calls");
+        let crictl = bin.join("crictl");
+        std::fs::write(
+            &crictl,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$1\" = ps ] && echo c0ffee\nexit 0\n",
+                calls.display()
+            ),
+        )
+        .expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&crictl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let run = |i: usize| {
+            let crate::config::ActionCommand::Exec(argv) = &config.actions[i].command else {
+                panic!("exec");
+            };
+            let path = format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("PATH", path)
+                .output()
+                .expect("runs")
+        };
+        let out = run(0);
+        assert!(out.status.success(), "{out:?}");
+        let log = std::fs::read_to_string(&calls).expect("crictl called");
+        assert!(log.contains("stop --timeout 30 c0ffee"), "{log}");
+        std::fs::remove_file(&calls).expect("rm");
+
+        let ca_crt = root.join("etc/kubernetes/pki/ca.crt");
+        let one = std::fs::read_to_string(&ca_crt).expect("read");
+        std::fs::write(&ca_crt, format!("{one}{one}")).expect("write");
+        for i in [0, 1] {
+            let out = run(i);
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("holds 2 certificates"), "{stderr}");
+        }
+        assert!(!calls.exists(), "crictl must not be called");
+        // The scheduler does not sign: its restart is not guarded.
+        assert!(run(2).status.success());
     }
 
     #[test]

@@ -900,8 +900,8 @@ pub fn validate_ca_bundle(
         }
     }
     // kube-controller-manager's CSR signer (pkg/controller/certificates/signer/ca_provider.go,
-    // setCA) refuses a --cluster-signing-cert-file without exactly one certificate and keeps the CA
-    // it had: it would go on signing kubelet certificates with the old CA.
+    // setCA) refuses a --cluster-signing-cert-file without exactly one certificate: a running one
+    // keeps the CA it had (and signs kubelet certificates with it), one that starts now fails.
     match (policy.signing, ders.len()) {
         (false, _) => c.skip(Check::SingleCert, "not a signing CA (signing = false)"),
         (true, 1) => c.pass(
@@ -912,7 +912,7 @@ pub fn validate_ca_bundle(
         (true, n) => c.warn(
             Check::SingleCert,
             format!(
-                "{} holds {n} certificates: kube-controller-manager's CSR signer (--cluster-signing-cert-file) accepts exactly one and keeps signing with the CA it loaded before",
+                "{} holds {n} certificates: kube-controller-manager's CSR signer (--cluster-signing-cert-file) accepts exactly one: a running one keeps signing with the CA it loaded before, one (re)started now fails to start its controllers",
                 bundle.display()
             ),
             Some(bundle),
