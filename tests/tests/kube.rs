@@ -179,6 +179,7 @@ fn kubeadm_certs_renew_apiserver_is_served_without_a_restart() {
         !agent.records().iter().any(|r| r["event"] == "action_run"),
         "no action runs for a component that reloads its serving certificate"
     );
+    eprintln!("restarts so far: {}", restart_counts(&cp));
     run.agent.stop();
 }
 
@@ -250,44 +251,54 @@ fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
     )
 }
 
-#[test]
-fn controller_manager_that_keeps_the_old_client_ca_goes_stale_and_the_restart_action_converges_it()
-{
-    let Some(cp) = kube::shared() else { return };
+/// The client-CA probes of the kubeadm profile (all on `kubernetes-ca`).
+const CLIENT_CA_PROBES: [&str; 3] = [
+    "kube-apiserver-client-ca",
+    "kube-controller-manager-client-ca",
+    "kube-scheduler-client-ca",
+];
+
+/// One client-CA trust scenario: `component` runs with `--client-ca-file` pointing at a copy of
+/// today's CA that nobody rotates (as a component that read its CA once would behave); the
+/// cluster CA is rotated; `probe` must report stale at its (shortened) deadline, the enabled
+/// restart action points the manifest back at the rotated `ca.crt` and stops the component, the
+/// harness starts it again, and `probe` converges. The other client-CA probes converge by
+/// themselves. Prints how long each took.
+fn kept_on_the_old_client_ca(cp: &ControlPlane, component: &'static str, probe: &str) {
     const FLAG: &str = "client-ca-file";
-    const FROZEN: &str = "/etc/kubernetes/pki/kcm-client-ca-frozen.crt";
+    let frozen = format!("/etc/kubernetes/pki/{component}-client-ca-frozen.crt");
+    let action_name = format!("{component}-trust-rotated-ca");
     let rotated = cp
-        .flag(CONTROLLER_MANAGER, FLAG)
+        .flag(component, FLAG)
         .expect("manifest")
         .expect("kubeadm sets --client-ca-file");
-    // A controller-manager that trusts a copy of today's CA, which nobody rotates.
-    std::fs::copy(cp.pki().join("ca.crt"), cp.path(FROZEN)).expect("copy ca.crt");
+    std::fs::copy(cp.pki().join("ca.crt"), cp.path(&frozen)).expect("copy ca.crt");
     let _restore = RestoreFlag {
-        cp: &cp,
-        component: CONTROLLER_MANAGER,
+        cp,
+        component,
         flag: FLAG,
         value: rotated.clone(),
     };
-    cp.set_flag(CONTROLLER_MANAGER, FLAG, FROZEN)
+    cp.set_flag(component, FLAG, &frozen)
         .expect("edit manifest");
-    cp.restart(CONTROLLER_MANAGER)
-        .expect("controller-manager restarts");
+    cp.restart(component)
+        .unwrap_or_else(|e| panic!("{component} restarts on the frozen CA: {e:#}"));
 
-    let manifest = cp.manifest(CONTROLLER_MANAGER);
-    let pidfile = cp.pidfile(CONTROLLER_MANAGER);
+    let manifest = cp.manifest(component);
+    let pidfile = cp.pidfile(component);
     let run = start_agent(
-        &cp,
+        cp,
         &format!(
             r#"
 [[probe]]
-name = "kube-controller-manager-client-ca"
+name = "{probe}"
 deadline = "20s"
 interval = "5s"
 
-# What an operator enables: point the controller-manager back at the rotated ca.crt and stop it;
-# the kubelet (here the harness) starts it again from the manifest.
+# What an operator enables: point {component} back at the rotated ca.crt and stop it; the
+# kubelet (here the harness) starts it again from the manifest.
 [[action]]
-name = "kcm-trust-rotated-ca"
+name = "{action_name}"
 bundle = "kubernetes-ca"
 on = "stale"
 exec = ["/bin/sh", "-c", "sed -i 's#--{FLAG}=.*#--{FLAG}={rotated}#' {manifest} && kill $(cat {pidfile})"]
@@ -300,21 +311,17 @@ min_interval = "1s"
     );
     let agent = &run.agent;
     await_record(
-        &cp,
+        cp,
         agent,
-        "controller-manager trusts the client certificate at start-up",
+        &format!("{probe} trusts the client certificate at start-up"),
         Duration::from_secs(60),
-        |r| {
-            r["event"] == "endpoint_converged"
-                && r["probe"] == "kube-controller-manager-client-ca"
-                && r["trigger"] == "startup"
-        },
+        |r| r["event"] == "endpoint_converged" && r["probe"] == probe && r["trigger"] == "startup",
     );
-    let restarts = cp.restart_count(CONTROLLER_MANAGER);
+    let restarts = cp.restart_count(component);
 
-    let (new_ca, new_client) = rotate_cluster_ca(&cp);
+    let (new_ca, new_client) = rotate_cluster_ca(cp);
     let ca = await_record(
-        &cp,
+        cp,
         agent,
         "the rotated CA bundle accepted",
         Duration::from_secs(60),
@@ -325,7 +332,7 @@ min_interval = "1s"
         },
     );
     let client = await_record(
-        &cp,
+        cp,
         agent,
         "the renewed apiserver-kubelet-client accepted",
         Duration::from_secs(60),
@@ -336,72 +343,84 @@ min_interval = "1s"
         },
     );
     let after = seq(&ca).max(seq(&client));
-    // The controller-manager answers 401 to a client certificate of the new CA.
+    // The component answers 401 to a client certificate of the new CA.
     let stale = await_record(
-        &cp,
+        cp,
         agent,
-        "controller-manager stale at its deadline",
+        &format!("{probe} stale at its deadline"),
         Duration::from_secs(90),
-        |r| {
-            r["event"] == "endpoint_stale"
-                && r["probe"] == "kube-controller-manager-client-ca"
-                && seq(r) > after
-        },
+        |r| r["event"] == "endpoint_stale" && r["probe"] == probe && seq(r) > after,
     );
     let action = await_record(
-        &cp,
+        cp,
         agent,
         "the restart action ran",
         Duration::from_secs(90),
         |r| {
             r["event"] == "action_run"
-                && r["action"] == "kcm-trust-rotated-ca"
+                && r["action"] == action_name.as_str()
                 && seq(r) > seq(&stale)
         },
     );
     assert_eq!(action["success"], true, "{action}");
     let converged = await_record(
-        &cp,
+        cp,
         agent,
-        "controller-manager converged after the restart",
+        &format!("{probe} converged after the restart"),
         Duration::from_secs(120),
-        |r| {
-            r["event"] == "endpoint_converged"
-                && r["probe"] == "kube-controller-manager-client-ca"
-                && seq(r) > seq(&action)
-        },
+        |r| r["event"] == "endpoint_converged" && r["probe"] == probe && seq(r) > seq(&action),
     );
     assert!(
-        cp.restart_count(CONTROLLER_MANAGER) > restarts,
-        "the action restarted the controller-manager"
+        cp.restart_count(component) > restarts,
+        "the action restarted {component}"
     );
     assert_eq!(
-        cp.flag(CONTROLLER_MANAGER, FLAG)
-            .expect("manifest")
-            .as_deref(),
+        cp.flag(component, FLAG).expect("manifest").as_deref(),
         Some(rotated.as_str())
     );
     eprintln!(
-        "kube-controller-manager client CA: stale at {:.1} s ({}), converged {:.1} s after the CA was accepted (action ran {:.1} s)",
+        "{probe}: stale at {:.1} s ({}), restart action ({:.1} s), converged {:.1} s after the CA was accepted",
         stale["seconds"].as_f64().unwrap_or_default(),
         stale["observed"],
-        converged["seconds"].as_f64().unwrap_or_default(),
         action["duration_s"].as_f64().unwrap_or_default(),
+        converged["seconds"].as_f64().unwrap_or_default(),
     );
-    // The other components trust the bundle by themselves (the API server reloads its client CA
-    // file; the scheduler gets it through the extension-apiserver-authentication ConfigMap).
-    for probe in ["kube-apiserver-client-ca", "kube-scheduler-client-ca"] {
+    // The other components trust the new CA without a restart (the API server reloads its
+    // client CA file; the scheduler, given no --client-ca-file, reads the API server's
+    // extension-apiserver-authentication ConfigMap).
+    for other in CLIENT_CA_PROBES.into_iter().filter(|p| *p != probe) {
         let r = await_record(
-            &cp,
+            cp,
             agent,
-            &format!("{probe} converged on the new client certificate"),
-            Duration::from_secs(120),
-            |r| r["event"] == "endpoint_converged" && r["probe"] == probe && seq(r) > after,
+            &format!("{other} converged on the new client certificate"),
+            Duration::from_secs(180),
+            |r| r["event"] == "endpoint_converged" && r["probe"] == other && seq(r) > after,
         );
         eprintln!(
-            "{probe}: converged {:.1} s after the CA was accepted",
+            "{other}: converged {:.1} s after the CA was accepted",
             r["seconds"].as_f64().unwrap_or_default()
         );
     }
+    eprintln!("restarts so far: {}", restart_counts(cp));
     run.agent.stop();
+}
+
+fn restart_counts(cp: &ControlPlane) -> String {
+    kube::COMPONENTS
+        .iter()
+        .map(|c| format!("{c} {}", cp.restart_count(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn controller_manager_kept_on_the_old_client_ca_goes_stale_and_the_restart_action_converges_it() {
+    let Some(cp) = kube::shared() else { return };
+    kept_on_the_old_client_ca(&cp, CONTROLLER_MANAGER, "kube-controller-manager-client-ca");
+}
+
+#[test]
+fn apiserver_kept_on_the_old_client_ca_goes_stale_and_the_restart_action_converges_it() {
+    let Some(cp) = kube::shared() else { return };
+    kept_on_the_old_client_ca(&cp, APISERVER, "kube-apiserver-client-ca");
 }
