@@ -365,3 +365,235 @@ pub async fn observe(
     }
     Ok(observation)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls::{
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+        server::WebPkiClientVerifier,
+        RootCertStore, ServerConfig,
+    };
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::material::validate::Material;
+
+    struct Ca {
+        der: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(cn: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let der = params.self_signed(&key).expect("ca").der().clone();
+        Ca {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate, key) for `name`, issued by `ca`, with one extended key usage.
+    fn leaf(
+        ca: &Ca,
+        name: &str,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+        (
+            cert.der().clone(),
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+    }
+
+    fn client_generation(ca: &Ca) -> Generation {
+        let (cert, key) = leaf(ca, "probe-client", ExtendedKeyUsagePurpose::ClientAuth);
+        Generation {
+            number: 1,
+            accepted_at: SystemTime::now(),
+            material: Material {
+                leaf: None,
+                chain: vec![cert],
+                key: Some(key),
+                cas: vec![],
+                ca_der: vec![],
+                key_ids: vec![],
+            },
+        }
+    }
+
+    enum ClientAuth {
+        /// etcd: `tls.RequireAndVerifyClientCert` with this CA.
+        RequireAndVerify(CertificateDer<'static>),
+        /// No CertificateRequest at all.
+        None,
+    }
+
+    /// A one-connection TLS server; with `answer`, it reads one request head and writes `answer`.
+    /// Returns its address and the served leaf's fingerprint.
+    async fn server(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        auth: ClientAuth,
+        answer: Option<&'static str>,
+    ) -> (String, String) {
+        let serving_ca = ca("serving CA");
+        let (cert, key) = leaf(
+            &serving_ca,
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let fingerprint = hex::encode(Sha256::digest(&cert));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .expect("versions");
+        let builder = match auth {
+            ClientAuth::RequireAndVerify(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca).expect("root");
+                builder.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .expect("verifier"),
+                )
+            }
+            ClientAuth::None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_single_cert(vec![cert], key).expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            if let Some(answer) = answer {
+                let mut reader = BufReader::new(&mut tls);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            } else {
+                // Hold the connection open: silence, as an accepting server keeps it.
+                let mut byte = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await;
+            }
+        });
+        (addr, fingerprint)
+    }
+
+    const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    #[tokio::test]
+    async fn a_refused_client_certificate_still_shows_the_served_leaf_in_tls12_and_tls13() {
+        let trusted = ca("trusted CA");
+        let other = ca("other CA");
+        let client = client_generation(&other);
+        for versions in [TLS12, TLS13] {
+            let (addr, served) = server(
+                versions,
+                ClientAuth::RequireAndVerify(trusted.der.clone()),
+                None,
+            )
+            .await;
+            let o = observe(&addr, "localhost", Some(&client), None)
+                .await
+                .expect("observed despite the refusal");
+            assert_eq!(o.leaf_fingerprint, served, "{versions:?}");
+            assert!(o.client_requested, "{versions:?}");
+            assert!(
+                o.client_refused
+                    .as_deref()
+                    .is_some_and(|r| r.contains("alert")),
+                "{versions:?}: {o:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trusted_client_certificate_is_not_refused() {
+        let trusted = ca("trusted CA");
+        let client = client_generation(&trusted);
+        let (addr, served) = server(
+            TLS13,
+            ClientAuth::RequireAndVerify(trusted.der.clone()),
+            None,
+        )
+        .await;
+        let o = observe(&addr, "localhost", Some(&client), None)
+            .await
+            .expect("observed");
+        assert_eq!(o.leaf_fingerprint, served);
+        assert!(o.client_requested);
+        assert_eq!(o.client_refused, None, "{o:?}");
+        assert!(o.answer.is_none(), "no request was configured");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_asks_for_a_client_certificate_is_seen_as_such() {
+        let client = client_generation(&ca("some CA"));
+        let (addr, _) = server(TLS13, ClientAuth::None, None).await;
+        let o = observe(&addr, "localhost", Some(&client), None)
+            .await
+            .expect("observed");
+        assert!(!o.client_requested, "{o:?}");
+        assert_eq!(o.client_refused, None);
+    }
+
+    #[tokio::test]
+    async fn an_http_request_goes_over_the_probe_connection_and_its_answer_comes_back() {
+        let client = client_generation(&ca("client CA"));
+        let (addr, served) = server(
+            TLS13,
+            ClientAuth::None,
+            Some("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}"),
+        )
+        .await;
+        let request = ProbeRequest::parse("GET /healthz").expect("request");
+        let o = observe(&addr, "localhost", Some(&client), Some(&request))
+            .await
+            .expect("observed");
+        assert_eq!(o.leaf_fingerprint, served);
+        let answer = o.answer.expect("an answer").expect("a response");
+        assert_eq!((answer.status, answer.body.as_slice()), (401, &b"{}"[..]));
+    }
+
+    #[tokio::test]
+    async fn an_http_request_to_a_server_that_refuses_in_the_handshake_reports_the_refusal() {
+        let trusted = ca("trusted CA");
+        let client = client_generation(&ca("other CA"));
+        let (addr, served) = server(
+            TLS13,
+            ClientAuth::RequireAndVerify(trusted.der.clone()),
+            Some("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        )
+        .await;
+        let request = ProbeRequest::parse("GET /health").expect("request");
+        let o = observe(&addr, "localhost", Some(&client), Some(&request))
+            .await
+            .expect("observed");
+        assert_eq!(o.leaf_fingerprint, served);
+        assert!(o.client_refused.is_some(), "{o:?}");
+        assert!(o.answer.is_none(), "{o:?}");
+    }
+}
