@@ -18,11 +18,12 @@ use std::{
     net::TcpStream,
     path::Path,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use certreload_e2e::{
     pki::{Leaf, TestCa},
-    Agent,
+    Agent, EVENT_DEADLINE,
 };
 use rustls::{
     client::danger::HandshakeSignatureValid,
@@ -368,6 +369,22 @@ fn status(agent: &Agent) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
 }
 
+/// Waits until `/status` shows `probe`'s observation matching `pred`.
+fn wait_observed(agent: &Agent, probe: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    loop {
+        let o = observed(agent, probe);
+        if pred(&o) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{probe} never showed the expected observation; last: {o}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn observed(agent: &Agent, probe: &str) -> String {
     let s = status(agent);
     s["probes"]
@@ -401,12 +418,13 @@ fn http_probe_reports_the_401_where_the_tls_probe_reports_a_false_convergence() 
         },
     );
     let audit = d.join("audit.jsonl");
-    let probe = |name: &str, bundle: &str, check: &str| {
+    let probe = |name: &str, bundle: &str, check: &str, deadline: &str| {
         format!(
-            "[[probe]]\nname = \"{name}\"\nendpoint = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nbundle = \"{bundle}\"\nclient_bundle = \"apiserver-kubelet-client\"\n{check}\ndeadline = \"2s\"\ninterval = \"500ms\"\n",
+            "[[probe]]\nname = \"{name}\"\nendpoint = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nbundle = \"{bundle}\"\nclient_bundle = \"apiserver-kubelet-client\"\n{check}\ndeadline = \"{deadline}\"\ninterval = \"500ms\"\n",
             port = server.port
         )
     };
+    let review = format!("check = \"http\"\nrequest = \"POST {SSR_PATH}\"");
     fs::write(
         d.join("certreload.toml"),
         format!(
@@ -429,22 +447,26 @@ name = "apiserver"
 kind = "server"
 cert = "{d}/apiserver.crt"
 key = "{d}/apiserver.key"
-{http}{tls}{serving}"#,
+{http}{tls}{serving}{patient}"#,
             audit = audit.display(),
             d = d.display(),
-            http = probe(
-                "client-ca-http",
-                "kubernetes-ca",
-                &format!("check = \"http\"\nrequest = \"POST {SSR_PATH}\"")
-            ),
-            tls = probe("client-ca-tls", "kubernetes-ca", ""),
-            serving = probe("serving-http", "apiserver", "check = \"http\""),
+            http = probe("client-ca-http", "kubernetes-ca", &review, "2s"),
+            tls = probe("client-ca-tls", "kubernetes-ca", "", "2s"),
+            serving = probe("serving-http", "apiserver", "check = \"http\"", "2s"),
+            // The same check with a deadline no step of this test reaches: it shows what
+            // happens before a deadline.
+            patient = probe("patient-http", "kubernetes-ca", &review, "10m"),
         ),
     )
     .expect("write");
 
     let agent = Agent::start(&d.join("certreload.toml"), &audit, &[]);
-    for p in ["client-ca-http", "client-ca-tls", "serving-http"] {
+    for p in [
+        "client-ca-http",
+        "client-ca-tls",
+        "serving-http",
+        "patient-http",
+    ] {
         agent.expect_record(&format!("{p} converged at start-up"), |r| {
             r["event"] == "endpoint_converged" && r["probe"] == p && r["trigger"] == "startup"
         });
@@ -536,10 +558,28 @@ key = "{d}/apiserver.key"
         observed(&agent, "client-ca-http"),
         format!("trusted: authenticated as {USER} (201)")
     );
+    let patient = agent.expect_record("patient probe converged after the reload", |r| {
+        r["event"] == "endpoint_converged" && r["probe"] == "patient-http" && seq(r) > seq(&rotated)
+    });
 
     // Not ready (503): unknown, never converged; reported stale only once it outlasts the
     // deadline, with the reason; converged again when the server answers.
     server.change(|b| b.unavailable = true);
+    wait_observed(&agent, "patient-http", |o| {
+        o.starts_with("unknown: POST ") && o.ends_with(" answered 503 Service Unavailable")
+    });
+    let records_about = |probe: &str, after: u64| -> Vec<Value> {
+        agent
+            .records()
+            .into_iter()
+            .filter(|r| r["probe"] == probe && seq(r) > after)
+            .collect()
+    };
+    assert_eq!(
+        records_about("patient-http", seq(&patient)),
+        Vec::<Value>::new(),
+        "an inconclusive answer is not reported (nor acted on) before the deadline"
+    );
     let unknown = agent.expect_record("503 outlasting the deadline", |r| {
         r["event"] == "endpoint_stale" && r["probe"] == "client-ca-http" && seq(r) > seq(&converged)
     });
@@ -556,6 +596,12 @@ key = "{d}/apiserver.key"
             && r["trigger"] == "interval"
             && seq(r) > seq(&unknown)
     });
+    wait_observed(&agent, "patient-http", |o| o.starts_with("trusted: "));
+    assert_eq!(
+        records_about("patient-http", seq(&patient)),
+        Vec::<Value>::new(),
+        "a blip that ended before the deadline leaves no record"
+    );
     agent.stop();
 }
 
