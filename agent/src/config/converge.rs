@@ -26,7 +26,9 @@ pub struct ProbeConfig {
     /// endpoint serves its leaf. A ca bundle: the endpoint accepts a client certificate issued by
     /// it (from `client_bundle`).
     pub bundle: String,
-    /// A client bundle presented in the handshake (endpoints that demand a client certificate).
+    /// A client bundle presented in the handshake (endpoints that demand a client certificate),
+    /// or a kubeconfig bundle, whose embedded client certificate is presented (kubeadm's
+    /// `admin.conf` identity may read what `apiserver-kubelet-client` may not, such as the JWKS).
     pub client_bundle: Option<String>,
     /// After a new generation: how long the endpoint has before it is reported stale.
     pub deadline: Duration,
@@ -399,11 +401,14 @@ pub(crate) fn parse_probes(
         })?;
         let check = parse_check(src, offset, p, kind, &field)?;
         if let Some(c) = &p.client_bundle {
-            if kind_of(bundles, c) != Some(BundleKind::Client) {
+            if !matches!(
+                kind_of(bundles, c),
+                Some(BundleKind::Client | BundleKind::Kubeconfig)
+            ) {
                 return Err(src.invalid(
                     offset,
                     field("client_bundle"),
-                    format!("{c:?} is not a client bundle"),
+                    format!("{c:?} is not a client bundle (kind = \"client\" or \"kubeconfig\")"),
                 ));
             }
         }
@@ -656,6 +661,10 @@ name = "sa"
 kind = "sa-keys"
 private_key = "/sa.key"
 public_keys = ["/sa.pub"]
+[[bundle]]
+name = "admin-conf"
+kind = "kubeconfig"
+file = "/admin.conf"
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
@@ -834,9 +843,16 @@ name = "keys"
 endpoint = "127.0.0.1:6443"
 bundle = "sa"
 check = "jwks"
+[[probe]]
+name = "keys-as-admin"
+endpoint = "127.0.0.1:6443"
+bundle = "sa"
+client_bundle = "admin-conf"
+check = "jwks"
 "#,
         )
         .expect("valid");
+        assert_eq!(c.probes[4].client_bundle.as_deref(), Some("admin-conf"));
         assert_eq!(c.probes[0].check, ProbeCheck::Tls);
         let get = |t: &str| ProbeRequest::parse(t).expect("request");
         assert_eq!(c.probes[1].check, ProbeCheck::Http(get("GET /healthz")));
