@@ -6,6 +6,13 @@
 //! restarts them when they exit: it stands in for the kubelet. Restart actions therefore kill the
 //! component through its pid file, where a node would `crictl stop` it.
 //!
+//! The client-CA tests rotate the cluster CA as an operator does with kubeadm (`ca.crt` = new +
+//! old). kube-controller-manager's CSR signer refuses a `ca.crt` with two certificates and, in
+//! v1.37, the controller-manager then exits at every start; so the tests first give the signer
+//! its own single-certificate pair (see `give_the_signer_its_own_pair`), and check at the end
+//! that the controller-manager and the scheduler lead (hold and renew their Leases), not just
+//! answer `/healthz`.
+//!
 //! Every figure the tests print (bring-up, seconds to converge) is a measurement for
 //! docs/kubernetes.md, never an assertion.
 
@@ -15,7 +22,7 @@ use std::{
 };
 
 use certreload_e2e::{
-    kube::{self, ControlPlane, APISERVER, CONTROLLER_MANAGER, KUBEADM_CONFIG},
+    kube::{self, ControlPlane, APISERVER, CONTROLLER_MANAGER, KUBEADM_CONFIG, SCHEDULER},
     Agent,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer};
@@ -183,7 +190,7 @@ fn kubeadm_certs_renew_apiserver_is_served_without_a_restart() {
     run.agent.stop();
 }
 
-/// Restores the controller-manager's client CA flag (and restarts it) if the test ends early.
+/// Restores a component's flag (and restarts it) if the test ends before the action did.
 struct RestoreFlag<'a> {
     cp: &'a ControlPlane,
     component: &'static str,
@@ -207,10 +214,56 @@ impl Drop for RestoreFlag<'_> {
     }
 }
 
+/// The controller-manager's CSR signing pair, apart from `ca.crt`.
+const SIGNER_CRT: &str = "/etc/kubernetes/pki/cluster-signing-ca.crt";
+const SIGNER_KEY: &str = "/etc/kubernetes/pki/cluster-signing-ca.key";
+
+/// Replaces `path` by rename (readers see the old or the new file, never a part).
+fn replace(path: &Path, bytes: &[u8]) {
+    let name = path.file_name().expect("a file").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.rotating"));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The first certificate of a PEM bundle (kubeadm's convention: the signing CA comes first).
+fn first_pem(bundle: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = bundle.find(END).expect("a PEM certificate") + END.len();
+    format!("{}\n", &bundle[..end])
+}
+
+/// kubeadm points the controller-manager's CSR signer at `ca.crt`/`ca.key`, and the signer
+/// refuses a file with more than one certificate: a controller-manager that starts while
+/// `ca.crt` is an old + new bundle exits ("expected 1 certificate, found 2") and crash-loops.
+/// An operator who rotates with a bundle gives the signer a pair of its own first, as this
+/// does (idempotent; it takes effect at the controller-manager's next start). Returns whether
+/// the manifest changed.
+fn give_the_signer_its_own_pair(cp: &ControlPlane) -> bool {
+    if cp
+        .flag(CONTROLLER_MANAGER, "cluster-signing-cert-file")
+        .expect("manifest")
+        .as_deref()
+        == Some(SIGNER_CRT)
+    {
+        return false;
+    }
+    let bundle = std::fs::read_to_string(cp.pki().join("ca.crt")).expect("ca.crt");
+    let key = std::fs::read(cp.pki().join("ca.key")).expect("ca.key");
+    replace(&cp.path(SIGNER_KEY), &key);
+    replace(&cp.path(SIGNER_CRT), first_pem(&bundle).as_bytes());
+    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-cert-file", SIGNER_CRT)
+        .expect("edit manifest");
+    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-key-file", SIGNER_KEY)
+        .expect("edit manifest");
+    true
+}
+
 /// Rotates the cluster CA the way an operator does with kubeadm: a new CA made by kubeadm in a
-/// scratch root; `ca.crt` becomes new + old (so every certificate of the old CA stays trusted)
-/// and `ca.key` the new key, each replaced by rename; then apiserver-kubelet-client is renewed
-/// by kubeadm from the new CA. Returns the new CA's and the renewed leaf's fingerprints.
+/// scratch root; `ca.crt` becomes new + old (so every certificate of the old CA stays trusted),
+/// `ca.key` the new key, the signer's own pair the new CA, each replaced by rename; then
+/// apiserver-kubelet-client is renewed by kubeadm from the new CA. Returns the new CA's and the
+/// renewed leaf's fingerprints.
 fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
     let scratch = tempfile::tempdir().expect("scratch root");
     let etc = scratch.path().join("etc/kubernetes");
@@ -229,13 +282,15 @@ fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
     let new_key = std::fs::read(etc.join("pki/ca.key")).expect("new ca.key");
     let pki = cp.pki();
     let old_crt = std::fs::read_to_string(pki.join("ca.crt")).expect("old ca.crt");
-    let replace = |name: &str, bytes: &[u8]| {
-        let tmp = pki.join(format!(".{name}.rotating"));
-        std::fs::write(&tmp, bytes).expect("write");
-        std::fs::rename(&tmp, pki.join(name)).expect("rename");
-    };
-    replace("ca.key", &new_key);
-    replace("ca.crt", format!("{new_crt}{old_crt}").as_bytes());
+    // The signer (its own single-certificate pair) moves to the new CA; the controller-manager
+    // reloads that pair by itself.
+    replace(&cp.path(SIGNER_KEY), &new_key);
+    replace(&cp.path(SIGNER_CRT), new_crt.as_bytes());
+    replace(&pki.join("ca.key"), &new_key);
+    replace(
+        &pki.join("ca.crt"),
+        format!("{new_crt}{old_crt}").as_bytes(),
+    );
     let new_ca = leaf_sha256(&etc.join("pki/ca.crt"));
     cp.kubeadm(&[
         "certs",
@@ -279,10 +334,15 @@ fn kept_on_the_old_client_ca(cp: &ControlPlane, component: &'static str, probe: 
         flag: FLAG,
         value: rotated.clone(),
     };
+    let signer_moved = give_the_signer_its_own_pair(cp);
     cp.set_flag(component, FLAG, &frozen)
         .expect("edit manifest");
     cp.restart(component)
         .unwrap_or_else(|e| panic!("{component} restarts on the frozen CA: {e:#}"));
+    if signer_moved && component != CONTROLLER_MANAGER {
+        cp.restart(CONTROLLER_MANAGER)
+            .unwrap_or_else(|e| panic!("controller-manager restarts on its own signer: {e:#}"));
+    }
 
     let manifest = cp.manifest(component);
     let pidfile = cp.pidfile(component);
@@ -318,6 +378,9 @@ min_interval = "1s"
         |r| r["event"] == "endpoint_converged" && r["probe"] == probe && r["trigger"] == "startup",
     );
     let restarts = cp.restart_count(component);
+    let leader = cp
+        .wait_leading(CONTROLLER_MANAGER, None)
+        .expect("controller-manager leads before the rotation");
 
     let (new_ca, new_client) = rotate_cluster_ca(cp);
     let ca = await_record(
@@ -401,6 +464,14 @@ min_interval = "1s"
             r["seconds"].as_f64().unwrap_or_default()
         );
     }
+    // Restarted or not, the controller-manager and the scheduler work on the rotated CA: they
+    // lead (kube-controller-manager exits right after winning its Lease when it cannot build its
+    // controllers).
+    let previous = (component == CONTROLLER_MANAGER).then_some(leader.holder.as_str());
+    cp.wait_leading(CONTROLLER_MANAGER, previous)
+        .expect("controller-manager leads after the rotation");
+    cp.wait_leading(SCHEDULER, None)
+        .expect("scheduler leads after the rotation");
     eprintln!("restarts so far: {}", restart_counts(cp));
     run.agent.stop();
 }

@@ -61,6 +61,8 @@ pub const ADVERTISE_ADDRESS: &str = "10.251.0.1";
 pub const NODE_NAME: &str = "cr-node-1";
 /// The environment variable naming the directory with the peer binaries.
 pub const PEERS_ENV: &str = "CERTRELOAD_PEERS";
+/// Set to keep the host root (PKI, manifests, component logs) after the tests, for debugging.
+pub const KEEP_ENV: &str = "CERTRELOAD_KUBE_KEEP";
 /// Where kubeadm's configuration is, as kubeadm (chrooted into the root) sees it.
 pub const KUBEADM_CONFIG: &str = "/etc/kubernetes/kubeadm.yaml";
 
@@ -98,6 +100,15 @@ pub struct BringUp {
     pub controllers: Duration,
     /// Everything.
     pub total: Duration,
+}
+
+/// A component's leader-election Lease, as read from the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// `spec.holderIdentity` (host name and a per-process id).
+    pub holder: String,
+    /// `spec.renewTime`.
+    pub renewed: String,
 }
 
 /// A kubeadm control plane in a temporary host root; stopped (processes, root, address) on drop.
@@ -529,6 +540,65 @@ networking:
         self.wait_ready_after(component, restarts)
     }
 
+    /// Who holds `component`'s leader-election Lease (`kube-system/<component>`) and when it
+    /// was last renewed; `None` while there is no such Lease.
+    pub fn leader(&self, component: &str) -> Result<Option<Leader>> {
+        let out = self.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            component,
+            "--ignore-not-found",
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.renewTime}",
+        ])?;
+        let mut words = out.split_whitespace();
+        Ok(match (words.next(), words.next()) {
+            (Some(holder), Some(renewed)) => Some(Leader {
+                holder: holder.to_string(),
+                renewed: renewed.to_string(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Waits until `component` leads: a holder other than `previous` has the Lease and has
+    /// renewed it at least once while the same process kept running. A healthy `/healthz` is not
+    /// enough: kube-controller-manager answers it at once, but builds its controllers only after
+    /// winning the Lease, and exits then if it cannot (e.g. a CA file it cannot use).
+    pub fn wait_leading(&self, component: &str, previous: Option<&str>) -> Result<Leader> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut first: Option<(Leader, u32)> = None;
+        let mut last = String::from("no Lease yet");
+        while Instant::now() < deadline {
+            let starts = self.component(component).starts();
+            match self.leader(component) {
+                Ok(Some(l)) if Some(l.holder.as_str()) != previous => {
+                    match &first {
+                        Some((f, s)) if f.holder == l.holder && *s == starts => {
+                            if f.renewed != l.renewed && self.pid(component).is_some() {
+                                return Ok(l);
+                            }
+                        }
+                        _ => first = Some((l.clone(), starts)),
+                    }
+                    last = format!("held by {} (renewed {})", l.holder, l.renewed);
+                }
+                Ok(Some(l)) => last = format!("still held by the previous holder {}", l.holder),
+                Ok(None) => {}
+                Err(e) => last = format!("{e:#}"),
+            }
+            // Lease renewals come every 2 s (--leader-elect-retry-period): look again shortly.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!(
+            "{component} does not lead within {READY_DEADLINE:?} ({last}; restarted {} times):\n{}",
+            self.restart_count(component),
+            self.log_tail(component, 40)
+        )
+    }
+
     /// The value of `--flag` in `component`'s manifest (a path as the container sees it).
     pub fn flag(&self, component: &str, flag: &str) -> Result<Option<String>> {
         let path = self.manifest(component);
@@ -561,7 +631,14 @@ networking:
         for c in self.components.iter().rev() {
             c.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        if std::env::var_os(KEEP_ENV).is_some() {
+            eprintln!(
+                "{KEEP_ENV} is set: keeping the host root {} (logs in var/log)",
+                self.root.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
         if self.added_address {
             let _ = Command::new("ip")
                 .args([
