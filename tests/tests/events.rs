@@ -1,8 +1,12 @@
-//! Kubernetes Events on the Node, against a STUB API server (no real API server is obtainable in
-//! this environment): a local HTTP server that records what the agent's kube-rs client posts and
-//! answers like the API server. What this proves: the agent posts well-formed core/v1 Events
-//! (Node reference, reason, type) for material_accepted and material_rejected, through kube-rs
-//! with kubeconfig credentials. What it cannot prove: admission by a real API server and RBAC.
+//! STUB API server, for failure injection only: what the agent does when the API server answers
+//! Events with 5xx or not at all, which a real API server does not do on demand. (Events as a real
+//! API server stores them, with the DaemonSet's ServiceAccount and RBAC, are tested in
+//! tests/tests/kube_rbac.rs against the kubeadm control plane.)
+//!
+//! The stub is a local HTTP server that records every request and answers as the test's current
+//! [`Mode`] says. What this proves: a refused or unanswered Event is logged and dropped, never
+//! retried forever nor allowed to hold back the Events after it, and the audit log has every
+//! record regardless.
 
 use std::{
     fs,
@@ -15,17 +19,35 @@ use std::{
 use certreload_e2e::{pki::Leaf, Agent};
 use serde_json::Value;
 
-type Posted = Arc<Mutex<Vec<(String, Value)>>>;
+/// How the STUB answers the next requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 500 Internal Server Error with a Status body, as an API server with a failing etcd.
+    ServerError,
+    /// Reads the request and never answers (a hung API server).
+    Hang,
+    /// 201 Created with the Event, as the API server does.
+    Accept,
+}
 
-/// A stub API server: records every request (path, JSON body) and answers 201 with the body.
-fn stub_api_server() -> (String, Posted) {
+#[derive(Default)]
+struct Stub {
+    /// Every request: (path, JSON body, the mode it met).
+    seen: Vec<(String, Value, Mode)>,
+}
+
+type Shared = (Arc<Mutex<Stub>>, Arc<Mutex<Mode>>);
+
+/// A STUB API server on a free port: `(address, requests seen, mode switch)`.
+fn stub_api_server(mode: Mode) -> (String, Shared) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let posted: Posted = Arc::default();
-    let record = posted.clone();
+    let stub: Arc<Mutex<Stub>> = Arc::default();
+    let mode = Arc::new(Mutex::new(mode));
+    let (record, switch) = (stub.clone(), mode.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let record = record.clone();
+            let (record, switch) = (record.clone(), switch.clone());
             std::thread::spawn(move || {
                 let mut writer = stream.try_clone().expect("clone");
                 let mut reader = BufReader::new(stream);
@@ -60,49 +82,95 @@ fn stub_api_server() -> (String, Posted) {
                         .unwrap_or("")
                         .to_string();
                     let mut json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    record.lock().expect("lock").push((path, json.clone()));
-                    json["metadata"]["name"] = "stub".into();
-                    let reply = json.to_string();
+                    let mode = *switch.lock().expect("lock");
+                    record
+                        .lock()
+                        .expect("lock")
+                        .seen
+                        .push((path, json.clone(), mode));
+                    let (status, reply) = match mode {
+                        Mode::Hang => {
+                            // Hold the connection open without a byte of answer.
+                            let _ = reader.read_to_end(&mut Vec::new());
+                            return;
+                        }
+                        Mode::ServerError => (
+                            "500 Internal Server Error",
+                            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"etcdserver: request timed out","reason":"InternalError","code":500}"#.to_string(),
+                        ),
+                        Mode::Accept => {
+                            json["metadata"]["name"] = "stub".into();
+                            ("201 Created", json.to_string())
+                        }
+                    };
                     let _ = write!(
                         writer,
-                        "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
                         reply.len()
                     );
                 }
             });
         }
     });
-    (addr, posted)
+    (addr, (stub, mode))
 }
 
-fn wait_for(posted: &Posted, reason: &str) -> (String, Value) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Waits until the STUB saw an Event of `reason` whose message contains `text`.
+fn wait_for(shared: &Shared, reason: &str, text: &str) -> (Value, Mode) {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(found) = posted
+        if let Some((_, e, mode)) = shared
+            .0
             .lock()
             .expect("lock")
+            .seen
             .iter()
-            .find(|(_, e)| e["reason"] == reason)
+            .find(|(_, e, _)| {
+                e["reason"] == reason && e["message"].as_str().is_some_and(|m| m.contains(text))
+            })
         {
-            return found.clone();
+            return (e.clone(), *mode);
         }
         assert!(
             Instant::now() < deadline,
-            "no {reason} Event posted; got {:?}",
-            posted.lock().expect("lock")
+            "STUB: no {reason} Event with {text:?}; got {:?}",
+            shared.0.lock().expect("lock").seen
         );
+        // The STUB is fed by another process: look again shortly.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the agent logged a line containing `needle`; returns that line.
+fn wait_log(agent: &Agent, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(line) = agent.log().lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}:\n{}",
+            agent.log()
+        );
+        // The agent's stderr is collected by another thread: look again shortly.
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 #[test]
-fn stub_api_server_receives_node_events_for_acceptance_and_rejection() {
+fn stub_api_server_5xx_and_no_answer_drop_the_event_and_later_events_still_go_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let (cert, key) = Leaf::server("localhost").self_signed();
-    fs::write(d.join("tls.crt"), cert).expect("write");
-    fs::write(d.join("tls.key"), key).expect("write");
-    let (api, posted) = stub_api_server();
+    let write_pair = |cn: &str| {
+        let (cert, key) = Leaf::server(cn).sans(&["localhost"]).self_signed();
+        fs::write(d.join("tls.key.new"), key).expect("write");
+        fs::write(d.join("tls.crt.new"), cert).expect("write");
+        fs::rename(d.join("tls.key.new"), d.join("tls.key")).expect("rename");
+        fs::rename(d.join("tls.crt.new"), d.join("tls.crt")).expect("rename");
+    };
+    write_pair("stub-events-1");
+    let (api, shared) = stub_api_server(Mode::ServerError);
     let kubeconfig = d.join("kubeconfig");
     fs::write(
         &kubeconfig,
@@ -115,7 +183,7 @@ fn stub_api_server_receives_node_events_for_acceptance_and_rejection() {
     fs::write(
         d.join("certreload.toml"),
         format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"test-node\"\nnamespace = \"kube-system\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"stub-node\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
             audit.display(),
             d.join("tls.crt").display(),
             d.join("tls.key").display()
@@ -129,31 +197,46 @@ fn stub_api_server_receives_node_events_for_acceptance_and_rejection() {
         &audit,
         &[],
     );
-    let (path, accepted) = wait_for(&posted, "CertificateAccepted");
-    assert_eq!(path, "/api/v1/namespaces/kube-system/events?");
-    assert_eq!(accepted["type"], "Normal");
-    assert_eq!(accepted["involvedObject"]["kind"], "Node");
-    assert_eq!(accepted["involvedObject"]["name"], "test-node");
-    assert!(
-        accepted["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("bundle web: generation 1 accepted")),
-        "{accepted}"
-    );
 
+    // 1. 500: the start-up Event is refused, logged, dropped.
+    let (_, mode) = wait_for(&shared, "CertificateAccepted", "generation 1 accepted");
+    assert_eq!(mode, Mode::ServerError);
+    let refused = wait_log(&agent, "cannot post a Kubernetes Event");
+    assert!(refused.contains("500"), "{refused}");
+
+    // 2. No answer: the next Event waits at most the post timeout, then is dropped.
+    *shared.1.lock().expect("lock") = Mode::Hang;
+    write_pair("stub-events-2");
+    let (_, mode) = wait_for(&shared, "CertificateAccepted", "generation 2 accepted");
+    assert_eq!(mode, Mode::Hang);
+
+    // 3. The API server is back: the Event after the hung one is posted and taken.
+    *shared.1.lock().expect("lock") = Mode::Accept;
     fs::write(d.join("tls.crt"), "garbage\n").expect("write");
-    let (_, rejected) = wait_for(&posted, "CertificateRejected");
-    assert_eq!(rejected["type"], "Warning");
-    assert!(
-        rejected["message"].as_str().is_some_and(
-            |m| m.contains("failed check parse") && m.contains("generation 1 stays live")
-        ),
-        "{rejected}"
+    let (rejected, mode) = wait_for(&shared, "CertificateRejected", "generation 2 stays live");
+    assert_eq!(mode, Mode::Accept, "{rejected}");
+    wait_log(&agent, "no answer from the API server within");
+
+    // Every step is in the audit log, whatever happened to its Event.
+    let records = agent.stop();
+    let events: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["event"].as_str())
+        .filter(|e| *e == "material_accepted" || *e == "material_rejected")
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "material_accepted",
+            "material_accepted",
+            "material_rejected"
+        ],
+        "{records:#?}"
     );
-    let log = agent.log();
+    let seen = &shared.0.lock().expect("lock").seen;
     assert!(
-        !log.contains("BEGIN PRIVATE KEY"),
-        "no key material in logs"
+        seen.iter()
+            .all(|(path, _, _)| path.starts_with("/api/v1/namespaces/default/events")),
+        "Node Events go to the default namespace: {seen:?}"
     );
-    agent.stop();
 }

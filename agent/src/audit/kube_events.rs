@@ -1,6 +1,13 @@
 //! Kubernetes Events on the Node for the records an operator must see without reading the audit
 //! log: `material_rejected`, `endpoint_stale` and `material_accepted` (`[events] enabled = true`).
-//! The audit log stays the source of truth; an Event that cannot be posted is logged and dropped.
+//! The audit log stays the source of truth; an Event that cannot be posted (refused, a 5xx, no
+//! answer within [`POST_TIMEOUT`]) is logged and dropped, and the next one is tried.
+//!
+//! Events about a Node go to `[events] namespace`, "default" unless configured: the API server
+//! accepts an Event about a cluster-scoped object only in "default" (core/v1 Events without
+//! `eventTime`), and deploy/rbac.yaml grants `create` there only.
+
+use std::time::Duration;
 
 use k8s_openapi::{
     api::core::v1::{Event, EventSource, ObjectReference},
@@ -11,6 +18,30 @@ use kube::{api::PostParams, Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use super::{AuditEvent, Observed};
+
+/// Longest wait for the API server to take one Event: a hung API server must not hold back
+/// the Events after it.
+pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an Event was not posted.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The API server refused it or could not be reached.
+    #[error("{reason} Event: {source}")]
+    Api {
+        /// The Event's reason (`CertificateAccepted`, ...).
+        reason: &'static str,
+        /// What kube-rs returned.
+        #[source]
+        source: kube::Error,
+    },
+    /// No answer within [`POST_TIMEOUT`].
+    #[error("{reason} Event: no answer from the API server within {POST_TIMEOUT:?}")]
+    Timeout {
+        /// The Event's reason.
+        reason: &'static str,
+    },
+}
 
 /// Posts Events about one Node.
 pub struct NodeEvents {
@@ -103,8 +134,8 @@ impl NodeEvents {
         ))
     }
 
-    /// Posts the Event for `observed`, if it maps to one.
-    pub async fn publish(&self, observed: &Observed) -> Result<bool, kube::Error> {
+    /// Posts the Event for `observed`, if it maps to one (`Ok(false)`: it maps to none).
+    pub async fn publish(&self, observed: &Observed) -> Result<bool, PostError> {
         let Some((kind, reason, message)) = describe(observed) else {
             return Ok(false);
         };
@@ -134,8 +165,16 @@ impl NodeEvents {
             reporting_instance: Some(self.node.clone()),
             ..Event::default()
         };
-        self.api.create(&PostParams::default(), &event).await?;
-        Ok(true)
+        match tokio::time::timeout(
+            POST_TIMEOUT,
+            self.api.create(&PostParams::default(), &event),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(source)) => Err(PostError::Api { reason, source }),
+            Err(_) => Err(PostError::Timeout { reason }),
+        }
     }
 }
 

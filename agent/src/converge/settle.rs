@@ -128,17 +128,14 @@ impl ConvergenceFeed {
 mod tests {
     use super::*;
 
+    /// A probe as the configuration makes it (so new probe fields need no change here).
     fn probe(name: &str, bundle: &str, deadline_ms: u64) -> ProbeConfig {
-        ProbeConfig {
-            name: name.into(),
-            endpoint: "127.0.0.1:1".into(),
-            server_name: "localhost".into(),
-            bundle: bundle.into(),
-            client_bundle: None,
-            deadline: Duration::from_millis(deadline_ms),
-            interval: Duration::from_secs(30),
-            check: Default::default(),
-        }
+        let text = format!(
+            "[[bundle]]\nname = \"{bundle}\"\nkind = \"server\"\ncert = \"/c\"\nkey = \"/k\"\n[[probe]]\nname = \"{name}\"\nendpoint = \"127.0.0.1:1\"\nbundle = \"{bundle}\"\ndeadline = \"{deadline_ms}ms\"\n"
+        );
+        let mut config = crate::config::Config::parse(std::path::Path::new("t.toml"), &text)
+            .expect("valid probe");
+        config.probes.remove(0)
     }
 
     #[tokio::test]
