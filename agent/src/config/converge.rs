@@ -36,6 +36,12 @@ pub struct ProbeConfig {
     pub interval: Duration,
     /// What the probe does after the handshake (`check = "tls" | "http" | "jwks"`).
     pub check: ProbeCheck,
+    /// `bearer_token_file`: a file whose content is sent as `Authorization: Bearer …` with the
+    /// probe's HTTP request (`check = "http"` or `"jwks"`). Read again at every check, because a
+    /// kubelet-projected ServiceAccount token is rotated in place: a pod's own token is the
+    /// least-privileged identity that may read the API server's JWKS. Only the path is kept here;
+    /// the token is never logged, recorded or shown.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// How a probe judges an endpoint. The TLS handshake alone is right for servers that verify a
@@ -340,6 +346,7 @@ pub(crate) struct RawProbe {
     interval: Option<Spanned<String>>,
     check: Option<Spanned<String>>,
     request: Option<Spanned<String>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +434,20 @@ pub(crate) fn parse_probes(
         if interval.is_zero() {
             return Err(src.invalid(offset, field("interval"), "must be greater than zero"));
         }
+        let bearer_token_file = match &p.bearer_token_file {
+            None => None,
+            Some(f) if check.request().is_none() => {
+                return Err(src.invalid(
+                    f.span().start,
+                    field("bearer_token_file"),
+                    "a bearer token is sent with an HTTP request: check = \"http\" or \"jwks\"",
+                ))
+            }
+            Some(f) if f.get_ref().as_os_str().is_empty() => {
+                return Err(src.invalid(f.span().start, field("bearer_token_file"), "empty path"))
+            }
+            Some(f) => Some(f.get_ref().clone()),
+        };
         out.push(ProbeConfig {
             name: p.name.clone(),
             endpoint: p.endpoint.clone(),
@@ -439,6 +460,7 @@ pub(crate) fn parse_probes(
             deadline: duration(&p.deadline, "deadline", DEFAULT_DEADLINE)?,
             interval,
             check,
+            bearer_token_file,
         });
     }
     Ok(out)
@@ -867,6 +889,61 @@ check = "jwks"
             ProbeCheck::Jwks(get("GET /openid/v1/jwks"))
         );
         assert_eq!(c.probes[3].client_bundle, None, "jwks may go anonymous");
+    }
+
+    #[test]
+    fn a_bearer_token_file_goes_with_an_http_request_only() {
+        let c = parse(
+            r#"
+[[probe]]
+name = "keys-as-pod"
+endpoint = "127.0.0.1:6443"
+bundle = "sa"
+check = "jwks"
+bearer_token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+[[probe]]
+name = "healthz"
+endpoint = "127.0.0.1:10257"
+bundle = "srv"
+check = "http"
+bearer_token_file = "/run/token"
+[[probe]]
+name = "keys"
+endpoint = "127.0.0.1:6443"
+bundle = "sa"
+check = "jwks"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.probes[0].bearer_token_file.as_deref(),
+            Some(Path::new(
+                "/var/run/secrets/kubernetes.io/serviceaccount/token"
+            ))
+        );
+        assert_eq!(
+            c.probes[1].bearer_token_file.as_deref(),
+            Some(Path::new("/run/token"))
+        );
+        assert_eq!(c.probes[2].bearer_token_file, None);
+        for (extra, message) in [
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nbearer_token_file = \"/t\"\n",
+                "check = \"http\" or \"jwks\"",
+            ),
+            (
+                "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"sa\"\ncheck = \"jwks\"\nbearer_token_file = \"\"\n",
+                "empty path",
+            ),
+        ] {
+            let e = error(extra);
+            let line = line_of(extra, "bearer_token_file");
+            assert!(
+                e.starts_with(&format!("t.toml:{line}: probe[x].bearer_token_file: "))
+                    && e.contains(message),
+                "expected t.toml:{line}: probe[x].bearer_token_file: …{message}…, got {e}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! `Content-Length`, chunked encoding or the end of the stream, up to [`MAX_BODY`]) and gives up
 //! after a deadline for the whole exchange. Nothing here logs a body.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use thiserror::Error;
 use tokio::io::{
@@ -30,6 +33,92 @@ pub struct Request<'a> {
     pub host: &'a str,
     /// Content type and body, when there is one.
     pub body: Option<(&'a str, &'a [u8])>,
+    /// Sent as `Authorization: Bearer …` when given.
+    pub bearer: Option<&'a BearerToken>,
+}
+
+/// The most bytes read from a token file (a ServiceAccount token is one or two KiB).
+pub const MAX_TOKEN: u64 = 64 * 1024;
+
+/// A bearer token for the `Authorization` header (`bearer_token_file`). It is a credential: its
+/// `Debug` shows only its length, it has no `Display`, and no error quotes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerToken(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+/// A token file gave no token. Messages name the file, never what it holds.
+#[derive(Debug, Error)]
+pub enum TokenError {
+    /// The file cannot be read (missing: e.g. no ServiceAccount token mounted).
+    #[error("bearer_token_file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing but white space in it.
+    #[error("bearer_token_file {} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// More than one line, control characters, spaces, or over [`MAX_TOKEN`] bytes: it cannot be
+    /// sent in a header as it is.
+    #[error(
+        "bearer_token_file {} does not hold a token (one line of at most {MAX_TOKEN} visible ASCII characters)",
+        path.display()
+    )]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl BearerToken {
+    /// The token in `bytes` (the content of `path`), surrounding white space (a trailing newline)
+    /// removed.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<BearerToken, TokenError> {
+        let malformed = || TokenError::Malformed {
+            path: path.to_path_buf(),
+        };
+        if bytes.len() as u64 > MAX_TOKEN {
+            return Err(malformed());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| malformed())?.trim();
+        if text.is_empty() {
+            return Err(TokenError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        // Visible ASCII only: nothing that could end the header line or start another.
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(malformed());
+        }
+        Ok(BearerToken(text.to_string()))
+    }
+
+    /// Reads the token from `path` now (a projected token is replaced in place, so every check
+    /// reads it again).
+    pub async fn read(path: &Path) -> Result<BearerToken, TokenError> {
+        let read = |source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(read)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_TOKEN + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(read)?;
+        BearerToken::parse(path, &bytes)
+    }
 }
 
 /// One response: the status and the complete body.
@@ -108,6 +197,9 @@ pub fn encode_request(request: &Request<'_>) -> Vec<u8> {
         "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: certreload-probe\r\nAccept: application/json, */*\r\nConnection: close\r\n",
         request.method, request.path, request.host
     );
+    if let Some(BearerToken(token)) = request.bearer {
+        out.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
     let body: &[u8] = match request.body {
         Some((content_type, body)) => {
             out.push_str(&format!("Content-Type: {content_type}\r\n"));
@@ -407,6 +499,7 @@ mod tests {
             path: "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             host: "127.0.0.1:6443",
             body: Some(("application/json", body)),
+            bearer: None,
         });
         let text = String::from_utf8(bytes).expect("ascii");
         let (head, sent_body) = text.split_once("\r\n\r\n").expect("head and body");
@@ -430,11 +523,97 @@ mod tests {
             path: "/healthz",
             host: "h:1",
             body: None,
+            bearer: None,
         }))
         .expect("ascii");
         assert!(get.starts_with("GET /healthz HTTP/1.1\r\n"), "{get}");
         assert!(get.ends_with("Content-Length: 0\r\n\r\n"), "{get}");
         assert!(!get.contains("Content-Type"), "{get}");
+    }
+
+    /// A token-shaped secret (a JWT's three base64url parts) for the tests below.
+    const SECRET: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl";
+
+    #[test]
+    fn a_bearer_token_is_sent_in_the_authorization_header_and_never_shown() {
+        let token =
+            BearerToken::parse(Path::new("/t"), format!("{SECRET}\n").as_bytes()).expect("a token");
+        let request = Request {
+            method: "GET",
+            path: "/openid/v1/jwks",
+            host: "127.0.0.1:6443",
+            body: None,
+            bearer: Some(&token),
+        };
+        let text = String::from_utf8(encode_request(&request)).expect("ascii");
+        let head = text.strip_suffix("\r\n\r\n").expect("no body");
+        assert!(
+            head.split("\r\n")
+                .any(|l| l == format!("Authorization: Bearer {SECRET}")),
+            "the header, the trailing newline trimmed: {text}"
+        );
+        for shown in [format!("{token:?}"), format!("{request:?}")] {
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(!shown.contains("eyJ"), "{shown}");
+        }
+        assert!(format!("{token:?}").contains("redacted"));
+        let none = String::from_utf8(encode_request(&Request {
+            bearer: None,
+            ..request
+        }))
+        .expect("ascii");
+        assert!(!none.contains("Authorization"), "{none}");
+    }
+
+    #[test]
+    fn token_files_that_cannot_be_sent_are_refused_by_path_without_their_content() {
+        let path = Path::new("/run/secrets/token");
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "is empty"),
+            (b" \n\t\n", "is empty"),
+            (b"abc\r\nX-Injected: 1", "does not hold a token"),
+            (b"two words", "does not hold a token"),
+            (b"caf\xc3\xa9", "does not hold a token"),
+            (b"\xff\xfe", "does not hold a token"),
+        ];
+        for (bytes, message) in cases {
+            let e = BearerToken::parse(path, bytes).expect_err("refused");
+            let text = e.to_string();
+            assert!(
+                text.contains("/run/secrets/token") && text.contains(message),
+                "{:?}: {text}",
+                String::from_utf8_lossy(bytes)
+            );
+            assert!(!text.contains("abc") && !text.contains("words"), "{text}");
+        }
+        let huge = vec![b'a'; MAX_TOKEN as usize + 1];
+        assert!(matches!(
+            BearerToken::parse(path, &huge),
+            Err(TokenError::Malformed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_token_file_is_read_at_each_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        let e = BearerToken::read(&path).await.expect_err("missing");
+        assert!(
+            matches!(&e, TokenError::Read { path: p, .. } if p == &path),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        std::fs::write(&path, "first-token\n").expect("write");
+        assert_eq!(
+            BearerToken::read(&path).await.expect("token"),
+            BearerToken("first-token".into())
+        );
+        // The kubelet replaces a projected token in place: the next read sees the new one.
+        std::fs::write(&path, "second-token").expect("write");
+        assert_eq!(
+            BearerToken::read(&path).await.expect("token"),
+            BearerToken("second-token".into())
+        );
     }
 
     #[tokio::test]
@@ -604,6 +783,7 @@ mod tests {
                 path: "/healthz",
                 host: "localhost:10257",
                 body: None,
+                bearer: None,
             },
             Duration::from_secs(30),
         )
@@ -626,6 +806,7 @@ mod tests {
                 path: "/healthz",
                 host: "h:1",
                 body: None,
+                bearer: None,
             },
             Duration::from_secs(5),
         )

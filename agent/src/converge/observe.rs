@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
-use super::http::{self, HttpError, Response};
+use super::http::{self, BearerToken, HttpError, Response};
 use crate::{
     config::converge::ProbeRequest, material::inspect::inspect, reload::generation::Generation,
 };
@@ -258,13 +258,14 @@ fn fingerprint(leaf: &CertificateDer<'_>) -> (String, Option<i64>) {
 }
 
 /// Handshakes with `endpoint` as `server_name`, presenting `client` when given; then, with a
-/// `request`, sends it on the same connection and reads the answer (within
-/// [`EXCHANGE_TIMEOUT`]).
+/// `request`, sends it on the same connection (with `bearer` as its `Authorization`, when given)
+/// and reads the answer (within [`EXCHANGE_TIMEOUT`]).
 pub async fn observe(
     endpoint: &str,
     server_name: &str,
     client: Option<&Generation>,
     request: Option<&ProbeRequest>,
+    bearer: Option<&BearerToken>,
 ) -> Result<Observation, ObserveError> {
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| ObserveError::Setup(format!("server_name {server_name:?}: {e}")))?;
@@ -338,6 +339,7 @@ pub async fn observe(
                     path: &request.path,
                     host: &host,
                     body: request.body(),
+                    bearer,
                 },
                 EXCHANGE_TIMEOUT,
             )
@@ -516,7 +518,7 @@ mod tests {
                 None,
             )
             .await;
-            let o = observe(&addr, "localhost", Some(&client), None)
+            let o = observe(&addr, "localhost", Some(&client), None, None)
                 .await
                 .expect("observed despite the refusal");
             assert_eq!(o.leaf_fingerprint, served, "{versions:?}");
@@ -540,7 +542,7 @@ mod tests {
             None,
         )
         .await;
-        let o = observe(&addr, "localhost", Some(&client), None)
+        let o = observe(&addr, "localhost", Some(&client), None, None)
             .await
             .expect("observed");
         assert_eq!(o.leaf_fingerprint, served);
@@ -553,7 +555,7 @@ mod tests {
     async fn a_server_that_never_asks_for_a_client_certificate_is_seen_as_such() {
         let client = client_generation(&ca("some CA"));
         let (addr, _) = server(TLS13, ClientAuth::None, None).await;
-        let o = observe(&addr, "localhost", Some(&client), None)
+        let o = observe(&addr, "localhost", Some(&client), None, None)
             .await
             .expect("observed");
         assert!(!o.client_requested, "{o:?}");
@@ -570,12 +572,92 @@ mod tests {
         )
         .await;
         let request = ProbeRequest::parse("GET /healthz").expect("request");
-        let o = observe(&addr, "localhost", Some(&client), Some(&request))
+        let o = observe(&addr, "localhost", Some(&client), Some(&request), None)
             .await
             .expect("observed");
         assert_eq!(o.leaf_fingerprint, served);
         let answer = o.answer.expect("an answer").expect("a response");
         assert_eq!((answer.status, answer.body.as_slice()), (401, &b"{}"[..]));
+    }
+
+    /// A one-connection TLS 1.3 server without client authentication that hands back the request
+    /// head it read, then answers `answer`.
+    async fn recording_server(
+        answer: &'static str,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let serving_ca = ca("serving CA");
+        let (cert, key) = leaf(
+            &serving_ca,
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(TLS13)
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            let mut head = String::new();
+            let mut reader = BufReader::new(&mut tls);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let _ = tls.write_all(answer.as_bytes()).await;
+            let _ = tls.shutdown().await;
+            let _ = tx.send(head);
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_travels_in_the_request_and_not_in_the_observation() {
+        const SECRET: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm9iZSJ9.c2ln";
+        let token =
+            BearerToken::parse(std::path::Path::new("/t"), SECRET.as_bytes()).expect("token");
+        let (addr, head) =
+            recording_server("HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nforbidden").await;
+        let request = ProbeRequest::parse("GET /openid/v1/jwks").expect("request");
+        let o = observe(&addr, "localhost", None, Some(&request), Some(&token))
+            .await
+            .expect("observed");
+        let head = head.await.expect("the server read a request");
+        assert!(
+            head.starts_with("GET /openid/v1/jwks HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nAuthorization: Bearer {SECRET}\r\n")),
+            "{head}"
+        );
+        assert!(!o.client_requested);
+        assert!(!format!("{o:?}").contains(SECRET), "{o:?}");
+        assert_eq!(
+            o.answer.expect("an answer").expect("a response").status,
+            403
+        );
+
+        // Without a token, no Authorization header at all.
+        let (addr, head) =
+            recording_server("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+        observe(&addr, "localhost", None, Some(&request), None)
+            .await
+            .expect("observed");
+        let head = head.await.expect("the server read a request");
+        assert!(!head.contains("Authorization"), "{head}");
     }
 
     #[tokio::test]
@@ -589,7 +671,7 @@ mod tests {
         )
         .await;
         let request = ProbeRequest::parse("GET /health").expect("request");
-        let o = observe(&addr, "localhost", Some(&client), Some(&request))
+        let o = observe(&addr, "localhost", Some(&client), Some(&request), None)
             .await
             .expect("observed");
         assert_eq!(o.leaf_fingerprint, served);

@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use super::{
+    http::BearerToken,
     judge::{judge, Outcome, Verdict},
     observe::observe,
     StaleNotice,
@@ -117,11 +118,22 @@ async fn check(
             );
         }
     }
+    // Read at every check: a kubelet-projected token is replaced in place before it expires.
+    let bearer = match &config.bearer_token_file {
+        None => None,
+        Some(path) => match BearerToken::read(path).await {
+            Ok(token) => Some(token),
+            Err(e) => {
+                return Verdict::without_observation(Outcome::Unknown, format!("unknown: {e}"))
+            }
+        },
+    };
     match observe(
         &config.endpoint,
         &config.server_name,
         client,
         config.check.request(),
+        bearer.as_ref(),
     )
     .await
     {
@@ -343,5 +355,147 @@ fn record(
     };
     if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
         tracing::error!(error = %e, "cannot audit a probe verdict");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::{
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+        ServerConfig,
+    };
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::config::converge::{ProbeCheck, ProbeRequest, DEFAULT_JWKS_REQUEST};
+    use crate::material::validate::Material;
+
+    const SECRET: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiJwb2QifQ.c2lnbmF0dXJl";
+    const KID: &str = "the-new-key-id";
+
+    fn jwks_probe(endpoint: &str, token: &Path) -> ProbeConfig {
+        ProbeConfig {
+            name: "sa-keys".into(),
+            endpoint: endpoint.into(),
+            server_name: "localhost".into(),
+            bundle: "sa".into(),
+            client_bundle: None,
+            deadline: Duration::from_secs(60),
+            interval: Duration::from_secs(30),
+            check: ProbeCheck::Jwks(ProbeRequest::parse(DEFAULT_JWKS_REQUEST).expect("request")),
+            bearer_token_file: Some(token.to_path_buf()),
+        }
+    }
+
+    fn sa_generation() -> Generation {
+        Generation {
+            number: 2,
+            accepted_at: SystemTime::now(),
+            material: Material {
+                leaf: None,
+                chain: vec![],
+                key: None,
+                cas: vec![],
+                ca_der: vec![],
+                key_ids: vec![KID.into()],
+            },
+        }
+    }
+
+    /// An API server stand-in: `GET /openid/v1/jwks` answers the key set only to `Bearer SECRET`,
+    /// 401 to anything else, one connection after another.
+    async fn jwks_server() -> String {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut authorized = false;
+                let mut reader = BufReader::new(&mut tls);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    authorized |= line == format!("Authorization: Bearer {SECRET}\r\n");
+                }
+                let answer = if authorized {
+                    let body = format!(r#"{{"keys":[{{"kty":"RSA","kid":"{KID}"}}]}}"#);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+                };
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_token_file_is_unknown_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        // Nothing listens on the endpoint: the token is read (and refused) before any connection.
+        let config = jwks_probe("127.0.0.1:1", &token);
+        let v = check(&config, BundleKind::SaKeys, &sa_generation(), None).await;
+        assert_eq!(v.outcome, Outcome::Unknown, "{v:?}");
+        assert!(v.observed.contains(&token.display().to_string()), "{v:?}");
+        std::fs::write(&token, "\n").expect("write");
+        let v = check(&config, BundleKind::SaKeys, &sa_generation(), None).await;
+        assert_eq!(v.outcome, Outcome::Unknown, "{v:?}");
+        assert!(
+            v.observed.contains(&token.display().to_string()) && v.observed.contains("empty"),
+            "{v:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_read_at_every_check_and_never_shown() {
+        let addr = jwks_server().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{SECRET}\n")).expect("write");
+        let config = jwks_probe(&addr, &token);
+        let v = check(&config, BundleKind::SaKeys, &sa_generation(), None).await;
+        assert_eq!(v.outcome, Outcome::Converged, "{v:?}");
+        assert!(!format!("{v:?}").contains(SECRET), "{v:?}");
+
+        // The token was replaced (rotated, or revoked): the next check sends the new content,
+        // which this server refuses, so the key set is unreadable.
+        std::fs::write(&token, "another-token").expect("write");
+        let v = check(&config, BundleKind::SaKeys, &sa_generation(), None).await;
+        assert_eq!(v.outcome, Outcome::Unknown, "{v:?}");
+        assert!(v.observed.contains("401"), "{v:?}");
+        assert!(!v.observed.contains("another-token"), "{v:?}");
     }
 }
