@@ -426,6 +426,7 @@ min_interval = "1s"
         },
     );
     assert_eq!(action["success"], true, "{action}");
+    let action_seen = Instant::now();
     let converged = await_record(
         cp,
         agent,
@@ -472,6 +473,10 @@ min_interval = "1s"
         .expect("controller-manager leads after the rotation");
     cp.wait_leading(SCHEDULER, None)
         .expect("scheduler leads after the rotation");
+    eprintln!(
+        "controller-manager and scheduler lead again {:.1} s after the action",
+        action_seen.elapsed().as_secs_f64()
+    );
     eprintln!("restarts so far: {}", restart_counts(cp));
     run.agent.stop();
 }

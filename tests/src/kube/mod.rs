@@ -33,7 +33,9 @@ pub mod manifest;
 mod supervisor;
 
 use std::{
+    fs::File,
     net::TcpListener,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
@@ -118,6 +120,8 @@ pub struct ControlPlane {
     components: Vec<Arc<Supervised>>,
     added_address: bool,
     stopped: Mutex<bool>,
+    /// This machine's control-plane lock, released at stop.
+    host_lock: Mutex<Option<File>>,
     /// What bring-up took.
     pub bring_up: BringUp,
     /// The Kubernetes version kubeadm was configured with (see `kubernetes_version`).
@@ -200,13 +204,14 @@ impl ControlPlane {
     /// server, the controller-manager and the scheduler from its static-pod manifests, each
     /// waited for until ready.
     pub fn start(peers: &Path) -> Result<ControlPlane> {
-        let began = Instant::now();
         for b in BINARIES {
             let p = peers.join(b);
             if !p.exists() {
                 bail!("{PEERS_ENV}={}: {b} is missing", peers.display());
             }
         }
+        let host_lock = lock_host()?;
+        let began = Instant::now();
         for port in PORTS {
             if let Err(e) = TcpListener::bind(("0.0.0.0", port)) {
                 bail!(
@@ -227,6 +232,7 @@ impl ControlPlane {
             components: Vec::new(),
             added_address,
             stopped: Mutex::new(false),
+            host_lock: Mutex::new(Some(host_lock)),
             bring_up: BringUp {
                 kubeadm: Duration::ZERO,
                 etcd: Duration::ZERO,
@@ -650,12 +656,63 @@ networking:
                 ])
                 .output();
         }
+        // Closing the file releases the lock for the next test process.
+        drop(
+            self.host_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How long a test process waits for another one's control plane to stop.
+const HOST_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// One control plane per machine at a time (each takes the node's standard ports and the
+/// advertise address): an exclusive `flock` on a file in the temp directory, held until
+/// [`ControlPlane::stop`] or the end of the process (the kernel releases it however that ends).
+/// Test binaries of one `cargo test` run one after another anyway; this orders separate runs.
+fn lock_host() -> Result<File> {
+    let path = std::env::temp_dir().join("certreload-kube.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let deadline = Instant::now() + HOST_LOCK_WAIT;
+    let mut told = false;
+    loop {
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            bail!("locking {}: {err}", path.display());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "another test process has held {} for {HOST_LOCK_WAIT:?}",
+                path.display()
+            );
+        }
+        if !told {
+            eprintln!(
+                "waiting for another test process's kubeadm control plane to stop ({} is locked)",
+                path.display()
+            );
+            told = true;
+        }
+        // Waiting for another process to finish: look again every second.
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
