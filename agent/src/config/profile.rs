@@ -87,6 +87,8 @@ struct Probe<'a> {
     check: Check<'a>,
     /// How long the component has to reflect a new generation (measured per component).
     deadline: Duration,
+    /// A token file sent as `Authorization: Bearer` with the probe's request.
+    bearer: Option<&'a Path>,
 }
 
 impl Writer<'_> {
@@ -165,6 +167,9 @@ impl Writer<'_> {
         if let Some(c) = p.client {
             let _ = writeln!(self.out, "client_bundle = \"{c}\"");
         }
+        if let Some(token) = p.bearer {
+            let _ = writeln!(self.out, "bearer_token_file = {token:?}");
+        }
         match p.check {
             Check::Tls => {
                 let _ = writeln!(self.out, "check = \"tls\"");
@@ -233,6 +238,66 @@ fn kcm_stop_guarded(signing_cert: &Path) -> Vec<String> {
         argv[2]
     );
     argv
+}
+
+/// Where the kubelet mounts a pod's own ServiceAccount token: in the DaemonSet, the agent's. It is
+/// looked for in the agent's own filesystem, never under the host root (it is the pod's, not the
+/// node's).
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// kubeadm's admin kubeconfig (client certificate of the `kubeadm:cluster-admins` group).
+const ADMIN_CONF: &str = "etc/kubernetes/admin.conf";
+
+/// The bundle the profile makes of `admin.conf` when the JWKS probe reads with it.
+const ADMIN_KUBECONFIG: &str = "admin-kubeconfig";
+
+/// The identity the `kube-apiserver-sa-keys` probe reads `/openid/v1/jwks` with. The API server
+/// serves it only to an identity RBAC allows (on v1.37 `apiserver-kubelet-client`, which has no
+/// group, gets 403).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JwksCredential {
+    /// The agent's own ServiceAccount token (in its pod): every ServiceAccount may read the JWKS
+    /// (bootstrap ClusterRoleBinding `system:service-account-issuer-discovery`, group
+    /// `system:serviceaccounts`), and it may read nothing else by that binding: least privilege.
+    OwnToken(PathBuf),
+    /// Not in a pod: `admin.conf`'s client certificate (a `kind = "kubeconfig"` bundle), whose
+    /// `kubeadm:cluster-admins` group kubeadm binds to cluster-admin.
+    AdminConf,
+    /// Neither: no identity may read the key set, so the probe is left out.
+    None,
+}
+
+/// Picks the JWKS probe's identity: the agent's own token at `own_token` when that file exists,
+/// else the node's `admin.conf` under `root`, else none; and the line that says which and why.
+fn jwks_credential(root: &Path, own_token: &Path) -> (JwksCredential, String) {
+    let admin = root.join(ADMIN_CONF);
+    if own_token.is_file() {
+        return (
+            JwksCredential::OwnToken(own_token.to_path_buf()),
+            format!(
+                "probe kube-apiserver-sa-keys: reads /openid/v1/jwks with the agent's own ServiceAccount token {} (system:service-account-issuer-discovery lets every ServiceAccount read it)",
+                own_token.display()
+            ),
+        );
+    }
+    if admin.is_file() {
+        return (
+            JwksCredential::AdminConf,
+            format!(
+                "probe kube-apiserver-sa-keys: no ServiceAccount token at {} (not in a pod), so it reads /openid/v1/jwks as {} (bundle {ADMIN_KUBECONFIG})",
+                own_token.display(),
+                admin.display()
+            ),
+        );
+    }
+    (
+        JwksCredential::None,
+        format!(
+            "probe kube-apiserver-sa-keys: no ServiceAccount token at {} and no {}: nothing may read /openid/v1/jwks, skipped",
+            own_token.display(),
+            admin.display()
+        ),
+    )
 }
 
 /// Where the kubelet's configuration file is under kubeadm.
@@ -383,6 +448,11 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
 
 /// Generates the kubeadm profile for the host whose filesystem is at `root` (`/` normally).
 pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
+    kubeadm_with(root, settings, Path::new(SERVICE_ACCOUNT_TOKEN))
+}
+
+/// [`kubeadm`], with the agent's own ServiceAccount token looked for at `own_token`.
+fn kubeadm_with(root: &Path, settings: &KubeadmSettings, own_token: &Path) -> Generated {
     let mut w = Writer {
         root,
         out: format!(
@@ -490,6 +560,12 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         "kubeconfig",
         &[("file", "etc/kubernetes/scheduler.conf")],
     );
+    // The identity that reads the API server's JWKS (the sa-keys probe below).
+    let (jwks_identity, why) = jwks_credential(root, own_token);
+    w.skipped.push(why);
+    if jwks_identity == JwksCredential::AdminConf {
+        w.bundle(ADMIN_KUBECONFIG, "kubeconfig", &[("file", ADMIN_CONF)]);
+    }
     // kubelet: the serving certificate it really serves (from its config.yaml), and its client
     // certificate (cert and key in one rotating file).
     let (serving, reload_gate, why) = kubelet_serving(root);
@@ -542,6 +618,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: None,
         check: Check::Tls,
         deadline: secs(90),
+        bearer: None,
     });
     w.probe(Probe {
         name: "etcd-client",
@@ -551,6 +628,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: Some("etcd-healthcheck-client"),
         check: Check::Tls,
         deadline: secs(60),
+        bearer: None,
     });
     match etcd_peer_ip(&w.path(&p("etcd/peer.crt"))) {
         Some(ip) => {
@@ -566,6 +644,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
                 client: Some("etcd-healthcheck-client"),
                 check: Check::Tls,
                 deadline: secs(60),
+                bearer: None,
             });
         }
         None => w
@@ -580,6 +659,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: None,
         check: Check::Tls,
         deadline: secs(90),
+        bearer: None,
     });
     // ...and trusts the current client CAs. The Kubernetes servers accept any client certificate
     // in the handshake and refuse an untrusted one per request with 401, so one HTTP request
@@ -593,6 +673,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: Some("apiserver-kubelet-client"),
         check: Check::Http("POST /apis/authentication.k8s.io/v1/selfsubjectreviews"),
         deadline: secs(90),
+        bearer: None,
     });
     w.probe(Probe {
         name: "kube-controller-manager-client-ca",
@@ -602,6 +683,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: Some("apiserver-kubelet-client"),
         check: Check::Http("GET /healthz"),
         deadline: secs(90),
+        bearer: None,
     });
     w.probe(Probe {
         name: "kube-scheduler-client-ca",
@@ -611,6 +693,7 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: Some("apiserver-kubelet-client"),
         check: Check::Http("GET /healthz"),
         deadline: secs(150),
+        bearer: None,
     });
     w.probe(Probe {
         name: "etcd-client-ca",
@@ -620,18 +703,25 @@ pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
         client: Some("etcd-healthcheck-client"),
         check: Check::Tls,
         deadline: secs(60),
+        bearer: None,
     });
     // The ServiceAccount keys the API server accepts (it reads them once): its JWKS must list
-    // every key id of the `sa` bundle. Read with the apiserver-kubelet-client identity.
-    w.probe(Probe {
+    // every key id of the `sa` bundle. Read as the identity chosen above.
+    let jwks = |client, bearer| Probe {
         name: "kube-apiserver-sa-keys",
         endpoint: "127.0.0.1:6443",
         server_name: "kubernetes",
         bundle: "sa",
-        client: Some("apiserver-kubelet-client"),
+        client,
         check: Check::Jwks,
         deadline: secs(120),
-    });
+        bearer,
+    };
+    match &jwks_identity {
+        JwksCredential::OwnToken(token) => w.probe(jwks(None, Some(token))),
+        JwksCredential::AdminConf => w.probe(jwks(Some(ADMIN_KUBECONFIG), None)),
+        JwksCredential::None => {}
+    }
 
     // Actions, off by default, only where the component cannot reload the material.
     let stop_etcd = crictl_stop("etcd");
@@ -834,6 +924,16 @@ pub fn load(
     root: &Path,
     file: Option<&Path>,
 ) -> Result<(Config, Vec<String>), ConfigError> {
+    load_with(profile, root, file, Path::new(SERVICE_ACCOUNT_TOKEN))
+}
+
+/// [`load`], with the agent's own ServiceAccount token looked for at `own_token`.
+fn load_with(
+    profile: Profile,
+    root: &Path,
+    file: Option<&Path>,
+    own_token: &Path,
+) -> Result<(Config, Vec<String>), ConfigError> {
     let Profile::Kubeadm = profile;
     let syntax = |path: &Path, e: toml::de::Error| ConfigError::Syntax {
         path: path.to_path_buf(),
@@ -856,7 +956,7 @@ pub fn load(
         .as_ref()
         .map(|(_, _, s)| s.clone())
         .unwrap_or_default();
-    let generated = kubeadm(root, &settings);
+    let generated = kubeadm_with(root, &settings, own_token);
     let label = PathBuf::from("<kubeadm profile>");
     let mut base: Table = toml::from_str(&generated.toml).map_err(|e| syntax(&label, e))?;
     let path = match overlay {
@@ -1337,20 +1437,96 @@ mod tests {
         assert_eq!(probe("etcd-client"), ("tls", None, 60));
         assert_eq!(probe("etcd-client-ca"), ("tls", None, 60));
         assert_eq!(probe("etcd-peer"), ("tls", None, 60));
-        let (check, _, _) = probe("kube-apiserver-sa-keys");
-        assert_eq!(check, "jwks");
-        let jwks = config
-            .probes
-            .iter()
-            .find(|p| p.name == "kube-apiserver-sa-keys")
-            .expect("jwks probe");
+    }
+
+    #[test]
+    fn the_jwks_probe_reads_with_the_agents_own_token_else_admin_conf_else_is_left_out() {
+        const PROBE: &str = "kube-apiserver-sa-keys";
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("host");
+        let kube_ca = control_plane(&root);
+        // The agent's own filesystem (its pod), apart from the host root.
+        let token = tmp.path().join("pod/serviceaccount/token");
+        // A token file under the host root is the node's, not the agent's: it never counts.
+        let on_host = root.join(SERVICE_ACCOUNT_TOKEN.trim_start_matches('/'));
+        std::fs::create_dir_all(on_host.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&on_host, "node-token").expect("write");
+        let jwks = |config: &Config| {
+            config.probes.iter().find(|p| p.name == PROBE).map(|p| {
+                assert_eq!(p.check.name(), "jwks");
+                assert_eq!(
+                    (p.endpoint.as_str(), p.bundle.as_str()),
+                    ("127.0.0.1:6443", "sa")
+                );
+                (p.client_bundle.clone(), p.bearer_token_file.clone())
+            })
+        };
+        let has_admin_bundle =
+            |config: &Config| config.bundles.iter().any(|b| b.name == ADMIN_KUBECONFIG);
+        let line = |lines: &[String]| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(&format!("probe {PROBE}:")))
+                .cloned()
+                .unwrap_or_else(|| panic!("no line for {PROBE}: {lines:?}"))
+        };
+
+        // Neither a token nor admin.conf: left out, and the line says what was looked for.
+        let (config, lines) = load_with(Profile::Kubeadm, &root, None, &token).expect("profile");
+        assert_eq!(jwks(&config), None);
+        assert!(!has_admin_bundle(&config));
+        let why = line(&lines);
+        assert!(
+            why.contains("skipped")
+                && why.contains(&token.display().to_string())
+                && why.contains(&root.join(ADMIN_CONF).display().to_string()),
+            "{why}"
+        );
+
+        // admin.conf on the node, no token (not in a pod): its client certificate, as a
+        // kubeconfig bundle the gate validates.
+        let ca_pem = std::fs::read_to_string(root.join("etc/kubernetes/pki/ca.crt")).expect("ca");
+        let (cert, key) = pem_pair(&kube_ca, &[]);
+        std::fs::write(
+            root.join(ADMIN_CONF),
+            kubeconfig("kubernetes-admin", &cert, &key, &ca_pem),
+        )
+        .expect("write");
+        let (config, lines) = load_with(Profile::Kubeadm, &root, None, &token).expect("profile");
         assert_eq!(
-            (
-                jwks.endpoint.as_str(),
-                jwks.bundle.as_str(),
-                jwks.client_bundle.as_deref()
-            ),
-            ("127.0.0.1:6443", "sa", Some("apiserver-kubelet-client"))
+            jwks(&config),
+            Some((Some(ADMIN_KUBECONFIG.to_string()), None))
+        );
+        let bundle = config
+            .bundles
+            .iter()
+            .find(|b| b.name == ADMIN_KUBECONFIG)
+            .expect("admin.conf bundle");
+        assert_eq!(bundle.kind, crate::config::BundleKind::Kubeconfig);
+        assert_eq!(bundle.files(), [root.join(ADMIN_CONF)]);
+        let report = validate(&config, ADMIN_KUBECONFIG);
+        assert!(report.is_valid(), "{report:#?}");
+        let why = line(&lines);
+        assert!(
+            why.contains("not in a pod")
+                && why.contains(&root.join(ADMIN_CONF).display().to_string()),
+            "{why}"
+        );
+
+        // The agent's own ServiceAccount token: it wins, and admin.conf is not watched for it.
+        std::fs::create_dir_all(token.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&token, "pod-token").expect("write");
+        let (config, lines) = load_with(Profile::Kubeadm, &root, None, &token).expect("profile");
+        assert_eq!(jwks(&config), Some((None, Some(token.clone()))));
+        assert!(!has_admin_bundle(&config));
+        let why = line(&lines);
+        assert!(
+            why.contains("own ServiceAccount token") && why.contains(&token.display().to_string()),
+            "{why}"
+        );
+        assert!(
+            !why.contains("pod-token"),
+            "the line names the file, not the token: {why}"
         );
     }
 
