@@ -100,6 +100,26 @@ fn serviceaccount_token_posts_node_events_the_api_server_stores() {
         ),
         "{rejected}"
     );
+    // Why deploy/rbac.yaml grants Events in "default" only: even the cluster admin cannot put an
+    // Event about a Node into another namespace (core/v1 Events without eventTime).
+    let elsewhere = d.join("node-event-elsewhere.yaml");
+    fs::write(
+        &elsewhere,
+        format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  generateName: {node}.elsewhere.\n  namespace: certreload\ninvolvedObject:\n  apiVersion: v1\n  kind: Node\n  name: {node}\nreason: CertificateAccepted\nmessage: test\ntype: Normal\n"
+        ),
+    )
+    .expect("write");
+    let refused = cp.kubectl(&["create", "-f", &elsewhere.display().to_string()]);
+    let refused = match refused {
+        Ok(out) => panic!("the API server took a Node Event in namespace certreload: {out}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("involvedObject.namespace"),
+        "refused for the namespace: {refused}"
+    );
+
     let log = agent.log();
     assert!(
         !log.contains("cannot post a Kubernetes Event"),
