@@ -828,13 +828,17 @@ fn entry_key(table: &str, entry: &Table) -> Option<String> {
     }
 }
 
-/// Overlays a config file on a profile: tables merge key by key; array entries with the name of a
-/// profile entry replace it, others are added.
+/// Overlays a config file on a profile: tables merge key by key; entries of the named arrays
+/// (`[[bundle]]`, `[[probe]]`, `[[listener]]`, `[[action]]`) with the name of a profile entry
+/// override its fields, others are added; any other value, a list such as an action's `exec`
+/// included, replaces the profile's (an argv is never two commands glued together).
 pub fn merge(base: &mut Table, overlay: Table) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {
             (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
-            (Some(Value::Array(b)), Value::Array(o)) => {
+            (Some(Value::Array(b)), Value::Array(o))
+                if matches!(key.as_str(), "bundle" | "probe" | "listener" | "action") =>
+            {
                 for entry in o {
                     let replaced =
                         entry
@@ -1110,6 +1114,58 @@ mod tests {
         assert_eq!(actions.len(), 2);
         assert_eq!(actions[0]["enabled"].as_bool(), Some(true));
         assert_eq!(actions[0]["bundle"].as_str(), Some("x"));
+    }
+
+    #[test]
+    fn an_overlay_list_replaces_the_profile_list_it_names() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        control_plane(root);
+        // What an operator writes to run the profile's etcd restart their own way.
+        let file = overlay(
+            root,
+            "[[action]]\nname = \"etcd-restart-on-stale-ca\"\nenabled = true\nexec = [\"/bin/sh\", \"-c\", \"kill $(cat /run/etcd.pid)\"]\n",
+        );
+        let (config, _) = load(Profile::Kubeadm, root, Some(&file)).expect("profile");
+        let action = config
+            .actions
+            .iter()
+            .find(|a| a.id() == "etcd-restart-on-stale-ca")
+            .expect("the enabled action");
+        assert_eq!(
+            action.command,
+            crate::config::ActionCommand::Exec(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "kill $(cat /run/etcd.pid)".into()
+            ]),
+            "the overlay's argv, not the profile's crictl command with it appended"
+        );
+        assert_eq!(
+            action.bundle, "etcd-ca",
+            "the fields not named stay the profile's"
+        );
+        // The same for a bundle's list of files.
+        let file = overlay(
+            root,
+            "[[bundle]]\nname = \"sa\"\npublic_keys = [\"/a.pub\", \"/b.pub\"]\n",
+        );
+        let merged = {
+            let mut base: Table = toml::from_str(&kubeadm(root, &KubeadmSettings::default()).toml)
+                .expect("profile toml");
+            merge(
+                &mut base,
+                toml::from_str(&std::fs::read_to_string(&file).expect("read")).expect("toml"),
+            );
+            base
+        };
+        let sa = merged["bundle"]
+            .as_array()
+            .expect("bundles")
+            .iter()
+            .find(|b| b["name"].as_str() == Some("sa"))
+            .expect("sa");
+        assert_eq!(sa["public_keys"].as_array().map(Vec::len), Some(2), "{sa}");
     }
 
     /// A CA whose key is written next to it (`ca.crt` → `ca.key`), as kubeadm does.
