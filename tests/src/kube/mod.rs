@@ -29,13 +29,13 @@
 //! node free: 2379, 2380, 2381, 6443, 10257, 10259.
 
 pub mod health;
+mod host;
 pub mod manifest;
 mod supervisor;
 
 use std::{
     fs::File,
     net::TcpListener,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
@@ -44,6 +44,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use host::run;
 use supervisor::{Paths, Supervised};
 
 /// etcd's component (and manifest) name.
@@ -210,7 +211,7 @@ impl ControlPlane {
                 bail!("{PEERS_ENV}={}: {b} is missing", peers.display());
             }
         }
-        let host_lock = lock_host()?;
+        let host_lock = host::lock_host()?;
         let began = Instant::now();
         for port in PORTS {
             if let Err(e) = TcpListener::bind(("0.0.0.0", port)) {
@@ -220,7 +221,7 @@ impl ControlPlane {
                 );
             }
         }
-        let added_address = add_advertise_address()?;
+        let added_address = host::add_advertise_address()?;
         let root = tempfile::Builder::new()
             .prefix("certreload-kube-")
             .tempdir()
@@ -646,15 +647,7 @@ networking:
             let _ = std::fs::remove_dir_all(&self.root);
         }
         if self.added_address {
-            let _ = Command::new("ip")
-                .args([
-                    "addr",
-                    "del",
-                    &format!("{ADVERTISE_ADDRESS}/32"),
-                    "dev",
-                    "lo",
-                ])
-                .output();
+            host::remove_advertise_address();
         }
         // Closing the file releases the lock for the next test process.
         drop(
@@ -670,83 +663,4 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// How long a test process waits for another one's control plane to stop.
-const HOST_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
-
-/// One control plane per machine at a time (each takes the node's standard ports and the
-/// advertise address): an exclusive `flock` on a file in the temp directory, held until
-/// [`ControlPlane::stop`] or the end of the process (the kernel releases it however that ends).
-/// Test binaries of one `cargo test` run one after another anyway; this orders separate runs.
-fn lock_host() -> Result<File> {
-    let path = std::env::temp_dir().join("certreload-kube.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let deadline = Instant::now() + HOST_LOCK_WAIT;
-    let mut told = false;
-    loop {
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            bail!("locking {}: {err}", path.display());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "another test process has held {} for {HOST_LOCK_WAIT:?}",
-                path.display()
-            );
-        }
-        if !told {
-            eprintln!(
-                "waiting for another test process's kubeadm control plane to stop ({} is locked)",
-                path.display()
-            );
-            told = true;
-        }
-        // Waiting for another process to finish: look again every second.
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// Runs `command`; stdout on success, else an error with both streams.
-fn run(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}):\n{stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
-/// Puts the advertise address on `lo` unless some interface has it; returns whether it was
-/// added (and is to be removed at the end).
-fn add_advertise_address() -> Result<bool> {
-    let shown = run(Command::new("ip").args(["-o", "addr", "show"]))
-        .context("`ip` (iproute2) is needed to add the advertise address")?;
-    if shown.contains(&format!("inet {ADVERTISE_ADDRESS}/")) {
-        return Ok(false);
-    }
-    run(Command::new("ip").args([
-        "addr",
-        "add",
-        &format!("{ADVERTISE_ADDRESS}/32"),
-        "dev",
-        "lo",
-    ]))
-    .context("adding the advertise address to lo")?;
-    Ok(true)
 }
