@@ -10,7 +10,10 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::material::{inspect::CertInfo, validate::Material};
+use crate::material::{
+    inspect::CertInfo,
+    validate::{kubernetes_key_id, public_key_of, Material},
+};
 
 /// One accepted version of a bundle's material.
 #[derive(Debug)]
@@ -30,12 +33,20 @@ impl Generation {
     }
 
     /// What identifies the material: equal identities mean nothing changed that a consumer could
-    /// see (the same leaf implies the same key; the same CA set; the same SA key ids).
+    /// see (the same leaf implies the same key; the same CA set; the same SA key ids and the same
+    /// SA signing key: replacing `sa.key` alone, the last step of a key rotation, changes which
+    /// key new tokens are signed with although the public key set stays the same).
     pub fn identity(material: &Material) -> Identity {
         Identity {
             leaf: material.leaf.as_ref().map(|l| l.fingerprint.clone()),
             cas: material.cas.iter().map(|c| c.fingerprint.clone()).collect(),
             key_ids: material.key_ids.clone(),
+            // The key's public id, never the key: identities may be logged.
+            signing_key_id: material
+                .key
+                .as_ref()
+                .and_then(|k| public_key_of(k).ok())
+                .map(|spki| kubernetes_key_id(spki.as_ref())),
         }
     }
 }
@@ -46,6 +57,7 @@ pub struct Identity {
     leaf: Option<String>,
     cas: Vec<String>,
     key_ids: Vec<String>,
+    signing_key_id: Option<String>,
 }
 
 /// One bundle's current generation and its subscribers.
@@ -136,6 +148,37 @@ mod tests {
             ca_der: vec![],
             key_ids: vec![],
         }
+    }
+
+    #[test]
+    fn a_new_sa_signing_key_is_a_new_identity_with_the_same_public_keys() {
+        let key = |k: &rcgen::KeyPair| {
+            Some(rustls_pki_types::PrivateKeyDer::from(
+                rustls_pki_types::PrivatePkcs8KeyDer::from(k.serialize_der()),
+            ))
+        };
+        let (old, new) = (
+            rcgen::KeyPair::generate().expect("key"),
+            rcgen::KeyPair::generate().expect("key"),
+        );
+        let sa = |signing: &rcgen::KeyPair| Material {
+            leaf: None,
+            chain: vec![],
+            key: key(signing),
+            cas: vec![],
+            ca_der: vec![],
+            // sa.pub holds both keys throughout the rotation.
+            key_ids: vec!["old-id".into(), "new-id".into()],
+        };
+        assert_eq!(
+            Generation::identity(&sa(&old)),
+            Generation::identity(&sa(&old))
+        );
+        assert_ne!(
+            Generation::identity(&sa(&old)),
+            Generation::identity(&sa(&new)),
+            "sa.key replaced: tokens are now signed with another key"
+        );
     }
 
     #[tokio::test]
