@@ -70,7 +70,7 @@ pub enum LeaseError {
         timeout: Duration,
     },
     /// The request failed (transport error, or an API status such as 403 Forbidden).
-    #[error("Lease {lease}: {operation}: {source}")]
+    #[error("Lease {lease}: {operation}: {}", describe(source))]
     Api {
         /// `namespace/name`.
         lease: String,
@@ -80,6 +80,16 @@ pub enum LeaseError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// An API status as "403 Forbidden: message" (kube-rs' own text repeats the whole Status).
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
 }
 
 impl LeaseError {
@@ -743,6 +753,27 @@ mod tests {
         };
         assert!(down.describe().contains("waits") && down.holder().is_none());
         assert_eq!(a.holder(), Some("n1"));
+    }
+
+    #[test]
+    fn a_refusal_reads_as_its_status_and_is_its_own_reason_to_wait() {
+        let status = kube::core::Status {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "User \"system:serviceaccount:certreload:certreload\" cannot get resource \"leases\"".into(),
+            ..kube::core::Status::default()
+        };
+        let e = LeaseError::Api {
+            lease: "certreload/certreload-action-etcd".into(),
+            operation: "get",
+            source: kube::Error::Api(Box::new(status)),
+        };
+        assert_eq!(e.category(), "http 403");
+        assert_eq!(
+            e.to_string(),
+            "Lease certreload/certreload-action-etcd: get: 403 Forbidden: User \"system:serviceaccount:certreload:certreload\" cannot get resource \"leases\""
+        );
+        assert!(!e.is_conflict());
     }
 
     #[tokio::test]
