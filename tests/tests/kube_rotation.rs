@@ -971,7 +971,7 @@ fn a_new_client_ca_is_trusted_without_a_restart_by_apiserver_controller_manager_
         // The ConfigMap the scheduler (no --client-ca-file) reads its client CA from; every
         // other poll, kubectl is slow.
         polls += 1;
-        if configmap.is_none() && polls % 2 == 0 {
+        if configmap.is_none() && polls.is_multiple_of(2) {
             let data = cp
                 .kubectl(&[
                     "-n",
