@@ -188,7 +188,10 @@ impl Writer<'_> {
         );
     }
 
-    /// Adds a disabled action (enable it by name from a config file).
+    /// Adds a disabled action (enable it by name from a config file). A control-plane component
+    /// restart names the component as its `lock`: every control-plane node's agent sees a
+    /// cluster-wide rotation at once, and restarting etcd or kube-apiserver everywhere together
+    /// loses quorum or the API, so enabled restarts take turns through a Lease.
     fn action(&mut self, name: &str, bundle: &str, on: &str, why: &str, argv: &[&str]) {
         if !self.has(bundle) {
             return;
@@ -197,8 +200,25 @@ impl Writer<'_> {
             self.out,
             "\n# {why}\n[[action]]\nname = \"{name}\"\nenabled = false\nbundle = \"{bundle}\"\non = \"{on}\"\nexec = {argv:?}\ntimeout = \"120s\"\nmin_interval = \"10m\""
         );
+        if let Some(lock) = CONTROL_PLANE_LOCKS
+            .iter()
+            .find(|l| name.starts_with(&format!("{l}-")))
+        {
+            let _ = writeln!(self.out, "lock = \"{lock}\"");
+        }
     }
 }
+
+/// Components whose restarts take turns across control-plane nodes (an action named
+/// `<component>-...` gets `lock = "<component>"`; the Lease names are in deploy/rbac.yaml). The
+/// kubelet is not among them: its restart is node-local, and serialising it over every node of a
+/// large cluster would take hours.
+const CONTROL_PLANE_LOCKS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// The node's first non-loopback IP in the etcd peer certificate (etcd's peer port listens on
 /// the node address, not on loopback).
@@ -1646,6 +1666,20 @@ mod tests {
             argv(0)
         );
         assert!(argv(2).contains("'^kube-scheduler$'"), "{}", argv(2));
+        // Control-plane restarts take turns across nodes through the component's Lease.
+        let locks: Vec<_> = config
+            .actions
+            .iter()
+            .map(|a| a.lock.as_ref().map(|l| l.name.as_str()))
+            .collect();
+        assert_eq!(
+            locks,
+            [
+                Some("kube-controller-manager"),
+                Some("kube-controller-manager"),
+                Some("kube-scheduler")
+            ]
+        );
         // Every kube-controller-manager restart is refused while ca.crt holds two certificates
         // (a restarted one would not start its CSR signer): run the command against a fake crictl.
         let bin = root.join("fake-bin");
