@@ -53,6 +53,27 @@ pub struct CertInfo {
     pub spki: Vec<u8>,
 }
 
+#[cfg(test)]
+impl CertInfo {
+    /// A leaf that is only a fingerprint, for tests of code that compares fingerprints.
+    pub(crate) fn with_fingerprint(fingerprint: &str) -> CertInfo {
+        CertInfo {
+            fingerprint: fingerprint.into(),
+            serial: "01".into(),
+            subject_cn: None,
+            issuer_cn: None,
+            subject: String::new(),
+            issuer: String::new(),
+            not_before: 0,
+            not_after: 1,
+            sans: vec![],
+            is_ca: false,
+            eku: Default::default(),
+            spki: vec![],
+        }
+    }
+}
+
 /// Parses `der` and extracts [`CertInfo`].
 pub fn inspect(der: &[u8]) -> Result<CertInfo, InspectError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| InspectError(e.to_string()))?;

@@ -128,20 +128,7 @@ mod tests {
 
     fn material(fp: &str) -> Material {
         Material {
-            leaf: Some(CertInfo {
-                fingerprint: fp.into(),
-                serial: "01".into(),
-                subject_cn: None,
-                issuer_cn: None,
-                subject: String::new(),
-                issuer: String::new(),
-                not_before: 0,
-                not_after: 1,
-                sans: vec![],
-                is_ca: false,
-                eku: Default::default(),
-                spki: vec![],
-            }),
+            leaf: Some(CertInfo::with_fingerprint(fp)),
             chain: vec![],
             key: None,
             cas: vec![],
