@@ -389,7 +389,7 @@ mod tests {
             number: 3,
             accepted_at: SystemTime::now(),
             material: Material {
-                leaf: leaf.map(|fp| CertInfo::with_fingerprint(fp)),
+                leaf: leaf.map(CertInfo::with_fingerprint),
                 chain: vec![],
                 key: None,
                 cas: vec![],
