@@ -4,7 +4,9 @@
 //! the DaemonSet runs it, `run --profile kubeadm --host-root ROOT`, with an overlay that shortens
 //! the deadlines and enables the profile's restart action, its command replaced by a kill through
 //! the component's pid file: **the harness stands in for the kubelet** and starts the static pod's
-//! process again, where a node would `crictl stop` it and the kubelet would start it.
+//! process again, where a node would `crictl stop` it and the kubelet would start it. The
+//! profile's restart actions take turns through a Lease (`lock = "etcd"`, `"kube-apiserver"`), so
+//! the agent gets admin.conf as `KUBECONFIG`, and each test asserts the action ran inside its hold.
 //!
 //! - etcd CA rotation: etcd verifies client certificates in the handshake against a
 //!   `--trusted-ca-file` it reads once, so the `etcd-client-ca` probe is stale until the restart
@@ -78,13 +80,16 @@ fn jwt_kid(token: &str) -> String {
 }
 
 /// The agent on the control plane's root: the kubeadm profile, overlaid with `overlay` (TOML
-/// appended after the test's `[agent]` and `[audit]` tables).
+/// appended after the test's `[agent]` and `[audit]` tables), with `KUBECONFIG` = admin.conf
+/// (cluster-admin here): the profile's control-plane restart actions take turns through a Lease,
+/// and an agent without Kubernetes credentials would wait for it instead of running.
 struct Run {
     agent: Agent,
     _dir: tempfile::TempDir,
 }
 
 fn start_agent(cp: &ControlPlane, overlay: &str) -> Run {
+    lock_namespace(cp);
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.jsonl");
     let config = dir.path().join("overlay.toml");
@@ -97,20 +102,84 @@ fn start_agent(cp: &ControlPlane, overlay: &str) -> Run {
     )
     .expect("write overlay");
     let root = cp.root().display().to_string();
-    let config_arg = config.display().to_string();
-    let agent = Agent::start_args(
-        &[
-            "run",
-            "--profile",
-            "kubeadm",
-            "--host-root",
-            &root,
-            "--config",
-            &config_arg,
-        ],
+    let kubeconfig = format!("KUBECONFIG={}", cp.admin_kubeconfig().display());
+    let agent = Agent::start_wrapped(
+        &["env", "-u", "KUBERNETES_SERVICE_HOST", &kubeconfig],
+        &config,
         &audit,
+        &["--profile", "kubeadm", "--host-root", &root],
     );
     Run { agent, _dir: dir }
+}
+
+/// The namespace of the actions' Leases (`[locks] namespace`, default `certreload`), created
+/// when missing.
+const LOCK_NAMESPACE: &str = "certreload";
+
+fn lock_namespace(cp: &ControlPlane) {
+    let found = cp
+        .kubectl(&[
+            "get",
+            "namespace",
+            LOCK_NAMESPACE,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .unwrap_or_else(|e| panic!("kubectl get namespace {LOCK_NAMESPACE}: {e:#}"));
+    if found.trim().is_empty() {
+        cp.kubectl(&["create", "namespace", LOCK_NAMESPACE])
+            .unwrap_or_else(|e| panic!("kubectl create namespace {LOCK_NAMESPACE}: {e:#}"));
+    }
+}
+
+/// Asserts that `action` (an `action_run` record) ran inside its hold of `lock`: a
+/// `lock_acquired` of the same action and generation before it and a `lock_released` after it
+/// (awaited: the hold lasts until the bundle's probes settle), on the Lease
+/// `certreload/certreload-action-<lock>`. Returns the release record.
+fn assert_ran_under_lock(cp: &ControlPlane, agent: &Agent, action: &Value, lock: &str) -> Value {
+    let name = action["action"].clone();
+    let generation = action["generation"].clone();
+    let lease = format!("{LOCK_NAMESPACE}/certreload-action-{lock}");
+    let released = await_record(
+        cp,
+        agent,
+        &format!("lock {lock} released after the action"),
+        Duration::from_secs(240),
+        |r| {
+            r["event"] == "lock_released"
+                && r["action"] == name
+                && r["generation"] == generation
+                && seq(r) > seq(action)
+        },
+    );
+    assert_eq!(released["lock"], lock, "{released}");
+    assert_eq!(released["lease"], lease.as_str(), "{released}");
+    let acquired: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r["event"] == "lock_acquired" && r["action"] == name && r["generation"] == generation
+        })
+        .collect();
+    assert_eq!(
+        acquired.len(),
+        1,
+        "exactly one lock_acquired for {name} generation {generation}: {acquired:#?}"
+    );
+    let acquired = &acquired[0];
+    assert_eq!(acquired["lock"], lock, "{acquired}");
+    assert_eq!(acquired["lease"], lease.as_str(), "{acquired}");
+    assert!(
+        seq(acquired) < seq(action),
+        "the lock was acquired before the action ran: {acquired} / {action}"
+    );
+    eprintln!(
+        "{name} ran under lock {lock}: waited {:.2} s, held {:.1} s",
+        acquired["waited_s"].as_f64().unwrap_or(f64::NAN),
+        released["held_s"].as_f64().unwrap_or(f64::NAN),
+    );
+    released
 }
 
 /// Waits up to `within` for an audit record matching `pred`; on failure prints the records, the
@@ -452,6 +521,7 @@ min_interval = "1s"
         converged_seen.as_secs_f64(),
         seconds(&converged),
     );
+    assert_ran_under_lock(&cp, agent, &action, "etcd");
     run.agent.stop();
 }
 
@@ -849,6 +919,7 @@ min_interval = "1s"
         seconds(&converged),
     );
     eprintln!("restarts so far: {}", restart_counts(&cp));
+    assert_ran_under_lock(&cp, agent, &action, "kube-apiserver");
     run.agent.stop();
 }
 
