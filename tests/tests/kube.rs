@@ -16,106 +16,18 @@
 //! Every figure the tests print (bring-up, seconds to converge) is a measurement for
 //! docs/kubernetes.md, never an assertion.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use certreload_e2e::kube::{
+    self,
+    agent::{await_record, leaf_sha256, replace, restart_counts, seq, start_agent},
+    ControlPlane, APISERVER, CONTROLLER_MANAGER, KUBEADM_CONFIG, SCHEDULER,
 };
-
-use certreload_e2e::{
-    kube::{self, ControlPlane, APISERVER, CONTROLLER_MANAGER, KUBEADM_CONFIG, SCHEDULER},
-    Agent,
-};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
-use serde_json::Value;
-
-/// SHA-256 (hex) of the first certificate in a PEM file, as the agent fingerprints leaves.
-fn leaf_sha256(path: &Path) -> String {
-    let der = CertificateDer::pem_file_iter(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .next()
-        .unwrap_or_else(|| panic!("{}: no certificate", path.display()))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    certreload_e2e::sha256_hex(der.as_ref())
-}
-
-/// The agent on the control plane's root: the kubeadm profile, overlaid with `overlay` (TOML
-/// appended after the test's `[agent]` and `[audit]` tables).
-struct Run {
-    agent: Agent,
-    _dir: tempfile::TempDir,
-}
-
-fn start_agent(cp: &ControlPlane, overlay: &str) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audit = dir.path().join("audit.jsonl");
-    let config = dir.path().join("overlay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{overlay}",
-            audit.display()
-        ),
-    )
-    .expect("write overlay");
-    let root = cp.root().display().to_string();
-    let config_arg = config.display().to_string();
-    let agent = Agent::start_args(
-        &[
-            "run",
-            "--profile",
-            "kubeadm",
-            "--host-root",
-            &root,
-            "--config",
-            &config_arg,
-        ],
-        &audit,
-    );
-    Run { agent, _dir: dir }
-}
-
-/// Waits up to `within` for an audit record matching `pred`; on failure prints the records, the
-/// agent's log and the components' logs.
-fn await_record(
-    cp: &ControlPlane,
-    agent: &Agent,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = agent.records().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "no audit record {what} within {within:?}; records:\n{}\nagent log:\n{}\ncomponents:\n{}",
-                agent
-                    .records()
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                agent.log(),
-                cp.logs(30)
-            );
-        }
-        // The audit log is a file the agent appends to: read it again shortly.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn seq(r: &Value) -> u64 {
-    r["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("record without seq: {r}"))
-}
 
 #[test]
 fn kubeadm_certs_renew_apiserver_is_served_without_a_restart() {
     let Some(cp) = kube::shared() else { return };
-    let run = start_agent(&cp, "");
+    let run = start_agent(&cp, "", &[]);
     let agent = &run.agent;
     await_record(
         &cp,
@@ -217,14 +129,6 @@ impl Drop for RestoreFlag<'_> {
 /// The controller-manager's CSR signing pair, apart from `ca.crt`.
 const SIGNER_CRT: &str = "/etc/kubernetes/pki/cluster-signing-ca.crt";
 const SIGNER_KEY: &str = "/etc/kubernetes/pki/cluster-signing-ca.key";
-
-/// Replaces `path` by rename (readers see the old or the new file, never a part).
-fn replace(path: &Path, bytes: &[u8]) {
-    let name = path.file_name().expect("a file").to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.rotating"));
-    std::fs::write(&tmp, bytes).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
 
 /// The first certificate of a PEM bundle (kubeadm's convention: the signing CA comes first).
 fn first_pem(bundle: &str) -> String {
@@ -368,6 +272,7 @@ min_interval = "1s"
             manifest = manifest.display(),
             pidfile = pidfile.display(),
         ),
+        &[],
     );
     let agent = &run.agent;
     await_record(
@@ -479,14 +384,6 @@ min_interval = "1s"
     );
     eprintln!("restarts so far: {}", restart_counts(cp));
     run.agent.stop();
-}
-
-fn restart_counts(cp: &ControlPlane) -> String {
-    kube::COMPONENTS
-        .iter()
-        .map(|c| format!("{c} {}", cp.restart_count(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[test]

@@ -31,7 +31,11 @@ use std::{
 };
 
 use certreload_e2e::{
-    kube::{self, ControlPlane, APISERVER, KUBEADM_CONFIG},
+    kube::{
+        self,
+        agent::{await_record_of, seq},
+        ControlPlane, APISERVER, KUBEADM_CONFIG,
+    },
     Agent,
 };
 use serde_json::Value;
@@ -104,48 +108,6 @@ exec = ["/bin/sh", "-c", {restart:?}]
     Node { name, agent }
 }
 
-/// Waits up to `within` for a record of `node` matching `pred`; on failure prints both agents'
-/// records and logs and the components' logs.
-fn await_record(
-    cp: &ControlPlane,
-    nodes: &[&Node],
-    node: &Node,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = node.agent.records().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        if Instant::now() > deadline {
-            let mut report = String::new();
-            for n in nodes {
-                report.push_str(&format!(
-                    "=== {} records:\n{}\n=== {} log:\n{}\n",
-                    n.name,
-                    n.agent
-                        .records()
-                        .iter()
-                        .map(Value::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    n.name,
-                    n.agent.log()
-                ));
-            }
-            panic!(
-                "{}: no audit record {what} within {within:?}\n{report}components:\n{}",
-                node.name,
-                cp.logs(30)
-            );
-        }
-        // The audit log is a file the agent appends to: read it again shortly.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Seconds since the Unix epoch of an audit timestamp (`2026-11-30T01:02:03.456789Z`).
 fn epoch_seconds(ts: &str) -> f64 {
     let parse = |s: &str| -> i64 {
@@ -214,10 +176,6 @@ impl Hold {
     }
 }
 
-fn seq(r: &Value) -> u64 {
-    r["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {r}"))
-}
-
 #[test]
 fn two_nodes_restart_the_api_server_in_turn_never_together() {
     let Some(cp) = kube::shared() else { return };
@@ -237,11 +195,11 @@ fn two_nodes_restart_the_api_server_in_turn_never_together() {
 
     let a = start_node(&cp, dir.path(), "cr-lock-a", &kubeconfig);
     let b = start_node(&cp, dir.path(), "cr-lock-b", &kubeconfig);
-    let nodes = [&a, &b];
-    for n in nodes {
-        await_record(
+    let agents = [(a.name, &a.agent), (b.name, &b.agent)];
+    for n in 0..agents.len() {
+        await_record_of(
             &cp,
-            &nodes,
+            &agents,
             n,
             "kube-apiserver converged at start-up",
             Duration::from_secs(120),
@@ -253,10 +211,10 @@ fn two_nodes_restart_the_api_server_in_turn_never_together() {
     let renewed_at = Instant::now();
     cp.kubeadm(&["certs", "renew", "apiserver", "--config", KUBEADM_CONFIG])
         .expect("kubeadm certs renew apiserver");
-    for n in nodes {
-        await_record(
+    for n in 0..agents.len() {
+        await_record_of(
             &cp,
-            &nodes,
+            &agents,
             n,
             "the lock released after generation 2's restart",
             Duration::from_secs(600),

@@ -32,25 +32,17 @@ use std::{
 use base64::Engine;
 use certreload_e2e::{
     kube::{
-        self, ControlPlane, ADVERTISE_ADDRESS, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG,
+        self,
+        agent::{await_record, leaf_sha256, replace, restart_counts, seq, start_agent},
+        ControlPlane, ADVERTISE_ADDRESS, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG,
         SCHEDULER,
     },
     pki::{Leaf, TestCa},
     Agent,
 };
-use rustls::pki_types::{pem::PemObject, CertificateDer, SubjectPublicKeyInfoDer};
+use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-/// SHA-256 (hex) of the first certificate in a PEM file, as the agent fingerprints leaves.
-fn leaf_sha256(path: &Path) -> String {
-    let der = CertificateDer::pem_file_iter(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .next()
-        .unwrap_or_else(|| panic!("{}: no certificate", path.display()))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    certreload_e2e::sha256_hex(der.as_ref())
-}
 
 /// Kubernetes' key id of every public key in a PEM file, computed here independently of the
 /// agent: base64url (unpadded) of the SHA-256 of the DER SubjectPublicKeyInfo
@@ -79,37 +71,12 @@ fn jwt_kid(token: &str) -> String {
         .to_string()
 }
 
-/// The agent on the control plane's root: the kubeadm profile, overlaid with `overlay` (TOML
-/// appended after the test's `[agent]` and `[audit]` tables), with `KUBECONFIG` = admin.conf
-/// (cluster-admin here): the profile's control-plane restart actions take turns through a Lease,
-/// and an agent without Kubernetes credentials would wait for it instead of running.
-struct Run {
-    agent: Agent,
-    _dir: tempfile::TempDir,
-}
-
-fn start_agent(cp: &ControlPlane, overlay: &str) -> Run {
+/// The agent's environment for the profile's control-plane restart actions, which take turns
+/// through a Lease (an agent without Kubernetes credentials waits for it, never runs unlocked):
+/// `KUBECONFIG` = admin.conf (cluster-admin here), and the Leases' namespace created.
+fn lock_env(cp: &ControlPlane) -> Vec<String> {
     lock_namespace(cp);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audit = dir.path().join("audit.jsonl");
-    let config = dir.path().join("overlay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{overlay}",
-            audit.display()
-        ),
-    )
-    .expect("write overlay");
-    let root = cp.root().display().to_string();
-    let kubeconfig = format!("KUBECONFIG={}", cp.admin_kubeconfig().display());
-    let agent = Agent::start_wrapped(
-        &["env", "-u", "KUBERNETES_SERVICE_HOST", &kubeconfig],
-        &config,
-        &audit,
-        &["--profile", "kubeadm", "--host-root", &root],
-    );
-    Run { agent, _dir: dir }
+    vec![format!("KUBECONFIG={}", cp.admin_kubeconfig().display())]
 }
 
 /// The namespace of the actions' Leases (`[locks] namespace`, default `certreload`), created
@@ -182,56 +149,10 @@ fn assert_ran_under_lock(cp: &ControlPlane, agent: &Agent, action: &Value, lock:
     released
 }
 
-/// Waits up to `within` for an audit record matching `pred`; on failure prints the records, the
-/// agent's log and the components' logs.
-fn await_record(
-    cp: &ControlPlane,
-    agent: &Agent,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = agent.records().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "no audit record {what} within {within:?}; records:\n{}\nagent log:\n{}\ncomponents:\n{}",
-                agent
-                    .records()
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                agent.log(),
-                cp.logs(30)
-            );
-        }
-        // The audit log is a file the agent appends to: read it again shortly.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn seq(r: &Value) -> u64 {
-    r["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("record without seq: {r}"))
-}
-
 fn seconds(r: &Value) -> f64 {
     r["seconds"]
         .as_f64()
         .unwrap_or_else(|| panic!("record without seconds: {r}"))
-}
-
-/// Replaces `path` by rename (readers see the old or the new file, never a part).
-fn replace(path: &Path, bytes: &[u8]) {
-    let name = path.file_name().expect("a file").to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.rotating"));
-    std::fs::write(&tmp, bytes).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
 }
 
 /// Writes a credential readable by its owner only.
@@ -349,6 +270,7 @@ min_interval = "1s"
 "#,
             pidfile = cp.pidfile(ETCD).display(),
         ),
+        &lock_env(&cp),
     );
     let agent = &run.agent;
     await_record(
@@ -693,6 +615,7 @@ min_interval = "1s"
             token = token.display(),
             pidfile = cp.pidfile(APISERVER).display(),
         ),
+        &lock_env(&cp),
     );
     let agent = &run.agent;
     let startup = await_record(
@@ -921,14 +844,6 @@ min_interval = "1s"
     eprintln!("restarts so far: {}", restart_counts(&cp));
     assert_ran_under_lock(&cp, agent, &action, "kube-apiserver");
     run.agent.stop();
-}
-
-fn restart_counts(cp: &ControlPlane) -> String {
-    kube::COMPONENTS
-        .iter()
-        .map(|c| format!("{c} {}", cp.restart_count(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Puts the original `ca.crt` back when the measurement ends (however it ends).

@@ -2,9 +2,7 @@
 //! cluster CA reaches the audit log and the log while the agent runs (the `check` tests cover the
 //! same checks as a command).
 
-use std::path::Path;
-
-use certreload_e2e::Agent;
+use certreload_e2e::kube::agent::start_profile_agent;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// A CA as kubeadm writes it: (ca.crt PEM, ca.key PEM).
@@ -19,33 +17,6 @@ fn ca_with_key(cn: &str) -> (String, String) {
     )
 }
 
-fn start(root: &Path) -> Agent {
-    let audit = root.join("audit.jsonl");
-    let overlay = root.join("certreload.toml");
-    std::fs::write(
-        &overlay,
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\npair_timeout = \"1s\"\n[audit]\npath = {:?}\n",
-            audit
-        ),
-    )
-    .expect("write");
-    let root = root.display().to_string();
-    let overlay = overlay.display().to_string();
-    Agent::start_args(
-        &[
-            "run",
-            "--profile",
-            "kubeadm",
-            "--host-root",
-            &root,
-            "--config",
-            &overlay,
-        ],
-        &audit,
-    )
-}
-
 #[test]
 fn signing_ca_warning_is_audited_and_logged_and_a_foreign_ca_key_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -56,7 +27,8 @@ fn signing_ca_warning_is_audited_and_logged_and_a_foreign_ca_key_is_rejected() {
     let (next, _) = ca_with_key("kubernetes-next");
     std::fs::write(pki.join("ca.crt"), format!("{current}{next}")).expect("write");
     std::fs::write(pki.join("ca.key"), &current_key).expect("write");
-    let agent = start(dir.path());
+    let run = start_profile_agent(dir.path(), "pair_timeout = \"1s\"", "", &[]);
+    let agent = &run.agent;
 
     let accepted = agent.expect_record("kubernetes-ca accepted", |r| {
         r["event"] == "material_accepted" && r["bundle"] == "kubernetes-ca"
@@ -83,7 +55,7 @@ fn signing_ca_warning_is_audited_and_logged_and_a_foreign_ca_key_is_rejected() {
     assert_eq!(rejected["check"], "key_match", "{rejected}");
     assert_eq!(rejected["current_generation"], 1, "{rejected}");
     let log = agent.log();
-    let records = agent.stop();
+    let records = run.stop();
     let key_line = foreign_key.lines().nth(1).expect("base64 line");
     let audit = records
         .iter()

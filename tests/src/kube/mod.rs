@@ -28,6 +28,7 @@
 //! Needs root (kubeadm's chroot, the address on `lo`) and the standard ports of a control-plane
 //! node free: 2379, 2380, 2381, 6443, 10257, 10259.
 
+pub mod agent;
 pub mod health;
 mod host;
 pub mod manifest;
