@@ -169,21 +169,9 @@ fn give_the_signer_its_own_pair(cp: &ControlPlane) -> bool {
 /// apiserver-kubelet-client is renewed by kubeadm from the new CA. Returns the new CA's and the
 /// renewed leaf's fingerprints.
 fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
-    let scratch = tempfile::tempdir().expect("scratch root");
-    let etc = scratch.path().join("etc/kubernetes");
-    std::fs::create_dir_all(&etc).expect("mkdir");
-    std::fs::copy(
-        cp.path(KUBEADM_CONFIG),
-        scratch.path().join(KUBEADM_CONFIG.trim_start_matches('/')),
-    )
-    .expect("copy kubeadm config");
-    cp.kubeadm_in(
-        scratch.path(),
-        &["init", "phase", "certs", "ca", "--config", KUBEADM_CONFIG],
-    )
-    .expect("kubeadm init phase certs ca (scratch root)");
-    let new_crt = std::fs::read_to_string(etc.join("pki/ca.crt")).expect("new ca.crt");
-    let new_key = std::fs::read(etc.join("pki/ca.key")).expect("new ca.key");
+    let (new_crt, new_key) = cp
+        .new_ca_by_kubeadm("ca", "ca")
+        .expect("a new cluster CA from kubeadm");
     let pki = cp.pki();
     let old_crt = std::fs::read_to_string(pki.join("ca.crt")).expect("old ca.crt");
     // The signer (its own single-certificate pair) moves to the new CA; the controller-manager
@@ -195,7 +183,8 @@ fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
         &pki.join("ca.crt"),
         format!("{new_crt}{old_crt}").as_bytes(),
     );
-    let new_ca = leaf_sha256(&etc.join("pki/ca.crt"));
+    // ca.crt now starts with the new CA, so its first certificate's fingerprint is the new CA's.
+    let new_ca = leaf_sha256(&pki.join("ca.crt"));
     cp.kubeadm(&[
         "certs",
         "renew",

@@ -197,35 +197,14 @@ fn readyz() -> Option<u16> {
     .map(|r| r.status)
 }
 
-/// Makes a new CA with kubeadm in a scratch root (`kubeadm init phase certs <phase>`), without
-/// touching the node: its certificate (PEM) and key (PEM bytes).
-fn new_ca_by_kubeadm(cp: &ControlPlane, phase: &str, file: &str) -> (String, Vec<u8>) {
-    let scratch = tempfile::tempdir().expect("scratch root");
-    let etc = scratch.path().join("etc/kubernetes");
-    std::fs::create_dir_all(&etc).expect("mkdir");
-    std::fs::copy(
-        cp.path(KUBEADM_CONFIG),
-        scratch.path().join(KUBEADM_CONFIG.trim_start_matches('/')),
-    )
-    .expect("copy kubeadm config");
-    cp.kubeadm_in(
-        scratch.path(),
-        &["init", "phase", "certs", phase, "--config", KUBEADM_CONFIG],
-    )
-    .unwrap_or_else(|e| panic!("kubeadm init phase certs {phase} (scratch root): {e:#}"));
-    let pki = etc.join("pki");
-    (
-        std::fs::read_to_string(pki.join(format!("{file}.crt"))).expect("new CA certificate"),
-        std::fs::read(pki.join(format!("{file}.key"))).expect("new CA key"),
-    )
-}
-
 /// Rotates the etcd CA as an operator does: a new etcd CA made by kubeadm; `etcd/ca.crt` becomes
 /// new + old (the server, peer and apiserver-etcd-client certificates of the old CA stay
 /// trusted), `etcd/ca.key` the new key; then kubeadm renews `etcd/healthcheck-client` from the
 /// new CA. Returns the new CA's and the renewed client's fingerprints.
 fn rotate_etcd_ca(cp: &ControlPlane) -> (String, String) {
-    let (new_crt, new_key) = new_ca_by_kubeadm(cp, "etcd-ca", "etcd/ca");
+    let (new_crt, new_key) = cp
+        .new_ca_by_kubeadm("etcd-ca", "etcd/ca")
+        .expect("a new etcd CA from kubeadm");
     let etcd = cp.pki().join("etcd");
     let old_crt = std::fs::read_to_string(etcd.join("ca.crt")).expect("old etcd/ca.crt");
     replace(

@@ -461,6 +461,31 @@ networking:
         run(&mut c)
     }
 
+    /// A new CA made by kubeadm (`kubeadm init phase certs PHASE`) in a scratch root with this
+    /// node's kubeadm configuration, as an operator makes one for a rotation: the PEM certificate
+    /// and the key bytes of `pki/FILE.{crt,key}`. This node's files are not touched.
+    pub fn new_ca_by_kubeadm(&self, phase: &str, file: &str) -> Result<(String, Vec<u8>)> {
+        let scratch = tempfile::tempdir().context("scratch root")?;
+        let pki = scratch.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(&pki).context("mkdir scratch pki")?;
+        std::fs::copy(
+            self.path(KUBEADM_CONFIG),
+            scratch.path().join(KUBEADM_CONFIG.trim_start_matches('/')),
+        )
+        .context("copy the kubeadm config into the scratch root")?;
+        self.kubeadm_in(
+            scratch.path(),
+            &["init", "phase", "certs", phase, "--config", KUBEADM_CONFIG],
+        )
+        .with_context(|| format!("kubeadm init phase certs {phase} (scratch root)"))?;
+        Ok((
+            std::fs::read_to_string(pki.join(format!("{file}.crt")))
+                .with_context(|| format!("new {file}.crt"))?,
+            std::fs::read(pki.join(format!("{file}.key")))
+                .with_context(|| format!("new {file}.key"))?,
+        ))
+    }
+
     /// Runs kubectl with the admin kubeconfig; its stdout, or an error with its output.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(self.peers.join("kubectl"));
