@@ -523,6 +523,18 @@ fn parse_check(
                 "an sa-keys bundle is not served over TLS: probe the API server's accepted keys with check = \"jwks\"",
             ))
         }
+        // A kubeconfig's embedded client certificate is presented, never served: as the probed
+        // bundle every check would compare it with a server's leaf and report stale forever.
+        (_, BundleKind::Kubeconfig) => {
+            return Err(src.invalid(
+                word_at,
+                field("bundle"),
+                format!(
+                    "{:?} is a kubeconfig bundle: its client certificate is not served by an endpoint; use it as client_bundle",
+                    p.bundle
+                ),
+            ))
+        }
         _ => {}
     }
     Ok(check)
@@ -732,6 +744,11 @@ process = "etcd"
         assert!(e.contains("probe[x].client_bundle"), "{e}");
         let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nclient_bundle = \"srv\"\n");
         assert!(e.contains("is not a client bundle"), "{e}");
+        let e = error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"admin-conf\"\n");
+        assert!(
+            e.contains("probe[x].bundle") && e.contains("use it as client_bundle"),
+            "{e}"
+        );
         let e = error("[[action]]\nbundle = \"ca\"\non = \"stale\"\n");
         assert!(e.contains("action[ca].exec"), "{e}");
         let e = error(
