@@ -185,6 +185,7 @@ fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
     );
     // ca.crt now starts with the new CA, so its first certificate's fingerprint is the new CA's.
     let new_ca = leaf_sha256(&pki.join("ca.crt"));
+    trust_in_kubeconfigs(cp, &format!("{new_crt}{old_crt}"));
     cp.kubeadm(&[
         "certs",
         "renew",
@@ -197,6 +198,37 @@ fn rotate_cluster_ca(cp: &ControlPlane) -> (String, String) {
         new_ca,
         leaf_sha256(&pki.join("apiserver-kubelet-client.crt")),
     )
+}
+
+/// Puts `bundle` in every kubeconfig's `certificate-authority-data`, as kubeadm's manual CA
+/// rotation does: the clients (kubectl, controller-manager, scheduler) must trust the new CA
+/// before anything serves a certificate from it, or a later `kubeadm certs renew apiserver` (from
+/// the new `ca.key`) cuts them off the API server. Processes re-read their kubeconfig when they
+/// restart.
+fn trust_in_kubeconfigs(cp: &ControlPlane, bundle: &str) {
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(bundle);
+    for file in [
+        "admin.conf",
+        "super-admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
+        let path = cp.path(&format!("/etc/kubernetes/{file}"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let rewritten: String = text
+            .lines()
+            .map(
+                |line| match line.split_once("certificate-authority-data:") {
+                    Some((indent, _)) => format!("{indent}certificate-authority-data: {data}\n"),
+                    None => format!("{line}\n"),
+                },
+            )
+            .collect();
+        replace(&path, rewritten.as_bytes());
+    }
 }
 
 /// The client-CA probes of the kubeadm profile (all on `kubernetes-ca`).
