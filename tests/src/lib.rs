@@ -319,6 +319,31 @@ impl Agent {
         Agent::start_wrapped(&[], config, audit, extra)
     }
 
+    /// Starts an agent with `[events]` on for Node `node`, serving bundle `web` from `dir`'s
+    /// tls.crt/tls.key, with `kubeconfig` as its only API credentials (in-cluster variables
+    /// removed); its audit log is `dir/audit.jsonl`.
+    pub fn start_with_events(dir: &Path, node: &str, kubeconfig: &Path) -> Agent {
+        let audit = dir.join("audit.jsonl");
+        let config = dir.join("certreload.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"{node}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                audit.display(),
+                dir.join("tls.crt").display(),
+                dir.join("tls.key").display()
+            ),
+        )
+        .expect("write the agent's config");
+        let env = format!("KUBECONFIG={}", kubeconfig.display());
+        Agent::start_wrapped(
+            &["env", "-u", "KUBERNETES_SERVICE_HOST", &env],
+            &config,
+            &audit,
+            &[],
+        )
+    }
+
     /// Like [`Agent::start`], run through `wrapper` (e.g. `setpriv ... --`) when not empty.
     pub fn start_wrapped(wrapper: &[&str], config: &Path, audit: &Path, extra: &[&str]) -> Agent {
         let config = config.display().to_string();

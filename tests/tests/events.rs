@@ -179,24 +179,7 @@ fn stub_api_server_5xx_and_no_answer_drop_the_event_and_later_events_still_go_ou
         ),
     )
     .expect("write");
-    let audit = d.join("audit.jsonl");
-    fs::write(
-        d.join("certreload.toml"),
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"stub-node\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            audit.display(),
-            d.join("tls.crt").display(),
-            d.join("tls.key").display()
-        ),
-    )
-    .expect("write");
-    let env = format!("KUBECONFIG={}", kubeconfig.display());
-    let agent = Agent::start_wrapped(
-        &["env", "-u", "KUBERNETES_SERVICE_HOST", &env],
-        &d.join("certreload.toml"),
-        &audit,
-        &[],
-    );
+    let agent = Agent::start_with_events(d, "stub-node", &kubeconfig);
 
     // 1. 500: the start-up Event is refused, logged, dropped.
     let (_, mode) = wait_for(&shared, "CertificateAccepted", "generation 1 accepted");

@@ -54,24 +54,7 @@ fn serviceaccount_token_posts_node_events_the_api_server_stores() {
     let (cert, key) = Leaf::server("localhost").self_signed();
     fs::write(d.join("tls.crt"), cert).expect("write");
     fs::write(d.join("tls.key"), key).expect("write");
-    let audit = d.join("audit.jsonl");
-    fs::write(
-        d.join("certreload.toml"),
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"{node}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            audit.display(),
-            d.join("tls.crt").display(),
-            d.join("tls.key").display()
-        ),
-    )
-    .expect("write");
-    let env = format!("KUBECONFIG={}", kubeconfig.display());
-    let agent = Agent::start_wrapped(
-        &["env", "-u", "KUBERNETES_SERVICE_HOST", &env],
-        &d.join("certreload.toml"),
-        &audit,
-        &[],
-    );
+    let agent = Agent::start_with_events(d, &node, &kubeconfig);
 
     let accepted = node_event(&cp, &node, "CertificateAccepted");
     assert_eq!(accepted["type"], "Normal", "{accepted}");
