@@ -232,6 +232,19 @@ pub enum AuditEvent {
         /// The last reason it could not be taken.
         reason: String,
     },
+    /// The chain head was published to the witness outside the node (`[audit] witness`): from
+    /// then on a log that lacks record `seq`, or holds another record there, fails
+    /// `certreload audit verify --witness`.
+    WitnessPublished {
+        /// The published record's seq.
+        seq: u64,
+        /// SHA-256 of that record's line (the `prev` of the record after it).
+        hash: String,
+        /// `namespace/name` of the witness ConfigMap.
+        object: String,
+        /// The ConfigMap's resourceVersion after the write.
+        resource_version: String,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -277,6 +290,7 @@ impl AuditEvent {
             AuditEvent::LockAcquired { .. } => "lock_acquired",
             AuditEvent::LockReleased { .. } => "lock_released",
             AuditEvent::LockNotAcquired { .. } => "lock_not_acquired",
+            AuditEvent::WitnessPublished { .. } => "witness_published",
         }
     }
 }

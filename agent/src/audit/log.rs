@@ -120,6 +120,14 @@ impl AuditLog {
         &self.path
     }
 
+    /// The last record written: its `seq` and the SHA-256 of its line (the next record's `prev`),
+    /// or `None` while the chain has no record. This is what the witness publishes: it commits to
+    /// every record up to `seq`.
+    pub fn last_record(&self) -> Option<(u64, String)> {
+        let seq = self.head.seq.checked_sub(1)?;
+        Some((seq, self.head.prev.clone()))
+    }
+
     /// Hands every durable record to `tx` from now on (the Kubernetes Events publisher).
     pub fn observe(&mut self, tx: tokio::sync::mpsc::UnboundedSender<Observed>) {
         self.observer = Some(tx);
