@@ -4,6 +4,7 @@
 //! kernel event ([`monitor::ebpf`]) or inotify event ([`monitor::inotify`]) → hint
 //! ([`monitor::hint`]) → confirmed change ([`monitor::confirm`]) → consumers such as
 //! [`watch`] (the `certreload watch` command).
+pub mod accept;
 pub mod admin;
 pub mod audit;
 pub mod check;

@@ -1,0 +1,452 @@
+//! Accept loops that survive descriptor exhaustion, and the descriptor reserve that keeps the
+//! agent's own file reads working while clients hold connections.
+//!
+//! Without this, `accept()` failing with `EMFILE` returned at once, the socket stayed readable
+//! (the connection waits in the kernel's backlog), and the loop spun: two full cores, millions of
+//! log lines per second, and a rotation made meanwhile was rejected with "Too many open files".
+//!
+//! Two mechanisms, used by every accept loop (TLS listeners, admin endpoint):
+//! - [`AcceptBackoff`]: on a resource error (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) wait with an
+//!   exponential delay up to [`MAX_BACKOFF`] before the next `accept()`, and log at most one line
+//!   per [`LOG_EVERY`] with the count of errors it did not log. Per-connection errors
+//!   (`ECONNABORTED`, `EPROTO`, …) are the client's problem: the loop continues at once.
+//! - [`DescriptorBudget`]: connections may hold at most the soft `RLIMIT_NOFILE` minus what the
+//!   agent had open when it started serving minus a reserve ([`reserve_for`]); a connection beyond
+//!   that is accepted and closed at once, so `accept()` itself normally never meets `EMFILE` and
+//!   reading new material always finds a descriptor. [`raise_nofile_limit`] first raises the soft
+//!   limit to the hard one, as most daemons do (the default soft 1,024 is a select(2)-era limit).
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// The first wait after a resource error; doubled on each consecutive one.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(5);
+
+/// The longest wait between two `accept()` calls while descriptors are exhausted: a freed
+/// descriptor is used within a second, and the loop costs nothing meanwhile.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// At most one log line per this interval per accept loop (and per refusal kind); the next line
+/// says how many it did not log.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Descriptors a proxied connection holds: the client's socket and the upstream's.
+pub const PROXIED_CONNECTION_FDS: usize = 2;
+
+/// Descriptors an admin connection holds.
+pub const ADMIN_CONNECTION_FDS: usize = 1;
+
+/// What an `accept()` error means for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptErrorKind {
+    /// The process or the system is out of descriptors or memory: the connection stays in the
+    /// backlog and the socket stays readable, so retrying at once spins. Back off.
+    Exhausted,
+    /// This one connection failed (reset before it was accepted, protocol error, denied by a
+    /// firewall hook): the next one is unaffected. Continue at once.
+    Connection,
+    /// Anything else: not expected from a bound listener; back off like [`Exhausted`](Self::Exhausted)
+    /// so an unknown persistent error cannot spin either.
+    Other,
+}
+
+/// Classifies an `accept()` error (see [`AcceptErrorKind`]).
+pub fn classify(error: &io::Error) -> AcceptErrorKind {
+    match error.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AcceptErrorKind::Exhausted
+        }
+        Some(
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => AcceptErrorKind::Connection,
+        _ => match error.kind() {
+            io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock => AcceptErrorKind::Connection,
+            _ => AcceptErrorKind::Other,
+        },
+    }
+}
+
+/// The symbolic name of the errors an operator searches for (`EMFILE`), or `None`.
+pub fn errno_name(error: &io::Error) -> Option<&'static str> {
+    Some(match error.raw_os_error()? {
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        libc::ECONNABORTED => "ECONNABORTED",
+        _ => return None,
+    })
+}
+
+/// Lets one line through per [`LOG_EVERY`] and counts the ones it held back, so a fault that
+/// repeats a million times a second costs one line per interval, not a million.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    /// One line per `every`.
+    pub fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may be written now (`n`: lines held back since the last one), else
+    /// `None` (and the line is counted as held back).
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+impl Default for RateLimitedLog {
+    fn default() -> Self {
+        RateLimitedLog::new(LOG_EVERY)
+    }
+}
+
+/// The state of one accept loop: the current delay and its rate-limited log.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    what: String,
+    delay: Duration,
+    log: RateLimitedLog,
+}
+
+impl AcceptBackoff {
+    /// `what` names the loop in the log (`listener web`, `admin endpoint`).
+    pub fn new(what: impl Into<String>) -> Self {
+        AcceptBackoff {
+            what: what.into(),
+            delay: Duration::ZERO,
+            log: RateLimitedLog::default(),
+        }
+    }
+
+    /// Call after a successful `accept()`: the next resource error starts again at
+    /// [`MIN_BACKOFF`].
+    pub fn accepted(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// The wait before the next `accept()` after `error`: zero for a per-connection error, else
+    /// the next step of the exponential backoff. Logs (rate-limited). Separate from
+    /// [`failed`](Self::failed) so a caller with its own select loop can sleep there.
+    pub fn on_error(&mut self, error: &io::Error) -> Duration {
+        let kind = classify(error);
+        if kind == AcceptErrorKind::Connection {
+            tracing::debug!(accept_loop = %self.what, error = %error, "accept: connection failed before it was accepted; continuing");
+            return Duration::ZERO;
+        }
+        self.delay = if self.delay.is_zero() {
+            MIN_BACKOFF
+        } else {
+            (self.delay * 2).min(MAX_BACKOFF)
+        };
+        if let Some(suppressed) = self.log.allow() {
+            let errno = errno_name(error).unwrap_or("error");
+            tracing::warn!(
+                accept_loop = %self.what,
+                errno,
+                error = %error,
+                backoff_ms = self.delay.as_millis() as u64,
+                suppressed,
+                "accept failed ({errno}): backing off before the next accept; pending connections wait in the backlog (one line per {}s, suppressed counts the others)",
+                LOG_EVERY.as_secs()
+            );
+        }
+        self.delay
+    }
+
+    /// Logs `error` and waits as [`on_error`](Self::on_error) says.
+    pub async fn failed(&mut self, error: &io::Error) {
+        let wait = self.on_error(error);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Accepts the next connection, backing off on errors (see [`AcceptBackoff`]). Cancel-safe: a
+/// `select!` branch may drop it between attempts or during a backoff wait.
+pub async fn accept(
+    listener: &TcpListener,
+    backoff: &mut AcceptBackoff,
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                backoff.accepted();
+                return accepted;
+            }
+            Err(e) => backoff.failed(&e).await,
+        }
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` after [`raise_nofile_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimit {
+    /// The soft limit before.
+    pub was: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit. Call once at start, before anything opens
+/// descriptors in bulk. An error leaves the limit as it was (the agent still runs; the budget is
+/// computed from whatever the limit is).
+pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let was = limit.rlim_cur as u64;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(NofileLimit {
+        was,
+        soft: limit.rlim_cur as u64,
+        hard: limit.rlim_max as u64,
+    })
+}
+
+/// The current soft `RLIMIT_NOFILE` (`None` when it cannot be read).
+pub fn soft_nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
+        .then_some(limit.rlim_cur as u64)
+}
+
+/// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
+pub fn open_descriptors() -> Option<usize> {
+    // The directory's own descriptor is listed too.
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1))
+}
+
+/// Descriptors kept back from connections for everything else the agent opens after it started
+/// serving: material reads and confirmations (a few per bundle at a time), the audit log's
+/// reopen, action processes' pipes, Kubernetes API connections. A sixteenth of the limit, at
+/// least 64 and at most 4,096.
+pub fn reserve_for(limit: usize) -> usize {
+    (limit / 16).clamp(64, 4096)
+}
+
+/// The descriptors every accept loop of the process shares (one per process: the limit is).
+#[derive(Debug)]
+pub struct DescriptorBudget {
+    capacity: usize,
+    used: AtomicUsize,
+}
+
+static BUDGET: OnceLock<DescriptorBudget> = OnceLock::new();
+
+impl DescriptorBudget {
+    /// A budget of `capacity` descriptors for connections.
+    pub fn with_capacity(capacity: usize) -> Self {
+        DescriptorBudget {
+            capacity,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// The budget the current limit leaves: soft limit − open now − [`reserve_for`] the limit.
+    /// Without a readable limit (never on Linux) the budget is unbounded: the per-listener
+    /// `max_connections` still applies.
+    pub fn from_current_limit() -> Self {
+        let Some(limit) = soft_nofile_limit() else {
+            return DescriptorBudget::with_capacity(usize::MAX);
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let open = open_descriptors().unwrap_or(64);
+        DescriptorBudget::with_capacity(
+            limit
+                .saturating_sub(open)
+                .saturating_sub(reserve_for(limit)),
+        )
+    }
+
+    /// The process's budget, measured the first time it is asked for. [`init`](Self::init) at
+    /// the point the agent starts serving measures it with everything start-up opened.
+    pub fn global() -> &'static DescriptorBudget {
+        BUDGET.get_or_init(DescriptorBudget::from_current_limit)
+    }
+
+    /// Measures the process's budget now (once; later calls return the first) and logs it.
+    pub fn init() -> &'static DescriptorBudget {
+        let budget = DescriptorBudget::global();
+        tracing::info!(
+            limit = soft_nofile_limit().unwrap_or_default(),
+            open = open_descriptors().unwrap_or_default(),
+            connection_descriptors = budget.capacity,
+            "descriptor budget for connections (the rest of the limit is kept for reading material)"
+        );
+        budget
+    }
+
+    /// Descriptors connections may hold in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Descriptors connections hold now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `fds` descriptors for one connection, or `None` when that would eat into the
+    /// reserve (close the connection).
+    pub fn try_acquire(&'static self, fds: usize) -> Option<DescriptorPermit> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(fds).filter(|&n| n <= self.capacity)
+            })
+            .ok()
+            .map(|_| DescriptorPermit { budget: self, fds })
+    }
+}
+
+/// Descriptors one connection holds from the [`DescriptorBudget`]; returned on drop.
+#[derive(Debug)]
+pub struct DescriptorPermit {
+    budget: &'static DescriptorBudget,
+    fds: usize,
+}
+
+impl Drop for DescriptorPermit {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.fds, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn resource_errors_back_off_connection_errors_do_not() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(classify(&os(code)), AcceptErrorKind::Exhausted, "{code}");
+        }
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert_eq!(classify(&os(code)), AcceptErrorKind::Connection, "{code}");
+        }
+        assert_eq!(classify(&os(libc::EINVAL)), AcceptErrorKind::Other);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_one_second_and_resets_after_an_accept() {
+        let mut b = AcceptBackoff::new("test");
+        let waits: Vec<_> = (0..12).map(|_| b.on_error(&os(libc::EMFILE))).collect();
+        assert_eq!(waits[0], MIN_BACKOFF);
+        assert_eq!(waits[1], MIN_BACKOFF * 2);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*waits.last().expect("12 waits"), MAX_BACKOFF);
+        assert_eq!(b.on_error(&os(libc::ECONNABORTED)), Duration::ZERO);
+        b.accepted();
+        assert_eq!(b.on_error(&os(libc::ENFILE)), MIN_BACKOFF);
+    }
+
+    #[test]
+    fn log_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let mut log = RateLimitedLog::new(Duration::from_secs(3600));
+        assert_eq!(log.allow(), Some(0));
+        assert_eq!((0..1000).filter_map(|_| log.allow()).count(), 0);
+        let mut log = RateLimitedLog::new(Duration::ZERO);
+        assert_eq!(log.allow(), Some(0));
+        assert_eq!(log.allow(), Some(0));
+    }
+
+    #[test]
+    fn budget_refuses_beyond_capacity_and_returns_on_drop() {
+        let budget: &'static DescriptorBudget =
+            Box::leak(Box::new(DescriptorBudget::with_capacity(5)));
+        let a = budget.try_acquire(2).expect("2 of 5");
+        let b = budget.try_acquire(2).expect("4 of 5");
+        assert!(budget.try_acquire(2).is_none(), "6 of 5");
+        assert_eq!(budget.used(), 4);
+        drop(a);
+        assert!(budget.try_acquire(2).is_some());
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn reserve_is_a_sixteenth_within_bounds() {
+        assert_eq!(reserve_for(256), 64);
+        assert_eq!(reserve_for(65_536), 4096);
+        assert_eq!(reserve_for(1_048_576), 4096);
+        assert_eq!(reserve_for(16_384), 1024);
+    }
+
+    #[test]
+    fn raising_the_limit_reaches_the_hard_limit() {
+        let limit = raise_nofile_limit().expect("getrlimit/setrlimit");
+        assert_eq!(limit.soft, limit.hard);
+        assert!(limit.soft >= limit.was);
+        assert_eq!(soft_nofile_limit(), Some(limit.soft));
+    }
+}
