@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BundleConfig, BundleKind, ConfigError, Source};
+use super::{bounds, BundleConfig, BundleKind, ConfigError, Source};
 
 /// Default time an endpoint gets to serve a new generation.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -282,12 +282,12 @@ pub(crate) fn parse_locks(src: &Source<'_>, raw: &RawLocks) -> Result<LocksSetti
         out.namespace = n.clone();
     }
     if let Some(d) = &raw.lease_duration {
-        out.lease_duration = src.duration(d, "locks.lease_duration")?;
-        if out.lease_duration < Duration::from_secs(3) || out.lease_duration.subsec_nanos() != 0 {
+        out.lease_duration = src.duration_in(d, "locks.lease_duration", &bounds::LEASE_DURATION)?;
+        if out.lease_duration.subsec_nanos() != 0 {
             return Err(src.invalid(
                 d.span().start,
                 "locks.lease_duration",
-                "must be whole seconds, at least 3s (the holder renews every third of it)",
+                "must be whole seconds (leaseDurationSeconds)",
             ));
         }
     }
@@ -426,14 +426,19 @@ pub(crate) fn parse_probes(
                 "a probe of a ca bundle checks that the endpoint trusts it: it needs a client bundle issued by that CA",
             ));
         }
-        let duration = |v: &Option<Spanned<String>>, name: &str, default: Duration| match v {
-            Some(v) => src.duration(v, &field(name)),
+        let duration = |v: &Option<Spanned<String>>,
+                        name: &str,
+                        default: Duration,
+                        range: &bounds::Bounds<Duration>| match v {
+            Some(v) => src.duration_in(v, &field(name), range),
             None => Ok(default),
         };
-        let interval = duration(&p.interval, "interval", DEFAULT_INTERVAL)?;
-        if interval.is_zero() {
-            return Err(src.invalid(offset, field("interval"), "must be greater than zero"));
-        }
+        let interval = duration(
+            &p.interval,
+            "interval",
+            DEFAULT_INTERVAL,
+            &bounds::PROBE_INTERVAL,
+        )?;
         let bearer_token_file = match &p.bearer_token_file {
             None => None,
             Some(f) if check.request().is_none() => {
@@ -457,7 +462,12 @@ pub(crate) fn parse_probes(
                 .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
             bundle: p.bundle.clone(),
             client_bundle: p.client_bundle.clone(),
-            deadline: duration(&p.deadline, "deadline", DEFAULT_DEADLINE)?,
+            deadline: duration(
+                &p.deadline,
+                "deadline",
+                DEFAULT_DEADLINE,
+                &bounds::PROBE_DEADLINE,
+            )?,
             interval,
             check,
             bearer_token_file,
@@ -627,8 +637,11 @@ pub(crate) fn parse_actions(
                 }
             }
         };
-        let duration = |v: &Option<Spanned<String>>, name: &str, default: Duration| match v {
-            Some(v) => src.duration(v, &field(name)),
+        let duration = |v: &Option<Spanned<String>>,
+                        name: &str,
+                        default: Duration,
+                        range: &bounds::Bounds<Duration>| match v {
+            Some(v) => src.duration_in(v, &field(name), range),
             None => Ok(default),
         };
         let lock = match (&a.lock, &a.lock_wait) {
@@ -646,7 +659,7 @@ pub(crate) fn parse_actions(
                 }
                 Some(ActionLock {
                     name: name.get_ref().clone(),
-                    wait: duration(wait, "lock_wait", DEFAULT_LOCK_WAIT)?,
+                    wait: duration(wait, "lock_wait", DEFAULT_LOCK_WAIT, &bounds::LOCK_WAIT)?,
                 })
             }
         };
@@ -659,8 +672,18 @@ pub(crate) fn parse_actions(
             bundle: a.bundle.clone(),
             on: a.on,
             command,
-            timeout: duration(&a.timeout, "timeout", Duration::from_secs(60))?,
-            min_interval: duration(&a.min_interval, "min_interval", Duration::from_secs(300))?,
+            timeout: duration(
+                &a.timeout,
+                "timeout",
+                Duration::from_secs(60),
+                &bounds::ACTION_TIMEOUT,
+            )?,
+            min_interval: duration(
+                &a.min_interval,
+                "min_interval",
+                Duration::from_secs(300),
+                &bounds::ACTION_MIN_INTERVAL,
+            )?,
             line: src.line(offset),
             lock,
         });

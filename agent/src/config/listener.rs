@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BundleConfig, BundleKind, ConfigError, Source};
+use super::{bounds, BundleConfig, BundleKind, ConfigError, Source};
 
 /// Where decrypted traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub(crate) struct RawListener {
     close_untrusted: bool,
     handshake_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
-    max_connections: Option<usize>,
+    max_connections: Option<Spanned<i64>>,
     upstream_tls: Option<UpstreamTls>,
 }
 
@@ -170,16 +170,25 @@ pub(crate) fn parse(
             ));
         };
         let stale_grace = match &l.stale_grace {
-            Some(v) => Some(src.duration(v, &field("stale_grace"))?),
+            Some(v) => Some(src.duration_in(v, &field("stale_grace"), &bounds::STALE_GRACE)?),
             None => None,
         };
         let handshake_timeout = match &l.handshake_timeout {
-            Some(v) => src.duration(v, &field("handshake_timeout"))?,
+            Some(v) => {
+                src.duration_in(v, &field("handshake_timeout"), &bounds::HANDSHAKE_TIMEOUT)?
+            }
             None => Duration::from_secs(10),
         };
         let idle_timeout = match &l.idle_timeout {
-            Some(v) => src.duration(v, &field("idle_timeout"))?,
+            Some(v) => src.duration_in(v, &field("idle_timeout"), &bounds::IDLE_TIMEOUT)?,
             None => Duration::from_secs(3600),
+        };
+        let max_connections = match &l.max_connections {
+            Some(v) => {
+                let n = src.count_in(v, &field("max_connections"), &bounds::MAX_CONNECTIONS)?;
+                usize::try_from(n).expect("MAX_CONNECTIONS.max fits in usize")
+            }
+            None => 10_000,
         };
         out.push(ListenerConfig {
             name: l.name.clone(),
@@ -191,7 +200,7 @@ pub(crate) fn parse(
             close_untrusted: l.close_untrusted,
             handshake_timeout,
             idle_timeout,
-            max_connections: l.max_connections.unwrap_or(10_000),
+            max_connections,
             upstream_tls: l.upstream_tls.clone(),
         });
     }

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
+pub mod bounds;
 pub mod converge;
 pub mod listener;
 pub mod profile;
@@ -395,20 +396,13 @@ impl Config {
         })?;
         let mut agent = AgentSettings::default();
         if let Some(v) = &raw.agent.resync {
-            agent.resync = src.duration(v, "agent.resync")?;
-            if agent.resync.is_zero() {
-                return Err(src.invalid(
-                    v.span().start,
-                    "agent.resync",
-                    "must be greater than zero",
-                ));
-            }
+            agent.resync = src.duration_in(v, "agent.resync", &bounds::RESYNC)?;
         }
         if let Some(v) = &raw.agent.settle {
-            agent.settle = src.duration(v, "agent.settle")?;
+            agent.settle = src.duration_in(v, "agent.settle", &bounds::SETTLE)?;
         }
         if let Some(v) = &raw.agent.pair_timeout {
-            agent.pair_timeout = src.duration(v, "agent.pair_timeout")?;
+            agent.pair_timeout = src.duration_in(v, "agent.pair_timeout", &bounds::PAIR_TIMEOUT)?;
         }
         if let Some(v) = &raw.agent.admin {
             agent.admin = v.get_ref().parse().map_err(|e| {
@@ -423,13 +417,13 @@ impl Config {
             })?;
         }
         if let Some(v) = &raw.agent.max_file_size {
-            agent.max_file_size = src.size(v, "agent.max_file_size")?;
+            agent.max_file_size = src.size_in(v, "agent.max_file_size", &bounds::MAX_FILE_SIZE)?;
         }
         let mut audit = AuditSettings::default();
         if let Some(a) = &raw.audit {
             audit.path = a.path.clone();
             if let Some(v) = &a.max_size {
-                audit.max_size = src.size(v, "audit.max_size")?;
+                audit.max_size = src.size_in(v, "audit.max_size", &bounds::AUDIT_MAX_SIZE)?;
             }
         }
         let mut names = BTreeSet::new();
@@ -534,7 +528,9 @@ impl Config {
                 return Err(unused("signing"));
             }
             let min_validity = match &b.min_validity {
-                Some(v) => Some(src.duration(v, &field("min_validity"))?),
+                Some(v) => {
+                    Some(src.duration_in(v, &field("min_validity"), &bounds::MIN_VALIDITY)?)
+                }
                 None => None,
             };
             bundles.push(BundleConfig {
