@@ -169,7 +169,8 @@ impl Reloader {
     fn next_deadline(&self) -> Option<Instant> {
         self.waiting
             .values()
-            .map(|since| *since + self.config.agent.pair_timeout)
+            // checked: a deadline past what Instant can hold is no deadline, never a panic.
+            .filter_map(|since| since.checked_add(self.config.agent.pair_timeout))
             .min()
     }
 
@@ -178,7 +179,9 @@ impl Reloader {
         let due: Vec<usize> = self
             .waiting
             .iter()
-            .filter(|(_, since)| **since + self.config.agent.pair_timeout <= now)
+            .filter(|(_, since)| {
+                now.saturating_duration_since(**since) >= self.config.agent.pair_timeout
+            })
             .map(|(i, _)| *i)
             .collect();
         for i in due {
