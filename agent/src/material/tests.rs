@@ -671,3 +671,27 @@ fn no_report_or_debug_output_contains_key_material() {
         "key bytes leaked: {rendered}"
     );
 }
+
+/// A `min_validity` beyond `i64::MAX` seconds (possible through the library API, the config caps it
+/// at 10 years) wrapped negative with `as i64`, so every certificate passed it.
+#[test]
+fn a_huge_min_validity_rejects_instead_of_wrapping_to_a_pass() {
+    let f = Files::new();
+    let ca1 = ca("ca1");
+    let (cert, key) = leaf(&ca1, Leaf::default());
+    let ca_path = f.put("ca.crt", &ca1.pem);
+    for secs in [u64::MAX, 1 << 63] {
+        let report = validate_pair(
+            &f.put("tls.crt", &cert),
+            &f.put("tls.key", &key),
+            Some(&ca_path),
+            &PairPolicy {
+                min_validity: Some(Duration::from_secs(secs)),
+                ..policy()
+            },
+            None,
+            SystemTime::now(),
+        );
+        assert_rejected(&report, Check::MinValidity);
+    }
+}

@@ -599,12 +599,14 @@ fn judge_pair(
             Some(cert.file),
         );
     }
+    // try_from, not `as`: a min_validity beyond i64 seconds wrapped negative and passed.
+    let left = leaf.not_after.saturating_sub(now_s);
     match policy.min_validity {
-        Some(min) if leaf.not_after - now_s < min.as_secs() as i64 => c.fail(
+        Some(min) if left < i64::try_from(min.as_secs()).unwrap_or(i64::MAX) => c.fail(
             Check::MinValidity,
             format!(
                 "{} s of validity left, min_validity is {} s",
-                (leaf.not_after - now_s).max(0),
+                left.max(0),
                 min.as_secs()
             ),
             Some(cert.file),
