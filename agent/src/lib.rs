@@ -16,6 +16,7 @@ pub mod gate;
 pub mod material;
 pub mod monitor;
 pub mod proxy;
+pub mod regular_file;
 pub mod reload;
 pub mod run;
 pub mod status_cmd;

@@ -285,6 +285,21 @@ impl Metrics {
                 })
                 .set(l.connections.stale as i64);
         }
+        let audit = crate::audit::health::health();
+        let audit_failures = Counter::<u64>::default();
+        audit_failures.inc_by(audit.failures());
+        registry.register(
+            "certreload_audit_write_failures",
+            "Audit appends that failed (nothing recorded, the change held back)",
+            audit_failures,
+        );
+        let audit_writable = Gauge::<i64>::default();
+        audit_writable.set(i64::from(audit.unwritable().is_none()));
+        registry.register(
+            "certreload_audit_writable",
+            "1 when the last audit append succeeded",
+            audit_writable,
+        );
         let drops = Counter::<u64>::default();
         drops.inc_by(status.monitor.ringbuf_drops);
         registry.register(

@@ -46,6 +46,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    // Nothing is applied without its record: an unwritable audit log holds every change back.
+    if let Some(error) = crate::audit::health::health().unwritable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: audit log {} is not writable (changes are held until it is): {error}\n",
+                admin.state.config.audit.path.display()
+            ),
+        );
+    }
     let not_ready = admin.state.store.not_ready();
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n".to_string())

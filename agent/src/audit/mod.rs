@@ -3,8 +3,10 @@
 
 pub mod chain;
 pub mod event;
+pub mod health;
 pub mod kube_events;
 pub mod log;
+pub mod witness;
 
 pub use self::{
     chain::{verify_files, VerifyError, VerifySummary},
@@ -17,7 +19,8 @@ pub use self::{
 pub type SharedAudit = std::sync::Arc<std::sync::Mutex<AuditLog>>;
 
 /// Appends through a [`SharedAudit`]; a poisoned lock still writes (the log itself is consistent:
-/// a record is either fully written and synced, or cut at the next start).
+/// a record is either fully written and synced, or cut at the next start). The outcome is reported
+/// to [`health::health`] (`/readyz`, `/metrics`).
 pub fn append_shared(
     audit: &SharedAudit,
     bundle: Option<&str>,
@@ -26,5 +29,10 @@ pub fn append_shared(
     let mut log = audit
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    log.append(bundle, event)
+    let result = log.append(bundle, event);
+    match &result {
+        Ok(_) => health::health().succeeded(),
+        Err(e) => health::health().failed(e),
+    }
+    result
 }
