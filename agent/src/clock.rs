@@ -21,9 +21,38 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
+/// Where a deadline goes when `from + d` cannot be represented: tokio's own "far future" (about 30
+/// years), later than any configured duration matters.
+pub const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
+/// `from + d` as a deadline, never a panic: `Instant + Duration` panics on overflow, so a
+/// configured duration (a probe deadline, a lock wait) is added here, capped at [`FAR_FUTURE`].
+pub fn later(
+    from: impl Into<tokio::time::Instant>,
+    d: std::time::Duration,
+) -> tokio::time::Instant {
+    let from = from.into();
+    from.checked_add(d)
+        .or_else(|| from.checked_add(FAR_FUTURE))
+        .unwrap_or(from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_past_what_instant_holds_is_far_future_not_a_panic() {
+        let now = tokio::time::Instant::now();
+        let d = std::time::Duration::from_secs(5);
+        assert_eq!(later(now, d), now + d);
+        assert_eq!(later(now, std::time::Duration::MAX), now + FAR_FUTURE);
+        let std_now = std::time::Instant::now();
+        assert_eq!(
+            later(std_now, std::time::Duration::from_secs(u64::MAX)),
+            tokio::time::Instant::from_std(std_now) + FAR_FUTURE
+        );
+    }
 
     #[test]
     fn monotonic_clock_advances() {

@@ -60,7 +60,7 @@ pub async fn run(
             g = triggers.recv() => match g { Some(g) => g, None => return },
         };
         if let Some(last) = last_run {
-            let ready = last + config.min_interval;
+            let ready = crate::clock::later(last, config.min_interval).into_std();
             if Instant::now() < ready {
                 tracing::info!(action = %config.id(), generation, wait_s = (ready - Instant::now()).as_secs_f64(), "action rate-limited: waiting for min_interval");
                 tokio::select! {

@@ -236,7 +236,7 @@ fn decide(
             now
         }
     };
-    let expires = since + duration;
+    let expires = crate::clock::later(since, duration);
     if now >= expires {
         Decision::Take
     } else {
@@ -304,7 +304,7 @@ impl Leases {
         shutdown: &mut watch::Receiver<bool>,
         mut report: impl FnMut(&Waiting),
     ) -> Acquired {
-        let give_up = Instant::now() + lock.wait;
+        let give_up = crate::clock::later(Instant::now(), lock.wait);
         let mut seen: Option<Seen> = None;
         let mut poll = FIRST_POLL;
         let mut last: Option<Waiting> = None;
@@ -520,7 +520,7 @@ impl HeldLease {
         let _ = self.stop.send(true);
         let _ = self.renewer.await;
         let s = &self.shared;
-        let give_up = Instant::now() + s.duration;
+        let give_up = crate::clock::later(Instant::now(), s.duration);
         let mut delay = FIRST_POLL;
         loop {
             let mut lease = s.lease.lock().await;
@@ -567,7 +567,7 @@ impl HeldLease {
 /// Writes `renewTime` every third of the duration (sooner after a failure) until `stop`.
 async fn renew(s: Arc<HeldShared>, mut stop: watch::Receiver<bool>) {
     let period = s.duration / 3;
-    let mut next = Instant::now() + period;
+    let mut next = crate::clock::later(Instant::now(), period);
     let mut last_renewed = Instant::now();
     loop {
         tokio::select! {
@@ -589,7 +589,7 @@ async fn renew(s: Arc<HeldShared>, mut stop: watch::Receiver<bool>) {
             Ok(written) => {
                 *lease = written;
                 last_renewed = Instant::now();
-                next = last_renewed + period;
+                next = crate::clock::later(last_renewed, period);
             }
             Err(e) if e.is_conflict() => {
                 match call(&s.lease_ref, "get", s.api.get_opt(&s.name)).await {

@@ -82,7 +82,7 @@ impl Episode {
     fn new(trigger: &'static str, deadline: Duration) -> Episode {
         Episode {
             trigger,
-            deadline: Instant::now() + deadline,
+            deadline: crate::clock::later(Instant::now(), deadline),
             stale_reported: false,
             backoff: FIRST_BACKOFF,
         }
@@ -221,7 +221,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(next) => {}
         }
         let Some(target) = ctx.store.current(&config.bundle) else {
-            next = Instant::now() + config.interval;
+            next = crate::clock::later(Instant::now(), config.interval);
             continue;
         };
         let client = config
@@ -280,7 +280,7 @@ pub async fn run(
                 }
                 verdict = Some(true);
                 episode = None;
-                next = now + config.interval;
+                next = crate::clock::later(now, config.interval);
             }
             Some(ep) => {
                 if now >= ep.deadline && !ep.stale_reported {
@@ -309,7 +309,7 @@ pub async fn run(
                     verdict = Some(v.converged());
                     record(&ctx, &config, &target, RECHECK, seconds, &v);
                 }
-                next = now + config.interval;
+                next = crate::clock::later(now, config.interval);
             }
         }
     }
