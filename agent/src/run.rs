@@ -99,7 +99,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
 
     // Validate every bundle first, so listeners start with generation 1.
     let mut reloader = Reloader::new(config.clone(), store.clone(), audit.clone());
-    reloader.startup();
+    reloader.startup().await;
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let bound = Listener::bind(l.clone(), &store)

@@ -105,18 +105,34 @@ impl BearerToken {
     }
 
     /// Reads the token from `path` now (a projected token is replaced in place, so every check
-    /// reads it again).
+    /// reads it again). Non-blocking open on the blocking pool: a FIFO or device at the path is
+    /// refused by type, never waited on.
     pub async fn read(path: &Path) -> Result<BearerToken, TokenError> {
+        use crate::regular_file::{read_bounded, OpenError, ReadBoundedError};
         let read = |source| TokenError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let file = tokio::fs::File::open(path).await.map_err(read)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_TOKEN + 1)
-            .read_to_end(&mut bytes)
+        let owned = path.to_path_buf();
+        let bytes = match tokio::task::spawn_blocking(move || read_bounded(&owned, MAX_TOKEN))
             .await
-            .map_err(read)?;
+            .map_err(|e| read(std::io::Error::other(e)))?
+        {
+            Ok(bytes) => bytes,
+            Err(ReadBoundedError::TooLarge { .. }) => {
+                return Err(TokenError::Malformed {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(ReadBoundedError::Open(OpenError::NotRegular(kind))) => {
+                return Err(read(std::io::Error::other(format!(
+                    "is a {kind}, expected a regular file"
+                ))))
+            }
+            Err(ReadBoundedError::Open(OpenError::Io(e)) | ReadBoundedError::Read(e)) => {
+                return Err(read(e))
+            }
+        };
         BearerToken::parse(path, &bytes)
     }
 }
@@ -591,6 +607,23 @@ mod tests {
             BearerToken::parse(path, &huge),
             Err(TokenError::Malformed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_fifo_as_token_file_is_refused_by_type_not_waited_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = BearerToken::read(&path).await.expect_err("fifo");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "bearer_token_file {}: is a fifo, expected a regular file",
+                path.display()
+            )
+        );
     }
 
     #[tokio::test]

@@ -1,15 +1,17 @@
 //! Reading certificate material from disk, with every way that can go wrong named precisely.
 //!
 //! A rotation can leave anything at a watched path: a directory, a symlink loop, a file the agent
-//! may not read, a 50 MiB accident. Each is a distinct, actionable error naming the file.
+//! may not read, a 50 MiB accident, a FIFO or a device. Each is a distinct, actionable error naming
+//! the file; none of them blocks (the open is non-blocking: see [`crate::regular_file`]).
 
 use std::{
-    fs::File,
-    io::{self, Read},
+    io,
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
+
+use crate::regular_file::{self, FileKind, OpenError, ReadBoundedError};
 
 /// Default limit on one material file (certificate chains and keys are kilobytes).
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
@@ -28,6 +30,15 @@ pub enum ReadError {
     IsDirectory {
         /// The file.
         path: PathBuf,
+    },
+    /// A FIFO, socket or device where a file is expected: refused before reading (a FIFO would
+    /// wait for a writer, a device could be endless).
+    #[error("{path}: is a {kind}, expected a regular file")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What is there instead.
+        kind: FileKind,
     },
     /// Symlinks that point at each other.
     #[error("{path}: symlink loop (too many levels of symbolic links)")]
@@ -68,6 +79,7 @@ impl ReadError {
         match self {
             ReadError::NotFound { path }
             | ReadError::IsDirectory { path }
+            | ReadError::NotRegular { path, .. }
             | ReadError::SymlinkLoop { path }
             | ReadError::PermissionDenied { path }
             | ReadError::TooLarge { path, .. }
@@ -87,36 +99,30 @@ impl ReadError {
     }
 }
 
-/// Reads `path` (following symlinks), refusing directories and anything above `max` bytes without
-/// reading more than `max + 1` bytes of it.
+/// Reads `path` (following symlinks), refusing anything but a regular file (named by type) and
+/// anything above `max` bytes without reading more than `max + 1` bytes of it. Never blocks on
+/// what is at the path; still a blocking read of a disk file, so async callers run it on the
+/// blocking pool.
 pub fn read_material(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
-    let file = File::open(path).map_err(|e| ReadError::from_io(path, e))?;
-    let meta = file.metadata().map_err(|e| ReadError::from_io(path, e))?;
-    if meta.is_dir() {
-        return Err(ReadError::IsDirectory {
+    regular_file::read_bounded(path, max).map_err(|e| match e {
+        ReadBoundedError::Open(OpenError::NotRegular(FileKind::Directory)) => {
+            ReadError::IsDirectory {
+                path: path.to_path_buf(),
+            }
+        }
+        ReadBoundedError::Open(OpenError::NotRegular(kind)) => ReadError::NotRegular {
             path: path.to_path_buf(),
-        });
-    }
-    if meta.len() > max {
-        return Err(ReadError::TooLarge {
+            kind,
+        },
+        ReadBoundedError::Open(OpenError::Io(e)) | ReadBoundedError::Read(e) => {
+            ReadError::from_io(path, e)
+        }
+        ReadBoundedError::TooLarge { size } => ReadError::TooLarge {
             path: path.to_path_buf(),
-            size: meta.len(),
+            size,
             max,
-        });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // The size can grow between stat and read (a writer still appending): bound the read too.
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ReadError::from_io(path, e))?;
-    if bytes.len() as u64 > max {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size: bytes.len() as u64,
-            max,
-        });
-    }
-    Ok(bytes)
+        },
+    })
 }
 
 #[cfg(test)]
@@ -156,6 +162,26 @@ mod tests {
         assert!(err.to_string().contains("big"), "{err}");
         std::fs::write(p.join("ok"), b"0123456789").expect("write");
         assert_eq!(read_material(&p.join("ok"), 10).expect("read").len(), 10);
+    }
+
+    #[test]
+    fn a_fifo_or_device_is_refused_with_its_type_and_file_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("tls.key");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A blocking open would wait here forever: nothing ever writes to this FIFO.
+        let err = read_material(&fifo, 10).expect_err("fifo");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: is a fifo, expected a regular file", fifo.display())
+        );
+        let err = read_material(Path::new("/dev/zero"), 10).expect_err("device");
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: is a character device, expected a regular file"
+        );
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! This is where kernel noise becomes truth: a hint for `tls.crt` in another directory, a rename
 //! that left content identical, or a write still in progress produce nothing. Only a different
 //! content hash or a different target is reported.
+//!
+//! Every read here is a blocking disk read (never a blocking *open*: see [`crate::regular_file`]);
+//! the monitor runs the confirmer on tokio's blocking pool, never on a runtime thread.
 
 use std::{
-    fs::File,
+    collections::HashMap,
     io::{self, Read},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use sha2::{Digest, Sha256};
@@ -18,11 +22,21 @@ use super::{
     hint::Hint,
     watchset::WatchSet,
 };
-use crate::clock;
+use crate::{
+    clock,
+    regular_file::{self, OpenError},
+};
 
 /// Largest file the monitor hashes; anything larger is reported by its size, not its content
 /// (certificate material is kilobytes; a multi-megabyte "certificate" is itself an anomaly).
 pub const MAX_HASHED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest a writer that keeps a watched file open can hold back its reload (eBPF mode, where the
+/// agent knows who has the file open for writing). Waiting for the close avoids reading a file
+/// mid-write; past this bound the file is read anyway: a half-written file is refused by the gate
+/// (and the pair wait), and the writer's close or the next resync brings the finished content.
+/// inotify mode reads on close or on the same bound after the first write (see `monitor::inotify`).
+pub const WRITER_DEFER_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a watched path's content is, as far as the agent can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,18 +74,13 @@ impl FileState {
                 content: Content::Unreadable(error),
             })
         };
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => return unreadable(e.to_string()),
+        // Non-blocking open, type from fstat: a FIFO or device at the path is reported, not waited on.
+        let (mut file, meta) = match regular_file::open(path) {
+            Ok(opened) => opened,
+            Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(OpenError::Io(e)) => return unreadable(e.to_string()),
+            Err(OpenError::NotRegular(kind)) => return unreadable(format!("is a {kind}")),
         };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => return unreadable(e.to_string()),
-        };
-        if meta.is_dir() {
-            return unreadable("is a directory".into());
-        }
         let mut hasher = Sha256::new();
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0u64;
@@ -140,6 +149,10 @@ pub fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<Chan
 #[derive(Debug)]
 pub struct Confirmer {
     states: Vec<Option<FileState>>,
+    /// Paths not re-read because a writer still had them open: since when, and the hint that
+    /// asked (its writer is the one to attribute the change to when the bound expires).
+    deferred: HashMap<usize, (Instant, Hint)>,
+    writer_limit: Duration,
 }
 
 impl Confirmer {
@@ -150,7 +163,54 @@ impl Confirmer {
             .iter()
             .map(|p| FileState::read(&p.absolute))
             .collect();
-        Confirmer { states }
+        Confirmer {
+            states,
+            deferred: HashMap::new(),
+            writer_limit: WRITER_DEFER_LIMIT,
+        }
+    }
+
+    /// Sets how long a writer holding a file open may defer its re-read (default
+    /// [`WRITER_DEFER_LIMIT`]).
+    pub fn with_writer_limit(mut self, limit: Duration) -> Self {
+        self.writer_limit = limit;
+        self
+    }
+
+    /// Marks paths `indexes` as being written (inotify's `IN_MODIFY`: no close yet) without
+    /// reading them: they are read on the close, or once [`Confirmer::next_deferred`] is due.
+    pub fn defer(&mut self, indexes: &[usize], hint: &Hint) {
+        let now = Instant::now();
+        for &i in indexes {
+            self.deferred
+                .entry(i)
+                .or_insert_with(|| (now, hint.clone()));
+        }
+    }
+
+    /// When the oldest deferral reaches the bound (the monitor re-checks then), if any.
+    pub fn next_deferred(&self) -> Option<Instant> {
+        self.deferred
+            .values()
+            .map(|(since, _)| since.checked_add(self.writer_limit).unwrap_or(*since))
+            .min()
+    }
+
+    /// Re-reads every deferred path whose bound has passed, even if a writer still holds it open,
+    /// each on behalf of the hint that deferred it.
+    pub fn check_overdue(&mut self, watch: &WatchSet) -> Vec<ConfirmedChange> {
+        let now = Instant::now();
+        let due: Vec<(usize, Hint)> = self
+            .deferred
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= self.writer_limit)
+            .map(|(i, (_, hint))| (*i, hint.clone()))
+            .collect();
+        let mut changes = Vec::new();
+        for (i, hint) in due {
+            changes.extend(self.check_paths(watch, &[i], &hint, |_| false));
+        }
+        changes
     }
 
     /// The state last seen for path `index`.
@@ -183,12 +243,27 @@ impl Confirmer {
         for &i in indexes {
             let path = &watch.paths()[i];
             if busy(&path.absolute) {
-                tracing::debug!(path = %path.given.display(), "still open for writing; waiting for close");
-                continue;
+                let now = Instant::now();
+                let (since, _) = *self
+                    .deferred
+                    .entry(i)
+                    .or_insert_with(|| (now, hint.clone()));
+                if now.saturating_duration_since(since) < self.writer_limit {
+                    tracing::debug!(path = %path.given.display(), "still open for writing; waiting for close");
+                    continue;
+                }
+                tracing::warn!(path = %path.given.display(), limit_s = self.writer_limit.as_secs_f64(), "still open for writing past the limit; reading it anyway");
             }
+            self.deferred.remove(&i);
             let new = FileState::read(&path.absolute);
             if let Some(error) = new.as_ref().and_then(FileState::error) {
                 tracing::warn!(path = %path.given.display(), %error, "watched path cannot be read");
+            }
+            // Out of descriptors (EMFILE) says nothing about the file: keep the last state; the
+            // next hint or resync reads it again (reporting it turned a full fd table into changes).
+            let error = new.as_ref().and_then(FileState::error);
+            if error.is_some_and(|e| crate::accept::is_exhaustion_message(&e)) {
+                continue;
             }
             let Some(kind) = classify(self.states[i].as_ref(), new.as_ref()) else {
                 self.states[i] = new;
@@ -289,6 +364,47 @@ mod tests {
             "busy path is deferred"
         );
         assert_eq!(c.check(&watch, &hint(&["tls.key"]), |_| false).len(), 1);
+    }
+
+    #[test]
+    fn a_writer_holding_the_file_open_defers_it_only_up_to_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tls.crt");
+        std::fs::write(&path, "A").expect("write");
+        let watch = WatchSet::new(std::slice::from_ref(&path));
+        let mut c = Confirmer::new(&watch).with_writer_limit(Duration::from_secs(3600));
+        std::fs::write(&path, "B").expect("write");
+        assert!(c.check(&watch, &hint(&["tls.crt"]), |_| true).is_empty());
+        assert!(c.next_deferred().is_some(), "a re-check is scheduled");
+        assert!(c.check_overdue(&watch).is_empty(), "not due yet");
+
+        let mut c = Confirmer::new(&watch).with_writer_limit(Duration::ZERO);
+        std::fs::write(&path, "C").expect("write");
+        let ch = c.check(&watch, &hint(&["tls.crt"]), |_| true);
+        assert_eq!(ch.len(), 1, "read although busy: the limit has passed");
+        assert_eq!(c.next_deferred(), None);
+
+        std::fs::write(&path, "D").expect("write");
+        c.defer(&[0], &hint(&["tls.crt"]));
+        let ch = c.check_overdue(&watch);
+        assert_eq!(ch.len(), 1, "a deferral is re-read once due");
+        assert_eq!(c.next_deferred(), None);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_file_is_a_change_named_fifo_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tls.crt");
+        std::fs::write(&path, "A").expect("write");
+        let watch = WatchSet::new(std::slice::from_ref(&path));
+        let mut c = Confirmer::new(&watch);
+        std::fs::remove_file(&path).expect("rm");
+        let name = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let ch = c.check(&watch, &hint(&["tls.crt"]), |_| false);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].error.as_deref(), Some("is a fifo"));
     }
 
     #[test]

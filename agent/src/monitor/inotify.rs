@@ -83,10 +83,16 @@ impl InotifySource {
     }
 }
 
-/// Maps an inotify event to a hint, or `None` when writing is still in progress.
+/// The operation of a hint that only says "a write is in progress" (`IN_MODIFY`): the monitor
+/// defers the path (read on `IN_CLOSE_WRITE`, or once the writer-hold bound
+/// [`super::confirm::WRITER_DEFER_LIMIT`] has passed, as in eBPF mode) instead of reading it.
+pub const STILL_WRITING: &str = "IN_MODIFY";
+
+/// Maps an inotify event to a hint, or `None` when it says nothing about a watched file's content.
 fn to_hint(event: &Event) -> Option<Hint> {
     let operation = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => "IN_CLOSE_WRITE",
+        EventKind::Modify(ModifyKind::Data(_)) => STILL_WRITING,
         EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => "IN_MOVED_TO",
         EventKind::Modify(ModifyKind::Name(_)) => "IN_MOVED_FROM",
         EventKind::Remove(RemoveKind::File | RemoveKind::Any | RemoveKind::Other) => "IN_DELETE",

@@ -6,6 +6,10 @@
 //! periodic resync ────┘
 //! ```
 //! The monitor knows nothing about certificates: it reports that bytes changed, and who changed them.
+//!
+//! Reading the files (hashing, canonicalising) runs on tokio's blocking pool, never on a runtime
+//! thread: whatever is on disk (a FIFO, a slow mount) cannot stall handshakes, `/healthz` or
+//! shutdown, and the monitor stops on shutdown even while a read is still in progress.
 
 pub mod change;
 pub mod confirm;
@@ -15,10 +19,11 @@ pub mod inotify;
 pub mod watchset;
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
@@ -119,6 +124,12 @@ pub struct MonitorStats {
     pub resyncs: u64,
 }
 
+/// What a confirmation pass reads and updates, moved to the blocking pool for each pass.
+struct Files {
+    watch: WatchSet,
+    confirmer: Confirmer,
+}
+
 enum Active {
     Kernel(Box<KernelSource>),
     Inotify(InotifySource),
@@ -126,8 +137,8 @@ enum Active {
 
 /// A started monitor: sources attached, baseline taken.
 pub struct Monitor {
-    watch: WatchSet,
-    confirmer: Confirmer,
+    /// The paths and the confirmer, shared with the blocking-pool task that reads the files.
+    files: Arc<Mutex<Files>>,
     active: Active,
     mode: ActiveMode,
     resync: Duration,
@@ -180,8 +191,7 @@ impl Monitor {
         };
         tracing::info!(mode = ?mode, paths = watch.paths().len(), names = watch.all_names().len(), "monitor ready");
         Ok(Monitor {
-            watch,
-            confirmer,
+            files: Arc::new(Mutex::new(Files { watch, confirmer })),
             active,
             mode,
             resync: config.resync,
@@ -210,24 +220,58 @@ impl Monitor {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await; // the first tick is immediate; the baseline was just taken
         loop {
-            let hints: Vec<Hint> = tokio::select! {
+            let overdue_at = self.lock_files().confirmer.next_deferred();
+            let overdue = async {
+                match overdue_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let pass: Pass = tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = resync.tick() => {
                     self.stats.resyncs += 1;
                     if let Active::Kernel(k) = &self.active {
                         self.drops.store(k.stats().dropped, Ordering::Relaxed);
                     }
-                    vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }]
+                    Pass::Hints(vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }])
                 }
+                _ = overdue => Pass::Overdue,
                 hints = next_hints(&mut self.active) => match hints {
-                    Some(h) => h,
+                    Some(h) => Pass::Hints(h),
                     None => break,
                 },
             };
             if *shutdown.borrow() {
                 break;
             }
-            for change in self.confirm(&hints) {
+            if let Pass::Hints(h) = &pass {
+                self.stats.hints += h.len() as u64;
+            }
+            let busy = match &self.active {
+                Active::Kernel(k) => k.busy_files(),
+                Active::Inotify(_) => Default::default(),
+            };
+            let files = self.files.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+                files.confirm(&pass, &busy)
+            });
+            // Shutdown does not wait for a read in progress (the pass is abandoned with the task).
+            let (confirmed, names_changed) = tokio::select! {
+                _ = shutdown.changed() => break,
+                read = read => match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "confirmation pass failed; the resync retries");
+                        continue;
+                    }
+                },
+            };
+            if names_changed {
+                self.reload_names();
+            }
+            for change in confirmed {
                 self.stats.confirmed += 1;
                 if changes.send(change).await.is_err() {
                     return self.finish();
@@ -237,14 +281,58 @@ impl Monitor {
         self.finish()
     }
 
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reload_names(&mut self) {
+        let (names, directories) = {
+            let files = self.lock_files();
+            (files.watch.all_names(), files.watch.directories())
+        };
+        match &mut self.active {
+            Active::Kernel(k) => {
+                if let Err(e) = k.hooks_mut().set_names(&names) {
+                    tracing::error!(error = %e, "updating the kernel filter failed; the resync still covers every path");
+                }
+            }
+            Active::Inotify(i) => i.watch(&directories),
+        }
+    }
+
+    fn finish(mut self) -> MonitorStats {
+        match &self.active {
+            Active::Kernel(k) => self.stats.kernel = Some(k.stats()),
+            Active::Inotify(i) => self.stats.inotify_events = Some(i.raw_events()),
+        }
+        self.stats
+    }
+}
+
+/// What one confirmation pass is for.
+enum Pass {
+    /// A batch of hints (or the resync's hint for every path).
+    Hints(Vec<Hint>),
+    /// Deferred paths whose writer-hold bound has passed.
+    Overdue,
+}
+
+impl Files {
+    /// Runs one pass (blocking file reads); returns the confirmed changes and whether the watched
+    /// names changed (a symlink now points elsewhere), so the source is told about the new ones.
+    fn confirm(&mut self, pass: &Pass, busy: &HashSet<(u64, u64)>) -> (Vec<ConfirmedChange>, bool) {
+        let out = match pass {
+            Pass::Overdue => self.confirmer.check_overdue(&self.watch),
+            Pass::Hints(hints) => self.confirm_hints(hints, busy),
+        };
+        let names_changed = !out.is_empty() && self.watch.refresh();
+        (out, names_changed)
+    }
+
     /// Confirms a batch of hints. Each path is checked once, on behalf of the *last* hint that
     /// concerns it: the last finished operation is the one that produced what is on disk now.
-    fn confirm(&mut self, hints: &[Hint]) -> Vec<ConfirmedChange> {
-        self.stats.hints += hints.len() as u64;
-        let busy = match &self.active {
-            Active::Kernel(k) => k.busy_files(),
-            Active::Inotify(_) => Default::default(),
-        };
+    /// A write still in progress (inotify's `IN_MODIFY`) only defers its paths.
+    fn confirm_hints(&mut self, hints: &[Hint], busy: &HashSet<(u64, u64)>) -> Vec<ConfirmedChange> {
         let mut claimed = vec![false; self.watch.paths().len()];
         let mut per_hint: Vec<(usize, Vec<usize>)> = Vec::new();
         for (h, hint) in hints.iter().enumerate().rev() {
@@ -262,34 +350,16 @@ impl Monitor {
         let mut out = Vec::new();
         for (h, paths) in per_hint {
             let hint = &hints[h];
+            if hint.operation == inotify::STILL_WRITING {
+                self.confirmer.defer(&paths, hint);
+                continue;
+            }
             out.extend(
                 self.confirmer
-                    .check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(&busy, p)),
+                    .check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(busy, p)),
             );
         }
-        if !out.is_empty() && self.watch.refresh() {
-            self.reload_names();
-        }
         out
-    }
-
-    fn reload_names(&mut self) {
-        match &mut self.active {
-            Active::Kernel(k) => {
-                if let Err(e) = k.hooks_mut().set_names(&self.watch.all_names()) {
-                    tracing::error!(error = %e, "updating the kernel filter failed; the resync still covers every path");
-                }
-            }
-            Active::Inotify(i) => i.watch(&self.watch.directories()),
-        }
-    }
-
-    fn finish(mut self) -> MonitorStats {
-        match &self.active {
-            Active::Kernel(k) => self.stats.kernel = Some(k.stats()),
-            Active::Inotify(i) => self.stats.inotify_events = Some(i.raw_events()),
-        }
-        self.stats
     }
 }
 

@@ -6,11 +6,16 @@
 //! ```
 //! A mismatch that may only mean "the other file is not written yet" (key vs cert, chain vs CA)
 //! waits up to `pair_timeout`, re-checked on every further change, before it is a rejection.
+//!
+//! A change whose record cannot be written (disk full, immutable audit file) is not applied, and
+//! not forgotten either: the bundle stays *held* and is re-evaluated from disk on every resync
+//! period and on every further change until its verdict is recorded (applied or rejected). The
+//! gate's file reads run on tokio's blocking pool, never on a runtime thread.
 
 pub mod generation;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::Arc,
     time::{Instant, SystemTime},
@@ -38,7 +43,19 @@ pub struct Reloader {
     audit: SharedAudit,
     by_path: HashMap<PathBuf, Vec<usize>>,
     waiting: HashMap<usize, Instant>,
+    /// Bundles whose last change is not settled because a record could not be written, with the
+    /// change records still to write (in order) before the verdict.
+    held: BTreeMap<usize, Vec<AuditEvent>>,
     observers: Option<(Arc<Metrics>, Arc<AgentState>)>,
+}
+
+/// Whether an evaluation's verdict is on record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Applied, unchanged, rejected or waiting for the other half: recorded (or nothing to record).
+    Settled,
+    /// Its record could not be written: nothing was applied; evaluate again later.
+    Held,
 }
 
 impl Reloader {
@@ -47,7 +64,11 @@ impl Reloader {
         let mut by_path: HashMap<PathBuf, Vec<usize>> = HashMap::new();
         for (i, b) in config.bundles.iter().enumerate() {
             for f in b.files() {
-                by_path.entry(f).or_default().push(i);
+                // A bundle whose cert and key are one file is touched once per change, not twice.
+                let bundles = by_path.entry(f).or_default();
+                if !bundles.contains(&i) {
+                    bundles.push(i);
+                }
             }
         }
         Reloader {
@@ -56,6 +77,7 @@ impl Reloader {
             audit,
             by_path,
             waiting: HashMap::new(),
+            held: BTreeMap::new(),
             observers: None,
         }
     }
@@ -68,14 +90,24 @@ impl Reloader {
 
     /// Validates every bundle once: valid ones get generation 1; invalid ones are rejected and
     /// reported, and the agent runs the rest.
-    pub fn startup(&mut self) {
+    pub async fn startup(&mut self) {
         for i in 0..self.config.bundles.len() {
-            self.evaluate(i, Instant::now(), false);
+            if self.evaluate(i, Instant::now(), false).await == Outcome::Held {
+                self.held.entry(i).or_default();
+            }
         }
         let not_ready = self.store.not_ready();
         if !not_ready.is_empty() {
             tracing::warn!(bundles = ?not_ready, "bundles without valid material at start-up; serving the others");
         }
+    }
+
+    /// Bundles held back because a record could not be written (see the module documentation).
+    pub fn held(&self) -> Vec<String> {
+        self.held
+            .keys()
+            .map(|&i| self.config.bundles[i].name.clone())
+            .collect()
     }
 
     /// Runs until `shutdown` turns true or the monitor stops.
@@ -84,6 +116,11 @@ impl Reloader {
         mut changes: mpsc::Receiver<ConfirmedChange>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Held bundles are retried at the monitor's resync period (the resync finds nothing new:
+        // the confirmer has already seen these bytes).
+        let mut retry = tokio::time::interval(self.config.agent.resync);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.tick().await;
         loop {
             let deadline = self.next_deadline();
             let sleep = async {
@@ -94,7 +131,8 @@ impl Reloader {
             };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = sleep => self.expire_waits(),
+                _ = sleep => self.expire_waits().await,
+                _ = retry.tick(), if !self.held.is_empty() => self.retry_held().await,
                 first = changes.recv() => {
                     let Some(first) = first else { return };
                     let mut batch = vec![first];
@@ -104,7 +142,7 @@ impl Reloader {
                     while let Ok(more) = changes.try_recv() {
                         batch.push(more);
                     }
-                    self.on_changes(batch);
+                    self.on_changes(batch).await;
                 }
             }
             if *shutdown.borrow() {
@@ -113,8 +151,9 @@ impl Reloader {
         }
     }
 
-    /// Records the changes and re-evaluates every bundle they touch, once each.
-    pub fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
+    /// Records the changes and re-evaluates every bundle they touch, once each (and every held
+    /// bundle: a new change is also a new chance to write what is pending).
+    pub async fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
         let mut touched = BTreeSet::new();
         for change in &batch {
             if let Some((metrics, _)) = &self.observers {
@@ -149,7 +188,14 @@ impl Reloader {
                         sha256: change.sha256.clone(),
                     }
                 };
-                self.record(Some(&name), &event);
+                // Once a record is missing, the later ones wait behind it (the trail stays in order).
+                let unrecorded = match self.held.get(&i) {
+                    Some(queue) if !queue.is_empty() => true,
+                    _ => !self.record(Some(&name), &event),
+                };
+                if unrecorded {
+                    self.held.entry(i).or_default().push(event);
+                }
                 if let Some((_, state)) = &self.observers {
                     state
                         .last_change
@@ -160,9 +206,43 @@ impl Reloader {
                 touched.insert(i);
             }
         }
+        touched.extend(self.held.keys().copied());
         let now = Instant::now();
         for i in touched {
-            self.evaluate(i, now, true);
+            self.settle(i, now).await;
+        }
+    }
+
+    /// Retries every held bundle (the resync period passed).
+    async fn retry_held(&mut self) {
+        let now = Instant::now();
+        for i in self.held.keys().copied().collect::<Vec<_>>() {
+            self.settle(i, now).await;
+        }
+    }
+
+    /// Writes bundle `i`'s change records still pending, then evaluates it; it stays held until
+    /// both are on record.
+    async fn settle(&mut self, i: usize, now: Instant) {
+        let name = self.config.bundles[i].name.clone();
+        let queued = self.held.get(&i).cloned().unwrap_or_default();
+        for (n, event) in queued.iter().enumerate() {
+            if !self.record(Some(&name), event) {
+                if let Some(q) = self.held.get_mut(&i) {
+                    q.drain(..n);
+                }
+                return;
+            }
+        }
+        match self.evaluate(i, now, true).await {
+            Outcome::Settled => {
+                if self.held.remove(&i).is_some() {
+                    tracing::info!(bundle = %name, "held change settled: the audit log is writable again");
+                }
+            }
+            Outcome::Held => {
+                self.held.insert(i, Vec::new());
+            }
         }
     }
 
@@ -174,7 +254,7 @@ impl Reloader {
             .min()
     }
 
-    fn expire_waits(&mut self) {
+    async fn expire_waits(&mut self) {
         let now = Instant::now();
         let due: Vec<usize> = self
             .waiting
@@ -185,7 +265,7 @@ impl Reloader {
             .map(|(i, _)| *i)
             .collect();
         for i in due {
-            self.evaluate(i, now, true);
+            self.settle(i, now).await;
         }
     }
 
@@ -194,7 +274,7 @@ impl Reloader {
         match append_shared(&self.audit, bundle, event) {
             Ok(_) => true,
             Err(e) => {
-                tracing::error!(error = %e, event = event.name(), "cannot write the audit record; the change it reports is not applied");
+                tracing::error!(error = %e, event = event.name(), "cannot write the audit record; the change it reports is held and retried at every resync");
                 false
             }
         }
@@ -219,19 +299,32 @@ impl Reloader {
 
     /// Runs the gate on bundle `i` and acts on the verdict. `may_wait`: a half-written pair may
     /// wait for its other half (not at start-up: there is no later change to wait for).
-    fn evaluate(&mut self, i: usize, now: Instant, may_wait: bool) {
+    async fn evaluate(&mut self, i: usize, now: Instant, may_wait: bool) -> Outcome {
         let bundle = self.config.bundles[i].clone();
         let current = self.store.current(&bundle.name);
         let (in_use, cas) = match &bundle.files {
             BundleFiles::Ca { bundle: file, .. } => self.ca_context(file, &bundle.name),
             _ => (Vec::new(), Vec::new()),
         };
-        let context = Current {
-            leaf: current.as_ref().and_then(|g| g.leaf()),
-            cas: &cas,
-            in_use: &in_use,
+        // The gate reads the files: on the blocking pool, so a slow disk stalls only this bundle.
+        let leaf = current.as_ref().and_then(|g| g.leaf().cloned());
+        let (gated, agent) = (bundle.clone(), self.config.agent.clone());
+        let report = match tokio::task::spawn_blocking(move || {
+            let context = Current {
+                leaf: leaf.as_ref(),
+                cas: &cas,
+                in_use: &in_use,
+            };
+            validate_bundle(&gated, &agent, &context, SystemTime::now())
+        })
+        .await
+        {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(bundle = %bundle.name, error = %e, "validation did not complete; retried at the next resync");
+                return Outcome::Held;
+            }
         };
-        let report = validate_bundle(&bundle, &self.config.agent, &context, SystemTime::now());
         let current_number = current.as_ref().map(|g| g.number);
         let warnings: Vec<_> = report.warnings().cloned().collect();
         if let (true, Some(material)) = (report.is_valid(), report.material) {
@@ -240,7 +333,7 @@ impl Reloader {
                 Generation::identity(&g.material) == Generation::identity(&material)
             }) {
                 tracing::debug!(bundle = %bundle.name, "material unchanged; generation stays");
-                return;
+                return Outcome::Settled;
             }
             let number = current_number.map_or(1, |n| n + 1);
             let leaf = material.leaf.clone();
@@ -260,27 +353,28 @@ impl Reloader {
                 tracing::warn!(bundle = %bundle.name, check = %w.check, "accepted with a warning: {}", w.detail);
             }
             // Durable before visible: the swap happens only once its record is on disk.
-            if self.record(Some(&bundle.name), &event) {
-                self.store.publish(
-                    &bundle.name,
-                    Generation {
-                        number,
-                        accepted_at: SystemTime::now(),
-                        material,
-                    },
-                );
-                tracing::info!(bundle = %bundle.name, generation = number, "generation published");
-                if let Some((metrics, _)) = &self.observers {
-                    metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
-                    metrics
-                        .reloads
-                        .get_or_create(&BundleLabel {
-                            bundle: bundle.name.clone(),
-                        })
-                        .inc();
-                }
+            if !self.record(Some(&bundle.name), &event) {
+                return Outcome::Held;
             }
-            return;
+            self.store.publish(
+                &bundle.name,
+                Generation {
+                    number,
+                    accepted_at: SystemTime::now(),
+                    material,
+                },
+            );
+            tracing::info!(bundle = %bundle.name, generation = number, "generation published");
+            if let Some((metrics, _)) = &self.observers {
+                metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
+                metrics
+                    .reloads
+                    .get_or_create(&BundleLabel {
+                        bundle: bundle.name.clone(),
+                    })
+                    .inc();
+            }
+            return Outcome::Settled;
         }
         let Some(failure) = report
             .results
@@ -288,24 +382,35 @@ impl Reloader {
             .find(|r| r.status == crate::material::validate::Status::Fail)
             .cloned()
         else {
-            return;
+            return Outcome::Settled;
         };
         let timeout = self.config.agent.pair_timeout;
         if may_wait && failure.check.may_be_half_written() && !timeout.is_zero() {
             match self.waiting.get(&i) {
                 None => {
-                    self.waiting.insert(i, now);
                     let event = AuditEvent::PairWaiting {
                         check: failure.check,
                         reason: failure.detail.clone(),
                         deadline_s: timeout.as_secs_f64(),
                     };
-                    self.record(Some(&bundle.name), &event);
-                    return;
+                    if !self.record(Some(&bundle.name), &event) {
+                        return Outcome::Held;
+                    }
+                    self.waiting.insert(i, now);
+                    return Outcome::Settled;
                 }
-                Some(since) if now.duration_since(*since) < timeout => return,
+                Some(since) if now.duration_since(*since) < timeout => return Outcome::Settled,
                 Some(_) => {}
             }
+        }
+        let event = AuditEvent::MaterialRejected {
+            check: failure.check,
+            reason: failure.detail.clone(),
+            file: failure.file.clone(),
+            current_generation: current_number,
+        };
+        if !self.record(Some(&bundle.name), &event) {
+            return Outcome::Held;
         }
         self.waiting.remove(&i);
         if let Some((metrics, _)) = &self.observers {
@@ -317,12 +422,6 @@ impl Reloader {
                 })
                 .inc();
         }
-        let event = AuditEvent::MaterialRejected {
-            check: failure.check,
-            reason: failure.detail.clone(),
-            file: failure.file.clone(),
-            current_generation: current_number,
-        };
-        self.record(Some(&bundle.name), &event);
+        Outcome::Settled
     }
 }
