@@ -233,17 +233,33 @@ pub enum AuditEvent {
         reason: String,
     },
     /// The chain head was published to the witness outside the node (`[audit] witness`): from
-    /// then on a log that lacks record `seq`, or holds another record there, fails
+    /// then on a log that lacks record `witnessed_seq`, or holds another record there, fails
     /// `certreload audit verify --witness`.
     WitnessPublished {
         /// The published record's seq.
-        seq: u64,
+        witnessed_seq: u64,
         /// SHA-256 of that record's line (the `prev` of the record after it).
-        hash: String,
+        witnessed_hash: String,
         /// `namespace/name` of the witness ConfigMap.
         object: String,
         /// The ConfigMap's resourceVersion after the write.
         resource_version: String,
+    },
+    /// The audit file was deleted or replaced while the agent ran: the first record of the file
+    /// the agent opened in its place. It links to the last record this agent wrote (`seq` and
+    /// `prev` continue the chain), so `audit verify` names the discontinuity instead of taking
+    /// the new file for a fresh, intact log.
+    LogReplaced {
+        /// The seq of the last record written before (null if there was none).
+        previous_seq: Option<u64>,
+        /// The hash of that record (the `prev` of this one, repeated so that a file starting
+        /// here still says what it continues).
+        previous_hash: String,
+        /// `deleted` (the path was gone) or `replaced` (another file was in its place).
+        reason: String,
+        /// Where a replacement that was not this log was moved to (kept, never appended to).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        moved_aside: Option<PathBuf>,
     },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
@@ -281,6 +297,7 @@ impl AuditEvent {
             AuditEvent::PairWaiting { .. } => "pair_waiting",
             AuditEvent::MaterialAccepted { .. } => "material_accepted",
             AuditEvent::MaterialRejected { .. } => "material_rejected",
+            AuditEvent::LogReplaced { .. } => "log_replaced",
             AuditEvent::ConnectionDrained { .. } => "connection_drained",
             AuditEvent::ConnectionRevoked { .. } => "connection_revoked",
             AuditEvent::EndpointConverged { .. } => "endpoint_converged",
