@@ -8,6 +8,7 @@ mod bench_pki;
 mod build;
 mod cmd;
 mod dist;
+mod fuzz;
 mod gate_bench;
 mod manifests;
 mod peers;
@@ -59,6 +60,15 @@ enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Build the cargo-fuzz targets in fuzz/ with the pinned nightly and run each for a time box;
+    /// fails on the first crash, naming the input that caused it.
+    Fuzz {
+        /// One target (pem, config, audit_line, kernel_record); all of them when omitted.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Benchmarks; prints tables with the peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -91,6 +101,13 @@ fn main() -> Result<()> {
             manifests::check(&cmd::workspace_root())?;
             dist::run(out)?;
         }
+        Command::Fuzz { target, seconds } => {
+            let targets: Vec<&str> = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::run(&targets, seconds)?;
+        }
         Command::Bench { which } => {
             setup::packages()?;
             let built = build::all(true)?;
@@ -103,12 +120,14 @@ fn main() -> Result<()> {
 /// What CI runs. Under `CI=true` a missing eBPF toolchain is an error, never a silent skip.
 fn test() -> Result<()> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if let Err(e) = setup::toolchain() {
-        if ci {
-            return Err(e.context("CI=true: the eBPF toolchain is required"));
+    let nightly = match setup::toolchain() {
+        Ok(()) => true,
+        Err(e) if ci => return Err(e.context("CI=true: the eBPF toolchain is required")),
+        Err(e) => {
+            eprintln!("xtask: eBPF toolchain unavailable ({e:#}); testing the fallback only");
+            false
         }
-        eprintln!("xtask: eBPF toolchain unavailable ({e:#}); testing the fallback only");
-    }
+    };
     setup::packages()?;
     // Real Kubernetes and etcd for the end-to-end tests; under CI=true they must build.
     let peers = match peers::build() {
@@ -156,5 +175,11 @@ fn test() -> Result<()> {
         tests.env("CERTRELOAD_PEERS", dir);
     }
     cmd::run(&mut tests)?;
+    // Every parser of untrusted bytes replays its seeds and past finds, then mutates briefly.
+    if nightly {
+        fuzz::run(&fuzz::TARGETS, fuzz::SMOKE_SECONDS)?;
+    } else {
+        eprintln!("xtask: WARNING: no nightly toolchain; the fuzz smoke run is skipped");
+    }
     Ok(())
 }

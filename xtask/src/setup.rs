@@ -48,8 +48,8 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Installs [`NIGHTLY`] with rust-src when rustup does not have it (RUSTUP_AUTO_INSTALL=0 machines
-/// never install a toolchain on first use).
-fn install_nightly() -> Result<()> {
+/// never install a toolchain on first use). The fuzz targets build with it too.
+pub fn install_nightly() -> Result<()> {
     let present = Command::new("rustc")
         .args([&format!("+{NIGHTLY}"), "-V"])
         .env_remove("RUSTUP_TOOLCHAIN")
