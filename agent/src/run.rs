@@ -44,6 +44,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin endpoint cannot be set up (its serving certificate).
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// Monitor options the command line may override.
@@ -96,6 +99,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             addr: config.agent.admin,
             source: e,
         })?;
+    let admin_endpoint = admin::Endpoint::new(&config.admin, &admin_socket)?;
 
     // Validate every bundle first, so listeners start with generation 1.
     let mut reloader = Reloader::new(config.clone(), store.clone(), audit.clone());
@@ -164,7 +168,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tokio::spawn(admin::serve(admin_socket, state, metrics, stop_rx.clone()));
+    tokio::spawn(admin_endpoint.serve(admin_socket, state, metrics, stop_rx.clone()));
     let monitor_task = tokio::spawn(monitor.run(tx, stop_rx.clone()));
     tracing::info!(admin = %admin_addr, "agent ready");
     tokio::select! {

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
+pub mod admin;
 pub mod bounds;
 pub mod converge;
 pub mod listener;
@@ -253,6 +254,8 @@ pub struct Config {
     pub events: EventsSettings,
     /// `[locks]`: where `[[action]] lock`s live.
     pub locks: LocksSettings,
+    /// `[admin]`: the admin endpoint's connection limits, timeouts and serving certificate.
+    pub admin: admin::AdminSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +277,8 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     locks: converge::RawLocks,
+    #[serde(default)]
+    admin: admin::RawAdmin,
 }
 
 #[derive(Deserialize, Default)]
@@ -558,6 +563,7 @@ impl Config {
             node: raw.events.node.clone(),
         };
         let locks = converge::parse_locks(&src, &raw.locks)?;
+        let admin = admin::parse(&src, &raw.admin)?;
         Ok(Config {
             agent,
             audit,
@@ -567,6 +573,7 @@ impl Config {
             actions,
             events,
             locks,
+            admin,
         })
     }
 }
