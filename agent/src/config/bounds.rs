@@ -157,7 +157,7 @@ pub fn show_duration(d: Duration) -> String {
     ];
     let (unit, per) = UNITS
         .into_iter()
-        .find(|(_, per)| nanos % per == 0)
+        .find(|(_, per)| nanos.is_multiple_of(*per))
         .expect("every duration is a whole number of nanoseconds");
     format!("{}{unit}", nanos / per)
 }
@@ -170,7 +170,7 @@ pub fn show_size(bytes: u64) -> String {
     }
     let (unit, per) = UNITS
         .into_iter()
-        .find(|(_, per)| bytes % per == 0)
+        .find(|(_, per)| bytes.is_multiple_of(*per))
         .expect("1 divides everything");
     format!("{}{unit}", bytes / per)
 }
@@ -354,5 +354,304 @@ mod tests {
                 MAX_CONNECTIONS.why
             )
         );
+    }
+
+    /// A whole configuration with every section a bounded field lives in; `{agent}`, `{audit}`,
+    /// `{bundle}`, `{listener}`, `{probe}`, `{action}`, `{locks}` take one extra line each.
+    const BASE: &str = "[agent]\n{agent}\n[audit]\npath = \"/a.jsonl\"\n{audit}\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"/c\"\nkey = \"/k\"\n{bundle}\n[[bundle]]\nname = \"ca\"\nkind = \"ca\"\ncert = \"/ca\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:9443\"\nbundle = \"web\"\nupstream = \"tcp://127.0.0.1:8080\"\n{listener}\n[[probe]]\nname = \"p\"\nendpoint = \"127.0.0.1:9443\"\nbundle = \"web\"\n{probe}\n[[action]]\nname = \"a\"\nbundle = \"web\"\non = \"accepted\"\nexec = [\"/bin/true\"]\nlock = \"k\"\n{action}\n[locks]\n{locks}\n";
+
+    /// What a field holds, with its bounds.
+    enum Kind {
+        Duration(Bounds<Duration>),
+        Size(Bounds<u64>),
+        Count(Bounds<u64>),
+    }
+
+    /// Every bounded field: (section placeholder in BASE, key, field as errors name it, kind).
+    fn fields() -> Vec<(&'static str, &'static str, &'static str, Kind)> {
+        use Kind::*;
+        vec![
+            ("agent", "resync", "agent.resync", Duration(RESYNC)),
+            ("agent", "settle", "agent.settle", Duration(SETTLE)),
+            (
+                "agent",
+                "pair_timeout",
+                "agent.pair_timeout",
+                Duration(PAIR_TIMEOUT),
+            ),
+            (
+                "agent",
+                "max_file_size",
+                "agent.max_file_size",
+                Size(MAX_FILE_SIZE),
+            ),
+            ("audit", "max_size", "audit.max_size", Size(AUDIT_MAX_SIZE)),
+            (
+                "bundle",
+                "min_validity",
+                "bundle[web].min_validity",
+                Duration(MIN_VALIDITY),
+            ),
+            (
+                "listener",
+                "stale_grace",
+                "listener[l].stale_grace",
+                Duration(STALE_GRACE),
+            ),
+            (
+                "listener",
+                "handshake_timeout",
+                "listener[l].handshake_timeout",
+                Duration(HANDSHAKE_TIMEOUT),
+            ),
+            (
+                "listener",
+                "idle_timeout",
+                "listener[l].idle_timeout",
+                Duration(IDLE_TIMEOUT),
+            ),
+            (
+                "listener",
+                "max_connections",
+                "listener[l].max_connections",
+                Count(MAX_CONNECTIONS),
+            ),
+            (
+                "probe",
+                "deadline",
+                "probe[p].deadline",
+                Duration(PROBE_DEADLINE),
+            ),
+            (
+                "probe",
+                "interval",
+                "probe[p].interval",
+                Duration(PROBE_INTERVAL),
+            ),
+            (
+                "action",
+                "timeout",
+                "action[a].timeout",
+                Duration(ACTION_TIMEOUT),
+            ),
+            (
+                "action",
+                "min_interval",
+                "action[a].min_interval",
+                Duration(ACTION_MIN_INTERVAL),
+            ),
+            (
+                "action",
+                "lock_wait",
+                "action[a].lock_wait",
+                Duration(LOCK_WAIT),
+            ),
+            (
+                "locks",
+                "lease_duration",
+                "locks.lease_duration",
+                Duration(LEASE_DURATION),
+            ),
+        ]
+    }
+
+    /// BASE with `key = value` in `section`, and the 1-based line of that value.
+    fn config_with(section: &str, key: &str, value: &str) -> (String, usize) {
+        let mut text = BASE.to_string();
+        for s in [
+            "agent", "audit", "bundle", "listener", "probe", "action", "locks",
+        ] {
+            let line = if s == section {
+                format!("{key} = {value}")
+            } else {
+                String::new()
+            };
+            text = text.replace(&format!("{{{s}}}"), &line);
+        }
+        let at = text.find(&format!("{key} = {value}")).expect("inserted");
+        let line = text[..at].matches('\n').count() + 1;
+        (text, line)
+    }
+
+    fn parse(text: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::Config::parse(Path::new("c.toml"), text)
+    }
+
+    /// The exact refusal for `shown` in `field` at `line`.
+    fn refusal(line: usize, field: &str, shown: &str, min: &str, max: &str, why: &str) -> String {
+        format!(
+            "c.toml:{line}: {field}: {shown} is outside the allowed range {min} to {max}: {why}"
+        )
+    }
+
+    fn expect_refused(
+        section: &str,
+        key: &str,
+        field: &str,
+        literal: &str,
+        shown: &str,
+        kind: &Kind,
+    ) {
+        let (text, line) = config_with(section, key, literal);
+        let e = parse(&text)
+            .expect_err(&format!("{field} = {literal} must be refused"))
+            .to_string();
+        let (min, max, why) = match kind {
+            Kind::Duration(b) => (show_duration(b.min), show_duration(b.max), b.why),
+            Kind::Size(b) => (show_size(b.min), show_size(b.max), b.why),
+            Kind::Count(b) => (b.min.to_string(), b.max.to_string(), b.why),
+        };
+        assert_eq!(
+            e,
+            refusal(line, field, shown, &min, &max, why),
+            "{field} = {literal}"
+        );
+    }
+
+    #[test]
+    fn the_base_config_parses() {
+        let (text, _) = config_with("agent", "resync", "\"30s\"");
+        parse(&text).expect("valid");
+    }
+
+    /// Every bounded field takes its smallest and its largest value, and refuses one step beyond
+    /// either end (1ns, 1 byte, 1 connection) with the exact message.
+    #[test]
+    fn every_field_takes_both_ends_and_refuses_one_step_beyond() {
+        for (section, key, field, kind) in fields() {
+            match &kind {
+                Kind::Duration(b) => {
+                    for d in [b.min, b.max] {
+                        let (text, _) =
+                            config_with(section, key, &format!("\"{}\"", show_duration(d)));
+                        parse(&text).unwrap_or_else(|e| panic!("{field} = {d:?}: {e}"));
+                    }
+                    let over = format!("\"{}\"", show_duration(b.max + Duration::from_nanos(1)));
+                    expect_refused(section, key, field, &over, &over, &kind);
+                    if let Some(under) = b.min.checked_sub(Duration::from_nanos(1)) {
+                        // lease_duration must also be whole seconds: one second under instead.
+                        let under = if key == "lease_duration" {
+                            b.min - secs(1)
+                        } else {
+                            under
+                        };
+                        let under = format!("\"{}\"", show_duration(under));
+                        expect_refused(section, key, field, &under, &under, &kind);
+                    }
+                }
+                Kind::Size(b) => {
+                    for n in [b.min, b.max] {
+                        let (text, _) = config_with(section, key, &format!("\"{}\"", show_size(n)));
+                        parse(&text).unwrap_or_else(|e| panic!("{field} = {n}: {e}"));
+                    }
+                    for n in [b.min - 1, b.max + 1] {
+                        let v = format!("\"{}\"", show_size(n));
+                        expect_refused(section, key, field, &v, &v, &kind);
+                    }
+                }
+                Kind::Count(b) => {
+                    for n in [b.min, b.max] {
+                        let (text, _) = config_with(section, key, &n.to_string());
+                        parse(&text).unwrap_or_else(|e| panic!("{field} = {n}: {e}"));
+                    }
+                    for n in [b.min - 1, b.max + 1] {
+                        expect_refused(section, key, field, &n.to_string(), &n.to_string(), &kind);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The values of the issue: huge (past what Instant, SystemTime or i64 seconds hold), zero,
+    /// tiny and negative, each refused at its line with the field, the value and the range.
+    #[test]
+    fn huge_zero_tiny_and_negative_values_are_refused_with_file_line_field_and_range() {
+        let by_field: std::collections::BTreeMap<_, _> = fields()
+            .into_iter()
+            .map(|(section, key, field, kind)| (field, (section, key, kind)))
+            .collect();
+        // 300000000000y is 9.5e18 s: past i64::MAX seconds, so `as i64` wrapped and
+        // `Instant + d` panicked; 1000000TiB saturates bytesize's u64.
+        for (field, literal) in [
+            ("agent.pair_timeout", "\"300000000000y\""),
+            ("bundle[web].min_validity", "\"300000000000y\""),
+            ("probe[p].deadline", "\"300000000000y\""),
+            ("action[a].lock_wait", "\"300000000000y\""),
+            ("agent.settle", "\"1y\""),
+            ("listener[l].stale_grace", "\"1000000d\""),
+            ("locks.lease_duration", "\"1000000000h\""),
+            ("audit.max_size", "\"1000000TiB\""),
+            ("listener[l].max_connections", "9223372036854775807"),
+            // zero
+            ("agent.resync", "\"0s\""),
+            ("agent.max_file_size", "\"0\""),
+            ("listener[l].max_connections", "0"),
+            ("listener[l].handshake_timeout", "\"0s\""),
+            ("listener[l].idle_timeout", "\"0s\""),
+            ("probe[p].interval", "\"0s\""),
+            ("action[a].timeout", "\"0s\""),
+            // tiny
+            ("agent.resync", "\"1ns\""),
+            ("probe[p].interval", "\"1ns\""),
+            ("listener[l].handshake_timeout", "\"1ms\""),
+            ("probe[p].deadline", "\"10ms\""),
+            ("audit.max_size", "\"1B\""),
+            ("agent.max_file_size", "\"100B\""),
+            // negative
+            ("listener[l].max_connections", "-1"),
+        ] {
+            let (section, key, kind) = &by_field[field];
+            expect_refused(section, key, field, literal, literal, kind);
+        }
+    }
+
+    /// Negative and garbage durations and sizes are not numbers at all: refused at their line
+    /// with what a valid value looks like.
+    #[test]
+    fn negative_and_garbage_values_name_the_line_and_the_expected_form() {
+        for (section, key, field, literal, message) in [
+            (
+                "agent",
+                "pair_timeout",
+                "agent.pair_timeout",
+                "\"-5s\"",
+                "is not a duration like \"30s\" or \"10m\"",
+            ),
+            (
+                "bundle",
+                "min_validity",
+                "bundle[web].min_validity",
+                "\"forever\"",
+                "is not a duration like \"30s\" or \"10m\"",
+            ),
+            (
+                "agent",
+                "max_file_size",
+                "agent.max_file_size",
+                "\"-1\"",
+                "is not a size like \"1MiB\"",
+            ),
+            (
+                "audit",
+                "max_size",
+                "audit.max_size",
+                "\"lots\"",
+                "is not a size like \"1MiB\"",
+            ),
+        ] {
+            let (text, line) = config_with(section, key, literal);
+            let e = parse(&text).expect_err(literal).to_string();
+            let head = format!("c.toml:{line}: {field}: {literal} {message}");
+            assert!(e.starts_with(&head), "expected {head}…, got {e}");
+        }
+        // A count given as a string, or as a float, is a type error toml places on its line.
+        for literal in ["\"100\"", "1.5"] {
+            let (text, line) = config_with("listener", "max_connections", literal);
+            let e = parse(&text).expect_err(literal).to_string();
+            assert!(
+                e.contains(&format!("line {line}")) && e.contains("max_connections"),
+                "{e}"
+            );
+        }
     }
 }
