@@ -52,11 +52,12 @@ impl ChainHead {
         }
     }
 
-    /// The head after the existing last `line` of a log, or `None` if it is not a record.
+    /// The head after the existing last `line` of a log, or `None` if it is not a record (or its
+    /// seq is `u64::MAX`, which no record can follow: found by fuzzing, it overflowed).
     pub fn after(line: &str) -> Option<Self> {
         let v: Value = serde_json::from_str(line).ok()?;
         Some(ChainHead {
-            seq: v.get("seq")?.as_u64()? + 1,
+            seq: v.get("seq")?.as_u64()?.checked_add(1)?,
             prev: link(line),
         })
     }
@@ -231,8 +232,8 @@ impl std::fmt::Display for VerifySummary {
         }
         write!(
             f,
-            "{} records from {} agent run(s), seq {} to {}",
-            self.records, self.instances, self.first_seq, self.last_seq
+            "{} records from {} agent run(s), last seq {}",
+            self.records, self.instances, self.last_seq
         )?;
         for d in &self.discontinuities {
             let at = format!("{}:{}", d.path.display(), d.line);
@@ -348,7 +349,9 @@ pub fn verify_files(files: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
                     }
                 }
                 (Some((pseq, pline, ppath, pline_no)), replaced) => {
-                    if seq == pseq + 1 {
+                    // checked: a forged record at seq u64::MAX overflowed `pseq + 1` (fuzzing).
+                    let expected = pseq.checked_add(1);
+                    if expected == Some(seq) {
                         if prev != hex::encode(Sha256::digest(pline)) {
                             return Err(VerifyError::Modified {
                                 seq: *pseq,
@@ -373,7 +376,7 @@ pub fn verify_files(files: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
                         );
                     } else {
                         return Err(VerifyError::Missing {
-                            expected: pseq + 1,
+                            expected: expected.unwrap_or(u64::MAX),
                             found: seq,
                             path: path.clone(),
                             line: line_no,
