@@ -89,7 +89,8 @@ pub fn open(path: &Path) -> Result<(File, Metadata), OpenError> {
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             // open(2) of a Unix socket fails with ENXIO: name what is there instead.
-            Some(libc::ENXIO) => match std::fs::metadata(path).ok().as_ref().and_then(FileKind::of) {
+            Some(libc::ENXIO) => match std::fs::metadata(path).ok().as_ref().and_then(FileKind::of)
+            {
                 Some(kind) => OpenError::NotRegular(kind),
                 None => OpenError::Io(e),
             },
@@ -178,10 +179,7 @@ mod tests {
     fn names_every_kind_of_special_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(kind_at(dir.path()), Some(FileKind::Directory));
-        assert_eq!(
-            kind_at(Path::new("/dev/zero")),
-            Some(FileKind::CharDevice)
-        );
+        assert_eq!(kind_at(Path::new("/dev/zero")), Some(FileKind::CharDevice));
         let sock = dir.path().join("sock");
         let _listener = UnixListener::bind(&sock).expect("bind");
         // open(2) of a socket fails (ENXIO); it is still named for what it is.

@@ -223,7 +223,12 @@ const CONTROL_PLANE_LOCKS: [&str; 4] = [
 /// The node's first non-loopback IP in the etcd peer certificate (etcd's peer port listens on
 /// the node address, not on loopback).
 fn etcd_peer_ip(peer_cert: &Path) -> Option<IpAddr> {
-    let bytes = std::fs::read(peer_cert).ok()?;
+    // Non-blocking, regular files only: a FIFO at the path must not hang the profile's loading.
+    let bytes = crate::material::read::read_material(
+        peer_cert,
+        crate::material::read::DEFAULT_MAX_FILE_SIZE,
+    )
+    .ok()?;
     let certs = crate::material::pem::certificates(&bytes).ok()?;
     let info = crate::material::inspect::inspect(certs.first()?).ok()?;
     info.sans
@@ -368,8 +373,10 @@ fn kubelet_path(path: &str) -> String {
 /// Reads `/var/lib/kubelet/config.yaml` under `root`: what the kubelet serves, whether it can
 /// reload it, and a line saying which was chosen and why.
 fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String) {
+    use crate::material::read::{read_material, ReadError, DEFAULT_MAX_FILE_SIZE};
     let file = root.join(KUBELET_CONFIG);
-    let config = match std::fs::read(&file) {
+    // Non-blocking, regular files only: a FIFO at the path must not hang the profile's loading.
+    let config = match read_material(&file, DEFAULT_MAX_FILE_SIZE) {
         Ok(bytes) => match serde_saphyr::from_slice::<KubeletConfig>(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -387,7 +394,7 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
                 );
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ReadError::NotFound { .. }) => {
             return (
                 Some(KubeletServing::Default),
                 None,
@@ -401,10 +408,7 @@ fn kubelet_serving(root: &Path) -> (Option<KubeletServing>, Option<bool>, String
             return (
                 None,
                 None,
-                format!(
-                    "bundle kubelet-serving: cannot read {}: {e}; skipped",
-                    file.display()
-                ),
+                format!("bundle kubelet-serving: cannot read {e}; skipped"),
             )
         }
     };

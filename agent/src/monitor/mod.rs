@@ -332,7 +332,11 @@ impl Files {
     /// Confirms a batch of hints. Each path is checked once, on behalf of the *last* hint that
     /// concerns it: the last finished operation is the one that produced what is on disk now.
     /// A write still in progress (inotify's `IN_MODIFY`) only defers its paths.
-    fn confirm_hints(&mut self, hints: &[Hint], busy: &HashSet<(u64, u64)>) -> Vec<ConfirmedChange> {
+    fn confirm_hints(
+        &mut self,
+        hints: &[Hint],
+        busy: &HashSet<(u64, u64)>,
+    ) -> Vec<ConfirmedChange> {
         let mut claimed = vec![false; self.watch.paths().len()];
         let mut per_hint: Vec<(usize, Vec<usize>)> = Vec::new();
         for (h, hint) in hints.iter().enumerate().rev() {
