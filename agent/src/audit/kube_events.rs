@@ -43,6 +43,17 @@ pub enum PostError {
     },
 }
 
+/// An API error as "403 Forbidden: message" (kube-rs' own text repeats the whole Status), for
+/// every writer to the API server (Events, the audit witness, action locks).
+pub fn describe_api_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Posts Events about one Node.
 pub struct NodeEvents {
     api: Api<Event>,

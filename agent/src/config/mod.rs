@@ -119,6 +119,12 @@ pub struct AuditSettings {
     pub path: PathBuf,
     /// Rotate when the file exceeds this size.
     pub max_size: u64,
+    /// Publish the chain head to a witness ConfigMap outside the node (`witness = true`).
+    pub witness: bool,
+    /// Namespace of the witness ConfigMaps (`certreload-audit-<node>`).
+    pub witness_namespace: String,
+    /// How often the head is published (and once more at shutdown).
+    pub witness_interval: Duration,
 }
 
 /// Default audit log location.
@@ -129,6 +135,9 @@ impl Default for AuditSettings {
         AuditSettings {
             path: PathBuf::from(DEFAULT_AUDIT_PATH),
             max_size: 64 * 1024 * 1024,
+            witness: false,
+            witness_namespace: crate::audit::witness::DEFAULT_NAMESPACE.into(),
+            witness_interval: crate::audit::witness::DEFAULT_INTERVAL,
         }
     }
 }
@@ -296,6 +305,10 @@ struct RawAgent {
 struct RawAudit {
     path: PathBuf,
     max_size: Option<Spanned<String>>,
+    #[serde(default)]
+    witness: bool,
+    witness_namespace: Option<Spanned<String>>,
+    witness_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +442,32 @@ impl Config {
             audit.path = a.path.clone();
             if let Some(v) = &a.max_size {
                 audit.max_size = src.size_in(v, "audit.max_size", &bounds::AUDIT_MAX_SIZE)?;
+            }
+            audit.witness = a.witness;
+            if let Some(v) = &a.witness_interval {
+                audit.witness_interval = src.duration_in(
+                    v,
+                    "audit.witness_interval",
+                    &crate::audit::witness::INTERVAL,
+                )?;
+            }
+            if let Some(v) = &a.witness_namespace {
+                let ns = v.get_ref();
+                let label = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !ns.starts_with('-')
+                    && !ns.ends_with('-');
+                if !label {
+                    return Err(src.invalid(
+                        v.span().start,
+                        "audit.witness_namespace",
+                        format!("{ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"),
+                    ));
+                }
+                audit.witness_namespace = ns.clone();
             }
         }
         let mut names = BTreeSet::new();

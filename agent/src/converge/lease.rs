@@ -33,7 +33,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::config::ActionLock;
+use crate::{audit::kube_events::describe_api_error, config::ActionLock};
 
 /// Longest wait for one API request: a hung API server is a reason to wait, not to hang.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +70,7 @@ pub enum LeaseError {
         timeout: Duration,
     },
     /// The request failed (transport error, or an API status such as 403 Forbidden).
-    #[error("Lease {lease}: {operation}: {}", describe(source))]
+    #[error("Lease {lease}: {operation}: {}", describe_api_error(source))]
     Api {
         /// `namespace/name`.
         lease: String,
@@ -80,16 +80,6 @@ pub enum LeaseError {
         #[source]
         source: kube::Error,
     },
-}
-
-/// An API status as "403 Forbidden: message" (kube-rs' own text repeats the whole Status).
-fn describe(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => {
-            format!("{} {}: {}", status.code, status.reason, status.message)
-        }
-        other => other.to_string(),
-    }
 }
 
 impl LeaseError {
