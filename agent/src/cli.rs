@@ -158,6 +158,12 @@ pub enum AuditCommand {
         /// The files, oldest first (e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also check the log against its witness outside the node: `kube:NAMESPACE/NAME` (the
+        /// ConfigMap, read with KUBECONFIG or in-cluster credentials), or a file holding a head
+        /// `{"seq":N,"hash":"…"}` or an archived copy of the ConfigMap (`kubectl get -o json`).
+        /// Detects truncation and re-forging up to the last published head.
+        #[arg(long, value_name = "kube:NS/NAME|FILE")]
+        witness: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,

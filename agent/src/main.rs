@@ -133,9 +133,24 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Some(Command::Audit {
-            command: AuditCommand::Verify { files, output },
+            command:
+                AuditCommand::Verify {
+                    files,
+                    output,
+                    witness,
+                },
         }) => {
-            std::process::exit(run_audit_verify(&files, output));
+            let witness = match witness {
+                Some(spec) => match audit::witness::load(&spec).await {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        eprintln!("certreload audit verify: {e}");
+                        std::process::exit(2);
+                    }
+                },
+                None => None,
+            };
+            std::process::exit(run_audit_verify(&files, witness.as_ref(), output));
         }
         None => {
             let root = std::path::PathBuf::from("/");
@@ -185,28 +200,61 @@ fn run_check(target: &CheckTarget, output: Output) -> i32 {
     }
 }
 
-fn run_audit_verify(files: &[std::path::PathBuf], output: Output) -> i32 {
-    let result = audit::verify_files(files);
-    match (output, &result) {
-        (Output::Json, Ok(summary)) => println!(
-            "{}",
-            serde_json::json!({ "intact": true, "summary": summary })
-        ),
-        (Output::Json, Err(e)) => println!(
-            "{}",
-            serde_json::json!({ "intact": false, "error": e.to_string() })
-        ),
-        (Output::Text, Ok(s)) => println!(
-            "intact: {} records from {} agent run(s), last seq {}",
-            s.records, s.instances, s.last_seq
-        ),
-        (Output::Text, Err(e)) => println!("BROKEN: {e}"),
+fn run_audit_verify(
+    files: &[std::path::PathBuf],
+    witness: Option<&audit::witness::Witnessed>,
+    output: Output,
+) -> i32 {
+    let chain = match audit::verify_files(files) {
+        Ok(summary) => summary,
+        Err(e) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "intact": false, "error": e.to_string() })
+                ),
+                Output::Text => println!("BROKEN: {e}"),
+            }
+            return match e {
+                audit::VerifyError::Io { .. } => 2,
+                _ => 1,
+            };
+        }
+    };
+    let witnessed = witness.map(|w| audit::witness::check_files(files, chain.last_seq, w));
+    let (code, error) = match &witnessed {
+        Some(Err(audit::witness::WitnessCheckError::Witness(e))) => (2, Some(e.to_string())),
+        Some(Err(audit::witness::WitnessCheckError::Mismatch(e))) => (1, Some(e.to_string())),
+        None | Some(Ok(_)) => (i32::from(!chain.intact()), None),
+    };
+    match output {
+        Output::Json => {
+            let mut doc = serde_json::json!({ "intact": code == 0, "summary": chain });
+            if let Some(Ok(w)) = &witnessed {
+                doc["witness"] = serde_json::json!(w);
+            }
+            if let Some(e) = &error {
+                doc["error"] = e.clone().into();
+            }
+            println!("{doc}");
+        }
+        Output::Text => match (&witnessed, &error) {
+            (_, Some(e)) => println!("BROKEN: {e}"),
+            (Some(Ok(w)), None) => {
+                let skipped = if w.not_in_files > 0 {
+                    format!(", {} in records not in these files", w.not_in_files)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{chain}; witness {}: {} head(s) match{skipped}, highest seq {} ({} record(s) after it not yet witnessed)",
+                    w.witness, w.heads, w.highest_seq, w.unwitnessed
+                )
+            }
+            _ => println!("{chain}"),
+        },
     }
-    match result {
-        Ok(_) => 0,
-        Err(audit::VerifyError::Io { .. }) => 2,
-        Err(_) => 1,
-    }
+    code
 }
 
 async fn run_demo(
