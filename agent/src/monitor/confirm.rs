@@ -208,6 +208,7 @@ impl Confirmer {
             .collect();
         let mut changes = Vec::new();
         for (i, hint) in due {
+            tracing::warn!(path = %watch.paths()[i].given.display(), limit_s = self.writer_limit.as_secs_f64(), "still open for writing past the limit; reading it anyway");
             changes.extend(self.check_paths(watch, &[i], &hint, |_| false));
         }
         changes
