@@ -28,7 +28,7 @@ pub struct MonitorArgs {
     #[arg(long, value_enum, default_value_t = HookStrategy::default_for_host())]
     pub hook: HookStrategy,
     /// Content resync period (seconds), the backstop for what hooks cannot see.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RESYNC.as_secs_f64())]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RESYNC.as_secs_f64(), value_parser = resync_seconds)]
     pub resync: f64,
     /// Enable kernel BPF run-time statistics and print each hook's cost on exit (benchmarks).
     #[arg(long)]
@@ -36,9 +36,28 @@ pub struct MonitorArgs {
 }
 
 impl MonitorArgs {
-    /// The resync period as a duration (at least 10 ms).
+    /// The resync period as a duration (10 ms to a day; never a panic, even for a NaN).
     pub fn resync(&self) -> Duration {
-        Duration::from_secs_f64(self.resync.max(0.01))
+        Duration::try_from_secs_f64(self.resync.clamp(0.01, RESYNC_MAX_SECONDS))
+            .unwrap_or(DEFAULT_RESYNC)
+    }
+}
+
+/// The largest `--resync`: a day, as `[agent] resync`.
+const RESYNC_MAX_SECONDS: f64 = 86_400.0;
+
+/// `--resync`: seconds from 0.01 to a day. `inf` or `1e30` made `Duration::from_secs_f64` panic;
+/// below 10 ms the resync re-reads every file in a loop.
+fn resync_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
+    if (0.01..=RESYNC_MAX_SECONDS).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!(
+            "{text} is outside the allowed range 0.01 to {RESYNC_MAX_SECONDS} seconds"
+        ))
     }
 }
 

@@ -473,3 +473,45 @@ fn the_largest_allowed_values_run_and_one_step_beyond_is_refused() {
         );
     }
 }
+
+/// `--resync` outside 0.01 s to a day is a usage error (exit 2) naming the range: `inf` and `1e30`
+/// made `Duration::from_secs_f64` panic before the monitor started.
+#[test]
+fn watch_resync_out_of_range_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let watched = dir.path().join("tls.crt");
+    for value in ["inf", "1e30", "0.001", "-1", "NaN"] {
+        let mut child = Command::new(certreload_bin())
+            .args(["watch", "--mode", "inotify", &format!("--resync={value}")])
+            .arg(&watched)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("certreload watch starts");
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stderr)
+            .expect("stderr");
+        assert!(
+            status.is_some_and(|s| s.code() == Some(2))
+                && stderr.contains("--resync")
+                && !stderr.contains("panicked"),
+            "--resync {value}: expected a usage error, got {status:?}:\n{stderr}"
+        );
+    }
+}
