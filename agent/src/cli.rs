@@ -146,7 +146,8 @@ pub enum Command {
         /// `rotate`: issue a new certificate from the demo CA and swap it in like a Secret volume.
         #[command(subcommand)]
         action: Option<DemoAction>,
-        /// The demo's state directory (default: certreload-demo under the temp dir).
+        /// The demo's state directory (default: $XDG_RUNTIME_DIR/certreload-demo, else
+        /// certreload-demo-UID in the temp dir); it must be this user's, not writable by others.
         #[arg(long, global = true)]
         dir: Option<PathBuf>,
         /// Where the demo listener accepts TLS.

@@ -52,9 +52,8 @@ async fn main() -> anyhow::Result<()> {
             dir,
             ..
         }) => {
-            let state = DemoState {
-                dir: dir.unwrap_or_else(DemoState::default_dir),
-            };
+            let state = DemoState::open(&dir.unwrap_or_else(DemoState::default_dir))
+                .context("certreload demo rotate")?;
             let serial = state.rotate().context("certreload demo rotate")?;
             println!(
                 "swapped in a new certificate (serial {serial}) under {}",
@@ -263,18 +262,6 @@ async fn run_demo(
     admin: std::net::SocketAddr,
     mode: ModeRequest,
 ) -> anyhow::Result<()> {
-    let dir = dir.unwrap_or_else(DemoState::default_dir);
-    let state = DemoState::init(&dir)
-        .with_context(|| format!("preparing the demo in {}", dir.display()))?;
-    let upstream = demo::upstream::spawn()
-        .await
-        .context("starting the demo upstream")?;
-    let config = state.write_config(listen, admin, upstream)?;
-    eprintln!("{}", state.cheat_sheet(listen, admin));
-    let options = RunOptions {
-        mode,
-        hook: HookStrategy::default_for_host(),
-    };
-    run::run(&ConfigSource::File(config), options).await?;
+    demo::run(dir, listen, admin, mode).await?;
     Ok(())
 }

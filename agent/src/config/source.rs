@@ -21,6 +21,15 @@ pub enum ConfigSource {
         /// A config file overlaid on the profile.
         file: Option<PathBuf>,
     },
+    /// TOML text already in memory: `certreload demo` hands over the configuration it generated
+    /// rather than have root re-read a file something else could have replaced; `path` (where
+    /// the text was also written) names it in messages.
+    Text {
+        /// Where the text was written, for messages.
+        path: PathBuf,
+        /// The configuration.
+        text: String,
+    },
 }
 
 impl ConfigSource {
@@ -28,6 +37,7 @@ impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {
             ConfigSource::File(path) => Config::load(path),
+            ConfigSource::Text { path, text } => Config::parse(path, text),
             ConfigSource::Profile {
                 profile,
                 root,

@@ -2,7 +2,12 @@
 //! state directory with a demo CA and a server certificate in a Secret-style volume, a TLS listener
 //! in front of a small built-in upstream, the admin endpoint, and a cheat-sheet; `certreload demo
 //! rotate` issues the next certificate and swaps it in the way the kubelet does.
+//!
+//! The demo runs as root on a node, so its state directory is one only this user controls and
+//! nothing in it is followed or trusted blindly ([`dir`]), and the agent gets the configuration
+//! the demo generated as text, never by re-reading a file ([`run`]).
 
+pub mod dir;
 pub mod state;
 pub mod upstream;
 
@@ -15,6 +20,9 @@ use std::{
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use thiserror::Error;
+
+use crate::config::ConfigSource;
+use state::DemoState;
 
 /// The demo could not prepare its files.
 #[derive(Debug, Error)]
@@ -40,6 +48,56 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory fails a check that keeps other users out of it (as ssh's
+    /// `StrictModes` for `~/.ssh`): they could plant links or FIFOs in it that root then follows.
+    #[error("refusing the demo state directory {path}: {check} check failed: {found}; another user could plant links or files in it (remove it, or choose another directory with --dir)")]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Which check: `symlink`, `type`, `owner`, `permissions`, `ancestor owner`,
+        /// `ancestor permissions`, `path`, `replaced`.
+        check: &'static str,
+        /// What was found (the owner uid, the mode, the link target, ...).
+        found: String,
+    },
+    /// Something in the state directory is not what the demo writes there (a link, a FIFO, a
+    /// file of another owner): never followed, read or written through.
+    #[error("refusing {path}: {found}; certreload demo only uses files it wrote itself (remove it, or choose another directory with --dir)")]
+    Foreign {
+        /// The entry.
+        path: PathBuf,
+        /// What it is.
+        found: String,
+    },
+    /// The built-in upstream could not start.
+    #[error("starting the demo upstream: {0}")]
+    Upstream(#[source] std::io::Error),
+    /// The agent itself stopped with an error.
+    #[error(transparent)]
+    Agent(#[from] crate::run::RunError),
+}
+
+/// Runs the demo: prepares the state directory `dir` (default [`DemoState::default_dir`]),
+/// starts the upstream, prints the cheat-sheet and runs the agent until it stops. The agent is
+/// given the configuration text the demo generated (also written to `certreload.toml` for the
+/// user to read) instead of a path: a FIFO or link at that name can never become the config.
+pub async fn run(
+    dir: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    mode: crate::monitor::ModeRequest,
+) -> Result<(), DemoError> {
+    let dir = dir.unwrap_or_else(DemoState::default_dir);
+    let state = DemoState::init(&dir)?;
+    let upstream = upstream::spawn().await.map_err(DemoError::Upstream)?;
+    let (path, text) = state.write_config(listen, admin, upstream)?;
+    eprintln!("{}", state.cheat_sheet(listen, admin));
+    let options = crate::run::RunOptions {
+        mode,
+        hook: crate::monitor::HookStrategy::default_for_host(),
+    };
+    crate::run::run(&ConfigSource::Text { path, text }, options).await?;
+    Ok(())
 }
 
 /// A CA-signed server certificate in flat files (unit tests build generations from it).
@@ -55,7 +113,8 @@ pub struct DemoFiles {
     pub key: PathBuf,
 }
 
-/// Creates `dir` with a fresh CA, server certificate and key.
+/// Creates `dir` with a fresh CA, server certificate and key (unit tests' material, in a
+/// directory they own; the demo itself uses [`state::DemoState`]).
 pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     fs::create_dir_all(dir).map_err(|source| DemoError::Write {
         path: dir.to_path_buf(),
@@ -92,7 +151,7 @@ pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     Ok(files)
 }
 
-pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
