@@ -103,6 +103,15 @@ pub fn errno_name(error: &io::Error) -> Option<&'static str> {
     })
 }
 
+/// True when `message` is the text (`io::Error`'s `Display`) of a descriptor or memory exhaustion
+/// error: such a failure says nothing about the file that could not be opened, so a reader that
+/// keeps only the text (the confirmer's `Unreadable`) must not take it for a change.
+pub fn is_exhaustion_message(message: &str) -> bool {
+    [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM]
+        .into_iter()
+        .any(|code| message == io::Error::from_raw_os_error(code).to_string())
+}
+
 /// Lets one line through per [`LOG_EVERY`] and counts the ones it held back, so a fault that
 /// repeats a million times a second costs one line per interval, not a million.
 #[derive(Debug)]
@@ -280,7 +289,12 @@ pub fn soft_nofile_limit() -> Option<u64> {
 /// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
 pub fn open_descriptors() -> Option<usize> {
     // The directory's own descriptor is listed too.
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1))
+    Some(
+        std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .count()
+            .saturating_sub(1),
+    )
 }
 
 /// Descriptors kept back from connections for everything else the agent opens after it started
@@ -395,6 +409,14 @@ mod tests {
             assert_eq!(classify(&os(code)), AcceptErrorKind::Connection, "{code}");
         }
         assert_eq!(classify(&os(libc::EINVAL)), AcceptErrorKind::Other);
+    }
+
+    #[test]
+    fn exhaustion_is_recognised_from_the_error_text() {
+        assert!(is_exhaustion_message(&os(libc::EMFILE).to_string()));
+        assert!(is_exhaustion_message(&os(libc::ENFILE).to_string()));
+        assert!(!is_exhaustion_message(&os(libc::EACCES).to_string()));
+        assert!(!is_exhaustion_message("is a fifo"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::{
     audit::{
         append_shared,
         kube_events::{self, NodeEvents},
-        witness, AuditError, AuditEvent, AuditLog,
+        AuditError, AuditEvent, AuditLog,
     },
     config::{ConfigError, ConfigSource},
     monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
@@ -49,9 +49,6 @@ pub enum RunError {
     Admin(#[from] admin::AdminError),
 }
 
-/// Longest wait at shutdown for the last publication of the audit head.
-const WITNESS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Monitor options the command line may override.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -63,6 +60,17 @@ pub struct RunOptions {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunError> {
+    match crate::accept::raise_nofile_limit() {
+        Ok(l) if l.soft != l.was => tracing::info!(
+            from = l.was,
+            to = l.soft,
+            "raised the soft RLIMIT_NOFILE to the hard limit"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the soft RLIMIT_NOFILE; the connection budget is computed from the current one")
+        }
+    }
     let config = source.load()?;
     let mut audit = AuditLog::open(&config.audit.path, config.audit.max_size)?;
     let paths: BTreeSet<_> = config.bundles.iter().flat_map(|b| b.files()).collect();
@@ -155,31 +163,6 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             }
         }
     }
-    let witness = if config.audit.witness {
-        let node = config
-            .events
-            .node
-            .clone()
-            .unwrap_or_else(kube_events::node_name);
-        let namespace = &config.audit.witness_namespace;
-        match witness::Publisher::from_environment(namespace, &node, audit.clone()).await {
-            Ok(publisher) => {
-                tracing::info!(witness = %publisher.object(), "publishing the audit head to the witness");
-                let interval = config.audit.witness_interval;
-                Some(tokio::spawn(witness::run(
-                    publisher,
-                    interval,
-                    stop_rx.clone(),
-                )))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "[audit] witness = true but no Kubernetes API credentials; the audit log is not witnessed");
-                None
-            }
-        }
-    } else {
-        None
-    };
     crate::converge::start(
         &config,
         store.clone(),
@@ -188,6 +171,9 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         probes,
         stop_rx.clone(),
     );
+    // Everything start-up opens is open now: what is left of the limit, less the reserve, is
+    // what connections may hold.
+    crate::accept::DescriptorBudget::init();
     for l in listeners {
         tracing::info!(listener = %l.config.name, address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         tokio::spawn(l.serve(ctx.clone(), stop_rx.clone()));
@@ -212,16 +198,5 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             reason: "signal".into(),
         },
     )?;
-    if let Some(Ok(mut publisher)) = match witness {
-        Some(task) => Some(task.await),
-        None => None,
-    } {
-        // The head now includes agent_stopped; bounded so that stopping stays quick.
-        let object = publisher.object();
-        let last = publisher.publish_logged(false);
-        if tokio::time::timeout(WITNESS_AT_STOP, last).await.is_err() {
-            tracing::warn!(witness = %object, "the last audit head was not published within {WITNESS_AT_STOP:?}");
-        }
-    }
     Ok(())
 }

@@ -394,12 +394,30 @@ impl Agent {
         }
     }
 
+    /// The agent's process id (its /proc entries, its limits). Behind a wrapper that execs it
+    /// (`prlimit`, `setpriv`, `env`) this is the agent itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the agent logged so far (stderr).
     pub fn log(&self) -> String {
         self.stderr
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Where the first `needle` at or after byte `from` of the log ends, if it is there yet: long
+    /// runs (the 1,000-rotation soak) poll with the returned offset instead of copying the whole,
+    /// growing log with [`Agent::log`] each time.
+    pub fn log_find(&self, from: usize, needle: &str) -> Option<usize> {
+        let log = self
+            .stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = log.get(from..)?.find(needle)?;
+        Some(from + at + needle.len())
     }
 
     /// The value of `key=` on the first log line containing `marker` (addresses the agent bound).

@@ -17,6 +17,7 @@ use super::{
     upstream,
 };
 use crate::{
+    accept::{self, AcceptBackoff, DescriptorBudget, RateLimitedLog},
     admin::metrics::Metrics,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::ListenerConfig,
@@ -81,6 +82,9 @@ impl Listener {
     /// Accepts until `shutdown`; also follows generation changes and drains stale connections.
     pub async fn serve(self, ctx: ListenerContext, mut shutdown: watch::Receiver<bool>) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let descriptors = DescriptorBudget::global();
+        let mut backoff = AcceptBackoff::new(format!("listener {}", self.config.name));
+        let mut refusals = RateLimitedLog::default();
         let config = Arc::new(self.config);
         tokio::spawn(follow_generations(
             config.clone(),
@@ -91,22 +95,31 @@ impl Listener {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                accepted = self.socket.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(listener = %config.name, error = %e, "accept failed");
-                            continue;
-                        }
-                    };
+                (stream, peer) = accept::accept(&self.socket, &mut backoff) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         ctx.metrics.handshake_failure(&config.name, "connection_limit");
                         continue; // dropping the stream closes it
                     };
+                    // Past the process's descriptor budget, the connection would take a
+                    // descriptor that reading new material needs: close it at once.
+                    let Some(fds) = descriptors.try_acquire(accept::PROXIED_CONNECTION_FDS) else {
+                        ctx.metrics.handshake_failure(&config.name, "descriptor_reserve");
+                        if let Some(suppressed) = refusals.allow() {
+                            tracing::warn!(
+                                listener = %config.name,
+                                %peer,
+                                connection_descriptors = descriptors.capacity(),
+                                suppressed,
+                                "connection closed: the descriptor budget for connections is spent (the rest of RLIMIT_NOFILE is kept for reading material); one line per {}s",
+                                accept::LOG_EVERY.as_secs()
+                            );
+                        }
+                        continue;
+                    };
                     let (config, slot, client_slot, ctx) = (config.clone(), self.slot.clone(), self.client_slot.clone(), ctx.clone());
                     tokio::spawn(async move {
                         handle(stream, peer, &config, (&slot, &client_slot), &ctx).await;
-                        drop(permit);
+                        drop((permit, fds));
                     });
                 }
             }
