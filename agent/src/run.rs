@@ -11,7 +11,7 @@ use crate::{
     audit::{
         append_shared,
         kube_events::{self, NodeEvents},
-        AuditError, AuditEvent, AuditLog,
+        witness, AuditError, AuditEvent, AuditLog,
     },
     config::{ConfigError, ConfigSource},
     monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
@@ -48,6 +48,9 @@ pub enum RunError {
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
 }
+
+/// Longest wait at shutdown for the last publication of the audit head.
+const WITNESS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Monitor options the command line may override.
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +166,31 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             }
         }
     }
+    let witness = if config.audit.witness {
+        let node = config
+            .events
+            .node
+            .clone()
+            .unwrap_or_else(kube_events::node_name);
+        let namespace = &config.audit.witness_namespace;
+        match witness::Publisher::from_environment(namespace, &node, audit.clone()).await {
+            Ok(publisher) => {
+                tracing::info!(witness = %publisher.object(), "publishing the audit head to the witness");
+                let interval = config.audit.witness_interval;
+                Some(tokio::spawn(witness::run(
+                    publisher,
+                    interval,
+                    stop_rx.clone(),
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "[audit] witness = true but no Kubernetes API credentials; the audit log is not witnessed");
+                None
+            }
+        }
+    } else {
+        None
+    };
     crate::converge::start(
         &config,
         store.clone(),
@@ -198,5 +226,16 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
             reason: "signal".into(),
         },
     )?;
+    if let Some(Ok(mut publisher)) = match witness {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        // The head now includes agent_stopped; bounded so that stopping stays quick.
+        let object = publisher.object();
+        let last = publisher.publish_logged(false);
+        if tokio::time::timeout(WITNESS_AT_STOP, last).await.is_err() {
+            tracing::warn!(witness = %object, "the last audit head was not published within {WITNESS_AT_STOP:?}");
+        }
+    }
     Ok(())
 }
