@@ -4,22 +4,78 @@
 use std::{sync::atomic::AtomicU64, time::SystemTime};
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::{
+        text::encode, EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder,
+        LabelValueEncoder,
+    },
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 use super::status::Status;
 
+/// A label value written per the exposition format: backslash, double quote and newline escaped
+/// (`\\`, `\"`, `\n`). prometheus-client writes a `String` label value as it is, so a certificate
+/// CN or a path containing `"` or a newline made the whole scrape unparseable (every expiry
+/// alert blind) or injected series.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            encoder.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
+/// Implements `EncodeLabelSet` for a struct of `String` label values, each through [`Escaped`]
+/// (instead of `#[derive(EncodeLabelSet)]`, which writes them unescaped). The field name is the
+/// label name.
+macro_rules! escaped_label_set {
+    ($($set:ident { $($field:ident),+ $(,)? })+) => {$(
+        impl EncodeLabelSet for $set {
+            fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+                $(EncodeLabel::encode(
+                    &(stringify!($field), Escaped(&self.$field)),
+                    encoder.encode_label(),
+                )?;)+
+                Ok(())
+            }
+        }
+    )+};
+}
+
+escaped_label_set! {
+    ListenerLabel { listener }
+    ListenerReason { listener, reason }
+    BundleLabel { bundle }
+    BundleReason { bundle, reason }
+    SourceLabel { source }
+    ConnState { listener, state }
+    X509Labels { filepath, serial_number, subject_CN, issuer_CN, bundle }
+    ProbeLabel { probe, bundle }
+    ActionLabel { action, result }
+    FileLabel { filepath }
+}
+
 /// `{listener}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ListenerLabel {
     /// Listener name.
     pub listener: String,
 }
 
 /// `{listener, reason}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ListenerReason {
     /// Listener name.
     pub listener: String,
@@ -28,14 +84,14 @@ pub struct ListenerReason {
 }
 
 /// `{bundle}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BundleLabel {
     /// Bundle name.
     pub bundle: String,
 }
 
 /// `{bundle, reason}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BundleReason {
     /// Bundle name.
     pub bundle: String,
@@ -44,14 +100,14 @@ pub struct BundleReason {
 }
 
 /// `{source}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct SourceLabel {
     /// ebpf, inotify or resync.
     pub source: String,
 }
 
 /// `{listener, state}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ConnState {
     /// Listener name.
     pub listener: String,
@@ -60,7 +116,7 @@ pub struct ConnState {
 }
 
 /// The x509-certificate-exporter label set, so existing dashboards and alerts work unchanged.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 #[allow(non_snake_case)]
 pub struct X509Labels {
     /// The file the certificate was read from.
@@ -76,7 +132,7 @@ pub struct X509Labels {
 }
 
 /// Labels of per-probe series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ProbeLabel {
     /// Probe name.
     pub probe: String,
@@ -85,7 +141,7 @@ pub struct ProbeLabel {
 }
 
 /// Labels of per-action counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ActionLabel {
     /// `bundle#line`.
     pub action: String,
@@ -94,7 +150,7 @@ pub struct ActionLabel {
 }
 
 /// `{filepath}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct FileLabel {
     /// The file.
     pub filepath: String,
@@ -352,5 +408,37 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_per_the_exposition_format() {
+        let family = Family::<X509Labels, Gauge>::default();
+        family
+            .get_or_create(&X509Labels {
+                filepath: "/etc/\"odd\"\\dir/tls.crt".into(),
+                serial_number: "01".into(),
+                subject_CN: "evil\"} 1\ninjected_series{a=\"b".into(),
+                issuer_CN: "plain".into(),
+                bundle: "web".into(),
+            })
+            .set(1);
+        let mut registry = Registry::default();
+        registry.register("x509_cert_expired", "1 when expired", family);
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("encode");
+        let sample = out
+            .lines()
+            .find(|l| l.starts_with("x509_cert_expired{"))
+            .expect("the sample");
+        assert_eq!(
+            sample,
+            r#"x509_cert_expired{filepath="/etc/\"odd\"\\dir/tls.crt",serial_number="01",subject_CN="evil\"} 1\ninjected_series{a=\"b",issuer_CN="plain",bundle="web"} 1"#
+        );
+        assert!(!out.lines().any(|l| l.starts_with("injected_series")));
     }
 }
