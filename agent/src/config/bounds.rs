@@ -326,7 +326,9 @@ mod tests {
             path: Path::new("x.toml"),
             text,
         };
-        let e = src.duration_in(&t.a, "agent.resync", &RESYNC).unwrap_err();
+        let e = src
+            .duration_in(&t.a, "agent.resync", &RESYNC)
+            .expect_err("1ns is below 1s");
         assert_eq!(
             e.to_string(),
             format!(
@@ -336,7 +338,7 @@ mod tests {
         );
         let e = src
             .size_in(&t.b, "agent.max_file_size", &MAX_FILE_SIZE)
-            .unwrap_err();
+            .expect_err("0 is below 1KiB");
         assert_eq!(
             e.to_string(),
             format!(
@@ -346,7 +348,7 @@ mod tests {
         );
         let e = src
             .count_in(&t.c, "listener[l].max_connections", &MAX_CONNECTIONS)
-            .unwrap_err();
+            .expect_err("-1 is below 1");
         assert_eq!(
             e.to_string(),
             format!(

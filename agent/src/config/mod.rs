@@ -362,7 +362,9 @@ impl Source<'_> {
         }
     }
 
-    pub(crate) fn duration(
+    /// A duration without bounds: only [`Source::duration_in`] calls it, so every configured
+    /// duration is range-checked (`config::bounds`).
+    fn duration(
         &self,
         value: &Spanned<String>,
         field: &str,
@@ -379,6 +381,7 @@ impl Source<'_> {
         })
     }
 
+    /// A size without bounds: only [`Source::size_in`] calls it.
     fn size(&self, value: &Spanned<String>, field: &str) -> Result<u64, ConfigError> {
         value
             .get_ref()
