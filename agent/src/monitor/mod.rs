@@ -247,6 +247,14 @@ impl Monitor {
             }
             if let Pass::Hints(h) = &pass {
                 self.stats.hints += h.len() as u64;
+                // Hints for names no watched path resolves to need no pass on the blocking pool
+                // (inotify reports every name in a watched directory).
+                let files = self.lock_files();
+                if h.iter()
+                    .all(|hint| files.watch.resolve(&hint.scope).is_empty())
+                {
+                    continue;
+                }
             }
             let busy = match &self.active {
                 Active::Kernel(k) => k.busy_files(),
