@@ -178,10 +178,19 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
     })
     .collect();
     locks.insert(rule("leases.coordination.k8s.io", "", "create"));
+    // The admin endpoint's TokenReviews and SubjectAccessReviews (cluster-wide, so listed in
+    // every namespace).
+    let reviews = [
+        rule("tokenreviews.authentication.k8s.io", "", "create"),
+        rule("subjectaccessreviews.authorization.k8s.io", "", "create"),
+    ];
+    locks.extend(reviews.clone());
+    let mut events: BTreeSet<Rule> = [rule("events", "", "create")].into();
+    events.extend(reviews.clone());
     let expected: [(&str, BTreeSet<Rule>); 3] = [
         ("certreload", locks),
-        ("default", [rule("events", "", "create")].into()),
-        ("kube-system", BTreeSet::new()),
+        ("default", events),
+        ("kube-system", reviews.into()),
     ];
     for (namespace, want) in expected {
         let baseline = can_i_list(&cp, nobody, namespace);
