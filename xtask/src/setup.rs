@@ -20,13 +20,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
 /// binary on PATH, or an absolute path.
-const PACKAGES: [(&str, &str); 6] = [
+const PACKAGES: [(&str, &str); 7] = [
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("etcd-server", "/usr/bin/etcd"),
+    // The Prometheus client's own OpenMetrics parser, which tests/tests/metrics.rs parses a
+    // scrape with (for /usr/bin/python3).
+    (
+        "python3-prometheus-client",
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+    ),
 ];
 
 /// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module.
