@@ -127,9 +127,12 @@ fn last_seq(audit: &Path) -> i64 {
         .unwrap_or(-1)
 }
 
-/// How many appends the agent reported failed so far.
+/// How many times the agent reported a failed append so far: the audit log's own line, or the
+/// reload pipeline's (which is all an agent before the audit log said it had shows).
 fn failed_appends(agent: &Agent) -> usize {
-    agent.log().matches("audit record not written").count()
+    let log = agent.log();
+    log.matches("audit record not written").count()
+        + log.matches("cannot write the audit record").count()
 }
 
 /// The seq of the last verdict record, or -1.
