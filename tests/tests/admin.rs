@@ -242,6 +242,42 @@ fn headers_sent_slowly_or_never_are_closed_after_the_header_read_timeout() {
     agent.stop();
 }
 
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long header-read timeout: the closure seen here is the idle timer's.
+    let (agent, addr) = start_agent(
+        dir.path(),
+        "header_read_timeout = \"120s\"\nidle_timeout = \"1s\"",
+        &[],
+    );
+    // Pipelined requests, never a response read: the agent's writes back up until no byte moves.
+    let mut s = connect_from("127.0.0.2", addr);
+    s.set_nonblocking(true).expect("nonblocking");
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closed = false;
+    while Instant::now() < deadline {
+        match s.write(request) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Both directions are full; the client's pace, not synchronisation.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "a connection whose client stopped reading is closed (reset) after idle_timeout = 1s"
+    );
+    assert_eq!(get(addr, "/healthz"), Some(200));
+    agent.stop();
+}
+
 /// A memory cgroup for the agent with `limit` bytes: (directory, the file to write the pid to,
 /// the file whose `oom_kill` counts kills). `None` (with the reason) where there is none.
 fn memory_cgroup(limit: u64) -> Result<(PathBuf, PathBuf, PathBuf), String> {
