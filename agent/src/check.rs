@@ -1,5 +1,9 @@
 //! `certreload check`: the validation gate as a command, for pipelines that want to know before
 //! deploying a certificate. Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
+//!
+//! Files are opened without blocking and must be regular files: a FIFO, socket or device at a
+//! configured path fails the `read` check naming the file and its type, instead of hanging the
+//! pipeline (see [`crate::regular_file`]).
 
 use std::{path::PathBuf, time::SystemTime};
 
