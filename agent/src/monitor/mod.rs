@@ -301,7 +301,8 @@ impl Monitor {
         match &mut self.active {
             Active::Kernel(k) => {
                 if let Err(e) = k.hooks_mut().set_names(&names) {
-                    tracing::error!(error = %e, "updating the kernel filter failed; the resync still covers every path");
+                    let capacity = k.hooks_mut().names_capacity();
+                    tracing::error!(error = %e, names = names.len(), capacity, "updating the kernel filter failed (it holds `capacity` basenames, twice the count at start); the resync still covers every path");
                 }
             }
             Active::Inotify(i) => i.watch(&directories),
@@ -376,8 +377,9 @@ impl Files {
 }
 
 fn start_kernel(config: &MonitorConfig, watch: &WatchSet) -> Result<KernelSource, MonitorError> {
-    let mut kernel = KernelSource::start(config.hook, config.profile_hooks)?;
-    kernel.hooks_mut().set_names(&watch.all_names())?;
+    let names = watch.all_names();
+    let mut kernel = KernelSource::start(config.hook, config.profile_hooks, names.len())?;
+    kernel.hooks_mut().set_names(&names)?;
     Ok(kernel)
 }
 

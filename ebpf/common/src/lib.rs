@@ -19,7 +19,9 @@ pub const COMM_LEN: usize = 16;
 /// produces between two reads, so a full ring means the agent is stuck, which the drop counter shows.
 pub const RINGBUF_BYTES: u32 = 256 * 1024;
 
-/// Capacity of the watched-name filter (distinct basenames, `..data` included).
+/// Capacity of the watched-name filter (distinct basenames, `..data` included) as compiled into
+/// the object: the agent sizes the map at load time for its configuration (twice the names, at
+/// least this), so this is a floor, not a limit.
 pub const MAX_WATCHED_NAMES: u32 = 4096;
 
 /// Capacity of the table of write-opened watched files (`tgid:fd` pairs) and of pending syscalls.

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use certreload_common::{
-    basename_hash, maps, stats, suffix_bit, suffix_key, syscalls, SUFFIX_WORDS,
+    basename_hash, maps, stats, suffix_bit, suffix_key, syscalls, MAX_WATCHED_NAMES, SUFFIX_WORDS,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -107,6 +107,16 @@ pub struct KernelStats {
     pub programs: Vec<ProgramCost>,
 }
 
+/// Entries of the kernel's watched-name map for `names` basenames: twice the configured count
+/// (names are added at run time when a symlink starts pointing somewhere new), at least the
+/// object's compiled [`MAX_WATCHED_NAMES`]. A fixed 4,096 made a larger configuration fall back
+/// to inotify with a message that did not name the limit.
+pub fn watched_names_capacity(names: usize) -> u32 {
+    u32::try_from(names.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(MAX_WATCHED_NAMES)
+}
+
 /// The loaded, attached programs and the maps the agent drives.
 pub struct KernelHooks {
     // Keeps programs and links alive for as long as the monitor runs.
@@ -118,6 +128,7 @@ pub struct KernelHooks {
     tracked: HashMap<MapData, u64, u64>,
     stats: PerCpuArray<MapData, u64>,
     loaded_names: BTreeSet<u64>,
+    names_capacity: u32,
     loaded_bits: Vec<u64>,
     strategy: HookStrategy,
 }
@@ -127,9 +138,13 @@ impl KernelHooks {
     /// With `profile`, kernel BPF run-time statistics are enabled while the hooks live, so
     /// [`KernelStats::programs`] reports each program's cost (this adds a little to every BPF
     /// program on the host, which is why it is opt-in).
+    ///
+    /// The watched-name filter is sized for `names` basenames at load time
+    /// ([`watched_names_capacity`]), so no configuration is too large for eBPF mode.
     pub fn load(
         strategy: HookStrategy,
         profile: bool,
+        names: usize,
     ) -> Result<(Self, RingBuf<MapData>), EbpfUnavailable> {
         if OBJECT.is_empty() {
             return Err(EbpfUnavailable::NoObject);
@@ -149,7 +164,9 @@ impl KernelHooks {
         if strategy != HookStrategy::RawSyscalls {
             ensure_tracefs();
         }
+        let names_capacity = watched_names_capacity(names);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::WATCHED_NAMES, names_capacity)
             .load(OBJECT)
             .map_err(|e| EbpfUnavailable::Load(Box::new(e)))?;
         attach(&mut ebpf, strategy)?;
@@ -162,10 +179,16 @@ impl KernelHooks {
             ebpf,
             _profiling: profiling,
             loaded_names: BTreeSet::new(),
+            names_capacity,
             loaded_bits: vec![0; SUFFIX_WORDS as usize],
             strategy,
         };
         Ok((hooks, events))
+    }
+
+    /// How many distinct basenames the kernel filter holds (sized at load).
+    pub fn names_capacity(&self) -> u32 {
+        self.names_capacity
     }
 
     /// The strategy in use.

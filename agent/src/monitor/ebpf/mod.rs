@@ -26,8 +26,13 @@ pub struct KernelSource {
 
 impl KernelSource {
     /// Loads and attaches everything (must run inside a tokio runtime for the ring buffer's fd).
-    pub fn start(strategy: HookStrategy, profile: bool) -> Result<Self, EbpfUnavailable> {
-        let (hooks, ring) = KernelHooks::load(strategy, profile)?;
+    /// `names`: how many basenames the kernel filter must hold (it is sized for them).
+    pub fn start(
+        strategy: HookStrategy,
+        profile: bool,
+        names: usize,
+    ) -> Result<Self, EbpfUnavailable> {
+        let (hooks, ring) = KernelHooks::load(strategy, profile, names)?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
         // which only happens when the AsyncFd (its owner) is dropped.
         let ring = unsafe { AsyncFd::register(ring) }
