@@ -328,6 +328,39 @@ fn the_witness_is_forward_only_and_verify_finds_truncation_and_reforging_against
     );
     assert!(out.contains(&format!("{forged_arg}:{}", seq0 + 1)), "{out}");
 
+    // 4b. An agent started on the cut log finds it behind its witness at once, says so, and
+    // publishes nothing, not even once its log has grown past the witnessed seq (that would
+    // put a fork of the witnessed chain into the witness).
+    write_lines(&log_path, &full[..full.len() - 2]);
+    let agent = start_agent(d, &node, &kubeconfig);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains("does not continue its witness") {
+        assert!(
+            Instant::now() < deadline,
+            "no 'does not continue its witness' error within 20 s:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log_text = agent.log();
+    let line = log_text
+        .lines()
+        .find(|l| l.contains("does not continue its witness"))
+        .expect("the line");
+    assert!(
+        line.contains(&format!("saw seq {last_seq} (hash {})", data["hash"]))
+            && line.contains("re-forged or replaced"),
+        "{line}"
+    );
+    let records = agent.stop();
+    assert!(
+        !records
+            .iter()
+            .any(|r| is_published(r) && r["seq"].as_u64() > Some(last_seq - 2)),
+        "nothing published from the cut log"
+    );
+    assert_eq!(witness_data(&cp, &name), data, "the witness is unchanged");
+
     // 5. The API server keeps the witness forward-only, against the agent's own credentials.
     let head_seq: u64 = data["seq"].parse().expect("seq");
     let back = {

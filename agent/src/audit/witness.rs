@@ -68,7 +68,7 @@ pub struct Witnessed {
 }
 
 /// Why a witness cannot be read or written.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum WitnessError {
     /// A witness file cannot be read.
     #[error("witness {path}: {message}")]
@@ -133,9 +133,34 @@ pub enum WitnessError {
         /// Its hash.
         log_hash: String,
     },
+    /// The log goes past the witness's newest head but does not contain it: its record at that
+    /// seq is another one, or is in none of the log's files. The log was re-forged or replaced;
+    /// publishing its head would fork the witness, so nothing is published (needs an operator,
+    /// as for [`WitnessError::Behind`]).
+    #[error("witness {witness} saw seq {witnessed_seq} (hash {witnessed_hash}), but this log's record seq {witnessed_seq} {}: the log was re-forged or replaced; the head is not published", found.as_ref().map_or_else(|| "is in none of its files".to_string(), |h| format!("hashes to {h}")))]
+    Diverged {
+        /// `ns/name`.
+        witness: String,
+        /// The witness's newest seq.
+        witnessed_seq: u64,
+        /// Its hash.
+        witnessed_hash: String,
+        /// The hash of the log's record at that seq, if the log has one.
+        found: Option<String>,
+    },
     /// The witness holds no head.
     #[error("witness {0}: holds no head")]
     Empty(String),
+}
+
+/// The hash of record `seq` of the log at `path` (the file, then its rotated files newest
+/// first), if one of them holds it. Records start with their `seq` (the chain seals it first).
+pub fn record_hash(path: &Path, seq: u64) -> Option<String> {
+    let prefix = format!("{{\"seq\":{seq},");
+    std::iter::once(path.to_path_buf())
+        .chain((1..=super::log::ROTATED_KEPT).map(|n| super::log::rotated(path, n)))
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .find_map(|text| text.lines().find(|l| l.starts_with(&prefix)).map(link))
 }
 
 /// Where the log disagrees with its witness.
@@ -553,12 +578,23 @@ pub struct Publisher {
     published: Option<u64>,
     /// The seq of its own last `witness_published` record (not worth a publication by itself).
     own_record: Option<u64>,
+    /// The log file, to check once per run that the log continues what the witness holds.
+    log_path: PathBuf,
+    /// Set when the log does not continue its witness: nothing is published any more.
+    halted: Option<WitnessError>,
 }
 
 impl Publisher {
     /// Publishes `audit`'s head for `node` into `namespace` through `client`.
     pub fn new(client: Client, namespace: &str, node: &str, audit: SharedAudit) -> Publisher {
+        let log_path = audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .path()
+            .to_path_buf();
         Publisher {
+            log_path,
+            halted: None,
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             name: object_name(node),
@@ -592,6 +628,9 @@ impl Publisher {
     /// Publishes the current head if it moved; with `record`, appends `witness_published` to the
     /// log after the API server took it.
     pub async fn publish(&mut self, record: bool) -> Result<Published, WitnessError> {
+        if let Some(e) = &self.halted {
+            return Err(e.clone());
+        }
         let (seq, hash, instance) = {
             let log = self
                 .audit
@@ -612,7 +651,14 @@ impl Publisher {
             time: crate::clock::now_rfc3339(),
             node: self.node.clone(),
         };
-        let resource_version = self.write(&head).await?;
+        let resource_version = match self.write(&head).await {
+            Ok(v) => v,
+            Err(e @ (WitnessError::Behind { .. } | WitnessError::Diverged { .. })) => {
+                self.halted = Some(e.clone());
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.published = Some(seq);
         if record {
             let event = AuditEvent::WitnessPublished {
@@ -643,6 +689,9 @@ impl Publisher {
         loop {
             attempts += 1;
             let current = call(&witness, "get", self.api.get_opt(&self.name)).await?;
+            if self.published.is_none() {
+                self.continues(current.as_ref(), head).await?;
+            }
             let Some(data) = next_data(
                 &witness,
                 current.as_ref().and_then(|c| c.data.as_ref()),
@@ -699,6 +748,46 @@ impl Publisher {
         }
     }
 
+    /// On this run's first publication: a witness whose newest head is older than the log's
+    /// must find it in the log, or the log is not the one it witnessed (a restart on a log cut
+    /// and written on, or re-forged, would otherwise publish a fork of it).
+    async fn continues(
+        &self,
+        current: Option<&ConfigMap>,
+        head: &Head,
+    ) -> Result<(), WitnessError> {
+        let witness = self.object();
+        let Some(data) = current.and_then(|c| c.data.as_ref()) else {
+            return Ok(());
+        };
+        let heads = match heads_from_data(&witness, data) {
+            Ok(h) => h,
+            Err(WitnessError::Empty(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some((&seq, hash)) = heads.last_key_value() else {
+            return Ok(());
+        };
+        if seq >= head.seq {
+            // next_data judges it (same head, or behind).
+            return Ok(());
+        }
+        let path = self.log_path.clone();
+        let found = tokio::task::spawn_blocking(move || record_hash(&path, seq))
+            .await
+            .ok()
+            .flatten();
+        if found.as_deref() == Some(hash.as_str()) {
+            return Ok(());
+        }
+        Err(WitnessError::Diverged {
+            witness,
+            witnessed_seq: seq,
+            witnessed_hash: hash.clone(),
+            found,
+        })
+    }
+
     /// One publication, its outcome logged (a failure never stops the agent: the log stays the
     /// record, unwitnessed until the next publication succeeds).
     pub async fn publish_logged(&mut self, record: bool) {
@@ -711,8 +800,8 @@ impl Publisher {
                 tracing::info!(witness = %self.object(), seq, resource_version = %resource_version, "audit head published to the witness")
             }
             Ok(Published::Unchanged) => {}
-            Err(e @ WitnessError::Behind { .. }) => {
-                tracing::error!(error = %e, "audit log behind its witness")
+            Err(e @ (WitnessError::Behind { .. } | WitnessError::Diverged { .. })) => {
+                tracing::error!(error = %e, "the audit log does not continue its witness; nothing is published until an operator archives and deletes the witness")
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish the audit head to the witness; retrying at the next interval")
@@ -882,6 +971,33 @@ mod tests {
                 .audit
                 .witness,
             "off unless asked for"
+        );
+    }
+
+    #[test]
+    fn a_records_hash_is_found_in_the_log_or_its_rotated_files() {
+        use crate::audit::{chain::ChainHead, log::rotated};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut head = ChainHead::anchored("i");
+        let lines: Vec<String> = (0..4)
+            .map(|n| head.seal("t", "i", None, &serde_json::json!({"event": "e", "n": n})))
+            .collect();
+        std::fs::write(rotated(&path, 1), format!("{}\n{}\n", lines[0], lines[1])).expect("write");
+        std::fs::write(&path, format!("{}\n{}\n", lines[2], lines[3])).expect("write");
+        assert_eq!(record_hash(&path, 1), Some(link(&lines[1])));
+        assert_eq!(record_hash(&path, 3), Some(link(&lines[3])));
+        assert_eq!(record_hash(&path, 4), None);
+        let e = WitnessError::Diverged {
+            witness: "w".into(),
+            witnessed_seq: 4,
+            witnessed_hash: h('a'),
+            found: None,
+        };
+        assert!(
+            e.to_string()
+                .contains("record seq 4 is in none of its files"),
+            "{e}"
         );
     }
 
