@@ -256,7 +256,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let was = limit.rlim_cur as u64;
+    let was = limit.rlim_cur;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -270,8 +270,8 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     }
     Ok(NofileLimit {
         was,
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 
@@ -283,7 +283,7 @@ pub fn soft_nofile_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur as u64)
+        .then_some(limit.rlim_cur)
 }
 
 /// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
