@@ -282,8 +282,7 @@ pub fn soft_nofile_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
