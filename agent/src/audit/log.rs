@@ -647,7 +647,7 @@ mod tests {
         assert_eq!(new[0]["previous_seq"], 2);
         assert_eq!(new[0]["previous_hash"], last_hash.as_str());
         assert_eq!(new[0]["prev"], last_hash.as_str());
-        let summary = verify_files(&[path.clone()]).expect("verifies");
+        let summary = verify_files(std::slice::from_ref(&path)).expect("verifies");
         assert!(!summary.intact());
         assert_eq!((summary.first_seq, summary.last_seq), (3, 4));
         let text = summary.to_string();
@@ -690,7 +690,12 @@ mod tests {
         std::fs::copy(&path, &copy).expect("cp");
         std::fs::rename(&copy, &path).expect("mv");
         log.append(None, &stopped("b")).expect("append");
-        assert_eq!(verify_files(&[path.clone()]).expect("verifies").records, 3);
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path))
+                .expect("verifies")
+                .records,
+            3
+        );
         // Anything else is kept aside, never appended to.
         std::fs::write(&copy, b"{\"seq\":0,\"forged\":true}\n").expect("write");
         std::fs::rename(&copy, &path).expect("mv");

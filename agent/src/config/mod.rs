@@ -364,11 +364,7 @@ impl Source<'_> {
 
     /// A duration without bounds: only [`Source::duration_in`] calls it, so every configured
     /// duration is range-checked (`config::bounds`).
-    fn duration(
-        &self,
-        value: &Spanned<String>,
-        field: &str,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
             self.invalid(
                 value.span().start,
