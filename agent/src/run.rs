@@ -20,7 +20,7 @@ use crate::{
         registry::Registry,
     },
     reload::{generation::GenerationStore, Reloader},
-    watch::shutdown_signal,
+    watch::ShutdownSignal,
 };
 
 /// The agent could not start.
@@ -63,6 +63,9 @@ pub struct RunOptions {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunError> {
+    // Caught from here on: a SIGTERM during start-up stops the agent once it is up, not by default
+    // action half-way (which would leave no agent_stopped record).
+    let mut shutdown = ShutdownSignal::install();
     match crate::accept::raise_nofile_limit() {
         Ok(l) if l.soft != l.was => tracing::info!(
             from = l.was,
@@ -214,7 +217,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
     let monitor_task = tokio::spawn(monitor.run(tx, stop_rx.clone()));
     tracing::info!(admin = %admin_addr, "agent ready");
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown.recv() => {}
         _ = reloader.run(rx, stop_rx) => {}
     }
     let _ = stop_tx.send(true);
