@@ -257,6 +257,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
         return Err(io::Error::last_os_error());
     }
     let was = limit.rlim_cur;
+    let _ = INHERITED_SOFT_NOFILE.set(was);
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -273,6 +274,37 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
         soft: limit.rlim_cur,
         hard: limit.rlim_max,
     })
+}
+
+/// The soft `RLIMIT_NOFILE` the agent was started with, before [`raise_nofile_limit`].
+static INHERITED_SOFT_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Gives a child the soft `RLIMIT_NOFILE` the agent was started with, as systemd does for the
+/// services it starts: the raised limit is for the agent's own accept loops, and an action's
+/// program (a `select()`-based tool among them) must not inherit descriptors above 1,024.
+pub fn restore_inherited_nofile(cmd: &mut tokio::process::Command) {
+    if let Some(&soft) = INHERITED_SOFT_NOFILE.get() {
+        lower_child_nofile(cmd, soft);
+    }
+}
+
+/// Lowers the child's soft `RLIMIT_NOFILE` to `soft` (never raises it).
+fn lower_child_nofile(cmd: &mut tokio::process::Command, soft: u64) {
+    // SAFETY: the closure runs between fork and exec and only calls getrlimit/setrlimit, which are
+    // async-signal-safe, on stack values.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && soft < limit.rlim_cur {
+                limit.rlim_cur = soft;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The current soft `RLIMIT_NOFILE` (`None` when it cannot be read).
@@ -469,5 +501,25 @@ mod tests {
         assert_eq!(limit.soft, limit.hard);
         assert!(limit.soft >= limit.was);
         assert_eq!(soft_nofile_limit(), Some(limit.soft));
+    }
+
+    /// An action's program gets the limit the agent started with, not the raised one.
+    #[tokio::test]
+    async fn a_child_gets_the_lowered_soft_limit() {
+        let soft = soft_nofile_limit().expect("getrlimit");
+        let want = soft.min(1024) - 1;
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", "ulimit -Sn"]);
+        lower_child_nofile(&mut cmd, want);
+        let out = cmd.output().await.expect("sh runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want.to_string()
+        );
+        assert_eq!(
+            soft_nofile_limit(),
+            Some(soft),
+            "the agent's own limit is untouched"
+        );
     }
 }

@@ -271,6 +271,7 @@ async fn exec(argv: &[String], config: &ActionConfig, generation: u64) -> Outcom
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    crate::accept::restore_inherited_nofile(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
