@@ -906,6 +906,14 @@ fn a_new_client_ca_is_trusted_without_a_restart_by_apiserver_controller_manager_
             "{name} ({url}) refuses a client of an unknown CA"
         );
     }
+    // A test before this one may have restarted etcd or the API server: the controller-manager
+    // and the scheduler then miss lease renewals and exit up to --leader-elect-renew-deadline
+    // later (CI saw the controller-manager restart in the middle of this test). Start counting
+    // only once each has renewed its Lease against the API server as it is now.
+    for component in [CONTROLLER_MANAGER, SCHEDULER] {
+        cp.wait_leading(component, None)
+            .unwrap_or_else(|e| panic!("{component} leads before the measurement: {e:#}"));
+    }
     let restarts = restart_counts(&cp);
 
     // ca.crt = new + old, as a rotation publishes it (no key change, nothing restarted).
@@ -972,7 +980,12 @@ fn a_new_client_ca_is_trusted_without_a_restart_by_apiserver_controller_manager_
         secs(trusted[2]),
         restart_counts(&cp),
     );
-    assert_eq!(restart_counts(&cp), restarts, "nothing was restarted");
+    assert_eq!(
+        restart_counts(&cp),
+        restarts,
+        "nothing was restarted; the components' last lines:\n{}",
+        cp.logs(20)
+    );
 
     // Back to the original ca.crt: the API server and the controller-manager, which read the
     // file, stop trusting the removed CA.
@@ -1059,5 +1072,10 @@ fn a_new_client_ca_is_trusted_without_a_restart_by_apiserver_controller_manager_
         secs(recreated),
         secs(refused)
     );
-    assert_eq!(restart_counts(&cp), restarts, "nothing was restarted");
+    assert_eq!(
+        restart_counts(&cp),
+        restarts,
+        "nothing was restarted; the components' last lines:\n{}",
+        cp.logs(20)
+    );
 }
