@@ -5,6 +5,7 @@
 //! message on a developer machine, and fail under `CI=true`, where eBPF must work.
 
 pub mod kube;
+pub mod openssl;
 pub mod pki;
 
 use std::{

@@ -6,15 +6,9 @@ use std::{
     process::Command,
 };
 
+use certreload_e2e::openssl::available as have_openssl;
 use certreload_e2e::{certreload_bin, skip_unless};
 use serde_json::Value;
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

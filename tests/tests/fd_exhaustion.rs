@@ -13,13 +13,13 @@
 
 use std::{
     fs,
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Read},
     net::TcpStream,
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use certreload_e2e::openssl::{file_fingerprint, served_fingerprint};
 use certreload_e2e::{
     pki::{Leaf, TestCa},
     skip_unless, Agent, EVENT_DEADLINE,
@@ -74,40 +74,6 @@ fn measure(agent: &Agent) -> (f64, usize) {
     std::thread::sleep(WINDOW); // a measurement window, not a synchronisation
     let share = (cpu_seconds(agent.pid()) - cpu0) / start.elapsed().as_secs_f64();
     (share, accept_lines(agent).saturating_sub(lines0))
-}
-
-/// SHA-256 fingerprint of the certificate served at `addr` (`openssl s_client`).
-fn served_fingerprint(addr: &str) -> String {
-    let s_client = Command::new("openssl")
-        .args(["s_client", "-connect", addr, "-servername", "localhost"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .expect("s_client runs");
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("x509 runs");
-    let _ = x509
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&s_client.stdout);
-    let out = x509.wait_with_output().expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn file_fingerprint(path: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()
-        .expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Waits until new handshakes at `addr` see `fingerprint`.

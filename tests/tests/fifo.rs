@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use certreload_e2e::openssl::{available as have_openssl, fingerprint_of, served_fingerprint};
 use certreload_e2e::{
     certreload_bin,
     pki::{Leaf, TestCa},
@@ -26,13 +27,6 @@ use serde_json::Value;
 
 /// How long SIGTERM may take to stop the agent ("within a few seconds in every state").
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
@@ -55,35 +49,6 @@ fn http_get(addr: &str, path: &str) -> Result<String, String> {
     s.read_to_string(&mut body)
         .map_err(|e| format!("GET {path}: {e}"))?;
     Ok(body)
-}
-
-/// SHA-256 fingerprint of the certificate served at `addr`, by `openssl s_client` (10 s bound).
-fn served_fingerprint(addr: &str) -> String {
-    let s_client = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect", addr])
-        .args(["-servername", "localhost"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .expect("s_client runs");
-    fingerprint_of(&s_client.stdout)
-}
-
-fn fingerprint_of(pem: &[u8]) -> String {
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("x509 runs");
-    x509.stdin
-        .take()
-        .expect("stdin")
-        .write_all(pem)
-        .expect("pipe");
-    let out = x509.wait_with_output().expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// SIGTERM, then waits (bounded) until the agent has exited; returns its records.

@@ -13,23 +13,17 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use certreload_e2e::openssl::{available as have_openssl, fingerprint_of, served_fingerprint};
 use certreload_e2e::{
     is_root,
     pki::{Leaf, TestCa},
     skip_unless, Agent, EVENT_DEADLINE,
 };
 use serde_json::Value;
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// `GET path` on the admin endpoint, bounded.
 fn http_get(addr: &str, path: &str) -> String {
@@ -60,35 +54,6 @@ fn wait_for<T>(agent: &Agent, what: &str, mut probe: impl FnMut() -> Option<T>) 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// SHA-256 fingerprint of the certificate served at `addr` (`openssl s_client`, 10 s bound).
-fn served_fingerprint(addr: &str) -> String {
-    let s_client = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect", addr])
-        .args(["-servername", "localhost"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .expect("s_client runs");
-    fingerprint_of(&s_client.stdout)
-}
-
-fn fingerprint_of(pem: &[u8]) -> String {
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("x509 runs");
-    x509.stdin
-        .take()
-        .expect("stdin")
-        .write_all(pem)
-        .expect("pipe");
-    let out = x509.wait_with_output().expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `chattr` on `path`; the error when the filesystem does not support the flag.

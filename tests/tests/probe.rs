@@ -10,14 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use certreload_e2e::openssl::available as have_openssl;
 use certreload_e2e::{pki::Leaf, skip_unless, Agent};
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn self_signed(dir: &Path, stem: &str) {
     let (cert, key) = Leaf::server("localhost").self_signed();

@@ -9,17 +9,11 @@ use std::{
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
+use certreload_e2e::openssl::{available as have_openssl, file_fingerprint, served_fingerprint};
 use certreload_e2e::{
     pki::{Leaf, TestCa},
     skip_unless, Agent,
 };
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Body the upstream answers an HTTP GET with (what curl must print through the listener).
 const HTTP_BODY: &str = "hello from the upstream";
@@ -83,30 +77,6 @@ fn curl(addr: &str, ca: &Path, client: Option<(&str, &str)>) -> Result<String, S
     }
 }
 
-/// SHA-256 fingerprint of the certificate a TLS server presents, as openssl prints it.
-fn served_fingerprint(addr: &str) -> String {
-    let s_client = Command::new("openssl")
-        .args(["s_client", "-connect", addr, "-servername", "localhost"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .expect("s_client runs");
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("x509 runs");
-    x509.stdin
-        .take()
-        .expect("stdin")
-        .write_all(&s_client.stdout)
-        .expect("pipe");
-    let out = x509.wait_with_output().expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Replaces `to` with `from` using mv(1), the way operators rotate files by hand.
 fn mv(from: &Path, to: &Path) {
     let status = Command::new("mv")
@@ -115,15 +85,6 @@ fn mv(from: &Path, to: &Path) {
         .status()
         .expect("mv runs");
     assert!(status.success(), "mv {} {}", from.display(), to.display());
-}
-
-fn file_fingerprint(path: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()
-        .expect("x509");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A long-lived `openssl s_client` session, to send lines through after the swap.

@@ -1,0 +1,54 @@
+//! The `openssl` command line as the tests' independent TLS client: what certificate a listener
+//! serves, seen from outside the agent's own code.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+/// Whether `openssl` runs here (tests that need it skip without it, or fail under CI=true).
+pub fn available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// SHA-256 fingerprint of the certificate served at `addr` (SNI `localhost`), as
+/// `openssl x509 -fingerprint -sha256` prints it; empty when no handshake completes within 10 s.
+pub fn served_fingerprint(addr: &str) -> String {
+    let s_client = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect", addr])
+        .args(["-servername", "localhost"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("s_client runs");
+    fingerprint_of(&s_client.stdout)
+}
+
+/// SHA-256 fingerprint of the first certificate in `pem`, in openssl's format; empty when none.
+pub fn fingerprint_of(pem: &[u8]) -> String {
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("x509 runs");
+    // A pipe closed early (no certificate in the input) is the empty answer, not a test failure.
+    let _ = x509.stdin.take().expect("stdin").write_all(pem);
+    let out = x509.wait_with_output().expect("x509");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// SHA-256 fingerprint of the first certificate in the file at `path`, in openssl's format.
+pub fn file_fingerprint(path: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()
+        .expect("x509");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
