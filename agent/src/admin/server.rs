@@ -19,15 +19,8 @@
 
 use std::{
     collections::HashMap,
-    io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
 };
 
 use axum::Router;
@@ -37,7 +30,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{watch, OwnedSemaphorePermit, Semaphore},
 };
@@ -46,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, DescriptorPermit, RateLimitedLog},
     config::admin::AdminSettings,
+    proxy::idle::{Activity, Tracked},
 };
 
 /// hyper's read buffer limit per connection (its default is ~400 KiB; the minimum it allows is
@@ -177,7 +171,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sl
     let _slots = slots;
     let _ = stream.set_nodelay(true);
     let settings = &shared.settings;
-    let activity = Arc::new(Activity::new());
+    let activity = Activity::new();
     let loopback = Peer(peer).is_loopback();
     let Some(tls) = &shared.tls else {
         serve_http(
@@ -228,7 +222,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sl
     }
 }
 
-async fn serve_http<I>(shared: &Shared, io: I, activity: Arc<Activity>, peer: SocketAddr)
+async fn serve_http<I>(shared: &Shared, io: I, activity: Activity, peer: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -247,96 +241,15 @@ where
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle = settings.idle_timeout;
-    loop {
-        let wake = activity.last() + idle;
-        tokio::select! {
-            done = conn.as_mut() => {
-                if let Err(e) = done {
-                    tracing::debug!(client = %peer, error = %e, "admin endpoint: connection closed");
-                }
-                return;
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                if activity.last().elapsed() >= idle {
-                    tracing::debug!(client = %peer, "admin endpoint: no byte moved within idle_timeout; closed");
-                    return;
-                }
+    tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                tracing::debug!(client = %peer, error = %e, "admin endpoint: connection closed");
             }
         }
-    }
-}
-
-/// When a connection last moved a byte either way.
-struct Activity {
-    base: Instant,
-    last_ns: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_ns: AtomicU64::new(0),
+        _ = activity.idle(settings.idle_timeout) => {
+            tracing::debug!(client = %peer, "admin endpoint: no byte moved within idle_timeout; closed");
         }
-    }
-
-    fn touch(&self) {
-        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_ns.store(ns, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that records each successful read or write in its [`Activity`].
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S> Tracked<S> {
-    fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

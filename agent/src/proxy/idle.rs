@@ -1,5 +1,6 @@
-//! Idle detection for proxied connections: a stream wrapper that stamps every successful read and
-//! write, so a watchdog can close a connection nobody has used for `idle_timeout`.
+//! Idle detection for connections (the TLS front's and the admin endpoint's): a stream wrapper
+//! that stamps every successful read and write, so a watchdog can close a connection nobody has
+//! used for `idle_timeout`.
 
 use std::{
     pin::Pin,
