@@ -441,10 +441,12 @@ impl Agent {
             .to_string()
     }
 
-    /// Every audit record so far.
+    /// Every complete audit record so far. A line without its newline is one the agent is still
+    /// writing (a read may see part of a `write()` on a regular file), so it is left for the next call.
     pub fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| {
                 serde_json::from_str(l)
