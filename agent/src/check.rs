@@ -100,13 +100,10 @@ pub fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
 pub fn render_text(verdicts: &[BundleVerdict]) -> String {
     let mut out = String::new();
     for v in verdicts {
-        let kind = serde_json::to_value(v.kind)
-            .ok()
-            .and_then(|k| k.as_str().map(str::to_owned))
-            .unwrap_or_default();
         out.push_str(&format!(
-            "bundle {} ({kind}): {}\n",
+            "bundle {} ({}): {}\n",
             v.name,
+            v.kind.as_str(),
             if v.valid { "VALID" } else { "INVALID" }
         ));
         for r in &v.report.results {
@@ -155,5 +152,22 @@ mod tests {
         let verdicts = run(&wrong).expect("runs");
         assert!(!verdicts[0].valid);
         assert!(render_text(&verdicts).contains("FAIL  parse"));
+    }
+
+    #[test]
+    fn bundle_kind_name_is_its_serde_name() {
+        for kind in [
+            BundleKind::Server,
+            BundleKind::Client,
+            BundleKind::Ca,
+            BundleKind::SaKeys,
+            BundleKind::Kubeconfig,
+        ] {
+            let json = serde_json::to_string(&kind).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.to_string(), kind.as_str());
+            let back: BundleKind = serde_json::from_str(&json).expect("deserialise");
+            assert_eq!(back, kind);
+        }
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     material::validate::{Check, CheckResult},
-    monitor::Writer,
+    monitor::{ChangeKind, Source, Writer},
 };
 
 /// One audited step. Serialised flat into the record, with `event` naming the variant.
@@ -32,10 +32,10 @@ pub enum AuditEvent {
     ChangeDetected {
         /// The file.
         path: PathBuf,
-        /// `ebpf`, `inotify` or `resync`.
-        source: String,
-        /// `modified`, `replaced`, `created` or `removed`.
-        kind: String,
+        /// `ebpf`, `inotify` or `resync` ([`Source::as_str`]).
+        source: Source,
+        /// `modified`, `replaced`, `created` or `removed` ([`ChangeKind::as_str`]).
+        kind: ChangeKind,
         /// Who made it, when known.
         writer: Option<Writer>,
         /// SHA-256 of the new content (null when removed).

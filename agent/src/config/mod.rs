@@ -80,6 +80,25 @@ pub enum BundleKind {
     Kubeconfig,
 }
 
+impl BundleKind {
+    /// The name used in the config file, `check` output and `/status` (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleKind::Server => "server",
+            BundleKind::Client => "client",
+            BundleKind::Ca => "ca",
+            BundleKind::SaKeys => "sa-keys",
+            BundleKind::Kubeconfig => "kubeconfig",
+        }
+    }
+}
+
+impl std::fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[agent]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSettings {

@@ -1,13 +1,15 @@
 //! Confirmed changes: the monitor's only output, one per real change of a watched path.
 
-use std::path::PathBuf;
+use std::{fmt, path::PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::hint::{Source, Writer};
 
-/// How a watched path changed between two observations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a watched path changed between two observations. The name ([`ChangeKind::as_str`]) is what
+/// audit records and `--output text` show, so `Serialize` and `Display` are built on it;
+/// `Deserialize` reads the same names back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     /// Same file (device and inode), new content.
@@ -19,6 +21,30 @@ pub enum ChangeKind {
     Created,
     /// The path no longer leads to a file.
     Removed,
+}
+
+impl ChangeKind {
+    /// The stable name (`modified`, `replaced`, `created`, `removed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Modified => "modified",
+            ChangeKind::Replaced => "replaced",
+            ChangeKind::Created => "created",
+            ChangeKind::Removed => "removed",
+        }
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ChangeKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// A change the agent has verified by re-reading the file, with the kernel's attribution.
@@ -51,12 +77,7 @@ pub struct ConfirmedChange {
 impl ConfirmedChange {
     /// One human-readable line for `--output text`.
     pub fn to_text(&self) -> String {
-        let kind = match self.kind {
-            ChangeKind::Modified => "modified",
-            ChangeKind::Replaced => "replaced",
-            ChangeKind::Created => "created",
-            ChangeKind::Removed => "removed",
-        };
+        let kind = self.kind;
         let who = match &self.writer {
             Some(w) => format!(
                 "by {}[{}] uid={} cgroup={}",
@@ -73,15 +94,33 @@ impl ConfirmedChange {
             .latency_us
             .map(|l| format!(", {l}us"))
             .unwrap_or_default();
-        let source = serde_json::to_value(self.source)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let source = self.source;
         format!(
             "{} {kind} {} {who} via {} ({source}{latency}) sha256={sha}",
             self.ts,
             self.path.display(),
             self.operation
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_kind_name_is_its_json_and_reads_back() {
+        for kind in [
+            ChangeKind::Modified,
+            ChangeKind::Replaced,
+            ChangeKind::Created,
+            ChangeKind::Removed,
+        ] {
+            let json = serde_json::to_string(&kind).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.to_string(), kind.as_str());
+            let back: ChangeKind = serde_json::from_str(&json).expect("deserialise");
+            assert_eq!(back, kind);
+        }
     }
 }

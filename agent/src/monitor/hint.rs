@@ -3,9 +3,9 @@
 //! A hint is never reported as such. The confirmer re-reads the watched paths a hint concerns and
 //! reports a change only if the content or target really changed, carrying the hint's attribution.
 
-use std::ffi::OsString;
+use std::{ffi::OsString, fmt};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Who changed a file, as the kernel saw it at the syscall. Absent for inotify and resync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,8 +24,10 @@ pub struct Writer {
     pub cgroup_id: u64,
 }
 
-/// Where a hint or change came from; printed as `source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a hint or change came from; printed as `source`. The name ([`Source::as_str`]) is what
+/// audit records, the `change_events_total` label and `--output text` show, so `Serialize` and
+/// `Display` are built on it; `Deserialize` reads the same names back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The eBPF programs (with writer attribution).
@@ -34,6 +36,29 @@ pub enum Source {
     Inotify,
     /// The periodic content resync (the backstop for everything hooks cannot see).
     Resync,
+}
+
+impl Source {
+    /// The stable name (`ebpf`, `inotify`, `resync`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Ebpf => "ebpf",
+            Source::Inotify => "inotify",
+            Source::Resync => "resync",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Source {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// Which watched paths a hint concerns.
@@ -58,4 +83,20 @@ pub struct Hint {
     pub kernel_ts_ns: Option<u64>,
     /// The operation, for the record (`close`, `rename`, `exit`, `IN_CLOSE_WRITE`, `resync`, ...).
     pub operation: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_name_is_its_json_and_reads_back() {
+        for source in [Source::Ebpf, Source::Inotify, Source::Resync] {
+            let json = serde_json::to_string(&source).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", source.as_str()));
+            assert_eq!(source.to_string(), source.as_str());
+            let back: Source = serde_json::from_str(&json).expect("deserialise");
+            assert_eq!(back, source);
+        }
+    }
 }

@@ -157,13 +157,11 @@ impl Reloader {
         let mut touched = BTreeSet::new();
         for change in &batch {
             if let Some((metrics, _)) = &self.observers {
-                let source = serde_json::to_value(change.source)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
                 metrics
                     .change_events
-                    .get_or_create(&SourceLabel { source })
+                    .get_or_create(&SourceLabel {
+                        source: change.source.as_str().to_owned(),
+                    })
                     .inc();
             }
             let bundles = self.by_path.get(&change.path).cloned().unwrap_or_default();
@@ -176,14 +174,8 @@ impl Reloader {
                 } else {
                     AuditEvent::ChangeDetected {
                         path: change.path.clone(),
-                        source: serde_json::to_value(change.source)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                        kind: serde_json::to_value(change.kind)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        source: change.source,
+                        kind: change.kind,
                         writer: change.writer.clone(),
                         sha256: change.sha256.clone(),
                     }
