@@ -20,5 +20,6 @@ pub mod regular_file;
 pub mod reload;
 pub mod run;
 pub mod status_cmd;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -7,7 +7,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    admin::{self, metrics::Metrics, status::AgentState},
+    admin::{self, status::AgentState},
     audit::{
         append_shared,
         kube_events::{self, NodeEvents},
@@ -20,6 +20,7 @@ use crate::{
         registry::Registry,
     },
     reload::{generation::GenerationStore, Reloader},
+    telemetry::Metrics,
     watch::ShutdownSignal,
 };
 

@@ -28,16 +28,16 @@ use tokio::sync::watch;
 
 use self::{
     auth::{Authorizer, Decision},
-    metrics::Metrics,
+    metrics::Exposition,
     server::Peer,
     status::AgentState,
 };
-use crate::config::admin::AdminSettings;
+use crate::{config::admin::AdminSettings, telemetry::Metrics};
 
 #[derive(Clone)]
 struct Admin {
     state: Arc<AgentState>,
-    metrics: Arc<Metrics>,
+    exposition: Arc<Exposition>,
     /// `None` when bound to loopback: nothing beyond it can connect, nothing to authorize.
     authorizer: Option<Arc<Authorizer>>,
 }
@@ -86,7 +86,8 @@ impl Endpoint {
         })
     }
 
-    /// Serves on `listener` until `shutdown`.
+    /// Serves on `listener` until `shutdown`: `/status` from `state`, `/metrics` from `metrics` and
+    /// `state`.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -102,7 +103,7 @@ impl Endpoint {
             .route("/metrics", get(metrics_text))
             .with_state(Admin {
                 state,
-                metrics,
+                exposition: Arc::new(Exposition::new(&metrics)),
                 authorizer,
             });
         let shared = Arc::new(server::Shared {
@@ -222,7 +223,7 @@ async fn metrics_text(
     if let Err(denied) = authorize(&admin, peer, &headers, "/metrics").await {
         return denied;
     }
-    let body = admin.metrics.render(&admin.state.status());
+    let body = admin.exposition.render(&admin.state.status());
     (
         [(
             "content-type",

@@ -13,9 +13,9 @@ use super::{
     settle::ConvergenceFeed,
 };
 use crate::{
-    admin::metrics::{ActionLabel, Metrics},
     audit::{append_shared, AuditEvent, SharedAudit},
     config::{ActionCommand, ActionConfig, ActionLock, ActionTrigger, SignalTarget},
+    telemetry::{ActionLabel, Metrics},
 };
 
 /// Most bytes of a command's output kept in the record.

@@ -15,10 +15,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::{
-    admin::metrics::Metrics,
     audit::SharedAudit,
     config::{ActionTrigger, Config},
     reload::generation::GenerationStore,
+    telemetry::Metrics,
 };
 
 /// Each probe's latest verdict, by name (read by `/status`).

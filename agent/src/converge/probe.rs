@@ -19,10 +19,10 @@ use super::{
     StaleNotice,
 };
 use crate::{
-    admin::metrics::{Metrics, ProbeLabel},
     audit::{append_shared, AuditEvent, SharedAudit},
     config::{BundleKind, ProbeConfig},
     reload::generation::{Generation, GenerationStore},
+    telemetry::{Metrics, ProbeLabel},
 };
 
 /// First retry delay after a failed check during convergence; doubles up to [`MAX_BACKOFF`].

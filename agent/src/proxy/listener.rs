@@ -18,10 +18,10 @@ use super::{
 };
 use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, RateLimitedLog},
-    admin::metrics::Metrics,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::ListenerConfig,
     reload::generation::GenerationStore,
+    telemetry::Metrics,
     tls::{client_config::ClientSlot, slot::TlsSlot},
 };
 
@@ -262,7 +262,7 @@ async fn handle(
     let upstream_failed = |reason: &str| {
         ctx.metrics
             .upstream_failures
-            .get_or_create(&crate::admin::metrics::ListenerLabel {
+            .get_or_create(&crate::telemetry::ListenerLabel {
                 listener: config.name.clone(),
             })
             .inc();

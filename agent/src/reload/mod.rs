@@ -25,15 +25,13 @@ use tokio::sync::{mpsc, watch};
 
 use self::generation::{Generation, GenerationStore};
 use crate::{
-    admin::{
-        metrics::{BundleLabel, BundleReason, Metrics, SourceLabel},
-        status::AgentState,
-    },
+    admin::status::AgentState,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::{BundleFiles, Config},
     gate::{validate_bundle, Current},
     material::inspect::CertInfo,
     monitor::{ConfirmedChange, Source},
+    telemetry::{BundleLabel, BundleReason, Metrics, SourceLabel},
 };
 
 /// Drives the gate and the generation store from confirmed changes.
