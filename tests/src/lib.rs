@@ -4,6 +4,7 @@
 //! Tests that need eBPF (root, the built object, a kernel that accepts the programs) skip with a
 //! message on a developer machine, and fail under `CI=true`, where eBPF must work.
 
+pub mod http;
 pub mod kube;
 pub mod openssl;
 pub mod pki;

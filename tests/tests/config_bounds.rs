@@ -11,7 +11,7 @@
 
 use std::{
     fs,
-    io::{Read, Write},
+    io::Read,
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -20,7 +20,7 @@ use std::{
 };
 
 use certreload_e2e::{
-    certreload_bin,
+    certreload_bin, http,
     pki::{Leaf, TestCa},
     Agent, EVENT_DEADLINE,
 };
@@ -350,22 +350,6 @@ const LARGEST: [(&str, &str, &str, &str); 15] = [
     ("locks", "lease_duration", "\"1h\"", "\"3601s\""),
 ];
 
-/// `GET path` on the admin endpoint, bounded: Err when it does not answer within 5 s.
-fn http_get(addr: &str, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    Ok(body)
-}
-
 /// One TLS handshake with the listener; the served leaf.
 fn served_leaf(addr: &str, ca_pem: &str) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
@@ -413,7 +397,7 @@ fn the_largest_allowed_values_run_and_one_step_beyond_is_refused() {
         r["event"] == "material_accepted" && r["bundle"] == "web" && r["new_generation"] == 1
     });
     let admin = agent.log_field("agent ready", "admin");
-    let health = http_get(&admin, "/healthz").expect("/healthz answers");
+    let health = http::get(&admin, "/healthz").expect("/healthz answers");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let listener = agent.log_field("listener=web", "address");
     let first = served_leaf(&listener, &node.ca.pem);
@@ -437,7 +421,7 @@ fn the_largest_allowed_values_run_and_one_step_beyond_is_refused() {
         assert!(Instant::now() < deadline, "generation 2 never served");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let health = http_get(&admin, "/healthz").expect("/healthz answers after the rotation");
+    let health = http::get(&admin, "/healthz").expect("/healthz answers after the rotation");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let log = agent.log();
     assert!(!log.contains("panicked"), "no task panicked:\n{log}");

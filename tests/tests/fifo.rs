@@ -9,8 +9,7 @@
 use std::{
     ffi::CString,
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -19,7 +18,7 @@ use std::{
 
 use certreload_e2e::openssl::{available as have_openssl, fingerprint_of, served_fingerprint};
 use certreload_e2e::{
-    certreload_bin,
+    certreload_bin, http,
     pki::{Leaf, TestCa},
     skip_unless, Agent,
 };
@@ -33,22 +32,6 @@ fn mkfifo(path: &Path) {
     // SAFETY: a valid NUL-terminated path.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(rc, 0, "mkfifo {}", path.display());
-}
-
-/// `GET path` on the admin endpoint, bounded: Err when it does not answer within 5 s.
-fn http_get(addr: &str, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    Ok(body)
 }
 
 /// SIGTERM, then waits (bounded) until the agent has exited; returns its records.
@@ -177,7 +160,7 @@ fn a_fifo_swapped_in_while_running_is_refused_and_the_agent_stays_responsive() {
     });
     assert_eq!(rejected["current_generation"], 1, "{rejected}");
 
-    let health = http_get(&admin, "/healthz").expect("/healthz answers");
+    let health = http::get(&admin, "/healthz").expect("/healthz answers");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert_eq!(
         served_fingerprint(&front),
@@ -202,9 +185,9 @@ fn a_fifo_present_at_start_up_leaves_the_bundle_not_ready_with_the_reason() {
     let crt = node.path("tls.crt");
     agent.expect_record("the FIFO refused at start-up", |r| mentions_fifo(r, &crt));
     let admin = agent.log_field("agent ready", "admin");
-    let health = http_get(&admin, "/healthz").expect("/healthz answers");
+    let health = http::get(&admin, "/healthz").expect("/healthz answers");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    let ready = http_get(&admin, "/readyz").expect("/readyz answers");
+    let ready = http::get(&admin, "/readyz").expect("/readyz answers");
     assert!(
         ready.starts_with("HTTP/1.1 503") && ready.contains("web"),
         "not ready, naming the bundle: {ready}"

@@ -10,8 +10,8 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    io::Write,
+    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -19,26 +19,11 @@ use std::{
 
 use certreload_e2e::openssl::{available as have_openssl, fingerprint_of, served_fingerprint};
 use certreload_e2e::{
-    is_root,
+    http, is_root,
     pki::{Leaf, TestCa},
     skip_unless, Agent, EVENT_DEADLINE,
 };
 use serde_json::Value;
-
-/// `GET path` on the admin endpoint, bounded.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("admin endpoint answers");
-    body
-}
 
 /// Polls `probe` until it returns `Some`, or fails naming `what` and the agent's log.
 fn wait_for<T>(agent: &Agent, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -187,7 +172,7 @@ fn an_unwritable_audit_log_holds_the_change_reports_it_and_applies_it_once_writa
     let admin = agent.log_field("agent ready", "admin");
     let front = agent.log_field("listener=front", "address");
     let first = served_fingerprint(&front);
-    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http::get_ok(&admin, "/readyz").starts_with("HTTP/1.1 200"));
 
     let audit = node.audit();
     if let Err(e) = chattr("+i", &audit) {
@@ -203,14 +188,14 @@ fn an_unwritable_audit_log_holds_the_change_reports_it_and_applies_it_once_writa
 
     // Nothing recorded, so nothing applied; and the agent says why.
     let ready = wait_for(&agent, "/readyz naming the audit log", || {
-        let r = http_get(&admin, "/readyz");
+        let r = http::get_ok(&admin, "/readyz");
         r.starts_with("HTTP/1.1 503").then_some(r)
     });
     assert!(
         ready.contains("audit log") && ready.contains(&audit.display().to_string()),
         "{ready}"
     );
-    let metrics = http_get(&admin, "/metrics");
+    let metrics = http::get_ok(&admin, "/metrics");
     assert!(
         metric(&metrics, "certreload_audit_write_failures_total").is_some_and(|v| v >= 1.0),
         "failed appends counted:\n{metrics}"
@@ -231,11 +216,11 @@ fn an_unwritable_audit_log_holds_the_change_reports_it_and_applies_it_once_writa
         (served_fingerprint(&front) == expected).then_some(())
     });
     wait_for(&agent, "/readyz 200 again", || {
-        http_get(&admin, "/readyz")
+        http::get_ok(&admin, "/readyz")
             .starts_with("HTTP/1.1 200")
             .then_some(())
     });
-    let metrics = http_get(&admin, "/metrics");
+    let metrics = http::get_ok(&admin, "/metrics");
     assert_eq!(metric(&metrics, "certreload_audit_writable"), Some(1.0));
     // The change itself is on record too, before the generation it produced.
     let records = agent.stop();

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -11,6 +11,7 @@ use std::{
 
 use certreload_e2e::openssl::{available as have_openssl, file_fingerprint, served_fingerprint};
 use certreload_e2e::{
+    http,
     pki::{Leaf, TestCa},
     skip_unless, Agent,
 };
@@ -128,18 +129,6 @@ impl Session {
     }
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
-}
-
 /// The listener's server certificate (localhost) from `ca`.
 fn issue(ca: &TestCa) -> (String, String) {
     ca.issue(&Leaf::server("localhost"))
@@ -229,7 +218,7 @@ stale_grace = "1s"
 
     // The connection made before the swap still carries a request and its response.
     assert_eq!(old.round_trip("after"), "echo: after");
-    let metrics = http_get(&admin, "/metrics");
+    let metrics = http::get_ok(&admin, "/metrics");
     assert!(
         metrics.contains(r#"certreload_listener_connections{listener="front",state="stale"} 1"#),
         "the pre-swap connection counts as stale:\n{metrics}"
@@ -238,9 +227,9 @@ stale_grace = "1s"
         metrics.contains("x509_cert_not_after{"),
         "x509 exporter families are exported:\n{metrics}"
     );
-    let status = http_get(&admin, "/status");
+    let status = http::get_ok(&admin, "/status");
     assert!(status.contains("\"server_generation\":2"), "{status}");
-    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http::get_ok(&admin, "/readyz").starts_with("HTTP/1.1 200"));
     let table = Command::new(certreload_e2e::certreload_bin())
         .args(["status", "--admin", &admin])
         .output()
