@@ -1,0 +1,212 @@
+//! The profile's TOML writer: renders the kubeadm table's bundles, probes and actions, leaving out
+//! (with one line saying why) each entry whose files or bundles are not on this node.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// The generated text so far, and what was left out of it.
+pub(super) struct Writer<'a> {
+    /// The host filesystem root every relative path is joined to.
+    pub(super) root: &'a Path,
+    /// The configuration text.
+    pub(super) out: String,
+    /// One line per entry left out or chosen from the node's files.
+    pub(super) skipped: Vec<String>,
+    /// The bundles written so far (probes and actions need theirs).
+    bundles: Vec<&'static str>,
+}
+
+/// One `[[bundle]]`: files relative to the host root, by config field.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bundle<'a> {
+    pub(super) name: &'static str,
+    /// The config `kind`.
+    pub(super) kind: &'static str,
+    /// Fields that must all exist on the node, or the bundle is left out.
+    pub(super) fields: &'a [(&'a str, &'a str)],
+    /// Fields written only when their file exists (a CA's key).
+    pub(super) optional: &'a [(&'a str, &'a str)],
+    /// Extra lines (`signing = true`).
+    pub(super) settings: &'a [&'a str],
+}
+
+impl<'a> Bundle<'a> {
+    /// A bundle of required fields only.
+    pub(super) const fn of(
+        name: &'static str,
+        kind: &'static str,
+        fields: &'a [(&'a str, &'a str)],
+    ) -> Self {
+        Bundle {
+            name,
+            kind,
+            fields,
+            optional: &[],
+            settings: &[],
+        }
+    }
+}
+
+/// What a probe checks after the handshake (the `check` and `request` keys of `[[probe]]`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Check<'a> {
+    /// The served leaf, and a client certificate refused in the handshake (etcd).
+    Tls,
+    /// One HTTP request over the mTLS connection: 401 means the client CA is not trusted.
+    Http(&'a str),
+    /// The API server's JWKS against the sa-keys bundle's key ids.
+    Jwks,
+}
+
+/// One `[[probe]]` of the profile.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Probe<'a> {
+    pub(super) name: &'a str,
+    pub(super) endpoint: &'a str,
+    pub(super) server_name: &'a str,
+    pub(super) bundle: &'a str,
+    pub(super) client: Option<&'a str>,
+    pub(super) check: Check<'a>,
+    /// How long the component has to reflect a new generation (measured per component).
+    pub(super) deadline: Duration,
+    /// A token file sent as `Authorization: Bearer` with the probe's request.
+    pub(super) bearer: Option<&'a Path>,
+}
+
+/// Components whose restarts take turns across control-plane nodes (an action named
+/// `<component>-...` gets `lock = "<component>"`; the Lease names are in deploy/rbac.yaml). The
+/// kubelet is not among them: its restart is node-local, and serialising it over every node of a
+/// large cluster would take hours.
+const CONTROL_PLANE_LOCKS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+impl<'a> Writer<'a> {
+    /// Starts the profile for the host at `root` with its header and `[audit]` table.
+    pub(super) fn new(root: &'a Path, audit: &str) -> Self {
+        Writer {
+            root,
+            out: format!(
+                "# certreload kubeadm profile (generated for {}).\n[audit]\npath = \"{audit}\"\n",
+                root.display()
+            ),
+            skipped: Vec::new(),
+            bundles: Vec::new(),
+        }
+    }
+
+    /// `rel` under the host root.
+    pub(super) fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Adds a bundle if every one of its `fields` exists; otherwise records one skip line.
+    pub(super) fn bundle(&mut self, b: &Bundle<'_>) {
+        for (_, rel) in b.fields {
+            let path = self.path(rel);
+            if !path.exists() {
+                self.skipped.push(format!(
+                    "bundle {}: {} not on this node, skipped",
+                    b.name,
+                    path.display()
+                ));
+                return;
+            }
+        }
+        let _ = writeln!(
+            self.out,
+            "\n[[bundle]]\nname = \"{}\"\nkind = \"{}\"",
+            b.name, b.kind
+        );
+        let present: Vec<_> = b
+            .optional
+            .iter()
+            .filter(|(_, rel)| self.path(rel).exists())
+            .collect();
+        for (field, rel) in b.fields.iter().chain(present) {
+            if *field == "public_keys" {
+                let _ = writeln!(self.out, "public_keys = [{:?}]", self.path(rel));
+            } else {
+                let _ = writeln!(self.out, "{field} = {:?}", self.path(rel));
+            }
+        }
+        for line in b.settings {
+            let _ = writeln!(self.out, "{line}");
+        }
+        self.bundles.push(b.name);
+    }
+
+    /// Whether `bundle` was written.
+    pub(super) fn has(&self, bundle: &str) -> bool {
+        self.bundles.contains(&bundle)
+    }
+
+    /// Adds a probe when its bundles are present.
+    pub(super) fn probe(&mut self, p: &Probe<'_>) {
+        let missing = [Some(p.bundle), p.client]
+            .into_iter()
+            .flatten()
+            .find(|b| !self.has(b));
+        if let Some(b) = missing {
+            self.skipped.push(format!(
+                "probe {}: bundle {b} is not on this node, skipped",
+                p.name
+            ));
+            return;
+        }
+        let _ = writeln!(
+            self.out,
+            "\n[[probe]]\nname = \"{}\"\nendpoint = \"{}\"\nserver_name = \"{}\"\nbundle = \"{}\"",
+            p.name, p.endpoint, p.server_name, p.bundle
+        );
+        if let Some(c) = p.client {
+            let _ = writeln!(self.out, "client_bundle = \"{c}\"");
+        }
+        if let Some(token) = p.bearer {
+            let _ = writeln!(self.out, "bearer_token_file = {token:?}");
+        }
+        let _ = match p.check {
+            Check::Tls => writeln!(self.out, "check = \"tls\""),
+            Check::Http(request) => writeln!(self.out, "check = \"http\"\nrequest = \"{request}\""),
+            Check::Jwks => writeln!(self.out, "check = \"jwks\""),
+        };
+        let _ = writeln!(
+            self.out,
+            "deadline = \"{}s\"\ninterval = \"30s\"",
+            p.deadline.as_secs()
+        );
+    }
+
+    /// Adds a disabled action (enable it by name from a config file). A control-plane component
+    /// restart names the component as its `lock`: every control-plane node's agent sees a
+    /// cluster-wide rotation at once, and restarting etcd or kube-apiserver everywhere together
+    /// loses quorum or the API, so enabled restarts take turns through a Lease.
+    pub(super) fn action(
+        &mut self,
+        name: &str,
+        bundle: &str,
+        on: &str,
+        why: &str,
+        argv: &[String],
+    ) {
+        if !self.has(bundle) {
+            return;
+        }
+        let _ = writeln!(
+            self.out,
+            "\n# {why}\n[[action]]\nname = \"{name}\"\nenabled = false\nbundle = \"{bundle}\"\non = \"{on}\"\nexec = {argv:?}\ntimeout = \"120s\"\nmin_interval = \"10m\""
+        );
+        if let Some(lock) = CONTROL_PLANE_LOCKS
+            .iter()
+            .find(|l| name.starts_with(&format!("{l}-")))
+        {
+            let _ = writeln!(self.out, "lock = \"{lock}\"");
+        }
+    }
+}
