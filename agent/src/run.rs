@@ -21,7 +21,7 @@ use crate::{
     },
     reload::{generation::GenerationStore, Reloader},
     telemetry::Metrics,
-    watch::ShutdownSignal,
+    shutdown::ShutdownSignal,
 };
 
 /// The agent could not start.

@@ -6,16 +6,11 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::monitor::{ConfirmedChange, Monitor, MonitorConfig, MonitorError, MonitorStats};
-
-/// Output format of `watch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// One JSON object per line (stable field names; see the README).
-    Json,
-    /// One human-readable line per change.
-    Text,
-}
+use crate::{
+    monitor::{ConfirmedChange, Monitor, MonitorConfig, MonitorError, MonitorStats},
+    output::Output,
+    shutdown::ShutdownSignal,
+};
 
 /// `watch` failed before or while running.
 #[derive(Debug, Error)]
@@ -71,60 +66,4 @@ pub async fn run(config: MonitorConfig, output: Output) -> Result<MonitorStats, 
         .unwrap_or_default()
     );
     Ok(stats)
-}
-
-/// SIGINT and SIGTERM (a DaemonSet pod is stopped with SIGTERM), caught from the moment this is
-/// made. Install it first thing: a handler registered lazily, when a `select!` first polls it,
-/// leaves a window after start-up in which SIGTERM still has its default action and kills the agent
-/// without its `agent_stopped` record (seen as "agent exited with signal 15" right after "ready").
-pub struct ShutdownSignal {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl ShutdownSignal {
-    /// Registers both handlers now; a signal arriving before [`ShutdownSignal::recv`] is kept.
-    pub fn install() -> Self {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate())
-            .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGTERM"))
-            .ok();
-        let int = signal(SignalKind::interrupt())
-            .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGINT"))
-            .ok();
-        ShutdownSignal { term, int }
-    }
-
-    /// Resolves on the first SIGINT or SIGTERM (never, for one that could not be caught).
-    pub async fn recv(&mut self) {
-        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.term) => {}
-            _ = one(&mut self.int) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ShutdownSignal;
-
-    /// A SIGTERM that arrives after `install` but before anyone awaits `recv` is neither lost nor
-    /// left to its default action (which would kill this test process).
-    #[tokio::test]
-    async fn a_signal_before_recv_is_kept() {
-        let mut shutdown = ShutdownSignal::install();
-        // SAFETY: raise(3) on our own process; the handler is registered above.
-        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
-        tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.recv())
-            .await
-            .expect("the SIGTERM raised before recv is delivered");
-    }
 }

@@ -33,6 +33,24 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
+    /// The source `--profile`, `--config` and `--host-root` name: the profile (overlaid by the
+    /// file, if given), else the file alone; `None` when neither is given.
+    pub fn from_args(
+        profile: Option<Profile>,
+        file: Option<PathBuf>,
+        root: PathBuf,
+    ) -> Option<Self> {
+        match (profile, file) {
+            (Some(profile), file) => Some(ConfigSource::Profile {
+                profile,
+                root,
+                file,
+            }),
+            (None, Some(file)) => Some(ConfigSource::File(file)),
+            (None, None) => None,
+        }
+    }
+
     /// Loads it; a profile logs one info line per file missing on this node.
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {

@@ -1,13 +1,15 @@
-//! Command-line definition. Parsing only: every command is implemented in the library.
+//! The command line as clap parses it: arguments and their defaults only; [`super::dispatch`]
+//! calls the library for each command.
 
 use std::{path::PathBuf, time::Duration};
 
-use certreload::{
+use clap::{Parser, Subcommand};
+
+use crate::{
     config::profile::Profile,
     monitor::{HookStrategy, ModeRequest, DEFAULT_RESYNC},
-    watch::Output,
+    output::Output,
 };
-use clap::{Parser, Subcommand};
 
 /// Kernel-assisted certificate hot reload for every TLS endpoint on a node.
 #[derive(Debug, Parser)]
@@ -72,6 +74,7 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "json")]
         output: Output,
+        /// Change source, hook strategy, resync period and hook profiling.
         #[command(flatten)]
         monitor: MonitorArgs,
     },
@@ -129,7 +132,7 @@ pub enum Command {
     /// (live and stale connections).
     Status {
         /// The agent's admin endpoint.
-        #[arg(long, default_value = certreload::config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
@@ -137,6 +140,7 @@ pub enum Command {
     },
     /// Audit log tools.
     Audit {
+        /// Which audit tool.
         #[command(subcommand)]
         command: AuditCommand,
     },
@@ -151,10 +155,10 @@ pub enum Command {
         #[arg(long, global = true)]
         dir: Option<PathBuf>,
         /// Where the demo listener accepts TLS.
-        #[arg(long, default_value = certreload::demo::state::DEFAULT_LISTEN)]
+        #[arg(long, default_value = crate::demo::state::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
         /// The admin endpoint.
-        #[arg(long, default_value = certreload::config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         /// Change source.
         #[arg(long, value_enum, default_value = "auto")]
