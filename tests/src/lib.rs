@@ -325,13 +325,27 @@ impl Agent {
     /// tls.crt/tls.key, with `kubeconfig` as its only API credentials (in-cluster variables
     /// removed); its audit log is `dir/audit.jsonl`.
     pub fn start_with_events(dir: &Path, node: &str, kubeconfig: &Path) -> Agent {
-        let audit = dir.join("audit.jsonl");
+        Agent::start_against_api(dir, node, kubeconfig, "", "enabled = true\n")
+    }
+
+    /// Starts an agent for Node `node` that talks to the API server of `kubeconfig` (its only API
+    /// credentials: in-cluster variables removed), serving bundle `web` from `dir`'s
+    /// tls.crt/tls.key, audit log `dir/audit.jsonl`; `audit` and `events` are extra lines of the
+    /// `[audit]` and `[events]` tables (e.g. the witness settings, or `enabled = true`).
+    pub fn start_against_api(
+        dir: &Path,
+        node: &str,
+        kubeconfig: &Path,
+        audit: &str,
+        events: &str,
+    ) -> Agent {
+        let audit_path = dir.join("audit.jsonl");
         let config = dir.join("certreload.toml");
         std::fs::write(
             &config,
             format!(
-                "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n[events]\nenabled = true\nnode = \"{node}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                audit.display(),
+                "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{audit}[events]\n{events}node = \"{node}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                audit_path.display(),
                 dir.join("tls.crt").display(),
                 dir.join("tls.key").display()
             ),
@@ -341,7 +355,7 @@ impl Agent {
         Agent::start_wrapped(
             &["env", "-u", "KUBERNETES_SERVICE_HOST", &env],
             &config,
-            &audit,
+            &audit_path,
             &[],
         )
     }

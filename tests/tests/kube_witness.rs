@@ -154,25 +154,14 @@ fn write_lines(path: &Path, lines: &[impl AsRef<str>]) {
     fs::write(path, text).expect("write log");
 }
 
+/// The agent under test: witness on, publishing every 5 s, for Node `node`.
 fn start_agent(dir: &Path, node: &str, kubeconfig: &Path) -> Agent {
-    let audit = dir.join("audit.jsonl");
-    let config = dir.join("certreload.toml");
-    fs::write(
-        &config,
-        format!(
-            "[agent]\nadmin = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\nwitness = true\nwitness_interval = \"5s\"\n[events]\nnode = \"{node}\"\n[[bundle]]\nname = \"web\"\nkind = \"server\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            audit.display(),
-            dir.join("tls.crt").display(),
-            dir.join("tls.key").display()
-        ),
-    )
-    .expect("write the agent's config");
-    let env = format!("KUBECONFIG={}", kubeconfig.display());
-    Agent::start_wrapped(
-        &["env", "-u", "KUBERNETES_SERVICE_HOST", &env],
-        &config,
-        &audit,
-        &[],
+    Agent::start_against_api(
+        dir,
+        node,
+        kubeconfig,
+        "witness = true\nwitness_interval = \"5s\"\n",
+        "",
     )
 }
 
