@@ -28,6 +28,8 @@ use std::{
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::sys::limits::{self, Limit, Resource};
+
 /// The first wait after a resource error; doubled on each consecutive one.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -248,31 +250,21 @@ pub struct NofileLimit {
 /// descriptors in bulk. An error leaves the limit as it was (the agent still runs; the budget is
 /// computed from whatever the limit is).
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let was = limit.rlim_cur;
+    let mut limit = limits::get(Resource::OpenFiles)?;
+    let was = limit.soft;
     let _ = INHERITED_SOFT_NOFILE.set(was);
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
+    if limit.soft < limit.hard {
+        let raised = Limit {
+            soft: limit.hard,
+            ..limit
         };
-        // SAFETY: setrlimit reads one valid rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        limits::set(Resource::OpenFiles, raised)?;
         limit = raised;
     }
     Ok(NofileLimit {
         was,
-        soft: limit.rlim_cur,
-        hard: limit.rlim_max,
+        soft: limit.soft,
+        hard: limit.hard,
     })
 }
 
@@ -284,37 +276,15 @@ static INHERITED_SOFT_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::ne
 /// program (a `select()`-based tool among them) must not inherit descriptors above 1,024.
 pub fn restore_inherited_nofile(cmd: &mut tokio::process::Command) {
     if let Some(&soft) = INHERITED_SOFT_NOFILE.get() {
-        lower_child_nofile(cmd, soft);
-    }
-}
-
-/// Lowers the child's soft `RLIMIT_NOFILE` to `soft` (never raises it).
-fn lower_child_nofile(cmd: &mut tokio::process::Command, soft: u64) {
-    // SAFETY: the closure runs between fork and exec and only calls getrlimit/setrlimit, which are
-    // async-signal-safe, on stack values.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && soft < limit.rlim_cur {
-                limit.rlim_cur = soft;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            }
-            Ok(())
-        });
+        limits::lower_soft_open_files_in_child(cmd, soft);
     }
 }
 
 /// The current soft `RLIMIT_NOFILE` (`None` when it cannot be read).
 pub fn soft_nofile_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into a valid, exclusive pointer.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+    limits::get(Resource::OpenFiles)
+        .ok()
+        .map(|limit| limit.soft)
 }
 
 /// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
@@ -510,7 +480,7 @@ mod tests {
         let want = soft.min(1024) - 1;
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.args(["-c", "ulimit -Sn"]);
-        lower_child_nofile(&mut cmd, want);
+        limits::lower_soft_open_files_in_child(&mut cmd, want);
         let out = cmd.output().await.expect("sh runs");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),

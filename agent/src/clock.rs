@@ -1,14 +1,9 @@
 //! Clocks shared by the kernel and the agent, so detection latency can be measured end to end.
 
 /// Nanoseconds of `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns()` reads in the kernel.
+/// Never fails on Linux (`CLOCK_MONOTONIC` always exists); 0 if it ever did.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    crate::sys::time::monotonic_ns().unwrap_or(0)
 }
 
 /// RFC 3339 UTC timestamp with microseconds, the `ts` of every printed record.

@@ -4,6 +4,7 @@
 //! kernel event ([`monitor::ebpf`]) or inotify event ([`monitor::inotify`]) → hint
 //! ([`monitor::hint`]) → confirmed change ([`monitor::confirm`]) → consumers such as
 //! [`watch`] (the `certreload watch` command).
+#![deny(unsafe_code)] // Only `sys` (the libc calls) and the eBPF ring buffer's reader, each with `#[expect]`.
 pub mod accept;
 pub mod admin;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod reload;
 pub mod run;
 pub mod shutdown;
 pub mod status_cmd;
+mod sys;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -138,15 +138,12 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadBoundedError> 
 
 #[cfg(test)]
 mod tests {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt, os::unix::net::UnixListener};
+    use std::os::unix::net::UnixListener;
 
     use super::*;
 
     fn mkfifo(path: &Path) {
-        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
-        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(rc, 0, "mkfifo: {}", io::Error::last_os_error());
+        crate::sys::test_support::mkfifo(path).expect("mkfifo");
     }
 
     fn kind_at(path: &Path) -> Option<FileKind> {

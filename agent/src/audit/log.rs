@@ -34,7 +34,6 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Write},
     os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
-    os::unix::io::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -111,9 +110,9 @@ pub fn new_instance_id() -> String {
     let mut bytes = [0u8; 16];
     let filled = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
     if filled.is_err() {
-        // getrandom(2) through libc as a fallback (no /dev in a minimal container).
-        // SAFETY: writes at most 16 bytes into our buffer.
-        unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        // getrandom(2) as a fallback (no /dev in a minimal container). Should that fail as well,
+        // the id is what the buffer holds, as before: the log still opens.
+        crate::sys::random::fill(&mut bytes).ok();
     }
     hex::encode(bytes)
 }
@@ -136,31 +135,36 @@ fn lock(path: &Path) -> Result<File, AuditError> {
         .mode(0o640)
         .open(&lock_path)
         .map_err(err(&lock_path))?;
-    // SAFETY: flock(2) on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(err(&lock_path)(e));
-        }
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = match holder.trim().parse::<u32>() {
-            Ok(pid) => format!(" (pid {pid})"),
-            Err(_) => String::new(),
-        };
-        return Err(err(path)(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "in use by another certreload agent{holder}, which holds the lock {}; two agents must not write one audit log (give each its own [audit] path)",
-                lock_path.display()
-            ),
-        )));
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux; WouldBlock is EWOULDBLOCK.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(&lock_path)(e)),
+        Err(std::fs::TryLockError::WouldBlock) => return Err(held_by_another(&mut file, path)),
     }
     // The pid is for the error message above only: the lock itself is the flock.
     let _ = file
         .set_len(0)
         .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
     Ok(file)
+}
+
+/// The error when another agent holds the lock on `path`'s lock file `file`, naming the pid it
+/// wrote there.
+fn held_by_another(file: &mut File, path: &Path) -> AuditError {
+    let lock_path = lock_path(path);
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    let holder = match holder.trim().parse::<u32>() {
+        Ok(pid) => format!(" (pid {pid})"),
+        Err(_) => String::new(),
+    };
+    err(path)(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!(
+            "in use by another certreload agent{holder}, which holds the lock {}; two agents must not write one audit log (give each its own [audit] path)",
+            lock_path.display()
+        ),
+    ))
 }
 
 /// Where the complete lines of `file` (`len` bytes) end (just after the last `\n`), and the last

@@ -361,16 +361,12 @@ fn signal(name: &str, number: i32, target: &SignalTarget) -> Outcome {
     let mut output = Vec::new();
     let mut success = true;
     for pid in &pids {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(*pid, number) };
-        if rc == 0 {
-            output.push(format!("sent SIG{name} to {pid}"));
-        } else {
-            success = false;
-            output.push(format!(
-                "SIG{name} to {pid}: {}",
-                std::io::Error::last_os_error()
-            ));
+        match crate::sys::process::kill(*pid, number) {
+            Ok(()) => output.push(format!("sent SIG{name} to {pid}")),
+            Err(e) => {
+                success = false;
+                output.push(format!("SIG{name} to {pid}: {e}"));
+            }
         }
     }
     Outcome {

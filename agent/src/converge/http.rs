@@ -613,9 +613,7 @@ mod tests {
     async fn a_fifo_as_token_file_is_refused_by_type_not_waited_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("token");
-        let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::test_support::mkfifo(&path).expect("mkfifo");
         let e = BearerToken::read(&path).await.expect_err("fifo");
         assert_eq!(
             e.to_string(),

@@ -20,24 +20,24 @@ use std::{
     fs::{File, Metadata},
     io::{self, Read, Write},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::{
             ffi::OsStrExt,
-            fs::{DirBuilderExt, FileTypeExt, MetadataExt},
+            fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt},
         },
     },
     path::{Component, Path, PathBuf},
 };
 
 use super::DemoError;
+use crate::sys::{fs as at, process};
 
 /// The largest file the demo reads back (its CA key and certificate are a few hundred bytes).
 pub const MAX_READ: u64 = 64 * 1024;
 
 /// The effective uid of this process: the owner every entry of the state directory must have.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    process::effective_uid()
 }
 
 /// What a file type is called in messages.
@@ -88,28 +88,13 @@ fn cname(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
 }
 
-fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-fn check_rc(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// Refuses a path with a NUL byte (the system calls would see it cut short) before anything is
+/// created or opened.
+fn check_no_nul(path: &Path) -> io::Result<()> {
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"));
     }
-}
-
-/// `openat(2)` relative to `dir` (or an absolute path with `AT_FDCWD`), close-on-exec.
-fn openat(dir: libc::c_int, name: &CString, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; the returned descriptor is checked and owned below.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by openat and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(())
 }
 
 /// Every directory above `dir` (already canonical) must be one that only root or this user can
@@ -249,15 +234,13 @@ impl StateDir {
         })?;
         check_ancestors(dir, &parent, euid)?;
         let path = parent.join(name);
-        let c = cpath(&path).map_err(|source| DemoError::Read {
+        check_no_nul(&path).map_err(|source| DemoError::Read {
             path: path.clone(),
             source,
         })?;
         if create {
-            // SAFETY: `c` is NUL-terminated. EEXIST is handled by the checks below.
-            let rc = unsafe { libc::mkdir(c.as_ptr(), 0o700) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
+            // mkdir(2) of this one directory, mode 0700. EEXIST is handled by the checks below.
+            if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 if e.kind() != io::ErrorKind::AlreadyExists {
                     return Err(DemoError::Write { path, source: e });
                 }
@@ -269,16 +252,16 @@ impl StateDir {
             source,
         })?;
         check_dir_meta(&path, &meta, euid)?;
-        let fd = openat(
-            libc::AT_FDCWD,
-            &c,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .map_err(|source| DemoError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        // open(2) with O_RDONLY | O_DIRECTORY | O_NOFOLLOW (and std's O_CLOEXEC).
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|source| DemoError::Read {
+                path: path.clone(),
+                source,
+            })?;
         let opened = StateDir { fd, path };
         // The descriptor is what every later operation uses: check what it actually is.
         let fmeta = opened.fd_meta()?;
@@ -326,7 +309,7 @@ impl StateDir {
         let c = cname(name).map_err(self.read_err(name))?;
         // O_PATH | O_NOFOLLOW opens the link itself (or a FIFO without waiting for a writer);
         // fstat of that descriptor is lstat of the name.
-        match openat(self.fd.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+        match at::openat(self.fd.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
             Ok(fd) => File::from(fd)
                 .metadata()
                 .map(Some)
@@ -389,8 +372,8 @@ impl StateDir {
     /// judged by `fstat` of the descriptor.
     pub fn read(&self, name: &str) -> Result<Vec<u8>, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
+        let fd = at::openat(
+            self.fd.as_fd(),
             &c,
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
             0,
@@ -428,12 +411,12 @@ impl StateDir {
         let tmp_name = format!(".{name}.tmp-{}", std::process::id());
         let tmp = cname(&tmp_name).map_err(self.write_err(name))?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        let fd = match openat(self.fd.as_raw_fd(), &tmp, flags, mode) {
+        let fd = match at::openat(self.fd.as_fd(), &tmp, flags, mode) {
             // Left by a run of this process id that died mid-write: ours to replace.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.unlink(&tmp_name, false)
                     .map_err(self.write_err(&tmp_name))?;
-                openat(self.fd.as_raw_fd(), &tmp, flags, mode)
+                at::openat(self.fd.as_fd(), &tmp, flags, mode)
             }
             other => other,
         }
@@ -451,9 +434,7 @@ impl StateDir {
     }
 
     fn renameat(&self, from: &CString, to: &CString) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: both names are NUL-terminated; the descriptor is open for the call.
-        check_rc(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
+        at::renameat(self.fd.as_fd(), from, self.fd.as_fd(), to)
     }
 
     /// Renames `from` over `to` inside this directory (the atomic `..data` swap).
@@ -467,8 +448,7 @@ impl StateDir {
     pub fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
         let c = cname(name)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: `c` is NUL-terminated; the descriptor is open for the call.
-        match check_rc(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), flags) }) {
+        match at::unlinkat(self.fd.as_fd(), &c, flags) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -477,9 +457,7 @@ impl StateDir {
     /// Creates the directory `name` with `mode` (it must not exist).
     pub fn mkdir(&self, name: &str, mode: u32) -> Result<(), DemoError> {
         let c = cname(name).map_err(self.write_err(name))?;
-        // SAFETY: `c` is NUL-terminated; the descriptor is open for the call.
-        check_rc(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) })
-            .map_err(self.write_err(name))
+        at::mkdirat(self.fd.as_fd(), &c, mode).map_err(self.write_err(name))
     }
 
     /// Creates the symbolic link `name` → `target` (it must not exist).
@@ -488,35 +466,26 @@ impl StateDir {
         let t = CString::new(target).map_err(|_| {
             self.write_err(name)(io::Error::new(io::ErrorKind::InvalidInput, "NUL in target"))
         })?;
-        // SAFETY: both strings are NUL-terminated; the descriptor is open for the call.
-        check_rc(unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), c.as_ptr()) })
-            .map_err(self.write_err(name))
+        at::symlinkat(&t, self.fd.as_fd(), &c).map_err(self.write_err(name))
     }
 
     /// The target of the link `name`; `None` when `name` is absent.
     pub fn read_link(&self, name: &str) -> Result<Option<String>, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         let mut buf = vec![0u8; 4096];
-        // SAFETY: `buf` is writable for its length; `c` is NUL-terminated.
-        let n = unsafe {
-            libc::readlinkat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
+        let n = match at::readlinkat(self.fd.as_fd(), &c, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::NotFound => Ok(None),
+                    _ if e.raw_os_error() == Some(libc::EINVAL) => {
+                        Err(self.foreign(name, "it is not a symbolic link".into()))
+                    }
+                    _ => Err(self.read_err(name)(e)),
+                };
+            }
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::NotFound => Ok(None),
-                _ if e.raw_os_error() == Some(libc::EINVAL) => {
-                    Err(self.foreign(name, "it is not a symbolic link".into()))
-                }
-                _ => Err(self.read_err(name)(e)),
-            };
-        }
-        buf.truncate(n as usize);
+        buf.truncate(n);
         String::from_utf8(buf)
             .map(Some)
             .map_err(|_| self.foreign(name, "its target is not UTF-8".into()))
@@ -527,8 +496,8 @@ impl StateDir {
     pub fn subdir(&self, name: &str) -> Result<StateDir, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         let path = self.join(name);
-        let fd = openat(
-            self.fd.as_raw_fd(),
+        let fd = at::openat(
+            self.fd.as_fd(),
             &c,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
@@ -640,9 +609,7 @@ mod tests {
         std::fs::write(&victim, "precious").expect("write");
         let dir = StateDir::create(&tmp.path().join("demo")).expect("create");
         symlink(&victim, dir.join("a")).expect("symlink");
-        let fifo = cpath(&dir.join("b")).expect("path");
-        // SAFETY: NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        crate::sys::test_support::mkfifo(&dir.join("b")).expect("mkfifo");
         // Reading refuses both without blocking.
         assert!(matches!(dir.read("a"), Err(DemoError::Foreign { .. })));
         let e = dir.read("b").expect_err("fifo");

@@ -168,9 +168,7 @@ mod tests {
     fn a_fifo_or_device_is_refused_with_its_type_and_file_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("tls.key");
-        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::test_support::mkfifo(&fifo).expect("mkfifo");
         // A blocking open would wait here forever: nothing ever writes to this FIFO.
         let err = read_material(&fifo, 10).expect_err("fifo");
         assert_eq!(

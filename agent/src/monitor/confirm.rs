@@ -400,9 +400,7 @@ mod tests {
         let watch = WatchSet::new(std::slice::from_ref(&path));
         let mut c = Confirmer::new(&watch);
         std::fs::remove_file(&path).expect("rm");
-        let name = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        crate::sys::test_support::mkfifo(&path).expect("mkfifo");
         let ch = c.check(&watch, &hint(&["tls.crt"]), |_| false);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].error.as_deref(), Some("is a fifo"));

@@ -1,4 +1,8 @@
 //! Decoding of the kernel's [`RawEvent`] bytes into typed events.
+#![expect(
+    unsafe_code,
+    reason = "a ring buffer record is read as the plain-old-data RawEvent (read_unaligned, after its size is checked); the tests view one as bytes"
+)]
 
 use std::{ffi::OsString, os::unix::ffi::OsStringExt};
 

@@ -410,30 +410,15 @@ fn ensure_tracefs() {
     {
         return;
     }
-    let (src, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
-    // SAFETY: plain mount(2) with static NUL-terminated strings and no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
+    if crate::sys::mount::mount(c"nodev", c"/sys/kernel/tracing", c"tracefs", 0).is_ok() {
         tracing::info!("mounted tracefs at /sys/kernel/tracing for the syscall tracepoints");
     }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (best effort, needs privilege).
 fn raise_memlock_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+    use crate::sys::limits::{self, Limit, Resource};
+    if limits::set(Resource::LockedMemory, Limit::UNLIMITED).is_err() {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }
 }

@@ -33,6 +33,10 @@ impl KernelSource {
         names: usize,
     ) -> Result<Self, EbpfUnavailable> {
         let (hooks, ring) = KernelHooks::load(strategy, profile, names)?;
+        #[expect(
+            unsafe_code,
+            reason = "tokio cannot check that the ring buffer's descriptor stays open while registered"
+        )]
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
         // which only happens when the AsyncFd (its owner) is dropped.
         let ring = unsafe { AsyncFd::register(ring) }
