@@ -163,7 +163,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         match NodeEvents::from_environment(&config.events.namespace, node.clone()).await {
             Ok(sink) => {
                 tracing::info!(node = %node, namespace = %config.events.namespace, "posting Kubernetes Events");
-                tokio::spawn(kube_events::run(sink, events_rx, stop_rx.clone()));
+                tokio::spawn(kube_events::run(sink, events_rx, stop_rx.clone().into()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "[events] enabled but no Kubernetes API credentials; Events are not posted (the audit log has every record)");
@@ -184,7 +184,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
                 Some(tokio::spawn(witness::run(
                     publisher,
                     interval,
-                    stop_rx.clone(),
+                    stop_rx.clone().into(),
                 )))
             }
             Err(e) => {

@@ -15,9 +15,10 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{api::PostParams, Api, Client};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::{AuditEvent, Observed};
+use crate::shutdown::Shutdown;
 
 /// Longest wait for the API server to take one Event: a hung API server must not hold back
 /// the Events after it.
@@ -193,11 +194,11 @@ impl NodeEvents {
 pub async fn run(
     sink: NodeEvents,
     mut records: mpsc::UnboundedReceiver<Observed>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     loop {
         let observed = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
             r = records.recv() => match r { Some(r) => r, None => return },
         };
         if let Err(e) = sink.publish(&observed).await {

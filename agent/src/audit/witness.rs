@@ -28,10 +28,10 @@ use kube::{api::PostParams, Api, Client};
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{append_shared, chain::link, kube_events::describe_api_error, AuditEvent, SharedAudit};
-use crate::config::bounds::Bounds;
+use crate::{config::bounds::Bounds, shutdown::Shutdown};
 
 /// How many past heads the witness object keeps (the newest). deploy/witness.yaml's policy
 /// refuses pruning below this many, so an attacker holding the node's credentials must make this
@@ -815,17 +815,17 @@ impl Publisher {
 pub async fn run(
     mut publisher: Publisher,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) -> Publisher {
     let mut next = Instant::now();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return publisher,
+            _ = shutdown.recv() => return publisher,
             _ = tokio::time::sleep_until(next) => {}
         }
         // A hung API server must not hold up shutdown: the last publication redoes this one.
         let stopped = tokio::select! {
-            _ = shutdown.changed() => true,
+            _ = shutdown.recv() => true,
             _ = publisher.publish_logged(true) => false,
         };
         if stopped {

@@ -33,7 +33,11 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{audit::kube_events::describe_api_error, config::ActionLock};
+use crate::{
+    audit::kube_events::describe_api_error,
+    config::ActionLock,
+    shutdown::{self, Shutdown, Stop},
+};
 
 /// Longest wait for one API request: a hung API server is a reason to wait, not to hang.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -446,7 +450,7 @@ async fn call<T>(
 /// A Lease this node holds: renewed in the background until [`HeldLease::release`].
 pub struct HeldLease {
     shared: Arc<HeldShared>,
-    stop: watch::Sender<bool>,
+    stop: Stop,
     renewer: JoinHandle<()>,
     /// When the API server confirmed the hold.
     pub acquired: Instant,
@@ -482,7 +486,7 @@ impl HeldLease {
             lease: Mutex::new(lease),
             lost: std::sync::Mutex::new(None),
         });
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = shutdown::channel();
         let renewer = tokio::spawn(renew(shared.clone(), stopped));
         HeldLease {
             shared,
@@ -507,7 +511,7 @@ impl HeldLease {
         if self.lost().is_some() {
             return Ok(());
         }
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let _ = self.renewer.await;
         let s = &self.shared;
         let give_up = crate::clock::later(Instant::now(), s.duration);
@@ -555,13 +559,13 @@ impl HeldLease {
 }
 
 /// Writes `renewTime` every third of the duration (sooner after a failure) until `stop`.
-async fn renew(s: Arc<HeldShared>, mut stop: watch::Receiver<bool>) {
+async fn renew(s: Arc<HeldShared>, mut stop: Shutdown) {
     let period = s.duration / 3;
     let mut next = crate::clock::later(Instant::now(), period);
     let mut last_renewed = Instant::now();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.recv() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
         let mut lease = s.lease.lock().await;
