@@ -440,6 +440,23 @@ pub fn validate_kubeconfig(
             "the cluster has no certificate-authority-data"
         },
     };
+    let Some(loaded) = decode_embedded(&mut c, &embedded, &parts, &cluster, file) else {
+        c.skip_rest(&PAIR_CHECKS, "embedded material could not be decoded");
+        return c.report(None);
+    };
+    let material = judge_pair(&mut c, loaded, &parts, policy, previous, now);
+    c.report(material)
+}
+
+/// `parse` of a kubeconfig's embedded client certificate, key and CA: the decoded pair, or `None`
+/// with the failures recorded (each naming the field, never the value).
+fn decode_embedded(
+    c: &mut Checks,
+    embedded: &kubeconfig::EmbeddedClient,
+    parts: &PairParts<'_>,
+    cluster: &str,
+    file: &Path,
+) -> Option<Loaded> {
     let chain = match pem::certificates(&embedded.cert) {
         Ok(certs) => Some(certs),
         Err(e) => {
@@ -477,18 +494,9 @@ pub fn validate_kubeconfig(
         None => Some(None),
     };
     let (Some(chain), Some(key), Some(ca)) = (chain, private, ca) else {
-        c.skip_rest(&PAIR_CHECKS, "embedded material could not be decoded");
-        return c.report(None);
+        return None;
     };
-    let material = judge_pair(
-        &mut c,
-        Loaded { chain, key, ca },
-        &parts,
-        policy,
-        previous,
-        now,
-    );
-    c.report(material)
+    Some(Loaded { chain, key, ca })
 }
 
 /// A pair's decoded material, before any check but `read`/`parse`.
@@ -507,7 +515,8 @@ struct PairParts<'a> {
     no_ca: &'a str,
 }
 
-/// Every check of a loaded pair; the material when it is usable (the report decides validity).
+/// Every check of a loaded pair, in report order; the material when it is usable (the report
+/// decides validity).
 fn judge_pair(
     c: &mut Checks,
     loaded: Loaded,
@@ -521,10 +530,39 @@ fn judge_pair(
         key: private,
         ca: ca_der,
     } = loaded;
-    let (cert, key) = (&parts.cert, &parts.key);
-    let leaf = match inspect(&chain[0]) {
-        Ok(l) => l,
-        Err(e) => {
+    let cert = &parts.cert;
+    let (leaf, cas) = inspect_pair(c, &chain, ca_der.as_deref(), parts)?;
+    check_key_match(c, &private, &leaf, parts);
+    check_validity(c, &leaf, now, cert.file);
+    check_min_validity(c, &leaf, policy.min_validity, now, cert.file);
+    check_eku(c, &leaf, policy.usage, cert.file);
+    check_chain(c, &chain, ca_der.as_deref(), parts, policy.usage, now);
+    check_sans(c, &leaf, &policy.expect_sans, cert.file);
+    check_san_removal(c, &leaf, previous, policy.allow_san_removal, cert.file);
+    Some(Material {
+        leaf: Some(leaf),
+        chain,
+        key: Some(private),
+        cas,
+        ca_der: ca_der.unwrap_or_default(),
+        key_ids: Vec::new(),
+    })
+}
+
+/// `parse` of a loaded pair: the leaf and the CA certificates inspected. `None` (and the rest
+/// skipped) when there is no leaf to check.
+fn inspect_pair(
+    c: &mut Checks,
+    chain: &[CertificateDer<'static>],
+    ca_der: Option<&[CertificateDer<'static>]>,
+    parts: &PairParts<'_>,
+) -> Option<(CertInfo, Vec<CertInfo>)> {
+    let cert = &parts.cert;
+    // pem::certificates never returns an empty list; an empty chain is still a parse failure
+    // here, not a panic.
+    let leaf = match chain.first().map(|der| inspect(der)) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => {
             c.fail(
                 Check::Parse,
                 format!("{}: leaf: {e}", cert.name),
@@ -533,9 +571,18 @@ fn judge_pair(
             c.skip_rest(&PAIR_CHECKS, "leaf does not parse");
             return None;
         }
+        None => {
+            c.fail(
+                Check::Parse,
+                format!("{}: no certificate", cert.name),
+                Some(cert.file),
+            );
+            c.skip_rest(&PAIR_CHECKS, "no leaf");
+            return None;
+        }
     };
     let mut cas = Vec::new();
-    for der in ca_der.iter().flatten() {
+    for der in ca_der.into_iter().flatten() {
         match inspect(der) {
             Ok(info) => cas.push(info),
             Err(e) => {
@@ -558,8 +605,18 @@ fn judge_pair(
         ),
         Some(cert.file),
     );
+    Some((leaf, cas))
+}
 
-    match public_key_of(&private) {
+/// `key_match`: the private key is the leaf's.
+fn check_key_match(
+    c: &mut Checks,
+    private: &PrivateKeyDer<'_>,
+    leaf: &CertInfo,
+    parts: &PairParts<'_>,
+) {
+    let (cert, key) = (&parts.cert, &parts.key);
+    match public_key_of(private) {
         Ok(spki) if spki.as_ref() == leaf.spki.as_slice() => c.pass(
             Check::KeyMatch,
             "private key matches the leaf",
@@ -575,7 +632,10 @@ fn judge_pair(
         ),
         Err(e) => c.fail(Check::Parse, format!("{}: {e}", key.name), Some(key.file)),
     }
+}
 
+/// `validity`: notBefore (less the tolerated skew) ≤ now ≤ notAfter.
+fn check_validity(c: &mut Checks, leaf: &CertInfo, now: SystemTime, file: &Path) {
     let now_s = now_unix(now);
     if now_s + (NOT_BEFORE_SKEW.as_secs() as i64) < leaf.not_before {
         c.fail(
@@ -584,24 +644,34 @@ fn judge_pair(
                 "not yet valid: notBefore is {} s in the future",
                 leaf.not_before - now_s
             ),
-            Some(cert.file),
+            Some(file),
         );
     } else if now_s > leaf.not_after {
         c.fail(
             Check::Validity,
             format!("expired {} ago", human_secs(now_s - leaf.not_after)),
-            Some(cert.file),
+            Some(file),
         );
     } else {
         c.pass(
             Check::Validity,
             format!("valid for {} s more", leaf.not_after - now_s),
-            Some(cert.file),
+            Some(file),
         );
     }
+}
+
+/// `min_validity`: at least `min` left, when configured.
+fn check_min_validity(
+    c: &mut Checks,
+    leaf: &CertInfo,
+    min: Option<Duration>,
+    now: SystemTime,
+    file: &Path,
+) {
     // try_from, not `as`: a min_validity beyond i64 seconds wrapped negative and passed.
-    let left = leaf.not_after.saturating_sub(now_s);
-    match policy.min_validity {
+    let left = leaf.not_after.saturating_sub(now_unix(now));
+    match min {
         Some(min) if left < i64::try_from(min.as_secs()).unwrap_or(i64::MAX) => c.fail(
             Check::MinValidity,
             format!(
@@ -609,23 +679,26 @@ fn judge_pair(
                 left.max(0),
                 min.as_secs()
             ),
-            Some(cert.file),
+            Some(file),
         ),
         Some(min) => c.pass(
             Check::MinValidity,
             format!("at least {} s left", min.as_secs()),
-            Some(cert.file),
+            Some(file),
         ),
         None => c.skip(Check::MinValidity, "min_validity not configured"),
     }
+}
 
+/// `eku`: the leaf's extended key usage (when it has one) allows the bundle's role.
+fn check_eku(c: &mut Checks, leaf: &CertInfo, usage: Usage, file: &Path) {
     let eku_ok = !leaf.eku.present
         || leaf.eku.any
-        || match policy.usage {
+        || match usage {
             Usage::Server => leaf.eku.server_auth,
             Usage::Client => leaf.eku.client_auth,
         };
-    let wanted = match policy.usage {
+    let wanted = match usage {
         Usage::Server => "serverAuth",
         Usage::Client => "clientAuth",
     };
@@ -633,96 +706,103 @@ fn judge_pair(
         c.pass(
             Check::Eku,
             format!("extended key usage allows {wanted}"),
-            Some(cert.file),
+            Some(file),
         );
     } else {
         c.fail(
             Check::Eku,
             format!("extended key usage does not include {wanted}"),
-            Some(cert.file),
+            Some(file),
         );
     }
+}
 
-    match (&ca_der, &parts.ca) {
-        (Some(anchors_der), Some(ca)) => {
-            match verify_chain(&chain, anchors_der, policy.usage, now) {
-                Ok(()) => c.pass(
-                    Check::Chain,
-                    format!("chain verifies to {}", ca.name),
-                    Some(cert.file),
-                ),
-                Err(e) => c.fail(
-                    Check::Chain,
-                    format!("chain of {} does not verify to {}: {e}", cert.name, ca.name),
-                    Some(cert.file),
-                ),
-            }
-        }
-        _ => c.skip(Check::Chain, parts.no_ca),
+/// `chain`: the chain verifies to the CA for the bundle's role, when there is a CA.
+fn check_chain(
+    c: &mut Checks,
+    chain: &[CertificateDer<'static>],
+    ca_der: Option<&[CertificateDer<'static>]>,
+    parts: &PairParts<'_>,
+    usage: Usage,
+    now: SystemTime,
+) {
+    let cert = &parts.cert;
+    let (Some(anchors), Some(ca)) = (ca_der, &parts.ca) else {
+        c.skip(Check::Chain, parts.no_ca);
+        return;
+    };
+    match verify_chain(chain, anchors, usage, now) {
+        Ok(()) => c.pass(
+            Check::Chain,
+            format!("chain verifies to {}", ca.name),
+            Some(cert.file),
+        ),
+        Err(e) => c.fail(
+            Check::Chain,
+            format!("chain of {} does not verify to {}: {e}", cert.name, ca.name),
+            Some(cert.file),
+        ),
     }
+}
 
-    let missing: Vec<&String> = policy
-        .expect_sans
+/// `sans`: the leaf covers every expected name, when names are expected.
+fn check_sans(c: &mut Checks, leaf: &CertInfo, expect_sans: &[String], file: &Path) {
+    let missing: Vec<&String> = expect_sans
         .iter()
         .filter(|want| !covers(&leaf.sans, want))
         .collect();
-    if policy.expect_sans.is_empty() {
+    if expect_sans.is_empty() {
         c.skip(Check::Sans, "expect_sans not configured");
     } else if missing.is_empty() {
-        c.pass(
-            Check::Sans,
-            "every expected SAN is covered",
-            Some(cert.file),
-        );
+        c.pass(Check::Sans, "every expected SAN is covered", Some(file));
     } else {
         c.fail(
             Check::Sans,
             format!("missing expected SAN(s): {}", join(&missing)),
-            Some(cert.file),
+            Some(file),
         );
     }
+}
 
-    match previous {
-        Some(prev) => {
-            let dropped: Vec<&String> = prev
-                .sans
-                .iter()
-                .filter(|s| !leaf.sans.contains(s))
-                .collect();
-            if dropped.is_empty() {
-                c.pass(
-                    Check::SanRemoval,
-                    "no SAN of the current generation is dropped",
-                    Some(cert.file),
-                );
-            } else if policy.allow_san_removal {
-                c.pass(
-                    Check::SanRemoval,
-                    format!(
-                        "SAN(s) dropped, allowed by allow_san_removal: {}",
-                        join(&dropped)
-                    ),
-                    Some(cert.file),
-                );
-            } else {
-                c.fail(
-                    Check::SanRemoval,
-                    format!("drops SAN(s) the current generation has: {} (set allow_san_removal = true if intended)", join(&dropped)),
-                    Some(cert.file),
-                );
-            }
-        }
-        None => c.skip(Check::SanRemoval, "no current generation"),
+/// `san_removal`: no SAN of the current generation's leaf disappears, unless allowed.
+fn check_san_removal(
+    c: &mut Checks,
+    leaf: &CertInfo,
+    previous: Option<&CertInfo>,
+    allow: bool,
+    file: &Path,
+) {
+    let Some(prev) = previous else {
+        c.skip(Check::SanRemoval, "no current generation");
+        return;
+    };
+    let dropped: Vec<&String> = prev
+        .sans
+        .iter()
+        .filter(|s| !leaf.sans.contains(s))
+        .collect();
+    if dropped.is_empty() {
+        c.pass(
+            Check::SanRemoval,
+            "no SAN of the current generation is dropped",
+            Some(file),
+        );
+    } else if allow {
+        c.pass(
+            Check::SanRemoval,
+            format!(
+                "SAN(s) dropped, allowed by allow_san_removal: {}",
+                join(&dropped)
+            ),
+            Some(file),
+        );
+    } else {
+        c.fail(
+            Check::SanRemoval,
+            format!("drops SAN(s) the current generation has: {} (set allow_san_removal = true if intended)", join(&dropped)),
+            Some(file),
+        );
     }
-
-    Some(Material {
-        leaf: Some(leaf),
-        chain,
-        key: Some(private),
-        cas,
-        ca_der: ca_der.unwrap_or_default(),
-        key_ids: Vec::new(),
-    })
 }
 
 fn human_secs(secs: i64) -> String {
@@ -763,7 +843,10 @@ fn verify_chain(
     if trust.is_empty() {
         return Err("the CA file holds no usable trust anchor".into());
     }
-    let ee = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| e.to_string())?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| "no certificate in the chain".to_string())?;
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| e.to_string())?;
     let algs = rustls::crypto::ring::default_provider()
         .signature_verification_algorithms
         .all;
@@ -772,7 +855,7 @@ fn verify_chain(
         Usage::Server => webpki::KeyUsage::server_auth(),
         Usage::Client => webpki::KeyUsage::client_auth(),
     };
-    ee.verify_for_usage(algs, &trust, &chain[1..], time, eku, None, None)
+    ee.verify_for_usage(algs, &trust, intermediates, time, eku, None, None)
         .map(|_| ())
         .map_err(|e| match e {
             webpki::Error::UnknownIssuer => "issued by a CA that is not in the CA file".to_string(),
@@ -816,8 +899,33 @@ pub fn validate_ca_bundle(
         c.skip_rest(&later, "files could not be loaded");
         return c.report(None);
     };
+    let cas = inspect_cas(&mut c, bundle, &ders);
+    check_ca_key(&mut c, key, &cas, bundle);
+    check_ca_continuity(
+        &mut c,
+        &cas,
+        in_use,
+        previous_cas,
+        policy.allow_ca_removal,
+        bundle,
+    );
+    check_single_cert(&mut c, policy.signing, ders.len(), bundle);
+    // The CA key was only checked: it is not kept in memory.
+    let material = Material {
+        leaf: cas.first().cloned(),
+        chain: Vec::new(),
+        key: None,
+        cas,
+        ca_der: ders,
+        key_ids: Vec::new(),
+    };
+    c.report(Some(material))
+}
+
+/// `parse` of a CA bundle: every certificate inspected.
+fn inspect_cas(c: &mut Checks, bundle: &Path, ders: &[CertificateDer<'static>]) -> Vec<CertInfo> {
     let mut cas = Vec::new();
-    for der in &ders {
+    for der in ders {
         match inspect(der) {
             Ok(info) => cas.push(info),
             Err(e) => c.fail(
@@ -834,34 +942,56 @@ pub fn validate_ca_bundle(
             Some(bundle),
         );
     }
-    match key {
-        Some((path, private)) => match public_key_of(&private) {
-            Ok(spki) => match cas.iter().find(|ca| ca.spki == spki.as_ref()) {
-                Some(ca) => c.pass(
-                    Check::KeyMatch,
-                    format!(
-                        "{} is the key of CA {} ({})",
-                        path.display(),
-                        ca.subject,
-                        ca.fingerprint
-                    ),
-                    Some(path),
+    cas
+}
+
+/// `key_match` of a CA bundle: the configured CA key is the key of one of its certificates.
+fn check_ca_key(
+    c: &mut Checks,
+    key: Option<(&PathBuf, PrivateKeyDer<'static>)>,
+    cas: &[CertInfo],
+    bundle: &Path,
+) {
+    let Some((path, private)) = key else {
+        c.skip(Check::KeyMatch, "no CA key configured");
+        return;
+    };
+    match public_key_of(&private) {
+        Ok(spki) => match cas.iter().find(|ca| ca.spki == spki.as_ref()) {
+            Some(ca) => c.pass(
+                Check::KeyMatch,
+                format!(
+                    "{} is the key of CA {} ({})",
+                    path.display(),
+                    ca.subject,
+                    ca.fingerprint
                 ),
-                None => c.fail(
-                    Check::KeyMatch,
-                    format!(
-                        "{} is the key of none of the {} certificate(s) in {}: what it signs would not verify to this CA",
-                        path.display(),
-                        cas.len(),
-                        bundle.display()
-                    ),
-                    Some(path),
+                Some(path),
+            ),
+            None => c.fail(
+                Check::KeyMatch,
+                format!(
+                    "{} is the key of none of the {} certificate(s) in {}: what it signs would not verify to this CA",
+                    path.display(),
+                    cas.len(),
+                    bundle.display()
                 ),
-            },
-            Err(e) => c.fail(Check::Parse, format!("{}: {e}", path.display()), Some(path)),
+                Some(path),
+            ),
         },
-        None => c.skip(Check::KeyMatch, "no CA key configured"),
+        Err(e) => c.fail(Check::Parse, format!("{}: {e}", path.display()), Some(path)),
     }
+}
+
+/// `ca_continuity`: the new bundle still holds every previous CA that issued a leaf in use.
+fn check_ca_continuity(
+    c: &mut Checks,
+    cas: &[CertInfo],
+    in_use: &[CertInfo],
+    previous_cas: &[CertInfo],
+    allow_removal: bool,
+    bundle: &Path,
+) {
     // The issuers in use: the previous CAs that issued an in-use leaf.
     let issuers: Vec<&CertInfo> = previous_cas
         .iter()
@@ -891,7 +1021,7 @@ pub fn validate_ca_bundle(
             "drops the CA that issued certificates in use: {}",
             names.join("; ")
         );
-        if policy.allow_ca_removal {
+        if allow_removal {
             c.pass(
                 Check::CaContinuity,
                 format!("{detail} (allowed by allow_ca_removal)"),
@@ -901,10 +1031,14 @@ pub fn validate_ca_bundle(
             c.fail(Check::CaContinuity, format!("{detail}; add the new CA alongside the old one first, or set allow_ca_removal = true"), Some(bundle));
         }
     }
+}
+
+/// `single_cert`: a signing CA's file holds exactly one certificate (a warning otherwise).
+fn check_single_cert(c: &mut Checks, signing: bool, count: usize, bundle: &Path) {
     // kube-controller-manager's CSR signer (pkg/controller/certificates/signer/ca_provider.go,
     // setCA) refuses a --cluster-signing-cert-file without exactly one certificate: a running one
     // keeps the CA it had (and signs kubelet certificates with it), one that starts now fails.
-    match (policy.signing, ders.len()) {
+    match (signing, count) {
         (false, _) => c.skip(Check::SingleCert, "not a signing CA (signing = false)"),
         (true, 1) => c.pass(
             Check::SingleCert,
@@ -920,16 +1054,6 @@ pub fn validate_ca_bundle(
             Some(bundle),
         ),
     }
-    // The CA key was only checked: it is not kept in memory.
-    let material = Material {
-        leaf: cas.first().cloned(),
-        chain: Vec::new(),
-        key: None,
-        cas,
-        ca_der: ders,
-        key_ids: Vec::new(),
-    };
-    c.report(Some(material))
 }
 
 /// Validates a ServiceAccount key set: the signing key's public half must be among the public keys
