@@ -72,32 +72,85 @@ pub mod gates {
     pub const LEN: u32 = 2;
 }
 
-/// What happened, as reported by the kernel. Values of [`RawEvent::kind`].
-pub mod kind {
+/// Declares the event kinds from one table: the plain `u32` constants of [`kind`] that the kernel
+/// programs write into [`RawEvent::kind`], and the [`EventKind`] enum the agent decodes them into
+/// (with its checked [`EventKind::from_raw`] and the operation names it prints). A kind added here
+/// exists on both sides at once; the agent's decoder then fails to compile until it gives the new
+/// kind a payload.
+macro_rules! event_kinds {
+    ($(
+        $(#[doc = $doc:literal])*
+        $constant:ident = $value:literal, $variant:ident, $operation:literal;
+    )*) => {
+        /// What happened, as reported by the kernel. Values of [`RawEvent::kind`]; the kernel
+        /// programs use these constants, the agent the [`EventKind`] they decode into.
+        pub mod kind {
+            $(
+                $(#[doc = $doc])*
+                pub const $constant: u32 = $value;
+            )*
+        }
+
+        /// The kinds of [`kind`] as an enum, for the agent's decoder. A raw value becomes one only
+        /// through [`EventKind::from_raw`], which refuses unknown values instead of transmuting them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum EventKind {
+            $(
+                $(#[doc = $doc])*
+                $variant = kind::$constant,
+            )*
+        }
+
+        impl EventKind {
+            /// Every kind, in the order of the table.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant),*];
+
+            /// The kind a raw [`RawEvent::kind`] names, or `None` for a value no kind has (an
+            /// object and agent built from different sources).
+            pub const fn from_raw(value: u32) -> Option<Self> {
+                match value {
+                    $(kind::$constant => Some(EventKind::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The operation's name as the agent prints it in changes and records (`open`,
+            /// `rename`, ...).
+            pub const fn operation(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $operation,)*
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
     /// open/openat/openat2/creat with write intent on a watched name succeeded; `fd` is the new fd.
-    pub const OPEN_WRITE: u32 = 1;
+    OPEN_WRITE = 1, OpenWrite, "open";
     /// A tracked fd was closed: writing through it is finished.
-    pub const CLOSE: u32 = 2;
+    CLOSE = 2, Close, "close";
     /// A process exited while holding tracked fds (no close was seen for them).
-    pub const EXIT: u32 = 3;
+    EXIT = 3, Exit, "exit";
     /// A process holding tracked fds called execve; close-on-exec fds are gone without a close.
-    pub const EXEC: u32 = 4;
+    EXEC = 4, Exec, "exec";
     /// rename/renameat/renameat2: `name` is the source, `name2` the destination.
-    pub const RENAME: u32 = 5;
+    RENAME = 5, Rename, "rename";
     /// link/linkat: `name` is the existing path, `name2` the new link.
-    pub const LINK: u32 = 6;
+    LINK = 6, Link, "link";
     /// symlink/symlinkat: `name` is the link target, `name2` the new symlink.
-    pub const SYMLINK: u32 = 7;
+    SYMLINK = 7, Symlink, "symlink";
     /// unlink/unlinkat on a watched name.
-    pub const UNLINK: u32 = 8;
+    UNLINK = 8, Unlink, "unlink";
     /// truncate(path) on a watched name.
-    pub const TRUNCATE: u32 = 9;
+    TRUNCATE = 9, Truncate, "truncate";
     /// ftruncate on a tracked fd.
-    pub const FTRUNCATE: u32 = 10;
+    FTRUNCATE = 10, Ftruncate, "ftruncate";
     /// dup/dup2/dup3/fcntl(F_DUPFD*) involving a tracked fd: `fd` is the old fd, `fd2` the new one.
-    pub const DUP: u32 = 11;
+    DUP = 11, Dup, "dup";
     /// close_range over a process that holds tracked fds: `fd`..=`fd2` are closed.
-    pub const CLOSE_RANGE: u32 = 12;
+    CLOSE_RANGE = 12, CloseRange, "close_range";
 }
 
 /// Bits of [`RawEvent::event_flags`].
@@ -110,7 +163,10 @@ pub mod flags {
 
 /// Open flags that mean "this open may change the file's content" (`O_WRONLY | O_RDWR | O_CREAT |
 /// O_TRUNC`, the same values on every Linux architecture that uses the generic flags).
-pub const OPEN_WRITE_INTENT: u64 = 0o1 | 0o2 | 0o100 | 0o1000;
+pub const OPEN_WRITE_INTENT: u64 = {
+    use syscalls::open_flags::{O_CREAT, O_RDWR, O_TRUNC, O_WRONLY};
+    O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
+};
 
 /// One kernel observation, exactly as the programs write it to the ring buffer.
 ///
@@ -227,14 +283,25 @@ pub const fn suffix_key(path: &[u8]) -> u64 {
     let mut key = 0u64;
     let mut i = 0;
     while i < SUFFIX_LEN && i < len {
-        let c = path[len - 1 - i];
-        if c == b'/' {
-            break;
+        match suffix_key_step(key, i, path[len - 1 - i]) {
+            Some(next) => key = next,
+            None => break,
         }
-        key |= (c as u64) << (8 * i);
         i += 1;
     }
     key
+}
+
+/// One step of [`suffix_key`]: adds `byte`, the `i`-th byte from the end of the path, or returns
+/// `None` at the `/` that ends the basename. The kernel's backwards loop and [`suffix_key`] share it
+/// so they cannot disagree.
+#[inline(always)]
+pub const fn suffix_key_step(key: u64, i: usize, byte: u8) -> Option<u64> {
+    if byte == b'/' {
+        None
+    } else {
+        Some(key | (byte as u64) << (8 * i))
+    }
 }
 
 /// Words in the suffix bitmap: 1024 × 64 = 65,536 bits, so a few hundred watched names let through
@@ -281,6 +348,23 @@ mod tests {
             basename_hash(b"/b/server.crt")
         );
         assert_ne!(suffix_key(b"/pki/ca.crt"), suffix_key(b"/pki/ca.key"));
+    }
+
+    #[test]
+    fn every_kind_constant_decodes_to_its_own_kind() {
+        for &k in EventKind::ALL {
+            assert_eq!(EventKind::from_raw(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_raw(kind::RENAME), Some(EventKind::Rename));
+        assert_eq!(EventKind::Rename.operation(), "rename");
+        assert_eq!(EventKind::from_raw(0), None);
+        assert_eq!(EventKind::from_raw(kind::CLOSE_RANGE + 1), None);
+    }
+
+    #[test]
+    fn creat_flags_mean_write_intent() {
+        assert_eq!(syscalls::open_flags::CREAT, 0o1101);
+        assert_ne!(syscalls::open_flags::CREAT & OPEN_WRITE_INTENT, 0);
     }
 
     #[test]

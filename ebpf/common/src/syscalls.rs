@@ -7,7 +7,10 @@
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 pub mod x86_64 {
-    #![allow(missing_docs)]
+    #![expect(
+        missing_docs,
+        reason = "each constant is the syscall its name says; the table cited above documents them"
+    )]
     pub const OPEN: i64 = 2;
     pub const CLOSE: i64 = 3;
     pub const DUP: i64 = 32;
@@ -32,6 +35,22 @@ pub mod x86_64 {
 
     /// Byte offsets in x86_64 `struct pt_regs` of the six syscall arguments (di, si, dx, r10, r8, r9).
     pub const PT_REGS_ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+}
+
+/// `open` flags the programs look at, with the values of the generic Linux ABI that every
+/// architecture certreload supports uses (include/uapi/asm-generic/fcntl.h).
+pub mod open_flags {
+    /// Open for writing only.
+    pub const O_WRONLY: u64 = 0o1;
+    /// Open for reading and writing.
+    pub const O_RDWR: u64 = 0o2;
+    /// Create the file if it does not exist.
+    pub const O_CREAT: u64 = 0o100;
+    /// Truncate the file to length 0.
+    pub const O_TRUNC: u64 = 0o1000;
+    /// The flags `creat(path, mode)` implies: it is `open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)`
+    /// (open(2)), and carries no flags argument of its own.
+    pub const CREAT: u64 = O_CREAT | O_WRONLY | O_TRUNC;
 }
 
 /// `fcntl` commands that duplicate an fd.

@@ -9,10 +9,19 @@
 //! 3. exit (`sys_exit` / `sys_exit_*`): only if something is parked (one array load otherwise), the
 //!    result is attached, fd tracking is updated and the event goes out on the ring buffer. Events are
 //!    emitted at exit so the agent never re-reads a file before the syscall has taken effect.
+//!
+//! Every `unsafe` block says why it is sound. Three reasons recur: a map value pointer
+//! (`get_ptr_mut`, `get`) points into memory the kernel keeps valid for the whole program run, even
+//! if the entry is deleted meanwhile (hash-map elements are freed only after an RCU grace period
+//! or reused in place, never unmapped); a `bpf_probe_read_*` helper checks the address it reads
+//! and fails with an error instead of faulting; and a raw context read relies on the tracepoint's
+//! record layout, described where it is used.
 #![no_std]
 #![no_main]
-// Atomic add on map values (BPF_XADD): the BPF target exposes no `Atomic*::fetch_add`.
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "atomic add on map values (BPF_XADD): the BPF target exposes no `Atomic*::fetch_add`, only core::intrinsics::atomic_xadd"
+)]
 #![feature(core_intrinsics)]
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -30,9 +39,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use certreload_common::{
-    basename_hash_step, flags, gates, kind, stats, suffix_bit,
-    syscalls::{x86_64 as nr, F_DUPFD, F_DUPFD_CLOEXEC},
-    RawEvent, FNV_OFFSET, MAX_TRACKED, MAX_WATCHED_NAMES, NAME_LEN, OPEN_WRITE_INTENT,
+    basename_hash_step, flags, gates, kind, stats, suffix_bit, suffix_key_step,
+    syscalls::{open_flags, x86_64 as nr, F_DUPFD, F_DUPFD_CLOEXEC},
+    RawEvent, COMM_LEN, FNV_OFFSET, MAX_TRACKED, MAX_WATCHED_NAMES, NAME_LEN, OPEN_WRITE_INTENT,
     RINGBUF_BYTES, SUFFIX_LEN, SUFFIX_WORDS,
 };
 
@@ -63,7 +72,8 @@ static SCRATCH: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn count(stat: u32) {
     if let Some(p) = STATS.get_ptr_mut(stat) {
-        // Per-CPU slot: no other writer can race with us.
+        // SAFETY: `p` is this CPU's slot of STATS, valid and aligned for the program run. Programs
+        // run with migration disabled, so no other CPU writes this slot: a plain add is enough.
         unsafe { *p += 1 };
     }
 }
@@ -79,7 +89,9 @@ fn gate(slot: u32) -> u64 {
 #[inline(always)]
 fn gate_add(slot: u32, delta: u64) {
     if let Some(p) = GATES.get_ptr_mut(slot) {
-        // Shared across CPUs: atomic add (BPF_XADD); a negative delta is passed two's-complement.
+        // SAFETY: `p` is a u64 slot of the GATES array, valid and 8-byte aligned for the program
+        // run (array values are never freed while the map exists). The slot is shared by every
+        // CPU, so the add is atomic (BPF_XADD); a negative delta is passed two's-complement.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
     }
 }
@@ -91,6 +103,8 @@ fn fd_key(tgid: u32, fd: i64) -> u64 {
 
 #[inline(always)]
 fn is_tracked(tgid: u32, fd: i64) -> bool {
+    // SAFETY: only whether the entry exists is used; the value reference, which another CPU or
+    // the agent may change or delete meanwhile, is never read.
     unsafe { TRACKED_FDS.get(fd_key(tgid, fd)).is_some() }
 }
 
@@ -102,6 +116,8 @@ fn is_tracked(tgid: u32, fd: i64) -> bool {
 /// and looked up in `WATCHED_NAMES`, which makes the match exact.
 #[inline(always)]
 fn read_name(ptr: u64, buf: &mut [u8; NAME_LEN], truncated_flag: u32, ev_flags: &mut u32) -> bool {
+    // SAFETY: `ptr` is the syscall's user path argument, possibly bogus: the helper checks the
+    // address and returns an error instead of faulting. `buf` is a NAME_LEN-byte buffer we own.
     let len = match unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, buf) } {
         Ok(s) => s.len(),
         Err(_) => {
@@ -120,11 +136,11 @@ fn read_name(ptr: u64, buf: &mut [u8; NAME_LEN], truncated_flag: u32, ev_flags: 
         if i >= len {
             break;
         }
-        let c = buf[(len - 1 - i) & (NAME_LEN - 1)];
-        if c == b'/' {
-            break;
+        // The mask keeps the index provably in bounds for the verifier.
+        match suffix_key_step(key, i, buf[(len - 1 - i) & (NAME_LEN - 1)]) {
+            Some(next) => key = next,
+            None => break,
         }
-        key |= (c as u64) << (8 * i);
         i += 1;
     }
     let (word, bit) = suffix_bit(key);
@@ -142,11 +158,16 @@ fn read_name(ptr: u64, buf: &mut [u8; NAME_LEN], truncated_flag: u32, ev_flags: 
         hash = basename_hash_step(hash, c);
         i += 1;
     }
+    // SAFETY: only whether the entry exists is used; the value reference, which the agent may
+    // change or delete meanwhile, is never read.
     unsafe { WATCHED_NAMES.get(hash).is_some() }
 }
 
 #[inline(always)]
 fn scratch() -> Option<&'static mut RawEvent> {
+    // SAFETY: `p` is this CPU's only SCRATCH slot, valid and aligned for the program run. Programs
+    // run with migration disabled and do not nest on a CPU, and every program takes the reference
+    // afresh and drops it before it returns, so this `&mut` is the only reference to the slot.
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
@@ -161,13 +182,18 @@ fn fill_task(ev: &mut RawEvent, event_kind: u32, syscall_flags: u64) -> u64 {
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
+    // SAFETY: the helper takes no argument and only reads the current task's cgroup.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     pid_tgid
 }
 
 /// Fills the writer's identity, then parks the event until the syscall returns.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing `*ev` by value would copy the event (over 600 bytes) onto the 512-byte BPF stack"
+)]
 fn park(ev: &mut RawEvent, event_kind: u32, syscall_flags: u64) {
     let pid_tgid = fill_task(ev, event_kind, syscall_flags);
     if PENDING.insert(pid_tgid, &*ev, BPF_NOEXIST as u64).is_ok() {
@@ -183,6 +209,7 @@ fn park(ev: &mut RawEvent, event_kind: u32, syscall_flags: u64) {
 fn emit_now(ev: &mut RawEvent, event_kind: u32) {
     fill_task(ev, event_kind, 0);
     ev.ret = 0;
+    // SAFETY: the helper takes no argument and only reads the monotonic clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(ev);
 }
@@ -209,11 +236,16 @@ fn track(tgid: u32, fd: i64, name_hash: u64) {
     }
     gate_add(gates::TRACKED_FDS, 1);
     match TRACKED_TGIDS.get_ptr_mut(tgid) {
-        Some(p) => unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, 1);
-        },
+        Some(p) => {
+            // SAFETY: `p` points at a u32 value of TRACKED_TGIDS, aligned, and valid for the
+            // program run even if another CPU deletes the entry meanwhile (see the crate doc).
+            // Several threads of the process may count at once, so the add is atomic (BPF_XADD).
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, 1) };
+        }
         None => {
-            let _ = TRACKED_TGIDS.insert(tgid, 1, BPF_ANY as u64);
+            // A full table only costs this process its exit, exec and close_range events: its
+            // fds stay tracked and their closes reported, and the resync sees the rest.
+            TRACKED_TGIDS.insert(tgid, 1, BPF_ANY as u64).ok();
         }
     }
 }
@@ -225,10 +257,14 @@ fn untrack(tgid: u32, fd: i64) {
     }
     gate_add(gates::TRACKED_FDS, u64::MAX);
     if let Some(p) = TRACKED_TGIDS.get_ptr_mut(tgid) {
-        // The fetched value is not used: BPF_FETCH atomics need kernel 5.12, we target 5.8.
+        // SAFETY: as in `track`: `p` is an aligned u32 value of TRACKED_TGIDS, valid for the run;
+        // the add is atomic. The fetched value is not used: BPF_FETCH atomics need kernel 5.12,
+        // we target 5.8.
         unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, u32::MAX) };
+        // SAFETY: the same valid, aligned pointer; the volatile read sees other CPUs' adds.
         if unsafe { core::ptr::read_volatile(p) } == 0 {
-            let _ = TRACKED_TGIDS.remove(tgid);
+            // An error means another thread's untrack or the exit removed it first.
+            TRACKED_TGIDS.remove(tgid).ok();
         }
     }
 }
@@ -268,6 +304,8 @@ fn enter_open(path: u64, open_flags: u64) {
 /// openat2: the flags live in user memory (`struct open_how`, `flags` first).
 #[inline(always)]
 fn enter_openat2(path: u64, how: u64) {
+    // SAFETY: `how` is the syscall's user pointer, possibly bogus: the helper checks the address
+    // and returns an error (then no flags: the open is ignored) instead of faulting.
     let open_flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
     enter_open(path, open_flags);
 }
@@ -362,6 +400,7 @@ fn enter_close_range(first: u64, last: u64) {
         return;
     }
     let tgid = current_tgid();
+    // SAFETY: only whether the entry exists is used; the value is never read.
     if unsafe { TRACKED_TGIDS.get(tgid) }.is_none() {
         return;
     }
@@ -387,8 +426,12 @@ fn exit_syscall(ret: i64) {
     let Some(ev) = PENDING.get_ptr_mut(pid_tgid) else {
         return;
     };
+    // SAFETY: `ev` points at this thread's PENDING entry, aligned and valid for the program run.
+    // Only this thread's entry and exit programs use its key, and the thread is inside the
+    // syscall, so nothing else holds a reference to it.
     let ev = unsafe { &mut *ev };
     ev.ret = ret;
+    // SAFETY: the helper takes no argument and only reads the monotonic clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     let tgid = ev.tgid;
     let send = match ev.kind {
@@ -413,6 +456,8 @@ fn exit_syscall(ret: i64) {
             if ret >= 0 {
                 let old = ev.fd as i64;
                 ev.fd2 = ret as i32;
+                // SAFETY: the value is copied at once; another thread of the process closing the
+                // fd meanwhile can only make it stale, and its memory stays valid for the run.
                 let hash = unsafe { TRACKED_FDS.get(fd_key(tgid, old)) }.copied();
                 if ret != old {
                     untrack(tgid, ret);
@@ -445,10 +490,13 @@ fn process_exit() {
     if pid_tgid as u32 != tgid {
         return;
     }
+    // SAFETY: the value is copied at once, and its memory stays valid for the run (the exiting
+    // leader is the last thread of its group: nothing else changes this entry).
     let Some(held) = (unsafe { TRACKED_TGIDS.get(tgid) }).copied() else {
         return;
     };
-    let _ = TRACKED_TGIDS.remove(tgid);
+    // An error means a last untrack removed it first: it is gone either way.
+    TRACKED_TGIDS.remove(tgid).ok();
     // The agent deletes this process's TRACKED_FDS entries; the gate is corrected here.
     gate_add(gates::TRACKED_FDS, (held as u64).wrapping_neg());
     emit_task_event(kind::EXIT);
@@ -461,6 +509,7 @@ fn process_exec() {
         return;
     }
     let tgid = current_tgid();
+    // SAFETY: only whether the entry exists is used; the value is never read.
     if unsafe { TRACKED_TGIDS.get(tgid) }.is_none() {
         return;
     }
@@ -486,11 +535,15 @@ fn emit_task_event(event_kind: u32) {
 #[inline(always)]
 fn regs_arg(regs: *const u8, n: usize) -> u64 {
     let off = nr::PT_REGS_ARG_OFFSETS[n];
+    // SAFETY: `regs` is the `struct pt_regs *` the raw tracepoint passes, and every offset in
+    // PT_REGS_ARG_OFFSETS lies inside that struct; the helper checks the address it reads and
+    // returns an error (then 0) instead of faulting.
     unsafe { bpf_probe_read_kernel(regs.add(off) as *const u64) }.unwrap_or(0)
 }
 
+/// Every syscall entry (raw strategy): dispatches on the number to the entry logic above.
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
+fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     // Most syscalls are none of ours: leave after one comparison chain on a register value.
     let regs: *const u8 = ctx.arg(0);
@@ -499,7 +552,7 @@ pub fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
         nr::CLOSE => enter_fd(kind::CLOSE, a(0), -1),
         nr::OPENAT => enter_open(a(1), a(2)),
         nr::OPEN => enter_open(a(0), a(1)),
-        nr::CREAT => enter_open(a(0), 0o1101),
+        nr::CREAT => enter_open(a(0), open_flags::CREAT),
         nr::OPENAT2 => enter_openat2(a(1), a(2)),
         nr::DUP => enter_fd(kind::DUP, a(0), -1),
         nr::DUP2 => enter_fd(kind::DUP, a(0), a(1) as i64),
@@ -522,21 +575,24 @@ pub fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Every syscall exit (raw strategy): completes a parked event, if any.
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn cr_sys_exit(ctx: RawTracePointContext) -> i32 {
+fn cr_sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     exit_syscall(ret);
     0
 }
 
+/// A task exits: a process holding tracked fds releases them without close.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn cr_process_exit(_ctx: RawTracePointContext) -> i32 {
+fn cr_process_exit(_ctx: RawTracePointContext) -> i32 {
     process_exit();
     0
 }
 
+/// A task calls execve: close-on-exec fds of a process holding tracked fds vanish.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn cr_process_exec(_ctx: RawTracePointContext) -> i32 {
+fn cr_process_exec(_ctx: RawTracePointContext) -> i32 {
     process_exec();
     0
 }
@@ -547,15 +603,24 @@ pub fn cr_process_exec(_ctx: RawTracePointContext) -> i32 {
 // u64 from offset 16 (see /sys/kernel/tracing/events/syscalls/sys_enter_openat/format).
 // ---------------------------------------------------------------------------------------------
 
+/// Offset of the first syscall argument (`sys_enter_*`), and of `long ret` (`sys_exit_*`), in a
+/// `syscalls` tracepoint record: after the 8-byte common header and `int __syscall_nr` padded to 8.
+const TP_ARGS_OFFSET: usize = 16;
+
 #[inline(always)]
 fn tp_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { *(ctx.as_ptr().cast::<u8>().add(16 + 8 * n) as *const u64) }
+    // SAFETY: `ctx` points at the `sys_enter_*` record described above: argument `n` is the u64 at
+    // TP_ARGS_OFFSET + 8n, 8-byte aligned, and every caller asks only for arguments its syscall
+    // has (the record holds all of them). The verifier also bounds every context read.
+    unsafe { *(ctx.as_ptr().cast::<u8>().add(TP_ARGS_OFFSET + 8 * n) as *const u64) }
 }
 
+/// One `syscalls:sys_enter_<name>` program: `a(n)` is the syscall's argument `n`, `body` the entry
+/// logic it calls.
 macro_rules! syscall_tracepoint {
     ($name:ident, |$a:ident| $body:expr) => {
         #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
+        fn $name(ctx: TracePointContext) -> u32 {
             let $a = |n| tp_arg(&ctx, n);
             $body;
             0
@@ -566,7 +631,7 @@ macro_rules! syscall_tracepoint {
 syscall_tracepoint!(cr_tp_open, |a| enter_open(a(0), a(1)));
 syscall_tracepoint!(cr_tp_openat, |a| enter_open(a(1), a(2)));
 syscall_tracepoint!(cr_tp_openat2, |a| enter_openat2(a(1), a(2)));
-syscall_tracepoint!(cr_tp_creat, |a| enter_open(a(0), 0o1101));
+syscall_tracepoint!(cr_tp_creat, |a| enter_open(a(0), open_flags::CREAT));
 syscall_tracepoint!(cr_tp_close, |a| enter_fd(kind::CLOSE, a(0), -1));
 syscall_tracepoint!(cr_tp_close_range, |a| enter_close_range(a(0), a(1)));
 syscall_tracepoint!(cr_tp_dup, |a| enter_fd(kind::DUP, a(0), -1));
@@ -629,8 +694,11 @@ syscall_tracepoint!(cr_tp_ftruncate, |a| enter_fd(kind::FTRUNCATE, a(0), -1));
 
 /// Attached to every `syscalls:sys_exit_*` of the list above; `long ret` is at offset 16.
 #[tracepoint]
-pub fn cr_tp_exit(ctx: TracePointContext) -> u32 {
-    let ret = unsafe { *(ctx.as_ptr().cast::<u8>().add(16) as *const i64) };
+fn cr_tp_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: `ctx` points at a `sys_exit_*` record (layout above, and
+    // /sys/kernel/tracing/events/syscalls/sys_exit_openat/format): `long ret` is the i64 at
+    // TP_ARGS_OFFSET, 8-byte aligned. The verifier also bounds every context read.
+    let ret = unsafe { *(ctx.as_ptr().cast::<u8>().add(TP_ARGS_OFFSET) as *const i64) };
     exit_syscall(ret);
     0
 }
@@ -639,7 +707,7 @@ pub fn cr_tp_exit(ctx: TracePointContext) -> u32 {
 /// cost the kernel charges every syscall once any syscall tracepoint is in use (the floor under
 /// both real strategies); `cargo xtask bench monitor` reports it.
 #[tracepoint]
-pub fn cr_tp_noop(_ctx: TracePointContext) -> u32 {
+fn cr_tp_noop(_ctx: TracePointContext) -> u32 {
     0
 }
 
