@@ -6,7 +6,7 @@
 #![no_main]
 
 use certreload::monitor::ebpf::{
-    decode::{decode, DecodeError, KernelEventKind},
+    decode::{decode, DecodeError, Operation},
     writers::OpenWriters,
 };
 use certreload_common::RawEvent;
@@ -18,14 +18,15 @@ fuzz_target!(|data: &[u8]| {
     let mut chunks = data.chunks_exact(size);
     for record in &mut chunks {
         let Ok(ev) = decode(record) else { continue };
-        let tgid = ev.writer.tgid;
-        match ev.kind {
+        let writer = ev.header.writer;
+        let tgid = writer.tgid;
+        match ev.op {
             // `still_open = false`: the target must not depend on this machine's /proc.
-            KernelEventKind::OpenWrite => writers.opened(tgid, ev.fd, ev.name, ev.writer, false),
-            KernelEventKind::Close => drop(writers.closed(tgid, ev.fd)),
-            KernelEventKind::Dup => drop(writers.duplicated(tgid, ev.fd, ev.fd2)),
-            KernelEventKind::CloseRange => drop(writers.closed_range(tgid, ev.fd, ev.fd2)),
-            KernelEventKind::Exit => {
+            Operation::OpenWrite { name, fd } => writers.opened(tgid, fd, name, writer, false),
+            Operation::Close { fd } => drop(writers.closed(tgid, fd)),
+            Operation::Dup { old, new } => drop(writers.duplicated(tgid, old, new)),
+            Operation::CloseRange { first, last } => drop(writers.closed_range(tgid, first, last)),
+            Operation::Exit => {
                 writers.exited(tgid);
             }
             _ => {}

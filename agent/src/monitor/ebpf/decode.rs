@@ -1,4 +1,7 @@
-//! Decoding of the kernel's [`RawEvent`] bytes into typed events.
+//! Decoding of the kernel's [`RawEvent`] bytes into typed events: one [`Operation`] variant per
+//! [`EventKind`], carrying the arguments of that kind under their own names, after a shared
+//! [`EventHeader`] (writer, timestamp). The raw record's `name`/`name2`/`fd`/`fd2` change meaning
+//! with the kind; nothing past this module sees them.
 #![expect(
     unsafe_code,
     reason = "a ring buffer record is read as the plain-old-data RawEvent (read_unaligned, after its size is checked); the tests view one as bytes"
@@ -6,7 +9,7 @@
 
 use std::{ffi::OsString, os::unix::ffi::OsStringExt};
 
-use certreload_common::{flags, kind, RawEvent};
+use certreload_common::{flags, EventKind, RawEvent};
 use thiserror::Error;
 
 use crate::monitor::hint::Writer;
@@ -27,96 +30,189 @@ pub enum DecodeError {
     Kind(u32),
 }
 
-/// What the kernel saw, typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelEventKind {
-    /// A watched name was opened for writing; `fd` is the new fd.
-    OpenWrite,
-    /// A tracked fd was closed.
-    Close,
-    /// A process holding tracked fds exited.
-    Exit,
-    /// A process holding tracked fds called execve.
-    Exec,
-    /// `name` was renamed to `name2`.
-    Rename,
-    /// `name2` was hard-linked to `name`.
-    Link,
-    /// `name2` was created as a symlink to `name`.
-    Symlink,
-    /// `name` was unlinked.
-    Unlink,
-    /// `name` was truncated by path.
-    Truncate,
-    /// A tracked fd was truncated.
-    Ftruncate,
-    /// `fd` was duplicated to `fd2`.
-    Dup,
-    /// fds `fd..=fd2` were closed at once.
-    CloseRange,
+/// One decoded kernel event: who made the syscall and when, then what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// What every kind carries.
+    pub header: EventHeader,
+    /// The operation, with the arguments its kind has.
+    pub op: Operation,
 }
 
-impl KernelEventKind {
-    /// The operation's name as printed in changes.
-    pub fn operation(self) -> &'static str {
-        match self {
-            Self::OpenWrite => "open",
-            Self::Close => "close",
-            Self::Exit => "exit",
-            Self::Exec => "exec",
-            Self::Rename => "rename",
-            Self::Link => "link",
-            Self::Symlink => "symlink",
-            Self::Unlink => "unlink",
-            Self::Truncate => "truncate",
-            Self::Ftruncate => "ftruncate",
-            Self::Dup => "dup",
-            Self::CloseRange => "close_range",
+/// The part of a kernel event that does not depend on its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeader {
+    /// Who made the syscall: the attribution a confirmed change carries.
+    pub writer: Writer,
+    /// `CLOCK_MONOTONIC` ns when the kernel saw the syscall complete (for close, close_range,
+    /// ftruncate, exit and exec: when it began, since those are reported at entry).
+    pub ts_ns: u64,
+    /// A path argument was longer than the kernel keeps ([`certreload_common::NAME_LEN`]): its
+    /// basename is unknown, so the event may concern any watched file.
+    pub path_truncated: bool,
+}
+
+/// What the kernel saw, one variant per [`EventKind`] with that kind's arguments. Paths are the
+/// arguments as the caller passed them (relative or absolute); an argument the kernel could not
+/// read is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// A watched name was opened with write intent (open, openat, openat2, creat).
+    OpenWrite {
+        /// The path opened.
+        name: OsString,
+        /// The new fd: writing through it ends at its last close.
+        fd: i32,
+    },
+    /// A tracked fd was closed.
+    Close {
+        /// The fd closed.
+        fd: i32,
+    },
+    /// A process holding tracked fds exited: they are released without a close.
+    Exit,
+    /// A process holding tracked fds called execve: its close-on-exec fds are gone.
+    Exec,
+    /// A rename (rename, renameat, renameat2).
+    Rename {
+        /// The name that was moved.
+        from: OsString,
+        /// The name it now has (replacing what was there).
+        to: OsString,
+    },
+    /// A hard link (link, linkat).
+    Link {
+        /// The path that already existed.
+        existing: OsString,
+        /// The new name for the same file.
+        link: OsString,
+    },
+    /// A symlink was created (symlink, symlinkat).
+    Symlink {
+        /// The text the link holds: not a path that changed.
+        target: OsString,
+        /// The new symlink.
+        link: OsString,
+    },
+    /// A watched name was unlinked (unlink, unlinkat).
+    Unlink {
+        /// The path removed.
+        name: OsString,
+    },
+    /// A watched name was truncated by path.
+    Truncate {
+        /// The path truncated.
+        name: OsString,
+    },
+    /// A tracked fd was truncated: its content changes, and its close reports it.
+    Ftruncate {
+        /// The fd truncated.
+        fd: i32,
+    },
+    /// A tracked fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD*); dup2 onto an open fd closes
+    /// that fd first.
+    Dup {
+        /// The fd duplicated.
+        old: i32,
+        /// The fd that now refers to the same file.
+        new: i32,
+    },
+    /// A process holding tracked fds closed a range of fds at once.
+    CloseRange {
+        /// The first fd closed.
+        first: i32,
+        /// The last fd closed (inclusive; capped at `i32::MAX` by the kernel program).
+        last: i32,
+    },
+}
+
+impl Operation {
+    /// Builds the operation of `kind` from the fields its kind uses (see [`certreload_common::kind`]
+    /// for which raw field holds what).
+    fn of(kind: EventKind, raw: &RawEvent) -> Self {
+        let name = || path(&raw.name);
+        let name2 = || path(&raw.name2);
+        match kind {
+            EventKind::OpenWrite => Self::OpenWrite {
+                name: name(),
+                fd: raw.fd,
+            },
+            EventKind::Close => Self::Close { fd: raw.fd },
+            EventKind::Exit => Self::Exit,
+            EventKind::Exec => Self::Exec,
+            EventKind::Rename => Self::Rename {
+                from: name(),
+                to: name2(),
+            },
+            EventKind::Link => Self::Link {
+                existing: name(),
+                link: name2(),
+            },
+            EventKind::Symlink => Self::Symlink {
+                target: name(),
+                link: name2(),
+            },
+            EventKind::Unlink => Self::Unlink { name: name() },
+            EventKind::Truncate => Self::Truncate { name: name() },
+            EventKind::Ftruncate => Self::Ftruncate { fd: raw.fd },
+            EventKind::Dup => Self::Dup {
+                old: raw.fd,
+                new: raw.fd2,
+            },
+            EventKind::CloseRange => Self::CloseRange {
+                first: raw.fd,
+                last: raw.fd2,
+            },
         }
     }
 
-    fn from_raw(value: u32) -> Result<Self, DecodeError> {
-        Ok(match value {
-            kind::OPEN_WRITE => Self::OpenWrite,
-            kind::CLOSE => Self::Close,
-            kind::EXIT => Self::Exit,
-            kind::EXEC => Self::Exec,
-            kind::RENAME => Self::Rename,
-            kind::LINK => Self::Link,
-            kind::SYMLINK => Self::Symlink,
-            kind::UNLINK => Self::Unlink,
-            kind::TRUNCATE => Self::Truncate,
-            kind::FTRUNCATE => Self::Ftruncate,
-            kind::DUP => Self::Dup,
-            kind::CLOSE_RANGE => Self::CloseRange,
-            other => return Err(DecodeError::Kind(other)),
-        })
+    /// The kind this operation was decoded from.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::OpenWrite { .. } => EventKind::OpenWrite,
+            Self::Close { .. } => EventKind::Close,
+            Self::Exit => EventKind::Exit,
+            Self::Exec => EventKind::Exec,
+            Self::Rename { .. } => EventKind::Rename,
+            Self::Link { .. } => EventKind::Link,
+            Self::Symlink { .. } => EventKind::Symlink,
+            Self::Unlink { .. } => EventKind::Unlink,
+            Self::Truncate { .. } => EventKind::Truncate,
+            Self::Ftruncate { .. } => EventKind::Ftruncate,
+            Self::Dup { .. } => EventKind::Dup,
+            Self::CloseRange { .. } => EventKind::CloseRange,
+        }
+    }
+
+    /// The operation's name as printed in changes (`open`, `rename`, ...), from the kind table.
+    pub fn as_str(&self) -> &'static str {
+        self.kind().operation()
     }
 }
 
-/// One decoded kernel event.
-#[derive(Debug, Clone)]
-pub struct KernelEvent {
-    /// What happened.
-    pub kind: KernelEventKind,
-    /// Who did it.
-    pub writer: Writer,
-    /// `CLOCK_MONOTONIC` ns when the syscall returned.
-    pub ts_ns: u64,
-    /// First path argument (empty when none).
-    pub name: OsString,
-    /// Second path argument (empty when none).
-    pub name2: OsString,
-    /// True when a path was too long to know its basename.
-    pub name_truncated: bool,
-    /// The fd concerned.
-    pub fd: i32,
-    /// The second fd (dup target, close_range end).
-    pub fd2: i32,
+/// Decodes one ring-buffer record: its size and kind are checked before any field is used.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let raw = read_raw(bytes)?;
+    let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    Ok(KernelEvent {
+        header: EventHeader {
+            writer: Writer {
+                pid: raw.pid,
+                tgid: raw.tgid,
+                comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
+                uid: raw.uid,
+                gid: raw.gid,
+                cgroup_id: raw.cgroup_id,
+            },
+            ts_ns: raw.ts_ns,
+            path_truncated: raw.event_flags & (flags::NAME_TRUNCATED | flags::NAME2_TRUNCATED) != 0,
+        },
+        op: Operation::of(kind, &raw),
+    })
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+/// Copies a record of exactly `size_of::<RawEvent>()` bytes out of the ring.
+fn read_raw(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let expected = std::mem::size_of::<RawEvent>();
     if bytes.len() != expected {
         return Err(DecodeError::Size {
@@ -126,24 +222,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
     // SAFETY: the length matches and RawEvent is plain old data (every bit pattern is valid);
     // read_unaligned copes with the ring buffer's 8-byte (not necessarily 64-byte) alignment.
-    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    Ok(KernelEvent {
-        kind: KernelEventKind::from_raw(raw.kind)?,
-        writer: Writer {
-            pid: raw.pid,
-            tgid: raw.tgid,
-            comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
-            uid: raw.uid,
-            gid: raw.gid,
-            cgroup_id: raw.cgroup_id,
-        },
-        ts_ns: raw.ts_ns,
-        name: OsString::from_vec(until_nul(&raw.name).to_vec()),
-        name2: OsString::from_vec(until_nul(&raw.name2).to_vec()),
-        name_truncated: raw.event_flags & (flags::NAME_TRUNCATED | flags::NAME2_TRUNCATED) != 0,
-        fd: raw.fd,
-        fd2: raw.fd2,
-    })
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// A NUL-terminated path argument, as the bytes the caller passed.
+fn path(bytes: &[u8]) -> OsString {
+    OsString::from_vec(until_nul(bytes).to_vec())
 }
 
 fn until_nul(bytes: &[u8]) -> &[u8] {
@@ -153,6 +237,8 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use certreload_common::kind;
+
     use super::*;
 
     fn bytes_of(raw: &RawEvent) -> Vec<u8> {
@@ -176,12 +262,54 @@ mod tests {
         raw.name[..4].copy_from_slice(b"/a/x");
         raw.name2[..6].copy_from_slice(b"..data");
         let ev = decode(&bytes_of(&raw)).expect("decodes");
-        assert_eq!(ev.kind, KernelEventKind::Rename);
-        assert_eq!(ev.writer.comm, "mv");
-        assert_eq!((ev.writer.pid, ev.writer.tgid), (7, 6));
-        assert_eq!(ev.name, "/a/x");
-        assert_eq!(ev.name2, "..data");
-        assert!(!ev.name_truncated);
+        assert_eq!(
+            ev.op,
+            Operation::Rename {
+                from: "/a/x".into(),
+                to: "..data".into()
+            }
+        );
+        assert_eq!(ev.op.as_str(), "rename");
+        assert_eq!(ev.header.writer.comm, "mv");
+        assert_eq!((ev.header.writer.pid, ev.header.writer.tgid), (7, 6));
+        assert!(!ev.header.path_truncated);
+    }
+
+    #[test]
+    fn each_kind_gets_its_own_payload() {
+        let mut raw = RawEvent::zeroed();
+        raw.fd = 3;
+        raw.fd2 = 9;
+        raw.name[..6].copy_from_slice(b"target");
+        raw.name2[..4].copy_from_slice(b"link");
+        raw.event_flags = flags::NAME2_TRUNCATED;
+        raw.kind = kind::SYMLINK;
+        let symlink = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(
+            symlink.op,
+            Operation::Symlink {
+                target: "target".into(),
+                link: "link".into()
+            }
+        );
+        assert!(symlink.header.path_truncated);
+        raw.kind = kind::DUP;
+        let dup = decode(&bytes_of(&raw)).expect("decodes").op;
+        assert_eq!(dup, Operation::Dup { old: 3, new: 9 });
+        raw.kind = kind::CLOSE_RANGE;
+        let range = decode(&bytes_of(&raw)).expect("decodes").op;
+        assert_eq!(range, Operation::CloseRange { first: 3, last: 9 });
+    }
+
+    #[test]
+    fn every_kind_decodes_to_an_operation_of_that_kind() {
+        for &kind in EventKind::ALL {
+            let mut raw = RawEvent::zeroed();
+            raw.kind = kind as u32;
+            let ev = decode(&bytes_of(&raw)).expect("every known kind decodes");
+            assert_eq!(ev.op.kind(), kind);
+            assert_eq!(ev.op.as_str(), kind.operation());
+        }
     }
 
     #[test]

@@ -4,13 +4,13 @@ pub mod decode;
 pub mod loader;
 pub mod writers;
 
-use std::{collections::HashSet, io, os::unix::fs::MetadataExt, path::Path};
+use std::{collections::HashSet, ffi::OsString, io, os::unix::fs::MetadataExt, path::Path};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use self::{
-    decode::{decode, KernelEvent, KernelEventKind},
+    decode::{decode, KernelEvent, Operation},
     loader::{EbpfUnavailable, HookStrategy, KernelHooks, KernelStats},
     writers::{OpenForWrite, OpenWriters},
 };
@@ -86,88 +86,75 @@ impl KernelSource {
         }
     }
 
-    /// Turns a batch of kernel events into hints, in order, updating write tracking.
+    /// Turns a batch of kernel events into hints, in order, updating write tracking: an operation
+    /// on a path is a hint at once; a write through an fd is one when the writing ends (last close,
+    /// the dup2 that replaced the fd, close_range, exit or exec).
     pub fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
         let mut hints = Vec::new();
         for (i, ev) in batch.iter().enumerate() {
-            let finished: Vec<OpenForWrite> = match ev.kind {
-                KernelEventKind::OpenWrite => {
-                    let closed_later = batch[i + 1..].iter().any(|later| {
-                        later.writer.tgid == ev.writer.tgid
-                            && matches!(later.kind, KernelEventKind::Close | KernelEventKind::Exit)
-                    });
-                    self.writers.opened(
-                        ev.writer.tgid,
-                        ev.fd,
-                        ev.name.clone(),
-                        ev.writer.clone(),
-                        !closed_later,
-                    );
+            let tgid = ev.header.writer.tgid;
+            let finished: Vec<OpenForWrite> = match &ev.op {
+                Operation::OpenWrite { name, fd } => {
+                    let still_open = !closed_later(tgid, &batch[i + 1..]);
+                    let writer = ev.header.writer.clone();
+                    self.writers
+                        .opened(tgid, *fd, name.clone(), writer, still_open);
                     Vec::new()
                 }
-                KernelEventKind::Close => self
+                Operation::Close { fd } => self.writers.closed(tgid, *fd).into_iter().collect(),
+                Operation::Dup { old, new } => self
                     .writers
-                    .closed(ev.writer.tgid, ev.fd)
+                    .duplicated(tgid, *old, *new)
                     .into_iter()
                     .collect(),
-                KernelEventKind::Dup => self
-                    .writers
-                    .duplicated(ev.writer.tgid, ev.fd, ev.fd2)
-                    .into_iter()
-                    .collect(),
-                KernelEventKind::CloseRange => {
-                    let done = self.writers.closed_range(ev.writer.tgid, ev.fd, ev.fd2);
-                    for fd in ev.fd..=ev.fd2.min(ev.fd.saturating_add(4096)) {
-                        self.hooks.forget_fd(ev.writer.tgid, fd);
-                    }
-                    done
+                Operation::CloseRange { first, last } => self.closed_range(tgid, *first, *last),
+                Operation::Exit => {
+                    self.hooks.forget_process(tgid);
+                    self.writers.exited(tgid)
                 }
-                KernelEventKind::Exit => {
-                    self.hooks.forget_process(ev.writer.tgid);
-                    self.writers.exited(ev.writer.tgid)
-                }
-                KernelEventKind::Exec => {
-                    let gone = self.writers.executed(ev.writer.tgid);
-                    for (fd, _) in &gone {
-                        self.hooks.forget_fd(ev.writer.tgid, *fd);
-                    }
-                    gone.into_iter().map(|(_, e)| e).collect()
-                }
+                Operation::Exec => self.executed(tgid),
                 // Content changes through a still-open fd: the close will report it.
-                KernelEventKind::Ftruncate => Vec::new(),
-                KernelEventKind::Rename
-                | KernelEventKind::Link
-                | KernelEventKind::Unlink
-                | KernelEventKind::Truncate => {
-                    hints.push(self.hint(ev, vec![ev.name.clone(), ev.name2.clone()]));
+                Operation::Ftruncate { .. } => Vec::new(),
+                Operation::Rename { from, to } => {
+                    hints.push(hint(ev, [from, to]));
                     Vec::new()
                 }
-                KernelEventKind::Symlink => {
-                    // `name` is the link's target text, not a path that changed.
-                    hints.push(self.hint(ev, vec![ev.name2.clone()]));
+                Operation::Link { existing, link } => {
+                    hints.push(hint(ev, [existing, link]));
+                    Vec::new()
+                }
+                Operation::Symlink { target: _, link } => {
+                    hints.push(hint(ev, [link]));
+                    Vec::new()
+                }
+                Operation::Unlink { name } | Operation::Truncate { name } => {
+                    hints.push(hint(ev, [name]));
                     Vec::new()
                 }
             };
-            for done in finished {
-                hints.push(self.hint(ev, vec![done.name]));
-            }
+            hints.extend(finished.iter().map(|done| hint(ev, [&done.name])));
         }
         hints
     }
 
-    fn hint(&self, ev: &KernelEvent, names: Vec<std::ffi::OsString>) -> Hint {
-        let names = names.into_iter().filter(|n| !n.is_empty()).collect();
-        Hint {
-            scope: if ev.name_truncated {
-                Scope::All
-            } else {
-                Scope::Names(names)
-            },
-            source: Source::Ebpf,
-            writer: Some(ev.writer.clone()),
-            kernel_ts_ns: Some(ev.ts_ns),
-            operation: ev.kind.operation(),
+    /// close_range: the writes finished in the range, and the kernel's table forgets its fds
+    /// (at most 4,097 of them: a range to `i32::MAX` must not stall the monitor).
+    fn closed_range(&mut self, tgid: u32, first: i32, last: i32) -> Vec<OpenForWrite> {
+        let done = self.writers.closed_range(tgid, first, last);
+        for fd in first..=last.min(first.saturating_add(4096)) {
+            self.hooks.forget_fd(tgid, fd);
         }
+        done
+    }
+
+    /// execve: the fds that vanished (close-on-exec) finished their writes; the kernel's table
+    /// forgets them.
+    fn executed(&mut self, tgid: u32) -> Vec<OpenForWrite> {
+        let gone = self.writers.executed(tgid);
+        for (fd, _) in &gone {
+            self.hooks.forget_fd(tgid, *fd);
+        }
+        gone.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Files still open for writing; a watched path resolving to one of them is not re-read yet.
@@ -182,4 +169,34 @@ pub fn is_busy(busy: &HashSet<(u64, u64)>, path: &Path) -> bool {
         && std::fs::metadata(path)
             .map(|m| busy.contains(&(m.dev(), m.ino())))
             .unwrap_or(false)
+}
+
+/// True when a later event of the batch closed fds of `tgid` (a close or its exit): a write-open
+/// of the same process may already be closed, so `/proc` must not be asked about its fd.
+fn closed_later(tgid: u32, later: &[KernelEvent]) -> bool {
+    later.iter().any(|ev| {
+        ev.header.writer.tgid == tgid && matches!(ev.op, Operation::Close { .. } | Operation::Exit)
+    })
+}
+
+/// The hint for `names` (empty ones, arguments the kernel could not read, are left out), with the
+/// event's writer, time and operation; every watched path when a path argument was truncated.
+fn hint<'a>(ev: &KernelEvent, names: impl IntoIterator<Item = &'a OsString>) -> Hint {
+    Hint {
+        scope: if ev.header.path_truncated {
+            Scope::All
+        } else {
+            Scope::Names(
+                names
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .cloned()
+                    .collect(),
+            )
+        },
+        source: Source::Ebpf,
+        writer: Some(ev.header.writer.clone()),
+        kernel_ts_ns: Some(ev.header.ts_ns),
+        operation: ev.op.as_str(),
+    }
 }
