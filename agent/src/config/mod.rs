@@ -120,7 +120,9 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9808";
 impl Default for AgentSettings {
     fn default() -> Self {
         AgentSettings {
-            resync: Duration::from_secs(30),
+            // The monitor's own default (config sits above monitor: monitor imports nothing of
+            // config, so this is no loop).
+            resync: crate::monitor::DEFAULT_RESYNC,
             settle: Duration::ZERO,
             pair_timeout: Duration::from_secs(10),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
@@ -430,183 +432,12 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        let mut agent = AgentSettings::default();
-        if let Some(v) = &raw.agent.resync {
-            agent.resync = src.duration_in(v, "agent.resync", &bounds::RESYNC)?;
-        }
-        if let Some(v) = &raw.agent.settle {
-            agent.settle = src.duration_in(v, "agent.settle", &bounds::SETTLE)?;
-        }
-        if let Some(v) = &raw.agent.pair_timeout {
-            agent.pair_timeout = src.duration_in(v, "agent.pair_timeout", &bounds::PAIR_TIMEOUT)?;
-        }
-        if let Some(v) = &raw.agent.admin {
-            agent.admin = v.get_ref().parse().map_err(|e| {
-                src.invalid(
-                    v.span().start,
-                    "agent.admin",
-                    format!(
-                        "{:?} is not an address like \"127.0.0.1:9808\": {e}",
-                        v.get_ref()
-                    ),
-                )
-            })?;
-        }
-        if let Some(v) = &raw.agent.max_file_size {
-            agent.max_file_size = src.size_in(v, "agent.max_file_size", &bounds::MAX_FILE_SIZE)?;
-        }
-        let mut audit = AuditSettings::default();
-        if let Some(a) = &raw.audit {
-            audit.path = a.path.clone();
-            if let Some(v) = &a.max_size {
-                audit.max_size = src.size_in(v, "audit.max_size", &bounds::AUDIT_MAX_SIZE)?;
-            }
-            audit.witness = a.witness;
-            if let Some(v) = &a.witness_interval {
-                audit.witness_interval = src.duration_in(
-                    v,
-                    "audit.witness_interval",
-                    &crate::audit::witness::INTERVAL,
-                )?;
-            }
-            if let Some(v) = &a.witness_namespace {
-                let ns = v.get_ref();
-                let label = !ns.is_empty()
-                    && ns.len() <= 63
-                    && ns
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !ns.starts_with('-')
-                    && !ns.ends_with('-');
-                if !label {
-                    return Err(src.invalid(
-                        v.span().start,
-                        "audit.witness_namespace",
-                        format!("{ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"),
-                    ));
-                }
-                audit.witness_namespace = ns.clone();
-            }
-        }
-        let mut names = BTreeSet::new();
-        let mut bundles = Vec::new();
-        for spanned in &raw.bundles {
-            let offset = spanned.span().start;
-            let b = spanned.get_ref();
-            let field = |f: &str| format!("bundle[{}].{f}", b.name);
-            if b.name.trim().is_empty() {
-                return Err(src.invalid(offset, "bundle.name", "must not be empty"));
-            }
-            if !names.insert(b.name.clone()) {
-                return Err(src.invalid(offset, field("name"), "duplicate bundle name"));
-            }
-            let missing = |name: &str| {
-                src.invalid(
-                    offset,
-                    field(name),
-                    format!("required for kind {:?}", b.kind),
-                )
-            };
-            let unused = |name: &str| {
-                src.invalid(
-                    offset,
-                    field(name),
-                    format!("not used by kind {:?}", b.kind),
-                )
-            };
-            let files = match b.kind {
-                BundleKind::Server | BundleKind::Client => {
-                    for (name, present) in [
-                        ("private_key", b.private_key.is_some()),
-                        ("public_keys", !b.public_keys.is_empty()),
-                        ("file", b.file.is_some()),
-                    ] {
-                        if present {
-                            return Err(unused(name));
-                        }
-                    }
-                    BundleFiles::Pair {
-                        cert: b.cert.clone().ok_or_else(|| missing("cert"))?,
-                        key: b.key.clone().ok_or_else(|| missing("key"))?,
-                        ca: b.ca.clone(),
-                    }
-                }
-                BundleKind::Ca => {
-                    for (name, present) in [
-                        ("ca", b.ca.is_some()),
-                        ("private_key", b.private_key.is_some()),
-                        ("public_keys", !b.public_keys.is_empty()),
-                        ("file", b.file.is_some()),
-                    ] {
-                        if present {
-                            return Err(unused(name));
-                        }
-                    }
-                    BundleFiles::Ca {
-                        bundle: b.cert.clone().ok_or_else(|| missing("cert"))?,
-                        key: b.key.clone(),
-                    }
-                }
-                BundleKind::Kubeconfig => {
-                    for (name, present) in [
-                        ("cert", b.cert.is_some()),
-                        ("key", b.key.is_some()),
-                        ("ca", b.ca.is_some()),
-                        ("private_key", b.private_key.is_some()),
-                        ("public_keys", !b.public_keys.is_empty()),
-                    ] {
-                        if present {
-                            return Err(unused(name));
-                        }
-                    }
-                    BundleFiles::Kubeconfig {
-                        file: b.file.clone().ok_or_else(|| missing("file"))?,
-                    }
-                }
-                BundleKind::SaKeys => {
-                    for (name, present) in [
-                        ("cert", b.cert.is_some()),
-                        ("key", b.key.is_some()),
-                        ("ca", b.ca.is_some()),
-                        ("file", b.file.is_some()),
-                    ] {
-                        if present {
-                            return Err(unused(name));
-                        }
-                    }
-                    if b.public_keys.is_empty() {
-                        return Err(missing("public_keys"));
-                    }
-                    BundleFiles::SaKeys {
-                        private_key: b
-                            .private_key
-                            .clone()
-                            .ok_or_else(|| missing("private_key"))?,
-                        public_keys: b.public_keys.clone(),
-                    }
-                }
-            };
-            if b.signing && b.kind != BundleKind::Ca {
-                return Err(unused("signing"));
-            }
-            let min_validity = match &b.min_validity {
-                Some(v) => {
-                    Some(src.duration_in(v, &field("min_validity"), &bounds::MIN_VALIDITY)?)
-                }
-                None => None,
-            };
-            bundles.push(BundleConfig {
-                name: b.name.clone(),
-                kind: b.kind,
-                line: src.line(offset),
-                files,
-                expect_sans: b.expect_sans.clone(),
-                min_validity,
-                allow_san_removal: b.allow_san_removal,
-                allow_ca_removal: b.allow_ca_removal,
-                signing: b.signing,
-            });
-        }
+        let agent = parse_agent(&src, &raw.agent)?;
+        let audit = match &raw.audit {
+            Some(a) => parse_audit(&src, a)?,
+            None => AuditSettings::default(),
+        };
+        let bundles = parse_bundles(&src, &raw.bundles)?;
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
         let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
@@ -632,6 +463,208 @@ impl Config {
             locks,
             admin,
         })
+    }
+}
+
+/// `[agent]`: each value given within its bounds, the defaults otherwise.
+fn parse_agent(src: &Source<'_>, raw: &RawAgent) -> Result<AgentSettings, ConfigError> {
+    let mut agent = AgentSettings::default();
+    if let Some(v) = &raw.resync {
+        agent.resync = src.duration_in(v, "agent.resync", &bounds::RESYNC)?;
+    }
+    if let Some(v) = &raw.settle {
+        agent.settle = src.duration_in(v, "agent.settle", &bounds::SETTLE)?;
+    }
+    if let Some(v) = &raw.pair_timeout {
+        agent.pair_timeout = src.duration_in(v, "agent.pair_timeout", &bounds::PAIR_TIMEOUT)?;
+    }
+    if let Some(v) = &raw.admin {
+        agent.admin = v.get_ref().parse().map_err(|e| {
+            src.invalid(
+                v.span().start,
+                "agent.admin",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9808\": {e}",
+                    v.get_ref()
+                ),
+            )
+        })?;
+    }
+    if let Some(v) = &raw.max_file_size {
+        agent.max_file_size = src.size_in(v, "agent.max_file_size", &bounds::MAX_FILE_SIZE)?;
+    }
+    Ok(agent)
+}
+
+/// `[audit]`: the log's path and size, and the witness.
+fn parse_audit(src: &Source<'_>, raw: &RawAudit) -> Result<AuditSettings, ConfigError> {
+    let mut audit = AuditSettings {
+        path: raw.path.clone(),
+        witness: raw.witness,
+        ..AuditSettings::default()
+    };
+    if let Some(v) = &raw.max_size {
+        audit.max_size = src.size_in(v, "audit.max_size", &bounds::AUDIT_MAX_SIZE)?;
+    }
+    if let Some(v) = &raw.witness_interval {
+        audit.witness_interval = src.duration_in(
+            v,
+            "audit.witness_interval",
+            &crate::audit::witness::INTERVAL,
+        )?;
+    }
+    if let Some(v) = &raw.witness_namespace {
+        audit.witness_namespace = namespace(src, v)?;
+    }
+    Ok(audit)
+}
+
+/// `audit.witness_namespace`: a Kubernetes namespace name (a DNS label).
+fn namespace(src: &Source<'_>, v: &Spanned<String>) -> Result<String, ConfigError> {
+    let ns = v.get_ref();
+    let label = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if !label {
+        return Err(src.invalid(
+            v.span().start,
+            "audit.witness_namespace",
+            format!(
+                "{ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+            ),
+        ));
+    }
+    Ok(ns.clone())
+}
+
+/// Every `[[bundle]]`, names unique.
+fn parse_bundles(
+    src: &Source<'_>,
+    raw: &[Spanned<RawBundle>],
+) -> Result<Vec<BundleConfig>, ConfigError> {
+    let mut names = BTreeSet::new();
+    let mut bundles = Vec::new();
+    for spanned in raw {
+        let offset = spanned.span().start;
+        let b = spanned.get_ref();
+        if b.name.trim().is_empty() {
+            return Err(src.invalid(offset, "bundle.name", "must not be empty"));
+        }
+        if !names.insert(b.name.clone()) {
+            return Err(src.invalid(
+                offset,
+                format!("bundle[{}].name", b.name),
+                "duplicate bundle name",
+            ));
+        }
+        bundles.push(parse_bundle(src, offset, b)?);
+    }
+    Ok(bundles)
+}
+
+/// One `[[bundle]]` at `offset`: its files as its kind needs them, and its policy.
+fn parse_bundle(
+    src: &Source<'_>,
+    offset: usize,
+    b: &RawBundle,
+) -> Result<BundleConfig, ConfigError> {
+    let field = |f: &str| format!("bundle[{}].{f}", b.name);
+    let files = bundle_files(b).map_err(|(name, problem)| {
+        src.invalid(offset, field(name), format!("{problem} kind {:?}", b.kind))
+    })?;
+    if b.signing && b.kind != BundleKind::Ca {
+        return Err(src.invalid(
+            offset,
+            field("signing"),
+            format!("not used by kind {:?}", b.kind),
+        ));
+    }
+    let min_validity = match &b.min_validity {
+        Some(v) => Some(src.duration_in(v, &field("min_validity"), &bounds::MIN_VALIDITY)?),
+        None => None,
+    };
+    Ok(BundleConfig {
+        name: b.name.clone(),
+        kind: b.kind,
+        line: src.line(offset),
+        files,
+        expect_sans: b.expect_sans.clone(),
+        min_validity,
+        allow_san_removal: b.allow_san_removal,
+        allow_ca_removal: b.allow_ca_removal,
+        signing: b.signing,
+    })
+}
+
+/// A bundle's files as its kind needs them; else the field at fault and whether it is
+/// `"required for"` or `"not used by"` the kind.
+fn bundle_files(b: &RawBundle) -> Result<BundleFiles, (&'static str, &'static str)> {
+    let required = |name: &'static str| (name, "required for");
+    let unused_of = |fields: &[(&'static str, bool)]| -> Result<(), (&'static str, &'static str)> {
+        match fields.iter().find(|(_, present)| *present) {
+            Some((name, _)) => Err((name, "not used by")),
+            None => Ok(()),
+        }
+    };
+    match b.kind {
+        BundleKind::Server | BundleKind::Client => {
+            unused_of(&[
+                ("private_key", b.private_key.is_some()),
+                ("public_keys", !b.public_keys.is_empty()),
+                ("file", b.file.is_some()),
+            ])?;
+            Ok(BundleFiles::Pair {
+                cert: b.cert.clone().ok_or_else(|| required("cert"))?,
+                key: b.key.clone().ok_or_else(|| required("key"))?,
+                ca: b.ca.clone(),
+            })
+        }
+        BundleKind::Ca => {
+            unused_of(&[
+                ("ca", b.ca.is_some()),
+                ("private_key", b.private_key.is_some()),
+                ("public_keys", !b.public_keys.is_empty()),
+                ("file", b.file.is_some()),
+            ])?;
+            Ok(BundleFiles::Ca {
+                bundle: b.cert.clone().ok_or_else(|| required("cert"))?,
+                key: b.key.clone(),
+            })
+        }
+        BundleKind::Kubeconfig => {
+            unused_of(&[
+                ("cert", b.cert.is_some()),
+                ("key", b.key.is_some()),
+                ("ca", b.ca.is_some()),
+                ("private_key", b.private_key.is_some()),
+                ("public_keys", !b.public_keys.is_empty()),
+            ])?;
+            Ok(BundleFiles::Kubeconfig {
+                file: b.file.clone().ok_or_else(|| required("file"))?,
+            })
+        }
+        BundleKind::SaKeys => {
+            unused_of(&[
+                ("cert", b.cert.is_some()),
+                ("key", b.key.is_some()),
+                ("ca", b.ca.is_some()),
+                ("file", b.file.is_some()),
+            ])?;
+            if b.public_keys.is_empty() {
+                return Err(required("public_keys"));
+            }
+            Ok(BundleFiles::SaKeys {
+                private_key: b
+                    .private_key
+                    .clone()
+                    .ok_or_else(|| required("private_key"))?,
+                public_keys: b.public_keys.clone(),
+            })
+        }
     }
 }
 
