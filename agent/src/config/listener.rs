@@ -79,132 +79,164 @@ pub(crate) fn parse(
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut out: Vec<ListenerConfig> = Vec::new();
     for spanned in raw {
-        let offset = spanned.span().start;
         let l = spanned.get_ref();
-        let field = |f: &str| format!("listener[{}].{f}", l.name);
+        let at = Entry {
+            src,
+            offset: spanned.span().start,
+            name: &l.name,
+        };
         if out.iter().any(|o| o.name == l.name) {
-            return Err(src.invalid(offset, field("name"), "duplicate listener name"));
+            return Err(at.invalid("name", "duplicate listener name"));
         }
-        let listen: SocketAddr = l
-            .listen
-            .parse()
-            .map_err(|e| src.invalid(offset, field("listen"), format!("{:?}: {e}", l.listen)))?;
-        let kind_of = |name: &str| bundles.iter().find(|b| b.name == name).map(|b| b.kind);
-        match kind_of(&l.bundle) {
-            Some(BundleKind::Server) => {}
-            Some(other) => {
-                return Err(src.invalid(
-                    offset,
-                    field("bundle"),
-                    format!(
-                        "bundle {:?} is {other:?}, a listener needs a server bundle",
-                        l.bundle
-                    ),
-                ))
-            }
-            None => {
-                return Err(src.invalid(
-                    offset,
-                    field("bundle"),
-                    format!("no bundle named {:?}", l.bundle),
-                ))
-            }
-        }
-        if let Some(ca) = &l.client_ca {
-            match kind_of(ca) {
-                Some(BundleKind::Ca) => {}
-                Some(other) => {
-                    return Err(src.invalid(
-                        offset,
-                        field("client_ca"),
-                        format!("bundle {ca:?} is {other:?}, client_ca needs a ca bundle"),
-                    ))
-                }
-                None => {
-                    return Err(src.invalid(
-                        offset,
-                        field("client_ca"),
-                        format!("no bundle named {ca:?}"),
-                    ))
-                }
-            }
-        }
-        if let Some(t) = &l.upstream_tls {
-            match kind_of(&t.client_bundle) {
-                Some(BundleKind::Client) => {}
-                _ => {
-                    return Err(src.invalid(
-                        offset,
-                        field("upstream_tls.client_bundle"),
-                        format!("{:?} is not a client bundle", t.client_bundle),
-                    ))
-                }
-            }
-            match kind_of(&t.ca) {
-                Some(BundleKind::Ca) => {}
-                _ => {
-                    return Err(src.invalid(
-                        offset,
-                        field("upstream_tls.ca"),
-                        format!("{:?} is not a ca bundle", t.ca),
-                    ))
-                }
-            }
-            if rustls_pki_types::ServerName::try_from(t.server_name.as_str()).is_err() {
-                return Err(src.invalid(
-                    offset,
-                    field("upstream_tls.server_name"),
-                    format!("{:?} is not a DNS name or IP address", t.server_name),
-                ));
-            }
-        }
-        let upstream = if let Some(addr) = l.upstream.strip_prefix("tcp://") {
-            Upstream::Tcp(addr.to_string())
-        } else if let Some(path) = l.upstream.strip_prefix("unix://") {
-            Upstream::Unix(PathBuf::from(path))
-        } else {
-            return Err(src.invalid(
-                offset,
-                field("upstream"),
-                format!("{:?}: expected tcp://host:port or unix:///path", l.upstream),
-            ));
-        };
-        let stale_grace = match &l.stale_grace {
-            Some(v) => Some(src.duration_in(v, &field("stale_grace"), &bounds::STALE_GRACE)?),
-            None => None,
-        };
-        let handshake_timeout = match &l.handshake_timeout {
-            Some(v) => {
-                src.duration_in(v, &field("handshake_timeout"), &bounds::HANDSHAKE_TIMEOUT)?
-            }
-            None => Duration::from_secs(10),
-        };
-        let idle_timeout = match &l.idle_timeout {
-            Some(v) => src.duration_in(v, &field("idle_timeout"), &bounds::IDLE_TIMEOUT)?,
-            None => Duration::from_secs(3600),
-        };
-        let max_connections = match &l.max_connections {
-            Some(v) => {
-                let n = src.count_in(v, &field("max_connections"), &bounds::MAX_CONNECTIONS)?;
-                usize::try_from(n).expect("MAX_CONNECTIONS.max fits in usize")
-            }
-            None => 10_000,
-        };
-        out.push(ListenerConfig {
-            name: l.name.clone(),
-            listen,
-            bundle: l.bundle.clone(),
-            client_ca: l.client_ca.clone(),
-            upstream,
-            stale_grace,
-            close_untrusted: l.close_untrusted,
-            handshake_timeout,
-            idle_timeout,
-            max_connections,
-            upstream_tls: l.upstream_tls.clone(),
-        });
+        out.push(parse_listener(&at, l, bundles)?);
     }
     Ok(out)
+}
+
+/// Where a listener's errors point: its line, and its fields as `listener[<name>].<field>`.
+struct Entry<'a> {
+    src: &'a Source<'a>,
+    offset: usize,
+    name: &'a str,
+}
+
+impl Entry<'_> {
+    fn field(&self, f: &str) -> String {
+        format!("listener[{}].{f}", self.name)
+    }
+
+    fn invalid(&self, f: &str, message: impl Into<String>) -> ConfigError {
+        self.src.invalid(self.offset, self.field(f), message)
+    }
+}
+
+/// One listener: its address, the bundles it names, its upstream and its limits.
+fn parse_listener(
+    at: &Entry<'_>,
+    l: &RawListener,
+    bundles: &[BundleConfig],
+) -> Result<ListenerConfig, ConfigError> {
+    let listen: SocketAddr = l
+        .listen
+        .parse()
+        .map_err(|e| at.invalid("listen", format!("{:?}: {e}", l.listen)))?;
+    check_bundles(at, l, bundles)?;
+    if let Some(t) = &l.upstream_tls {
+        check_upstream_tls(at, t, bundles)?;
+    }
+    let upstream = parse_upstream(at, &l.upstream)?;
+    let src = at.src;
+    let stale_grace = match &l.stale_grace {
+        Some(v) => Some(src.duration_in(v, &at.field("stale_grace"), &bounds::STALE_GRACE)?),
+        None => None,
+    };
+    let handshake_timeout = match &l.handshake_timeout {
+        Some(v) => src.duration_in(
+            v,
+            &at.field("handshake_timeout"),
+            &bounds::HANDSHAKE_TIMEOUT,
+        )?,
+        None => Duration::from_secs(10),
+    };
+    let idle_timeout = match &l.idle_timeout {
+        Some(v) => src.duration_in(v, &at.field("idle_timeout"), &bounds::IDLE_TIMEOUT)?,
+        None => Duration::from_secs(3600),
+    };
+    let max_connections = match &l.max_connections {
+        Some(v) => {
+            let n = src.count_in(v, &at.field("max_connections"), &bounds::MAX_CONNECTIONS)?;
+            usize::try_from(n).expect("MAX_CONNECTIONS.max fits in usize")
+        }
+        None => 10_000,
+    };
+    Ok(ListenerConfig {
+        name: l.name.clone(),
+        listen,
+        bundle: l.bundle.clone(),
+        client_ca: l.client_ca.clone(),
+        upstream,
+        stale_grace,
+        close_untrusted: l.close_untrusted,
+        handshake_timeout,
+        idle_timeout,
+        max_connections,
+        upstream_tls: l.upstream_tls.clone(),
+    })
+}
+
+/// `bundle` names a server bundle; `client_ca`, when set, a ca bundle.
+fn check_bundles(
+    at: &Entry<'_>,
+    l: &RawListener,
+    bundles: &[BundleConfig],
+) -> Result<(), ConfigError> {
+    match kind_of(bundles, &l.bundle) {
+        Some(BundleKind::Server) => {}
+        Some(other) => {
+            return Err(at.invalid(
+                "bundle",
+                format!(
+                    "bundle {:?} is {other:?}, a listener needs a server bundle",
+                    l.bundle
+                ),
+            ))
+        }
+        None => return Err(at.invalid("bundle", format!("no bundle named {:?}", l.bundle))),
+    }
+    let Some(ca) = &l.client_ca else {
+        return Ok(());
+    };
+    match kind_of(bundles, ca) {
+        Some(BundleKind::Ca) => Ok(()),
+        Some(other) => Err(at.invalid(
+            "client_ca",
+            format!("bundle {ca:?} is {other:?}, client_ca needs a ca bundle"),
+        )),
+        None => Err(at.invalid("client_ca", format!("no bundle named {ca:?}"))),
+    }
+}
+
+/// `upstream_tls`: a client bundle, a ca bundle and a name a certificate can carry.
+fn check_upstream_tls(
+    at: &Entry<'_>,
+    t: &UpstreamTls,
+    bundles: &[BundleConfig],
+) -> Result<(), ConfigError> {
+    if kind_of(bundles, &t.client_bundle) != Some(BundleKind::Client) {
+        return Err(at.invalid(
+            "upstream_tls.client_bundle",
+            format!("{:?} is not a client bundle", t.client_bundle),
+        ));
+    }
+    if kind_of(bundles, &t.ca) != Some(BundleKind::Ca) {
+        return Err(at.invalid("upstream_tls.ca", format!("{:?} is not a ca bundle", t.ca)));
+    }
+    if rustls_pki_types::ServerName::try_from(t.server_name.as_str()).is_err() {
+        return Err(at.invalid(
+            "upstream_tls.server_name",
+            format!("{:?} is not a DNS name or IP address", t.server_name),
+        ));
+    }
+    Ok(())
+}
+
+/// The kind of the bundle named `name`, if there is one.
+fn kind_of(bundles: &[BundleConfig], name: &str) -> Option<BundleKind> {
+    bundles.iter().find(|b| b.name == name).map(|b| b.kind)
+}
+
+/// `tcp://host:port` or `unix:///path`.
+fn parse_upstream(at: &Entry<'_>, upstream: &str) -> Result<Upstream, ConfigError> {
+    if let Some(addr) = upstream.strip_prefix("tcp://") {
+        Ok(Upstream::Tcp(addr.to_string()))
+    } else if let Some(path) = upstream.strip_prefix("unix://") {
+        Ok(Upstream::Unix(PathBuf::from(path)))
+    } else {
+        Err(at.invalid(
+            "upstream",
+            format!("{upstream:?}: expected tcp://host:port or unix:///path"),
+        ))
+    }
 }
 
 #[cfg(test)]
