@@ -24,6 +24,7 @@ pub mod reload;
 pub mod run;
 pub mod shutdown;
 pub mod status_cmd;
+mod sync;
 mod sys;
 pub mod telemetry;
 pub mod tls;

@@ -311,3 +311,32 @@ impl AuditEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audit chain hashes these bytes: the typed `source`/`kind` must print exactly what the
+    /// former strings did, or logs written before could no longer be verified.
+    #[test]
+    fn change_detected_serialises_as_it_did_with_strings() {
+        let event = AuditEvent::ChangeDetected {
+            path: PathBuf::from("/etc/tls/tls.crt"),
+            source: Source::Ebpf,
+            kind: ChangeKind::Replaced,
+            writer: Some(Writer {
+                pid: 7,
+                tgid: 7,
+                comm: "mv".into(),
+                uid: 0,
+                gid: 0,
+                cgroup_id: 1,
+            }),
+            sha256: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&event).expect("serialise"),
+            r#"{"event":"change_detected","path":"/etc/tls/tls.crt","source":"ebpf","kind":"replaced","writer":{"pid":7,"tgid":7,"comm":"mv","uid":0,"gid":0,"cgroup_id":1},"sha256":null}"#
+        );
+    }
+}

@@ -3,26 +3,31 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::{watch, Semaphore},
 };
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 use super::{
     idle::{Activity, Tracked},
-    registry::{ConnectionInfo, Registry},
-    upstream,
+    registry::{ConnectionInfo, Registration, Registry},
+    upstream::{self, UpstreamStream},
 };
 use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, RateLimitedLog},
+    admin::metrics::Metrics,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::ListenerConfig,
     reload::generation::GenerationStore,
-    telemetry::Metrics,
-    tls::{client_config::ClientSlot, slot::TlsSlot},
+    sync::or_pending,
+    tls::{
+        client_config::ClientSlot,
+        slot::{ActiveTls, TlsSlot},
+    },
 };
 
 /// Client → upstream copy buffer: one TLS record's plaintext at most arrives per read.
@@ -97,13 +102,13 @@ impl Listener {
                 _ = shutdown.changed() => return,
                 (stream, peer) = accept::accept(&self.socket, &mut backoff) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        ctx.metrics.handshake_failure(&config.name, "connection_limit");
+                        ctx.metrics.handshake_failure(&config.name, HandshakeFailure::ConnectionLimit.as_str());
                         continue; // dropping the stream closes it
                     };
                     // Past the process's descriptor budget, the connection would take a
                     // descriptor that reading new material needs: close it at once.
                     let Some(fds) = descriptors.try_acquire(accept::PROXIED_CONNECTION_FDS) else {
-                        ctx.metrics.handshake_failure(&config.name, "descriptor_reserve");
+                        ctx.metrics.handshake_failure(&config.name, HandshakeFailure::DescriptorReserve.as_str());
                         if let Some(suppressed) = refusals.allow() {
                             tracing::warn!(
                                 listener = %config.name,
@@ -127,6 +132,82 @@ impl Listener {
     }
 }
 
+/// Why a connection ended before it reached the upstream, as
+/// `certreload_handshake_failures_total{reason}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeFailure {
+    /// `max_connections` connections are already open.
+    ConnectionLimit,
+    /// The descriptors left are kept for reading material.
+    DescriptorReserve,
+    /// The server bundle has no valid generation yet: nothing to serve.
+    NoCertificate,
+    /// The client did not finish the handshake within `handshake_timeout`.
+    Timeout,
+    /// mTLS: the client's certificate was refused, or it sent none.
+    ClientCertificate,
+    /// Any other failure: a client that refused our certificate, no protocol or cipher in common,
+    /// not TLS at all, a reset.
+    Handshake,
+}
+
+impl HandshakeFailure {
+    /// The metric label.
+    fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::ConnectionLimit => "connection_limit",
+            HandshakeFailure::DescriptorReserve => "descriptor_reserve",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Handshake => "handshake",
+        }
+    }
+
+    /// Sorts a failed TLS accept by the `rustls::Error` inside it (tokio-rustls wraps it in an
+    /// `io::Error` of kind `InvalidData`); an I/O error without one (a reset, an EOF) is a
+    /// `Handshake` failure. rustls already maps every webpki verdict on the client's chain to
+    /// `InvalidCertificate` (`rustls/src/webpki/mod.rs` `pki_error`), so no message text is read.
+    fn of_tls_accept(error: &std::io::Error) -> Self {
+        let Some(tls) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return HandshakeFailure::Handshake;
+        };
+        match tls {
+            // Our client verifier refused the chain (unknown issuer, expired, wrong EKU,
+            // revoked…), the client sent an empty Certificate message although one is required,
+            // or the revocation list its chain was checked against is unusable.
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_) => HandshakeFailure::ClientCertificate,
+            // The client refused *our* certificate (bad_certificate, unknown_ca, …): a problem
+            // of the served chain or the client's trust, not of a client certificate.
+            rustls::Error::AlertReceived(_) => HandshakeFailure::Handshake,
+            _ => HandshakeFailure::Handshake,
+        }
+    }
+}
+
+/// Why no upstream connection could be made for a client (logged, counted in
+/// `certreload_upstream_failures_total`, and the client is closed).
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// The TCP or Unix socket connection failed.
+    #[error(transparent)]
+    Connect(std::io::Error),
+    /// `upstream_tls`: the client bundle or its CA has no valid generation.
+    #[error("no valid client certificate for the upstream")]
+    NoClientCertificate,
+    /// `upstream_tls.server_name` is not a DNS name or IP address.
+    #[error(transparent)]
+    ServerName(#[from] rustls_pki_types::InvalidDnsNameError),
+    /// The TLS handshake with the upstream failed.
+    #[error("upstream TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+}
+
 /// Rebuilds the slot when the server bundle or client CA gets a new generation, and drains stale
 /// connections once `stale_grace` has passed.
 async fn follow_generations(
@@ -144,74 +225,88 @@ async fn follow_generations(
     // The client-CA generation live connections were last re-verified against.
     let mut checked_ca = slot.current().and_then(|a| a.client_ca_generation);
     loop {
-        let ca_changed = async {
-            match client_ca.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let server_changed = async {
-            match server.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = server_changed => { slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref()); }
-            _ = ca_changed => {
-                // The accept path may already have switched to the new CA: act on what is current.
+            _ = or_pending(server.as_mut().map(|rx| rx.changed())) => {
                 slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref());
-                let Some(active) = slot.current() else { continue };
-                if !config.close_untrusted || active.client_ca_generation == checked_ca {
-                    continue;
-                }
-                checked_ca = active.client_ca_generation;
-                let Some(ca) = active.client_ca.clone() else { continue };
-                let verifier = match crate::tls::server_config::client_verifier(&ca) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(listener = %config.name, error = %e, "cannot re-verify clients against the new CA");
-                        continue;
-                    }
-                };
-                let now = rustls_pki_types::UnixTime::now();
-                let untrusted = |info: &super::registry::ConnectionInfo| {
-                    let Some((leaf, rest)) = info.client_chain.split_first() else { return false };
-                    verifier.verify_client_cert(leaf, rest, now).is_err()
-                };
-                for info in ctx.registry.revoke(&config.name, untrusted) {
-                    ctx.metrics.connections_revoked.inc();
-                    let event = AuditEvent::ConnectionRevoked {
-                        listener: config.name.clone(),
-                        peer: info.peer.to_string(),
-                        client_fingerprint: info.client_fingerprint.clone(),
-                        client_ca_generation: ca.number,
-                    };
-                    if let Err(e) = append_shared(&ctx.audit, config.client_ca.as_deref(), &event) {
-                        tracing::error!(error = %e, "cannot audit a revoked connection");
-                    }
-                }
             }
-            _ = tick.tick() => {
-                let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else { continue };
-                for (info, stale_for_s) in ctx.registry.drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e)) {
-                    ctx.metrics.connections_drained.inc();
-                    let event = AuditEvent::ConnectionDrained {
-                        listener: config.name.clone(),
-                        peer: info.peer.to_string(),
-                        generation: info.server_generation,
-                        stale_for_s,
-                    };
-                    if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
-                        tracing::error!(error = %e, "cannot audit a drained connection");
-                    }
-                }
+            _ = or_pending(client_ca.as_mut().map(|rx| rx.changed())) => {
+                slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref());
+                revoke_untrusted(&config, &slot, &ctx, &mut checked_ca);
             }
+            _ = tick.tick() => drain_stale(&config, &slot, &ctx),
         }
     }
 }
 
+/// With `close_untrusted`, once per client-CA generation: closes the live connections whose client
+/// chain no longer verifies against the CA now served, and audits each.
+fn revoke_untrusted(
+    config: &ListenerConfig,
+    slot: &TlsSlot,
+    ctx: &ListenerContext,
+    checked_ca: &mut Option<u64>,
+) {
+    // The accept path may already have switched to the new CA: act on what is current.
+    let Some(active) = slot.current() else { return };
+    if !config.close_untrusted || active.client_ca_generation == *checked_ca {
+        return;
+    }
+    *checked_ca = active.client_ca_generation;
+    let Some(ca) = active.client_ca.clone() else {
+        return;
+    };
+    let verifier = match crate::tls::server_config::client_verifier(&ca) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(listener = %config.name, error = %e, "cannot re-verify clients against the new CA");
+            return;
+        }
+    };
+    let now = rustls_pki_types::UnixTime::now();
+    let untrusted = |info: &ConnectionInfo| {
+        let Some((leaf, rest)) = info.client_chain.split_first() else {
+            return false;
+        };
+        verifier.verify_client_cert(leaf, rest, now).is_err()
+    };
+    for info in ctx.registry.revoke(&config.name, untrusted) {
+        ctx.metrics.connections_revoked.inc();
+        let event = AuditEvent::ConnectionRevoked {
+            listener: config.name.clone(),
+            peer: info.peer.to_string(),
+            client_fingerprint: info.client_fingerprint.clone(),
+            client_ca_generation: ca.number,
+        };
+        if let Err(e) = append_shared(&ctx.audit, config.client_ca.as_deref(), &event) {
+            tracing::error!(error = %e, "cannot audit a revoked connection");
+        }
+    }
+}
+
+/// With `stale_grace`: closes the connections stale for longer than the grace, and audits each.
+fn drain_stale(config: &ListenerConfig, slot: &TlsSlot, ctx: &ListenerContext) {
+    let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else {
+        return;
+    };
+    let stale = ctx
+        .registry
+        .drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e));
+    for (info, stale_for_s) in stale {
+        ctx.metrics.connections_drained.inc();
+        let event = AuditEvent::ConnectionDrained {
+            listener: config.name.clone(),
+            peer: info.peer.to_string(),
+            generation: info.server_generation,
+            stale_for_s,
+        };
+        if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
+            tracing::error!(error = %e, "cannot audit a drained connection");
+        }
+    }
+}
+
+/// One connection: handshake with the current epoch, connect the upstream, register, forward.
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -225,88 +320,38 @@ async fn handle(
         slot.for_new_connection(&ctx.store, &config.bundle, config.client_ca.as_deref())
     else {
         ctx.metrics
-            .handshake_failure(&config.name, "no_certificate");
+            .handshake_failure(&config.name, HandshakeFailure::NoCertificate.as_str());
         return;
     };
-    let acceptor = TlsAcceptor::from(active.config.clone());
-    let mut tls =
-        match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let reason = if e.to_string().contains("certificate") {
-                    "client_certificate"
-                } else {
-                    "handshake"
-                };
-                ctx.metrics.handshake_failure(&config.name, reason);
+    let mut tls = match accept_tls(stream, &active, config).await {
+        Ok(tls) => tls,
+        Err((failure, error)) => {
+            ctx.metrics
+                .handshake_failure(&config.name, failure.as_str());
+            if let Some(e) = error {
                 tracing::debug!(listener = %config.name, %peer, error = %e, "handshake failed");
-                return;
             }
-            Err(_) => {
-                ctx.metrics.handshake_failure(&config.name, "timeout");
-                return;
-            }
-        };
-    let client_chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let client_fingerprint = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| hex::encode(Sha256::digest(c)));
-    let upstream_failed = |reason: &str| {
-        ctx.metrics
-            .upstream_failures
-            .get_or_create(&crate::telemetry::ListenerLabel {
-                listener: config.name.clone(),
-            })
-            .inc();
-        tracing::warn!(listener = %config.name, %reason, "upstream unreachable; closing the client");
+            return;
+        }
     };
-    let mut upstream = match upstream::connect(&config.upstream).await {
-        Ok(u) => u,
+    let (client_chain, client_fingerprint) = client_identity(&tls);
+    let (upstream, upstream_generation) = match connect_upstream(config, client_slot, &ctx.store)
+        .await
+    {
+        Ok(connected) => connected,
         Err(e) => {
-            upstream_failed(&e.to_string());
+            ctx.metrics
+                .upstream_failures
+                .get_or_create(&crate::admin::metrics::ListenerLabel {
+                    listener: config.name.clone(),
+                })
+                .inc();
+            tracing::warn!(listener = %config.name, reason = %e, "upstream unreachable; closing the client");
             let _ = tls.shutdown().await;
             return;
         }
     };
-    let mut upstream_generation = None;
-    if let Some(spec) = &config.upstream_tls {
-        // Re-encrypt with the current client certificate (taken now, like the server side).
-        let Some(active) = client_slot.for_new_connection(&ctx.store, spec) else {
-            upstream_failed("no valid client certificate for the upstream");
-            let _ = tls.shutdown().await;
-            return;
-        };
-        let name = match rustls_pki_types::ServerName::try_from(spec.server_name.clone()) {
-            Ok(n) => n,
-            Err(e) => {
-                upstream_failed(&e.to_string());
-                return;
-            }
-        };
-        match tokio_rustls::TlsConnector::from(active.config.clone())
-            .connect(name, upstream)
-            .await
-        {
-            Ok(secured) => {
-                upstream = Box::new(secured);
-                upstream_generation = Some(active.client_generation);
-            }
-            Err(e) => {
-                upstream_failed(&format!("upstream TLS handshake: {e}"));
-                let _ = tls.shutdown().await;
-                return;
-            }
-        }
-    }
-    let mut registration = ctx.registry.register(ConnectionInfo {
+    let registration = ctx.registry.register(ConnectionInfo {
         listener: config.name.clone(),
         peer,
         started: Instant::now(),
@@ -318,6 +363,71 @@ async fn handle(
         upstream_generation,
     });
     drop(active);
+    forward(tls, upstream, registration, config, peer).await;
+}
+
+/// The TLS handshake with the client, under `handshake_timeout`. On failure, the metric reason and
+/// the error to log (none for a timeout).
+async fn accept_tls(
+    stream: TcpStream,
+    active: &ActiveTls,
+    config: &ListenerConfig,
+) -> Result<TlsStream<TcpStream>, (HandshakeFailure, Option<std::io::Error>)> {
+    let acceptor = TlsAcceptor::from(active.config.clone());
+    match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err((HandshakeFailure::of_tls_accept(&e), Some(e))),
+        Err(_) => Err((HandshakeFailure::Timeout, None)),
+    }
+}
+
+/// The client's certificate chain (kept to re-verify it on a client-CA rotation) and the SHA-256
+/// of its leaf; empty and `None` without mTLS.
+fn client_identity(tls: &TlsStream<TcpStream>) -> (Vec<CertificateDer<'static>>, Option<String>) {
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    let fingerprint = chain.first().map(|leaf| hex::encode(Sha256::digest(leaf)));
+    (chain, fingerprint)
+}
+
+/// Opens the upstream connection, re-encrypted with the current client certificate when
+/// `upstream_tls` is set (taken now, like the server side). Returns it with the client-bundle
+/// generation it presents, or why it could not be opened.
+async fn connect_upstream(
+    config: &ListenerConfig,
+    client_slot: &ClientSlot,
+    store: &GenerationStore,
+) -> Result<(Box<dyn UpstreamStream>, Option<u64>), UpstreamError> {
+    let upstream = upstream::connect(&config.upstream)
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let Some(spec) = &config.upstream_tls else {
+        return Ok((upstream, None));
+    };
+    let active = client_slot
+        .for_new_connection(store, spec)
+        .ok_or(UpstreamError::NoClientCertificate)?;
+    let name = rustls_pki_types::ServerName::try_from(spec.server_name.clone())?;
+    let secured = tokio_rustls::TlsConnector::from(active.config.clone())
+        .connect(name, upstream)
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    Ok((Box::new(secured), Some(active.client_generation)))
+}
+
+/// Copies both ways until either side closes, the connection has been idle for `idle_timeout`, or
+/// it is drained or revoked (then close_notify first, and the TCP close when the streams drop).
+async fn forward(
+    tls: TlsStream<TcpStream>,
+    mut upstream: Box<dyn UpstreamStream>,
+    mut registration: Registration,
+    config: &ListenerConfig,
+    peer: SocketAddr,
+) {
     let activity = Activity::new();
     let mut tls = Tracked::new(tls, activity.clone());
     tokio::select! {
@@ -331,9 +441,277 @@ async fn handle(
             let _ = tls.shutdown().await;
         }
         _ = registration.close.changed() => {
-            // Drained or revoked: close_notify first, then the TCP close when `tls` drops.
             let _ = tls.shutdown().await;
             let _ = upstream.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each handshake-failure class, produced by a real rustls handshake over an in-memory pipe
+    //! (the same `io::Error` the accept path sees), next to what the former text match
+    //! (`to_string().contains("certificate")`) made of it.
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls::{
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+        server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+        sign::CertifiedKey,
+        ClientConfig, RootCertStore, ServerConfig,
+    };
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    struct Ca {
+        der: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(cn: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let der = params.self_signed(&key).expect("ca").der().clone();
+        Ca {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(
+        ca: &Ca,
+        name: &str,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+        (
+            vec![cert.der().clone()],
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn roots(ca: &Ca) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).expect("root");
+        Arc::new(roots)
+    }
+
+    /// A server like the listener's: `serving` signs its leaf; with `client_ca`, client
+    /// certificates are required and verified against it.
+    fn server(serving: &Ca, client_ca: Option<&Ca>) -> ServerConfig {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(roots(ca), provider())
+                    .build()
+                    .expect("verifier"),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let (chain, key) = leaf(serving, "localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        builder.with_single_cert(chain, key).expect("server config")
+    }
+
+    /// A client trusting `trusted`, presenting a certificate signed by `identity` when given.
+    fn client(trusted: &Ca, identity: Option<&Ca>) -> ClientConfig {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots(trusted));
+        match identity {
+            Some(ca) => {
+                let (chain, key) = leaf(ca, "client", ExtendedKeyUsagePurpose::ClientAuth);
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client config")
+            }
+            None => builder.with_no_client_auth(),
+        }
+    }
+
+    /// Runs both sides of one handshake in memory and returns the server side's error.
+    async fn server_error(server: ServerConfig, client: ClientConfig) -> std::io::Error {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let accept = TlsAcceptor::from(Arc::new(server)).accept(server_io);
+        let connect = async {
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            // TLS 1.3 clients learn of a refused certificate only on their first read.
+            if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, client_io)
+                .await
+            {
+                let _ = tls.read(&mut [0u8; 1]).await;
+            }
+        };
+        let (accepted, ()) = tokio::join!(accept, connect);
+        accepted.expect_err("the handshake fails on the server side")
+    }
+
+    /// What the listener counted before the errors were matched by type.
+    fn by_text(error: &std::io::Error) -> HandshakeFailure {
+        if error.to_string().contains("certificate") {
+            HandshakeFailure::ClientCertificate
+        } else {
+            HandshakeFailure::Handshake
+        }
+    }
+
+    fn rustls_error(error: &std::io::Error) -> &rustls::Error {
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .expect("a rustls error inside")
+    }
+
+    #[tokio::test]
+    async fn untrusted_client_certificate_is_a_client_certificate_failure() {
+        let (serving, client_ca, other) = (ca("serving"), ca("client CA"), ca("other CA"));
+        let e = server_error(
+            server(&serving, Some(&client_ca)),
+            client(&serving, Some(&other)),
+        )
+        .await;
+        assert!(
+            matches!(rustls_error(&e), rustls::Error::InvalidCertificate(_)),
+            "{e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::ClientCertificate
+        );
+        assert_eq!(
+            by_text(&e),
+            HandshakeFailure::ClientCertificate,
+            "same as before"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_client_certificate_is_a_client_certificate_failure() {
+        let (serving, client_ca) = (ca("serving"), ca("client CA"));
+        let e = server_error(server(&serving, Some(&client_ca)), client(&serving, None)).await;
+        assert!(
+            matches!(rustls_error(&e), rustls::Error::NoCertificatesPresented),
+            "{e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::ClientCertificate
+        );
+        assert_eq!(
+            by_text(&e),
+            HandshakeFailure::ClientCertificate,
+            "same as before"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_refusing_our_certificate_is_a_handshake_failure() {
+        let (serving, other) = (ca("serving"), ca("the client trusts this one"));
+        let e = server_error(server(&serving, None), client(&other, None)).await;
+        assert!(
+            matches!(rustls_error(&e), rustls::Error::AlertReceived(_)),
+            "{e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::Handshake
+        );
+        // rustls prints the alert as `UnknownCA`/`BadCertificate`: the case-sensitive text match
+        // never saw "certificate" in it either.
+        assert_eq!(by_text(&e), HandshakeFailure::Handshake, "same as before");
+    }
+
+    /// A server that has no certificate to offer (here a resolver that finds none): rustls fails
+    /// with `General("no server certificate chain resolved")`, which the text match counted as a
+    /// client-certificate failure although no client certificate was involved.
+    #[tokio::test]
+    async fn no_server_certificate_resolved_is_a_handshake_failure_not_a_client_one() {
+        #[derive(Debug)]
+        struct Nothing;
+        impl ResolvesServerCert for Nothing {
+            fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+                None
+            }
+        }
+        let serving = ca("serving");
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Nothing));
+        let e = server_error(server, client(&serving, None)).await;
+        assert!(
+            matches!(rustls_error(&e), rustls::Error::General(_)),
+            "{e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::Handshake
+        );
+        assert_eq!(
+            by_text(&e),
+            HandshakeFailure::ClientCertificate,
+            "the text match got this one wrong"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_speak_tls_is_a_handshake_failure() {
+        let serving = ca("serving");
+        let (server_io, mut client_io) = tokio::io::duplex(64 * 1024);
+        let accept = TlsAcceptor::from(Arc::new(server(&serving, None))).accept(server_io);
+        let garbage = async {
+            let _ = client_io.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+        };
+        let (accepted, ()) = tokio::join!(accept, garbage);
+        let e = accepted.expect_err("not TLS");
+        assert!(
+            matches!(rustls_error(&e), rustls::Error::InvalidMessage(_)),
+            "{e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::Handshake
+        );
+        assert_eq!(by_text(&e), HandshakeFailure::Handshake, "same as before");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_is_a_handshake_failure() {
+        let serving = ca("serving");
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        drop(client_io);
+        let e = TlsAcceptor::from(Arc::new(server(&serving, None)))
+            .accept(server_io)
+            .await
+            .expect_err("no client");
+        assert!(
+            e.get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_none(),
+            "a plain I/O error: {e:?}"
+        );
+        assert_eq!(
+            HandshakeFailure::of_tls_accept(&e),
+            HandshakeFailure::Handshake
+        );
+        assert_eq!(by_text(&e), HandshakeFailure::Handshake, "same as before");
     }
 }

@@ -13,6 +13,8 @@ use std::{
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::sync::LockExt;
+
 /// What the registry knows about one connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -49,7 +51,7 @@ pub struct Registry {
 }
 
 /// Per-listener counts for status and metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct ListenerCounts {
     /// Live connections.
     pub live: usize,
@@ -75,9 +77,7 @@ impl Drop for Registration {
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live.lock_or_recover()
     }
 
     /// Registers a connection.

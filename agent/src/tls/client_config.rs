@@ -8,7 +8,7 @@ use arc_swap::ArcSwapOption;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::server_config::TlsConfigError;
-use crate::{config::UpstreamTls, reload::generation::GenerationStore};
+use crate::{config::UpstreamTls, reload::generation::GenerationStore, sync::LockExt};
 
 /// The client configuration of one (client bundle, CA) generation pair.
 pub struct ActiveClientTls {
@@ -42,10 +42,7 @@ impl ClientSlot {
                 return Some(cur);
             }
         }
-        let _serial = self
-            .rebuild
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = self.rebuild.lock_or_recover();
         let build = || -> Result<Arc<ClientConfig>, TlsConfigError> {
             let mut roots = RootCertStore::empty();
             for der in &ca.material.ca_der {

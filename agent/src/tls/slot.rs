@@ -11,7 +11,10 @@ use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 
 use super::server_config;
-use crate::reload::generation::{Generation, GenerationStore};
+use crate::{
+    reload::generation::{Generation, GenerationStore},
+    sync::LockExt,
+};
 
 /// The configuration of one epoch.
 pub struct ActiveTls {
@@ -25,6 +28,19 @@ pub struct ActiveTls {
     pub config: Arc<ServerConfig>,
     /// The client CA generation itself (to re-verify live connections on rotation).
     pub client_ca: Option<Arc<Generation>>,
+}
+
+/// What [`TlsSlot::refresh`] did.
+pub enum Refresh {
+    /// A new epoch began with this configuration.
+    Rebuilt(Arc<ActiveTls>),
+    /// What is served already matches the store's current generations (another accept or the
+    /// follower rebuilt it first, or nothing changed).
+    Current,
+    /// The server bundle (or the client CA) has no generation yet: nothing to build from.
+    NoGeneration,
+    /// The store's generations did not make a configuration (logged); the previous epoch stays.
+    BuildFailed,
 }
 
 /// A listener's current TLS configuration and the start time of every epoch.
@@ -43,10 +59,7 @@ impl TlsSlot {
 
     /// When `epoch` began (its connections are stale from the start of `epoch + 1`).
     pub fn epoch_started(&self, epoch: u64) -> Option<Instant> {
-        let started = self
-            .started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = self.started.lock_or_recover();
         epoch
             .checked_sub(1)
             .and_then(|i| started.get(i as usize))
@@ -75,41 +88,48 @@ impl TlsSlot {
         if up_to_date {
             return current;
         }
-        // None means another accept rebuilt it first: take what is current now, not the stale copy.
-        self.refresh(store, bundle, client_ca)
-            .or_else(|| self.current())
+        match self.refresh(store, bundle, client_ca) {
+            Refresh::Rebuilt(active) => Some(active),
+            // Another accept rebuilt it first: take what is current now, not the stale copy.
+            Refresh::Current => self.current(),
+            // Nothing published yet for one of the bundles: whatever is served (usually nothing).
+            Refresh::NoGeneration => self.current(),
+            // The new material makes no configuration: the previous epoch keeps serving, as for the
+            // follower (the build is retried, and logged, at the next accept).
+            Refresh::BuildFailed => self.current(),
+        }
     }
 
-    /// Rebuilds from the store's current generations if they differ from what is served.
-    /// Returns the new epoch when one began.
+    /// Rebuilds from the store's current generations if they differ from what is served, and
+    /// says which of that happened.
     pub fn refresh(
         &self,
         store: &GenerationStore,
         bundle: &str,
         client_ca: Option<&str>,
-    ) -> Option<Arc<ActiveTls>> {
+    ) -> Refresh {
         // Serialised: two racing refreshes must not open two epochs for one generation.
-        let mut started = self
-            .started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let server = store.current(bundle)?;
-        let ca = match client_ca {
-            Some(name) => Some(store.current(name)?),
+        let mut started = self.started.lock_or_recover();
+        let Some(server) = store.current(bundle) else {
+            return Refresh::NoGeneration;
+        };
+        let ca = match client_ca.map(|name| store.current(name)) {
+            Some(None) => return Refresh::NoGeneration,
+            Some(Some(ca)) => Some(ca),
             None => None,
         };
         if let Some(cur) = self.current() {
             if cur.server_generation == server.number
                 && cur.client_ca_generation == ca.as_ref().map(|c| c.number)
             {
-                return None;
+                return Refresh::Current;
             }
         }
         let config = match server_config::build(&server, ca.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(bundle, error = %e, "cannot build a TLS configuration; the previous one stays");
-                return None;
+                return Refresh::BuildFailed;
             }
         };
         started.push(Instant::now());
@@ -121,7 +141,7 @@ impl TlsSlot {
             client_ca: ca,
         });
         self.current.store(Some(active.clone()));
-        Some(active)
+        Refresh::Rebuilt(active)
     }
 }
 
@@ -186,9 +206,42 @@ mod tests {
             .expect("epoch 2");
         assert_eq!((second.epoch, second.server_generation), (2, 2));
         assert!(
-            slot.refresh(&store, "web", None).is_none(),
+            matches!(slot.refresh(&store, "web", None), Refresh::Current),
             "the follower finds it done"
         );
         assert!(slot.epoch_started(2).is_some());
+    }
+
+    #[test]
+    fn refresh_tells_a_missing_generation_from_a_failed_build() {
+        let store = GenerationStore::new(["web", "clients"]);
+        let slot = TlsSlot::default();
+        assert!(matches!(
+            slot.refresh(&store, "web", None),
+            Refresh::NoGeneration
+        ));
+        store.publish("web", generation(1));
+        assert!(
+            matches!(
+                slot.refresh(&store, "web", Some("clients")),
+                Refresh::NoGeneration
+            ),
+            "the client CA has no generation yet"
+        );
+        let Refresh::Rebuilt(first) = slot.refresh(&store, "web", None) else {
+            panic!("epoch 1 from generation 1");
+        };
+        let mut keyless = generation(2);
+        keyless.material.key = None;
+        store.publish("web", keyless);
+        assert!(matches!(
+            slot.refresh(&store, "web", None),
+            Refresh::BuildFailed
+        ));
+        let served = slot
+            .for_new_connection(&store, "web", None)
+            .expect("the previous epoch");
+        assert!(Arc::ptr_eq(&first, &served), "epoch 1 keeps serving");
+        assert!(slot.epoch_started(2).is_none(), "no epoch opened");
     }
 }
