@@ -23,6 +23,7 @@ pub mod regular_file;
 pub mod reload;
 pub mod run;
 pub mod shutdown;
+pub mod status;
 pub mod status_cmd;
 mod sync;
 mod sys;

@@ -14,14 +14,14 @@ use crate::{
         witness, AuditError, AuditEvent, AuditLog,
     },
     config::{ConfigError, ConfigSource},
-    monitor::{ActiveMode, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
+    monitor::{HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError},
     proxy::{
         listener::{Listener, ListenerContext},
         registry::Registry,
     },
-    reload::{generation::GenerationStore, Reloader},
-    telemetry::Metrics,
+    reload::{board::ChangeBoard, generation::GenerationStore, Reloader},
     shutdown::ShutdownSignal,
+    telemetry::Metrics,
 };
 
 /// The agent could not start.
@@ -88,17 +88,12 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         resync: config.agent.resync,
         profile_hooks: false,
     })?;
-    let mode = match monitor.mode() {
-        ActiveMode::Ebpf { .. } => "ebpf".to_string(),
-        ActiveMode::Inotify { reason: Some(r) } => format!("inotify (eBPF unavailable: {r})"),
-        ActiveMode::Inotify { reason: None } => "inotify".to_string(),
-    };
     audit.append(
         None,
         &AuditEvent::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
             bundles: config.bundles.iter().map(|b| b.name.clone()).collect(),
-            monitor: mode.clone(),
+            monitor: monitor.mode().to_string(),
         },
     )?;
     let store = Arc::new(GenerationStore::new(
@@ -133,18 +128,19 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         listeners.push(bound);
     }
     let probes = crate::converge::ProbeBoard::default();
+    let changes = ChangeBoard::default();
     let state = Arc::new(AgentState {
         config: config.clone(),
         store: store.clone(),
         registry: registry.clone(),
         slots: listeners.iter().map(|l| l.slot.clone()).collect(),
         client_slots: listeners.iter().map(|l| l.client_slot.clone()).collect(),
-        monitor_mode: mode,
+        monitor_mode: monitor.mode().clone(),
         ringbuf_drops: monitor.drops(),
-        last_change: Default::default(),
+        last_change: changes.clone(),
         probes: probes.clone(),
     });
-    let mut reloader = reloader.observed_by(metrics.clone(), state.clone());
+    let mut reloader = reloader.observed_by(metrics.clone(), changes);
 
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,8 +6,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde_json::Value;
 use thiserror::Error;
+
+use crate::{
+    converge::probe::ProbeStatus,
+    status::{BundleStatus, LastChange, ListenerStatus, Status},
+};
 
 /// The status could not be fetched.
 #[derive(Debug, Error)]
@@ -33,7 +37,7 @@ pub enum StatusError {
 
 /// GETs `/status` from the admin endpoint (our own loopback endpoint: a one-shot HTTP/1.1 request
 /// with `Connection: close` is all it takes).
-pub fn fetch(addr: SocketAddr) -> Result<Value, StatusError> {
+pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
     let connect = |source| StatusError::Connect { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(connect)?;
     stream
@@ -66,115 +70,107 @@ pub fn fetch(addr: SocketAddr) -> Result<Value, StatusError> {
 
 /// Renders the status document: bundles with their expiry countdown, listeners with stale counts,
 /// probes with their verdicts.
-pub fn render(status: &Value) -> String {
+pub fn render(status: &Status) -> String {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut out = format!(
         "monitor: {} (ring-buffer drops: {})\n\n",
-        status["monitor"]["mode"].as_str().unwrap_or("?"),
-        status["monitor"]["ringbuf_drops"]
+        status.monitor.mode, status.monitor.ringbuf_drops
     );
+    render_bundles(&mut out, &status.bundles, now);
+    render_listeners(&mut out, &status.listeners);
+    render_probes(&mut out, &status.probes);
+    out
+}
+
+/// `n`, or `-` when there is none.
+fn or_dash<T: ToString>(n: Option<T>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn render_bundles(out: &mut String, bundles: &[BundleStatus], now: i64) {
     out.push_str(&format!(
         "{:<20} {:>4} {:<18} {:<22} {}\n",
         "BUNDLE", "GEN", "EXPIRES IN", "SERIAL", "LAST CHANGE"
     ));
-    for b in status["bundles"].as_array().into_iter().flatten() {
-        let g = &b["generation"];
-        let expires = g["not_after"]
-            .as_i64()
-            .map(|t| countdown(t - now))
-            .unwrap_or_else(|| {
-                if g.is_null() {
-                    "NOT READY".into()
-                } else {
-                    "-".into()
-                }
-            });
-        let last = &b["last_change"];
-        let change = if last.is_null() {
-            "-".to_string()
-        } else {
-            let who = &last["writer"];
-            let writer = if who.is_null() {
-                "unknown writer".to_string()
-            } else {
-                format!("{}[{}]", who["comm"].as_str().unwrap_or("?"), who["tgid"])
-            };
-            format!(
-                "{} {} by {}",
-                last["ts"].as_str().unwrap_or(""),
-                last["path"].as_str().unwrap_or(""),
-                writer
-            )
+    for b in bundles {
+        let g = b.generation.as_ref();
+        let expires = match g {
+            None => "NOT READY".into(),
+            Some(g) => or_dash(g.not_after.map(|t| countdown(t - now))),
         };
-        let serial: String = g["serial"]
-            .as_str()
+        let serial: String = g
+            .and_then(|g| g.serial.as_deref())
             .unwrap_or("-")
             .chars()
             .take(20)
             .collect();
         out.push_str(&format!(
             "{:<20} {:>4} {:<18} {:<22} {}\n",
-            b["name"].as_str().unwrap_or("?"),
-            g["number"]
-                .as_u64()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
+            b.name,
+            or_dash(g.map(|g| g.number)),
             expires,
             serial,
-            change
+            last_change(b.last_change.as_ref())
         ));
     }
-    let listeners = status["listeners"].as_array().cloned().unwrap_or_default();
-    if !listeners.is_empty() {
+}
+
+/// `TS PATH by COMM[TGID]`, or `-` when no change has been seen.
+fn last_change(last: Option<&LastChange>) -> String {
+    let Some(last) = last else {
+        return "-".to_string();
+    };
+    let writer = match &last.writer {
+        None => "unknown writer".to_string(),
+        Some(who) => format!("{}[{}]", who.comm, who.tgid),
+    };
+    format!("{} {} by {}", last.ts, last.path, writer)
+}
+
+fn render_listeners(out: &mut String, listeners: &[ListenerStatus]) {
+    if listeners.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
+        "LISTENER", "ADDRESS", "GEN", "LIVE", "STALE", "OLDEST STALE"
+    ));
+    for l in listeners {
+        let c = &l.connections;
         out.push_str(&format!(
-            "\n{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
-            "LISTENER", "ADDRESS", "GEN", "LIVE", "STALE", "OLDEST STALE"
+            "{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
+            l.name,
+            l.listen,
+            or_dash(l.server_generation),
+            c.live.to_string(),
+            c.stale.to_string(),
+            or_dash(c.oldest_stale_s.map(|s| countdown(s as i64)))
         ));
-        for l in listeners {
-            let c = &l["connections"];
-            out.push_str(&format!(
-                "{:<20} {:<22} {:>4} {:>6} {:>6} {:>14}\n",
-                l["name"].as_str().unwrap_or("?"),
-                l["listen"].as_str().unwrap_or("?"),
-                l["server_generation"]
-                    .as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                c["live"].to_string(),
-                c["stale"].to_string(),
-                c["oldest_stale_s"]
-                    .as_f64()
-                    .map(|s| countdown(s as i64))
-                    .unwrap_or_else(|| "-".into())
-            ));
-        }
     }
-    let probes = status["probes"].as_array().cloned().unwrap_or_default();
-    if !probes.is_empty() {
+}
+
+fn render_probes(out: &mut String, probes: &[ProbeStatus]) {
+    if probes.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
+        "PROBE", "ENDPOINT", "BUNDLE", "GEN", "VERDICT", "OBSERVED"
+    ));
+    for p in probes {
         out.push_str(&format!(
-            "\n{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
-            "PROBE", "ENDPOINT", "BUNDLE", "GEN", "VERDICT", "OBSERVED"
+            "{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
+            p.name,
+            p.endpoint,
+            p.bundle,
+            p.generation.to_string(),
+            if p.converged { "converged" } else { "STALE" },
+            p.observed
         ));
-        for p in probes {
-            out.push_str(&format!(
-                "{:<26} {:<22} {:<22} {:>4} {:<9} {}\n",
-                p["name"].as_str().unwrap_or("?"),
-                p["endpoint"].as_str().unwrap_or("?"),
-                p["bundle"].as_str().unwrap_or("?"),
-                p["generation"].to_string(),
-                if p["converged"] == true {
-                    "converged"
-                } else {
-                    "STALE"
-                },
-                p["observed"].as_str().unwrap_or("")
-            ));
-        }
     }
-    out
 }
 
 fn countdown(secs: i64) -> String {
@@ -204,15 +200,17 @@ mod tests {
         let doc = serde_json::json!({
             "monitor": {"mode": "ebpf", "ringbuf_drops": 0},
             "bundles": [
-                {"name": "web", "generation": {"number": 2, "not_after": now + 3 * 86400 + 7200 + 1800, "serial": "0a"},
-                 "last_change": {"ts": "t", "path": "/p/tls.crt", "writer": {"comm": "mv", "tgid": 42}}},
-                {"name": "broken", "generation": null, "last_change": null}
+                {"name": "web", "files": [], "generation": {"number": 2, "certificates": [], "not_after": now + 3 * 86400 + 7200 + 1800, "serial": "0a"},
+                 "last_change": {"ts": "t", "path": "/p/tls.crt", "writer": {"comm": "mv", "tgid": 42, "pid": 42, "uid": 0, "gid": 0, "cgroup_id": 1}}},
+                {"name": "broken", "files": [], "generation": null, "last_change": null}
             ],
             "listeners": [{"name": "front", "listen": "127.0.0.1:9443", "server_generation": 2,
                            "connections": {"live": 3, "stale": 1, "oldest_stale_s": 65.0}}],
             "probes": [{"name": "etcd-client", "endpoint": "127.0.0.1:2379", "bundle": "etcd-server",
-                        "generation": 3, "converged": false, "observed": "serves another certificate"}]
+                        "generation": 3, "converged": false, "observed": "serves another certificate",
+                        "checked_at": "t"}]
         });
+        let doc: Status = serde_json::from_value(doc).expect("a status document");
         let text = render(&doc);
         assert!(
             text.contains("web") && text.contains("3d 2h") && text.contains("mv[42]"),

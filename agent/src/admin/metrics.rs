@@ -11,8 +11,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::status::Status;
-use crate::telemetry::{BundleLabel, ConnState, FileLabel, Metrics, X509Labels};
+use crate::{
+    status::Status,
+    telemetry::{BundleLabel, ConnState, FileLabel, Metrics, X509Labels},
+};
 
 /// A gauge family with a fractional value (seconds, Unix times as exported by
 /// x509-certificate-exporter).

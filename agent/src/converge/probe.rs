@@ -50,7 +50,7 @@ pub struct ProbeContext {
 }
 
 /// A probe's latest check, as `/status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProbeStatus {
     /// Probe name.
     pub name: String,

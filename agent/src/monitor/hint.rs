@@ -8,7 +8,7 @@ use std::{ffi::OsString, fmt};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Who changed a file, as the kernel saw it at the syscall. Absent for inotify and resync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Writer {
     /// Thread id that made the syscall.
     pub pid: u32,

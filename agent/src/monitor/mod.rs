@@ -89,6 +89,18 @@ pub enum ActiveMode {
     },
 }
 
+/// The mode in words, as the `agent_started` record and `/status` show it: `ebpf`, `inotify`, or
+/// `inotify (eBPF unavailable: REASON)`.
+impl std::fmt::Display for ActiveMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActiveMode::Ebpf { .. } => f.write_str("ebpf"),
+            ActiveMode::Inotify { reason: Some(r) } => write!(f, "inotify (eBPF unavailable: {r})"),
+            ActiveMode::Inotify { reason: None } => f.write_str("inotify"),
+        }
+    }
+}
+
 /// The monitor could not start.
 #[derive(Debug, Error)]
 pub enum MonitorError {

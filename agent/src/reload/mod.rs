@@ -12,6 +12,7 @@
 //! period and on every further change until its verdict is recorded (applied or rejected). The
 //! gate's file reads run on tokio's blocking pool, never on a runtime thread.
 
+pub mod board;
 pub mod generation;
 
 use std::{
@@ -23,9 +24,11 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use self::generation::{Generation, GenerationStore};
+use self::{
+    board::ChangeBoard,
+    generation::{Generation, GenerationStore},
+};
 use crate::{
-    admin::status::AgentState,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::{BundleFiles, Config},
     gate::{validate_bundle, Current},
@@ -44,7 +47,7 @@ pub struct Reloader {
     /// Bundles whose last change is not settled because a record could not be written, with the
     /// change records still to write (in order) before the verdict.
     held: BTreeMap<usize, Vec<AuditEvent>>,
-    observers: Option<(Arc<Metrics>, Arc<AgentState>)>,
+    observers: Option<(Arc<Metrics>, ChangeBoard)>,
 }
 
 /// Whether an evaluation's verdict is on record.
@@ -80,9 +83,10 @@ impl Reloader {
         }
     }
 
-    /// Also counts into `metrics` and keeps `state`'s last change per bundle current.
-    pub fn observed_by(mut self, metrics: Arc<Metrics>, state: Arc<AgentState>) -> Self {
-        self.observers = Some((metrics, state));
+    /// Also counts into `metrics` and keeps each bundle's last change on `changes` (read by
+    /// `/status`).
+    pub fn observed_by(mut self, metrics: Arc<Metrics>, changes: ChangeBoard) -> Self {
+        self.observers = Some((metrics, changes));
         self
     }
 
@@ -186,12 +190,8 @@ impl Reloader {
                 if unrecorded {
                     self.held.entry(i).or_default().push(event);
                 }
-                if let Some((_, state)) = &self.observers {
-                    state
-                        .last_change
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(name.clone(), change.clone());
+                if let Some((_, changes)) = &self.observers {
+                    changes.record(&name, change);
                 }
                 touched.insert(i);
             }
