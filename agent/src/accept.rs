@@ -252,7 +252,8 @@ pub struct NofileLimit {
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let mut limit = limits::get(Resource::OpenFiles)?;
     let was = limit.soft;
-    let _ = INHERITED_SOFT_NOFILE.set(was);
+    // Set once: a second call keeps the limit the agent was started with.
+    INHERITED_SOFT_NOFILE.get_or_init(|| was);
     if limit.soft < limit.hard {
         let raised = Limit {
             soft: limit.hard,

@@ -153,7 +153,8 @@ fn lock(path: &Path) -> Result<File, AuditError> {
 fn held_by_another(file: &mut File, path: &Path) -> AuditError {
     let lock_path = lock_path(path);
     let mut holder = String::new();
-    let _ = file.read_to_string(&mut holder);
+    // Without the pid (unreadable, or not written yet) the message names only the lock.
+    file.read_to_string(&mut holder).ok();
     let holder = match holder.trim().parse::<u32>() {
         Ok(pid) => format!(" (pid {pid})"),
         Err(_) => String::new(),

@@ -189,8 +189,9 @@ impl StateDir {
         &self.path
     }
 
-    fn open_checked(dir: &Path, create: bool) -> Result<StateDir, DemoError> {
-        let euid = euid();
+    /// `dir` as the path the checks hold for: absolute, without `.` or `..`, its missing parents
+    /// created 0700 (`create`), the parent chain canonical and checked by [`check_ancestors`].
+    fn checked_path(dir: &Path, create: bool, euid: u32) -> Result<PathBuf, DemoError> {
         let absolute = if dir.is_absolute() {
             dir.to_path_buf()
         } else {
@@ -233,7 +234,12 @@ impl StateDir {
             source,
         })?;
         check_ancestors(dir, &parent, euid)?;
-        let path = parent.join(name);
+        Ok(parent.join(name))
+    }
+
+    fn open_checked(dir: &Path, create: bool) -> Result<StateDir, DemoError> {
+        let euid = euid();
+        let path = StateDir::checked_path(dir, create, euid)?;
         check_no_nul(&path).map_err(|source| DemoError::Read {
             path: path.clone(),
             source,
@@ -427,7 +433,8 @@ impl StateDir {
             .and_then(|()| file.sync_all())
             .and_then(|()| self.renameat(&tmp, &target));
         if let Err(e) = written {
-            let _ = self.unlink(&tmp_name, false);
+            // Best effort: the write's error is the one to report.
+            self.unlink(&tmp_name, false).ok();
             return Err(self.write_err(name)(e));
         }
         Ok(())
