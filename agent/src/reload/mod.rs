@@ -30,9 +30,12 @@ use self::{
 };
 use crate::{
     audit::{append_shared, AuditEvent, SharedAudit},
-    config::{BundleFiles, Config},
+    config::{BundleConfig, BundleFiles, Config},
     gate::{validate_bundle, Current},
-    material::inspect::CertInfo,
+    material::{
+        inspect::CertInfo,
+        validate::{CheckResult, Material, Report},
+    },
     monitor::{ConfirmedChange, Source},
     telemetry::{BundleLabel, BundleReason, Metrics, SourceLabel},
 };
@@ -292,14 +295,34 @@ impl Reloader {
     async fn evaluate(&mut self, i: usize, now: Instant, may_wait: bool) -> Outcome {
         let bundle = self.config.bundles[i].clone();
         let current = self.store.current(&bundle.name);
+        let Some(mut report) = self.gate(&bundle, current.as_deref()).await else {
+            return Outcome::Held;
+        };
+        // The report carries material only when no check failed (`Checks::report`).
+        if let Some(material) = report.material.take() {
+            self.waiting.remove(&i);
+            return self.accept(&bundle.name, current.as_deref(), material, &report, now);
+        }
+        match report.failure() {
+            Some(failure) => {
+                let current_number = current.as_ref().map(|g| g.number);
+                self.wait_or_reject(i, &bundle.name, current_number, failure, now, may_wait)
+            }
+            None => Outcome::Settled,
+        }
+    }
+
+    /// The gate's verdict on `bundle`'s files against its `current` generation; `None` when the
+    /// validation did not complete (the bundle is retried at the next resync).
+    async fn gate(&self, bundle: &BundleConfig, current: Option<&Generation>) -> Option<Report> {
         let (in_use, cas) = match &bundle.files {
             BundleFiles::Ca { bundle: file, .. } => self.ca_context(file, &bundle.name),
             _ => (Vec::new(), Vec::new()),
         };
         // The gate reads the files: on the blocking pool, so a slow disk stalls only this bundle.
-        let leaf = current.as_ref().and_then(|g| g.leaf().cloned());
+        let leaf = current.and_then(|g| g.leaf().cloned());
         let (gated, agent) = (bundle.clone(), self.config.agent.clone());
-        let report = match tokio::task::spawn_blocking(move || {
+        let validated = tokio::task::spawn_blocking(move || {
             let context = Current {
                 leaf: leaf.as_ref(),
                 cas: &cas,
@@ -307,73 +330,87 @@ impl Reloader {
             };
             validate_bundle(&gated, &agent, &context, SystemTime::now())
         })
-        .await
-        {
-            Ok(report) => report,
+        .await;
+        match validated {
+            Ok(report) => Some(report),
             Err(e) => {
                 tracing::error!(bundle = %bundle.name, error = %e, "validation did not complete; retried at the next resync");
-                return Outcome::Held;
+                None
             }
-        };
-        let current_number = current.as_ref().map(|g| g.number);
-        let warnings: Vec<_> = report.warnings().cloned().collect();
-        if let (true, Some(material)) = (report.is_valid(), report.material) {
-            self.waiting.remove(&i);
-            if current.as_ref().is_some_and(|g| {
-                Generation::identity(&g.material) == Generation::identity(&material)
-            }) {
-                tracing::debug!(bundle = %bundle.name, "material unchanged; generation stays");
-                return Outcome::Settled;
-            }
-            let number = current_number.map_or(1, |n| n + 1);
-            let leaf = material.leaf.clone();
-            let old = current.as_ref().and_then(|g| g.leaf().cloned());
-            let event = AuditEvent::MaterialAccepted {
-                old_generation: current_number,
-                new_generation: number,
-                old_fingerprint: old.as_ref().map(|l| l.fingerprint.clone()),
-                new_fingerprint: leaf.as_ref().map(|l| l.fingerprint.clone()),
-                old_serial: old.as_ref().map(|l| l.serial.clone()),
-                new_serial: leaf.as_ref().map(|l| l.serial.clone()),
-                not_after: leaf.as_ref().map(|l| l.not_after),
-                key_ids: material.key_ids.clone(),
-                warnings: warnings.clone(),
-            };
-            for w in &warnings {
-                tracing::warn!(bundle = %bundle.name, check = %w.check, "accepted with a warning: {}", w.detail);
-            }
-            // Durable before visible: the swap happens only once its record is on disk.
-            if !self.record(Some(&bundle.name), &event) {
-                return Outcome::Held;
-            }
-            self.store.publish(
-                &bundle.name,
-                Generation {
-                    number,
-                    accepted_at: SystemTime::now(),
-                    material,
-                },
-            );
-            tracing::info!(bundle = %bundle.name, generation = number, "generation published");
-            if let Some((metrics, _)) = &self.observers {
-                metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
-                metrics
-                    .reloads
-                    .get_or_create(&BundleLabel {
-                        bundle: bundle.name.clone(),
-                    })
-                    .inc();
-            }
+        }
+    }
+
+    /// Valid material: unless it is the current generation's, recorded (durable before visible)
+    /// and then published as the next generation.
+    fn accept(
+        &mut self,
+        bundle: &str,
+        current: Option<&Generation>,
+        material: Material,
+        report: &Report,
+        now: Instant,
+    ) -> Outcome {
+        if current
+            .is_some_and(|g| Generation::identity(&g.material) == Generation::identity(&material))
+        {
+            tracing::debug!(bundle = %bundle, "material unchanged; generation stays");
             return Outcome::Settled;
         }
-        let Some(failure) = report
-            .results
-            .iter()
-            .find(|r| r.status == crate::material::validate::Status::Fail)
-            .cloned()
-        else {
-            return Outcome::Settled;
+        let current_number = current.map(|g| g.number);
+        let number = current_number.map_or(1, |n| n + 1);
+        let warnings: Vec<_> = report.warnings().cloned().collect();
+        let leaf = material.leaf.as_ref();
+        let old = current.and_then(|g| g.leaf());
+        let event = AuditEvent::MaterialAccepted {
+            old_generation: current_number,
+            new_generation: number,
+            old_fingerprint: old.map(|l| l.fingerprint.clone()),
+            new_fingerprint: leaf.map(|l| l.fingerprint.clone()),
+            old_serial: old.map(|l| l.serial.clone()),
+            new_serial: leaf.map(|l| l.serial.clone()),
+            not_after: leaf.map(|l| l.not_after),
+            key_ids: material.key_ids.clone(),
+            warnings: warnings.clone(),
         };
+        for w in &warnings {
+            tracing::warn!(bundle = %bundle, check = %w.check, "accepted with a warning: {}", w.detail);
+        }
+        // Durable before visible: the swap happens only once its record is on disk.
+        if !self.record(Some(bundle), &event) {
+            return Outcome::Held;
+        }
+        self.store.publish(
+            bundle,
+            Generation {
+                number,
+                accepted_at: SystemTime::now(),
+                material,
+            },
+        );
+        tracing::info!(bundle = %bundle, generation = number, "generation published");
+        if let Some((metrics, _)) = &self.observers {
+            metrics.change_to_swap.observe(now.elapsed().as_secs_f64());
+            metrics
+                .reloads
+                .get_or_create(&BundleLabel {
+                    bundle: bundle.to_string(),
+                })
+                .inc();
+        }
+        Outcome::Settled
+    }
+
+    /// A failed check: a mismatch that may only mean a half-written pair waits (recorded once)
+    /// up to `pair_timeout`; anything else, or a wait that timed out, is a recorded rejection.
+    fn wait_or_reject(
+        &mut self,
+        i: usize,
+        bundle: &str,
+        current_number: Option<u64>,
+        failure: &CheckResult,
+        now: Instant,
+        may_wait: bool,
+    ) -> Outcome {
         let timeout = self.config.agent.pair_timeout;
         if may_wait && failure.check.may_be_half_written() && !timeout.is_zero() {
             match self.waiting.get(&i) {
@@ -383,7 +420,7 @@ impl Reloader {
                         reason: failure.detail.clone(),
                         deadline_s: timeout.as_secs_f64(),
                     };
-                    if !self.record(Some(&bundle.name), &event) {
+                    if !self.record(Some(bundle), &event) {
                         return Outcome::Held;
                     }
                     self.waiting.insert(i, now);
@@ -399,7 +436,7 @@ impl Reloader {
             file: failure.file.clone(),
             current_generation: current_number,
         };
-        if !self.record(Some(&bundle.name), &event) {
+        if !self.record(Some(bundle), &event) {
             return Outcome::Held;
         }
         self.waiting.remove(&i);
@@ -407,7 +444,7 @@ impl Reloader {
             metrics
                 .rejections
                 .get_or_create(&BundleReason {
-                    bundle: bundle.name.clone(),
+                    bundle: bundle.to_string(),
                     reason: failure.check.name().to_string(),
                 })
                 .inc();
