@@ -389,91 +389,117 @@ pub(crate) fn parse_probes(
         if out.iter().any(|o| o.name == p.name) {
             return Err(src.invalid(offset, field("name"), "duplicate probe name"));
         }
-        let Some((host, port)) = p.endpoint.rsplit_once(':') else {
-            return Err(src.invalid(offset, field("endpoint"), "expected host:port"));
-        };
-        if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(src.invalid(
-                offset,
-                field("endpoint"),
-                format!("{:?} is not host:port", p.endpoint),
-            ));
-        }
-        let kind = kind_of(bundles, &p.bundle).ok_or_else(|| {
-            src.invalid(
-                offset,
-                field("bundle"),
-                format!("no bundle named {:?}", p.bundle),
-            )
-        })?;
-        let check = parse_check(src, offset, p, kind, &field)?;
-        if let Some(c) = &p.client_bundle {
-            if !matches!(
-                kind_of(bundles, c),
-                Some(BundleKind::Client | BundleKind::Kubeconfig)
-            ) {
-                return Err(src.invalid(
-                    offset,
-                    field("client_bundle"),
-                    format!("{c:?} is not a client bundle (kind = \"client\" or \"kubeconfig\")"),
-                ));
-            }
-        }
-        if kind == BundleKind::Ca && p.client_bundle.is_none() {
-            return Err(src.invalid(
-                offset,
-                field("client_bundle"),
-                "a probe of a ca bundle checks that the endpoint trusts it: it needs a client bundle issued by that CA",
-            ));
-        }
-        let duration = |v: &Option<Spanned<String>>,
-                        name: &str,
-                        default: Duration,
-                        range: &bounds::Bounds<Duration>| match v {
-            Some(v) => src.duration_in(v, &field(name), range),
-            None => Ok(default),
-        };
-        let interval = duration(
-            &p.interval,
-            "interval",
-            DEFAULT_INTERVAL,
-            &bounds::PROBE_INTERVAL,
-        )?;
-        let bearer_token_file = match &p.bearer_token_file {
-            None => None,
-            Some(f) if check.request().is_none() => {
-                return Err(src.invalid(
-                    f.span().start,
-                    field("bearer_token_file"),
-                    "a bearer token is sent with an HTTP request: check = \"http\" or \"jwks\"",
-                ))
-            }
-            Some(f) if f.get_ref().as_os_str().is_empty() => {
-                return Err(src.invalid(f.span().start, field("bearer_token_file"), "empty path"))
-            }
-            Some(f) => Some(f.get_ref().clone()),
-        };
-        out.push(ProbeConfig {
-            name: p.name.clone(),
-            endpoint: p.endpoint.clone(),
-            server_name: p
-                .server_name
-                .clone()
-                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
-            bundle: p.bundle.clone(),
-            client_bundle: p.client_bundle.clone(),
-            deadline: duration(
-                &p.deadline,
-                "deadline",
-                DEFAULT_DEADLINE,
-                &bounds::PROBE_DEADLINE,
-            )?,
-            interval,
-            check,
-            bearer_token_file,
-        });
+        out.push(parse_probe(src, offset, p, bundles, &field)?);
     }
     Ok(out)
+}
+
+/// One probe at `offset`: its endpoint, bundles, check, timing and token.
+fn parse_probe(
+    src: &Source<'_>,
+    offset: usize,
+    p: &RawProbe,
+    bundles: &[BundleConfig],
+    field: &dyn Fn(&str) -> String,
+) -> Result<ProbeConfig, ConfigError> {
+    let host = endpoint_host(&p.endpoint).map_err(|m| src.invalid(offset, field("endpoint"), m))?;
+    let kind = kind_of(bundles, &p.bundle).ok_or_else(|| {
+        src.invalid(
+            offset,
+            field("bundle"),
+            format!("no bundle named {:?}", p.bundle),
+        )
+    })?;
+    let check = parse_check(src, offset, p, kind, field)?;
+    check_client_bundle(p, kind, bundles)
+        .map_err(|m| src.invalid(offset, field("client_bundle"), m))?;
+    let duration = |v: &Option<Spanned<String>>,
+                    name: &str,
+                    default: Duration,
+                    range: &bounds::Bounds<Duration>| match v {
+        Some(v) => src.duration_in(v, &field(name), range),
+        None => Ok(default),
+    };
+    let interval = duration(
+        &p.interval,
+        "interval",
+        DEFAULT_INTERVAL,
+        &bounds::PROBE_INTERVAL,
+    )?;
+    let bearer_token_file = parse_bearer(src, p, &check, field)?;
+    Ok(ProbeConfig {
+        name: p.name.clone(),
+        endpoint: p.endpoint.clone(),
+        server_name: p
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
+        bundle: p.bundle.clone(),
+        client_bundle: p.client_bundle.clone(),
+        deadline: duration(
+            &p.deadline,
+            "deadline",
+            DEFAULT_DEADLINE,
+            &bounds::PROBE_DEADLINE,
+        )?,
+        interval,
+        check,
+        bearer_token_file,
+    })
+}
+
+/// The host of a `host:port` endpoint, or what is wrong with it.
+fn endpoint_host(endpoint: &str) -> Result<&str, String> {
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return Err("expected host:port".into());
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{endpoint:?} is not host:port"));
+    }
+    Ok(host)
+}
+
+/// `client_bundle`: a client (or kubeconfig) bundle, required when the probed bundle is a CA.
+fn check_client_bundle(
+    p: &RawProbe,
+    kind: BundleKind,
+    bundles: &[BundleConfig],
+) -> Result<(), String> {
+    if let Some(c) = &p.client_bundle {
+        if !matches!(
+            kind_of(bundles, c),
+            Some(BundleKind::Client | BundleKind::Kubeconfig)
+        ) {
+            return Err(format!(
+                "{c:?} is not a client bundle (kind = \"client\" or \"kubeconfig\")"
+            ));
+        }
+    }
+    if kind == BundleKind::Ca && p.client_bundle.is_none() {
+        return Err("a probe of a ca bundle checks that the endpoint trusts it: it needs a client bundle issued by that CA".into());
+    }
+    Ok(())
+}
+
+/// `bearer_token_file`: only with a check that sends a request, and not empty.
+fn parse_bearer(
+    src: &Source<'_>,
+    p: &RawProbe,
+    check: &ProbeCheck,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match &p.bearer_token_file {
+        None => Ok(None),
+        Some(f) if check.request().is_none() => Err(src.invalid(
+            f.span().start,
+            field("bearer_token_file"),
+            "a bearer token is sent with an HTTP request: check = \"http\" or \"jwks\"",
+        )),
+        Some(f) if f.get_ref().as_os_str().is_empty() => {
+            Err(src.invalid(f.span().start, field("bearer_token_file"), "empty path"))
+        }
+        Some(f) => Ok(Some(f.get_ref().clone())),
+    }
 }
 
 /// `check` and `request` of one probe, checked against its bundle's kind.
@@ -567,128 +593,134 @@ pub(crate) fn parse_actions(
 ) -> Result<Vec<ActionConfig>, ConfigError> {
     let mut out = Vec::new();
     for spanned in raw {
-        let offset = spanned.span().start;
-        let a = spanned.get_ref();
-        let field = |f: &str| format!("action[{}].{f}", a.name.as_deref().unwrap_or(&a.bundle));
-        if kind_of(bundles, &a.bundle).is_none() {
-            return Err(src.invalid(
-                offset,
-                field("bundle"),
-                format!("no bundle named {:?}", a.bundle),
-            ));
+        if let Some(action) = parse_action(src, spanned.span().start, spanned.get_ref(), bundles)? {
+            out.push(action);
         }
-        let command = match (&a.exec, &a.signal) {
-            (Some(_), Some(_)) => {
-                return Err(src.invalid(offset, field("exec"), "give exec or signal, not both"))
-            }
-            (None, None) => {
-                return Err(src.invalid(offset, field("exec"), "give exec (argv) or signal"))
-            }
-            (Some(argv), None) => {
-                if argv.first().is_none_or(|a| a.is_empty()) {
-                    return Err(src.invalid(offset, field("exec"), "empty argv"));
-                }
-                if a.pidfile.is_some() || a.process.is_some() {
-                    return Err(src.invalid(
-                        offset,
-                        field("pidfile"),
-                        "pidfile/process go with signal, not exec",
-                    ));
-                }
-                ActionCommand::Exec(argv.clone())
-            }
-            (None, Some(sig)) => {
-                let name = sig.trim().trim_start_matches("SIG").to_ascii_uppercase();
-                let number = SIGNALS
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| *v)
-                    .ok_or_else(|| {
-                        src.invalid(
-                            offset,
-                            field("signal"),
-                            format!("{sig:?} is not one of {:?}", SIGNALS.map(|(n, _)| n)),
-                        )
-                    })?;
-                let target = match (&a.pidfile, &a.process) {
-                    (Some(p), None) => SignalTarget::Pidfile(p.clone()),
-                    (None, Some(p)) if !p.is_empty() && !p.contains('/') => {
-                        SignalTarget::Process(p.clone())
-                    }
-                    (None, Some(p)) => {
-                        return Err(src.invalid(
-                            offset,
-                            field("process"),
-                            format!("{p:?} must be an executable's file name"),
-                        ))
-                    }
-                    _ => {
-                        return Err(src.invalid(
-                            offset,
-                            field("pidfile"),
-                            "a signal needs exactly one of pidfile or process",
-                        ))
-                    }
-                };
-                ActionCommand::Signal {
-                    name,
-                    number,
-                    target,
-                }
-            }
-        };
-        let duration = |v: &Option<Spanned<String>>,
-                        name: &str,
-                        default: Duration,
-                        range: &bounds::Bounds<Duration>| match v {
-            Some(v) => src.duration_in(v, &field(name), range),
-            None => Ok(default),
-        };
-        let lock = match (&a.lock, &a.lock_wait) {
-            (None, Some(w)) => {
-                return Err(src.invalid(
-                    w.span().start,
-                    field("lock_wait"),
-                    "lock_wait goes with lock",
-                ))
-            }
-            (None, None) => None,
-            (Some(name), wait) => {
-                if let Some(problem) = lock_name_problem(name.get_ref()) {
-                    return Err(src.invalid(name.span().start, field("lock"), problem));
-                }
-                Some(ActionLock {
-                    name: name.get_ref().clone(),
-                    wait: duration(wait, "lock_wait", DEFAULT_LOCK_WAIT, &bounds::LOCK_WAIT)?,
-                })
-            }
-        };
-        if !a.enabled {
-            tracing::info!(action = %a.name.as_deref().unwrap_or(&a.bundle), "action configured but disabled (enabled = false)");
-            continue;
-        }
-        out.push(ActionConfig {
-            name: a.name.clone(),
-            bundle: a.bundle.clone(),
-            on: a.on,
-            command,
-            timeout: duration(
-                &a.timeout,
-                "timeout",
-                Duration::from_secs(60),
-                &bounds::ACTION_TIMEOUT,
-            )?,
-            min_interval: duration(
-                &a.min_interval,
-                "min_interval",
-                Duration::from_secs(300),
-                &bounds::ACTION_MIN_INTERVAL,
-            )?,
-            line: src.line(offset),
-            lock,
-        });
     }
     Ok(out)
+}
+
+/// One action at `offset`; `None` when it is disabled (its bundle, command and lock are checked
+/// all the same; its timeout and min_interval only once it is enabled).
+fn parse_action(
+    src: &Source<'_>,
+    offset: usize,
+    a: &RawAction,
+    bundles: &[BundleConfig],
+) -> Result<Option<ActionConfig>, ConfigError> {
+    let field = |f: &str| format!("action[{}].{f}", a.name.as_deref().unwrap_or(&a.bundle));
+    if kind_of(bundles, &a.bundle).is_none() {
+        return Err(src.invalid(
+            offset,
+            field("bundle"),
+            format!("no bundle named {:?}", a.bundle),
+        ));
+    }
+    let command = parse_command(a).map_err(|(f, m)| src.invalid(offset, field(f), m))?;
+    let duration = |v: &Option<Spanned<String>>,
+                    name: &str,
+                    default: Duration,
+                    range: &bounds::Bounds<Duration>| match v {
+        Some(v) => src.duration_in(v, &field(name), range),
+        None => Ok(default),
+    };
+    let lock = match (&a.lock, &a.lock_wait) {
+        (None, Some(w)) => {
+            return Err(src.invalid(
+                w.span().start,
+                field("lock_wait"),
+                "lock_wait goes with lock",
+            ))
+        }
+        (None, None) => None,
+        (Some(name), wait) => {
+            if let Some(problem) = lock_name_problem(name.get_ref()) {
+                return Err(src.invalid(name.span().start, field("lock"), problem));
+            }
+            Some(ActionLock {
+                name: name.get_ref().clone(),
+                wait: duration(wait, "lock_wait", DEFAULT_LOCK_WAIT, &bounds::LOCK_WAIT)?,
+            })
+        }
+    };
+    if !a.enabled {
+        tracing::info!(action = %a.name.as_deref().unwrap_or(&a.bundle), "action configured but disabled (enabled = false)");
+        return Ok(None);
+    }
+    Ok(Some(ActionConfig {
+        name: a.name.clone(),
+        bundle: a.bundle.clone(),
+        on: a.on,
+        command,
+        timeout: duration(
+            &a.timeout,
+            "timeout",
+            Duration::from_secs(60),
+            &bounds::ACTION_TIMEOUT,
+        )?,
+        min_interval: duration(
+            &a.min_interval,
+            "min_interval",
+            Duration::from_secs(300),
+            &bounds::ACTION_MIN_INTERVAL,
+        )?,
+        line: src.line(offset),
+        lock,
+    }))
+}
+
+/// `exec`, or `signal` with its target; else the field at fault and why.
+fn parse_command(a: &RawAction) -> Result<ActionCommand, (&'static str, String)> {
+    match (&a.exec, &a.signal) {
+        (Some(_), Some(_)) => Err(("exec", "give exec or signal, not both".into())),
+        (None, None) => Err(("exec", "give exec (argv) or signal".into())),
+        (Some(argv), None) => {
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return Err(("exec", "empty argv".into()));
+            }
+            if a.pidfile.is_some() || a.process.is_some() {
+                return Err(("pidfile", "pidfile/process go with signal, not exec".into()));
+            }
+            Ok(ActionCommand::Exec(argv.clone()))
+        }
+        (None, Some(sig)) => parse_signal(a, sig),
+    }
+}
+
+/// `signal` by name, sent to the process of `pidfile` or named `process`.
+fn parse_signal(a: &RawAction, sig: &str) -> Result<ActionCommand, (&'static str, String)> {
+    let name = sig.trim().trim_start_matches("SIG").to_ascii_uppercase();
+    let number = SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            (
+                "signal",
+                format!("{sig:?} is not one of {:?}", SIGNALS.map(|(n, _)| n)),
+            )
+        })?;
+    let target = match (&a.pidfile, &a.process) {
+        (Some(p), None) => SignalTarget::Pidfile(p.clone()),
+        (None, Some(p)) if !p.is_empty() && !p.contains('/') => SignalTarget::Process(p.clone()),
+        (None, Some(p)) => {
+            return Err((
+                "process",
+                format!("{p:?} must be an executable's file name"),
+            ))
+        }
+        _ => {
+            return Err((
+                "pidfile",
+                "a signal needs exactly one of pidfile or process".into(),
+            ))
+        }
+    };
+    Ok(ActionCommand::Signal {
+        name,
+        number,
+        target,
+    })
 }
 
 #[cfg(test)]
