@@ -2,7 +2,7 @@
 //! (with one line saying why) each entry whose files or bundles are not on this node.
 
 use std::{
-    fmt::Write as _,
+    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -106,6 +106,12 @@ impl<'a> Writer<'a> {
         self.root.join(rel)
     }
 
+    /// Appends one line to the text (a `String` takes every write, so nothing can fail).
+    fn line(&mut self, text: fmt::Arguments<'_>) {
+        self.out.push_str(&fmt::format(text));
+        self.out.push('\n');
+    }
+
     /// Adds a bundle if every one of its `fields` exists; otherwise records one skip line.
     pub(super) fn bundle(&mut self, b: &Bundle<'_>) {
         for (_, rel) in b.fields {
@@ -119,25 +125,25 @@ impl<'a> Writer<'a> {
                 return;
             }
         }
-        let _ = writeln!(
-            self.out,
+        self.line(format_args!(
             "\n[[bundle]]\nname = \"{}\"\nkind = \"{}\"",
             b.name, b.kind
-        );
+        ));
         let present: Vec<_> = b
             .optional
             .iter()
             .filter(|(_, rel)| self.path(rel).exists())
             .collect();
         for (field, rel) in b.fields.iter().chain(present) {
+            let path = self.path(rel);
             if *field == "public_keys" {
-                let _ = writeln!(self.out, "public_keys = [{:?}]", self.path(rel));
+                self.line(format_args!("public_keys = [{path:?}]"));
             } else {
-                let _ = writeln!(self.out, "{field} = {:?}", self.path(rel));
+                self.line(format_args!("{field} = {path:?}"));
             }
         }
         for line in b.settings {
-            let _ = writeln!(self.out, "{line}");
+            self.line(format_args!("{line}"));
         }
         self.bundles.push(b.name);
     }
@@ -160,27 +166,27 @@ impl<'a> Writer<'a> {
             ));
             return;
         }
-        let _ = writeln!(
-            self.out,
+        self.line(format_args!(
             "\n[[probe]]\nname = \"{}\"\nendpoint = \"{}\"\nserver_name = \"{}\"\nbundle = \"{}\"",
             p.name, p.endpoint, p.server_name, p.bundle
-        );
+        ));
         if let Some(c) = p.client {
-            let _ = writeln!(self.out, "client_bundle = \"{c}\"");
+            self.line(format_args!("client_bundle = \"{c}\""));
         }
         if let Some(token) = p.bearer {
-            let _ = writeln!(self.out, "bearer_token_file = {token:?}");
+            self.line(format_args!("bearer_token_file = {token:?}"));
         }
-        let _ = match p.check {
-            Check::Tls => writeln!(self.out, "check = \"tls\""),
-            Check::Http(request) => writeln!(self.out, "check = \"http\"\nrequest = \"{request}\""),
-            Check::Jwks => writeln!(self.out, "check = \"jwks\""),
-        };
-        let _ = writeln!(
-            self.out,
+        match p.check {
+            Check::Tls => self.line(format_args!("check = \"tls\"")),
+            Check::Http(request) => {
+                self.line(format_args!("check = \"http\"\nrequest = \"{request}\""))
+            }
+            Check::Jwks => self.line(format_args!("check = \"jwks\"")),
+        }
+        self.line(format_args!(
             "deadline = \"{}s\"\ninterval = \"30s\"",
             p.deadline.as_secs()
-        );
+        ));
     }
 
     /// Adds a disabled action (enable it by name from a config file). A control-plane component
@@ -198,15 +204,13 @@ impl<'a> Writer<'a> {
         if !self.has(bundle) {
             return;
         }
-        let _ = writeln!(
-            self.out,
-            "\n# {why}\n[[action]]\nname = \"{name}\"\nenabled = false\nbundle = \"{bundle}\"\non = \"{on}\"\nexec = {argv:?}\ntimeout = \"120s\"\nmin_interval = \"10m\""
-        );
+        self.line(format_args!("\n# {why}\n[[action]]\nname = \"{name}\"\nenabled = false\nbundle = \"{bundle}\"\non = \"{on}\"\nexec = {argv:?}\ntimeout = \"120s\"\nmin_interval = \"10m\""
+        ));
         if let Some(lock) = CONTROL_PLANE_LOCKS
             .iter()
             .find(|l| name.starts_with(&format!("{l}-")))
         {
-            let _ = writeln!(self.out, "lock = \"{lock}\"");
+            self.line(format_args!("lock = \"{lock}\""));
         }
     }
 }
