@@ -31,23 +31,12 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use super::{append_shared, chain::link, kube_events::describe_api_error, AuditEvent, SharedAudit};
-use crate::{config::bounds::Bounds, shutdown::Shutdown};
+use crate::shutdown::Shutdown;
 
 /// How many past heads the witness object keeps (the newest). deploy/witness.yaml's policy
 /// refuses pruning below this many, so an attacker holding the node's credentials must make this
 /// many forward updates (each audited by the API server) to push a real head out.
 pub const HISTORY: usize = 256;
-/// Default namespace of the witness objects: one of their own, so that the RBAC that lets agents
-/// update them reaches no other ConfigMap (the agent's own configuration lives in `certreload`).
-pub const DEFAULT_NAMESPACE: &str = "certreload-witness";
-/// Default `[audit] witness_interval`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
-/// `[audit] witness_interval`.
-pub const INTERVAL: Bounds<Duration> = Bounds {
-    min: Duration::from_secs(5),
-    max: Duration::from_secs(3600),
-    why: "each publication is an API read and write per node, so below 5s it loads the API server; records written after the last publication are not witnessed, so more than an hour leaves too much rewritable",
-};
 /// Longest wait for one API request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of a head's key in the object's `data`.
@@ -838,6 +827,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_WITNESS_INTERVAL, DEFAULT_WITNESS_NAMESPACE};
 
     fn h(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
@@ -949,8 +939,8 @@ mod tests {
         };
         let c = parse("").expect("defaults");
         assert!(c.audit.witness);
-        assert_eq!(c.audit.witness_interval, DEFAULT_INTERVAL);
-        assert_eq!(c.audit.witness_namespace, DEFAULT_NAMESPACE);
+        assert_eq!(c.audit.witness_interval, DEFAULT_WITNESS_INTERVAL);
+        assert_eq!(c.audit.witness_namespace, DEFAULT_WITNESS_NAMESPACE);
         let c = parse("witness_interval = \"30s\"\nwitness_namespace = \"audit-w\"\n").expect("ok");
         assert_eq!(c.audit.witness_interval, Duration::from_secs(30));
         assert_eq!(c.audit.witness_namespace, "audit-w");

@@ -72,6 +72,12 @@ pub const AUDIT_MAX_SIZE: Bounds<u64> = Bounds {
     max: 16 * GIB,
     why: "below 64KiB the log rotates every few records and the kept files hold almost no history; above 16GiB it is never rotated on a node's disk",
 };
+/// `[audit] witness_interval`.
+pub const WITNESS_INTERVAL: Bounds<Duration> = Bounds {
+    min: Duration::from_secs(5),
+    max: Duration::from_secs(3600),
+    why: "each publication is an API read and write per node, so below 5s it loads the API server; records written after the last publication are not witnessed, so more than an hour leaves too much rewritable",
+};
 /// `[[bundle]] min_validity`.
 pub const MIN_VALIDITY: Bounds<Duration> = Bounds {
     min: Duration::ZERO,

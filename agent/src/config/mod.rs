@@ -150,6 +150,12 @@ pub struct AuditSettings {
 
 /// Default audit log location.
 pub const DEFAULT_AUDIT_PATH: &str = "/var/log/certreload/audit.jsonl";
+/// Default namespace of the audit witness objects: one of their own, so that the RBAC that lets
+/// agents update them reaches no other ConfigMap (the agent's own configuration lives in
+/// `certreload`).
+pub const DEFAULT_WITNESS_NAMESPACE: &str = "certreload-witness";
+/// Default `[audit] witness_interval`.
+pub const DEFAULT_WITNESS_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Default for AuditSettings {
     fn default() -> Self {
@@ -157,8 +163,8 @@ impl Default for AuditSettings {
             path: PathBuf::from(DEFAULT_AUDIT_PATH),
             max_size: 64 * 1024 * 1024,
             witness: false,
-            witness_namespace: crate::audit::witness::DEFAULT_NAMESPACE.into(),
-            witness_interval: crate::audit::witness::DEFAULT_INTERVAL,
+            witness_namespace: DEFAULT_WITNESS_NAMESPACE.into(),
+            witness_interval: DEFAULT_WITNESS_INTERVAL,
         }
     }
 }
@@ -510,7 +516,7 @@ fn parse_audit(src: &Source<'_>, raw: &RawAudit) -> Result<AuditSettings, Config
         audit.witness_interval = src.duration_in(
             v,
             "audit.witness_interval",
-            &crate::audit::witness::INTERVAL,
+            &bounds::WITNESS_INTERVAL,
         )?;
     }
     if let Some(v) = &raw.witness_namespace {
