@@ -6,6 +6,8 @@
 
 use tokio::sync::watch;
 
+use crate::sync::or_pending;
+
 /// Tells every [`Shutdown`] made from it that the agent is stopping. Dropping it without
 /// [`Stop::stop`] stops them too (a task whose wiring went away has nothing left to serve).
 #[derive(Debug)]
@@ -75,17 +77,9 @@ impl ShutdownSignal {
 
     /// Resolves on the first SIGINT or SIGTERM (never, for one that could not be caught).
     pub async fn recv(&mut self) {
-        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
         tokio::select! {
-            _ = one(&mut self.term) => {}
-            _ = one(&mut self.int) => {}
+            _ = or_pending(self.term.as_mut().map(|s| s.recv())) => {}
+            _ = or_pending(self.int.as_mut().map(|s| s.recv())) => {}
         }
     }
 }

@@ -29,6 +29,8 @@ use kube::{api::PostParams, Api, Client};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::sync::LockExt;
+
 /// How long an allowed answer is reused (kube-rbac-proxy and the kubelet's webhook authorizer
 /// cache allowed answers for minutes; a revoked binding takes effect within this).
 pub const ALLOWED_TTL: Duration = Duration::from_secs(60);
@@ -212,18 +214,14 @@ impl Authorizer {
         };
         if let Some(ttl) = ttl {
             self.cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .lock_or_recover()
                 .insert(key, decision.clone(), ttl, Instant::now());
         }
         decision
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Decision> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key, Instant::now())
+        self.cache.lock_or_recover().get(key, Instant::now())
     }
 
     async fn client(&self) -> Result<Client, String> {

@@ -40,6 +40,7 @@ use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, DescriptorPermit, RateLimitedLog},
     config::admin::AdminSettings,
     proxy::idle::{Activity, Tracked},
+    sync::LockExt,
 };
 
 /// hyper's read buffer limit per connection (its default is ~400 KiB; the minimum it allows is
@@ -82,10 +83,7 @@ struct ClientSlot {
 
 impl PerClient {
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.held.lock_or_recover();
         let n = held.entry(ip).or_insert(0);
         if *n >= self.limit {
             return None;
@@ -100,11 +98,7 @@ impl PerClient {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut held = self
-            .owner
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self.owner.held.lock_or_recover();
         if let Some(n) = held.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

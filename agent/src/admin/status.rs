@@ -3,7 +3,7 @@
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc, PoisonError,
+    Arc,
 };
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
         BundleStatus, CertStatus, GenerationStatus, LastChange, ListenerStatus, MonitorStatus,
         Status,
     },
+    sync::LockExt,
     tls::{client_config::ClientSlot, slot::TlsSlot},
 };
 
@@ -56,13 +57,7 @@ impl AgentState {
             },
             bundles: self.config.bundles.iter().map(|b| self.bundle(b)).collect(),
             listeners: self.listeners(),
-            probes: self
-                .probes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect(),
+            probes: self.probes.lock_or_recover().values().cloned().collect(),
         }
     }
 

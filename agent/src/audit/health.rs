@@ -11,8 +11,10 @@
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Mutex, PoisonError,
+    Mutex,
 };
+
+use crate::sync::LockExt;
 
 /// Outcome of the audit appends so far.
 #[derive(Debug, Default)]
@@ -56,9 +58,7 @@ impl AuditHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.last_error.lock_or_recover()
     }
 }
 

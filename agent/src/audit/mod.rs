@@ -14,6 +14,8 @@ pub use self::{
     log::{AuditError, AuditLog, Observed},
 };
 
+use crate::sync::LockExt;
+
 /// The audit log shared by the reload pipeline and the TLS front (connection records). Appends
 /// are short (one write + fsync) and serialised by the mutex, which keeps the chain linear.
 pub type SharedAudit = std::sync::Arc<std::sync::Mutex<AuditLog>>;
@@ -26,9 +28,7 @@ pub fn append_shared(
     bundle: Option<&str>,
     event: &AuditEvent,
 ) -> Result<u64, AuditError> {
-    let mut log = audit
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut log = audit.lock_or_recover();
     let result = log.append(bundle, event);
     match &result {
         Ok(_) => health::health().succeeded(),

@@ -31,7 +31,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use super::{append_shared, chain::link, kube_events::describe_api_error, AuditEvent, SharedAudit};
-use crate::shutdown::Shutdown;
+use crate::{shutdown::Shutdown, sync::LockExt};
 
 /// How many past heads the witness object keeps (the newest). deploy/witness.yaml's policy
 /// refuses pruning below this many, so an attacker holding the node's credentials must make this
@@ -576,11 +576,7 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes `audit`'s head for `node` into `namespace` through `client`.
     pub fn new(client: Client, namespace: &str, node: &str, audit: SharedAudit) -> Publisher {
-        let log_path = audit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .path()
-            .to_path_buf();
+        let log_path = audit.lock_or_recover().path().to_path_buf();
         Publisher {
             log_path,
             halted: None,
@@ -621,10 +617,7 @@ impl Publisher {
             return Err(e.clone());
         }
         let (seq, hash, instance) = {
-            let log = self
-                .audit
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let log = self.audit.lock_or_recover();
             let Some((seq, hash)) = log.last_record() else {
                 return Ok(Published::Unchanged);
             };

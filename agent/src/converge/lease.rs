@@ -37,6 +37,7 @@ use crate::{
     audit::kube_events::describe_api_error,
     config::ActionLock,
     shutdown::{self, Shutdown, Stop},
+    sync::LockExt,
 };
 
 /// Longest wait for one API request: a hung API server is a reason to wait, not to hang.
@@ -498,11 +499,7 @@ impl HeldLease {
 
     /// Why the hold ended early (another node took the Lease), if it did.
     pub fn lost(&self) -> Option<String> {
-        self.shared
-            .lost
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.shared.lost.lock_or_recover().clone()
     }
 
     /// Stops renewing and clears the holder. Retried until the Lease would have expired anyway;
@@ -603,9 +600,7 @@ async fn renew(s: Arc<HeldShared>, mut stop: Shutdown) {
                                     holder.as_deref().unwrap_or("nobody")
                                 );
                                 tracing::error!(lease = %s.lease_ref, "{why}");
-                                *s.lost
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+                                *s.lost.lock_or_recover() = Some(why);
                                 return;
                             }
                         }

@@ -27,6 +27,7 @@ use tokio::{io::AsyncReadExt, net::TcpStream};
 use super::http::{self, BearerToken, HttpError, Response};
 use crate::{
     config::converge::ProbeRequest, material::inspect::inspect, reload::generation::Generation,
+    sync::LockExt,
 };
 
 /// How long connecting and handshaking may take.
@@ -106,10 +107,7 @@ impl Seen {
         if !self.proved.load(Ordering::Acquire) {
             return None;
         }
-        self.leaf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.leaf.lock_or_recover().clone()
     }
 }
 
@@ -138,12 +136,7 @@ impl ServerCertVerifier for RecordServerCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self
-            .seen
-            .leaf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(end_entity.clone().into_owned());
+        *self.seen.leaf.lock_or_recover() = Some(end_entity.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
 

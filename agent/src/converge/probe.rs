@@ -22,6 +22,7 @@ use crate::{
     audit::{append_shared, AuditEvent, SharedAudit},
     config::{BundleKind, ProbeConfig},
     reload::generation::{Generation, GenerationStore},
+    sync::{or_pending, LockExt},
     telemetry::{Metrics, ProbeLabel},
 };
 
@@ -182,18 +183,8 @@ pub async fn run(
     let mut verdict: Option<bool> = None;
     let mut next = Instant::now();
     loop {
-        let client_changed = async {
-            match client_rx.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let recheck = async {
-            match rechecks.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            }
-        };
+        let client_changed = or_pending(client_rx.as_mut().map(|rx| rx.changed()));
+        let recheck = or_pending(rechecks.as_mut().map(|rx| rx.changed()));
         tokio::select! {
             _ = shutdown.changed() => return,
             r = recheck => {
@@ -239,22 +230,19 @@ pub async fn run(
             },
         );
         let seconds = seconds_since(&target);
-        ctx.board
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                config.name.clone(),
-                ProbeStatus {
-                    name: config.name.clone(),
-                    endpoint: config.endpoint.clone(),
-                    bundle: config.bundle.clone(),
-                    generation: target.number,
-                    converged: v.converged(),
-                    observed: v.observed.clone(),
-                    served_fingerprint: v.fingerprint.clone(),
-                    checked_at: crate::clock::now_rfc3339(),
-                },
-            );
+        ctx.board.lock_or_recover().insert(
+            config.name.clone(),
+            ProbeStatus {
+                name: config.name.clone(),
+                endpoint: config.endpoint.clone(),
+                bundle: config.bundle.clone(),
+                generation: target.number,
+                converged: v.converged(),
+                observed: v.observed.clone(),
+                served_fingerprint: v.fingerprint.clone(),
+                checked_at: crate::clock::now_rfc3339(),
+            },
+        );
         ctx.metrics
             .probe_converged
             .get_or_create(&label)

@@ -23,7 +23,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -43,6 +43,8 @@ use self::{
     inotify::{InotifyError, InotifySource},
     watchset::WatchSet,
 };
+
+use crate::sync::{or_pending, LockExt};
 
 /// Default content resync period: the backstop for everything the hooks cannot see.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
@@ -126,6 +128,9 @@ pub struct MonitorStats {
     pub mode: ActiveMode,
     /// Kernel counters (eBPF mode).
     pub kernel: Option<KernelStats>,
+    /// Ring-buffer records the agent could not decode (eBPF mode): the eBPF object and the agent
+    /// were built from different sources.
+    pub decode_errors: Option<u64>,
     /// Raw inotify events received (inotify mode).
     pub inotify_events: Option<u64>,
     /// Hints processed.
@@ -134,6 +139,48 @@ pub struct MonitorStats {
     pub confirmed: u64,
     /// Resync passes run.
     pub resyncs: u64,
+}
+
+/// The monitor's running counts, kept current while it runs so `/status` and `/metrics` can show
+/// them live. The monitor writes them; whoever holds a clone (the admin endpoint) only reads, so
+/// the data flows one way and the monitor imports nothing above it (as `converge::ProbeBoard`).
+#[derive(Debug, Clone, Default)]
+pub struct MonitorCounters(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    ringbuf_drops: AtomicU64,
+    decode_errors: AtomicU64,
+}
+
+impl MonitorCounters {
+    /// Events the kernel lost to a full ring buffer, as last read (at every resync).
+    pub fn ringbuf_drops(&self) -> u64 {
+        self.0.ringbuf_drops.load(Ordering::Relaxed)
+    }
+
+    /// Ring-buffer records the agent could not decode (an eBPF object and agent mismatch), counted
+    /// as each is dropped.
+    pub fn decode_errors(&self) -> u64 {
+        self.0.decode_errors.load(Ordering::Relaxed)
+    }
+
+    fn set_ringbuf_drops(&self, drops: u64) {
+        self.0.ringbuf_drops.store(drops, Ordering::Relaxed);
+    }
+
+    fn count_decode_error(&self) {
+        self.0.decode_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts as a monitor would have left them, for the readers' tests.
+    #[cfg(test)]
+    pub(crate) fn with_counts(ringbuf_drops: u64, decode_errors: u64) -> Self {
+        let counters = Self::default();
+        counters.set_ringbuf_drops(ringbuf_drops);
+        counters.0.decode_errors.store(decode_errors, Ordering::Relaxed);
+        counters
+    }
 }
 
 /// What a confirmation pass reads and updates, moved to the blocking pool for each pass.
@@ -155,7 +202,7 @@ pub struct Monitor {
     mode: ActiveMode,
     resync: Duration,
     stats: MonitorStats,
-    drops: Arc<AtomicU64>,
+    counters: MonitorCounters,
 }
 
 impl Monitor {
@@ -165,16 +212,17 @@ impl Monitor {
             return Err(MonitorError::NoPaths);
         }
         let watch = WatchSet::new(&config.paths);
+        let counters = MonitorCounters::default();
         let (active, mode) = match config.mode {
             ModeRequest::Inotify => (
                 Active::Inotify(InotifySource::start(&watch.directories())?),
                 ActiveMode::Inotify { reason: None },
             ),
             ModeRequest::Ebpf => (
-                Active::Kernel(Box::new(start_kernel(config, &watch)?)),
+                Active::Kernel(Box::new(start_kernel(config, &watch, &counters)?)),
                 ActiveMode::Ebpf { hook: config.hook },
             ),
-            ModeRequest::Auto => match start_kernel(config, &watch) {
+            ModeRequest::Auto => match start_kernel(config, &watch, &counters) {
                 Ok(k) => (
                     Active::Kernel(Box::new(k)),
                     ActiveMode::Ebpf { hook: config.hook },
@@ -196,6 +244,7 @@ impl Monitor {
         let stats = MonitorStats {
             mode: mode.clone(),
             kernel: None,
+            decode_errors: None,
             inotify_events: None,
             hints: 0,
             confirmed: 0,
@@ -208,13 +257,13 @@ impl Monitor {
             mode,
             resync: config.resync,
             stats,
-            drops: Arc::default(),
+            counters,
         })
     }
 
-    /// Ring-buffer drops as last read (at every resync), for status and metrics while running.
-    pub fn drops(&self) -> Arc<AtomicU64> {
-        self.drops.clone()
+    /// The running counts (ring-buffer drops, decode errors), for status and metrics while running.
+    pub fn counters(&self) -> MonitorCounters {
+        self.counters.clone()
     }
 
     /// The source in use.
@@ -233,18 +282,13 @@ impl Monitor {
         resync.tick().await; // the first tick is immediate; the baseline was just taken
         loop {
             let overdue_at = self.lock_files().confirmer.next_deferred();
-            let overdue = async {
-                match overdue_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let overdue = or_pending(overdue_at.map(|at| tokio::time::sleep_until(at.into())));
             let pass: Pass = tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = resync.tick() => {
                     self.stats.resyncs += 1;
                     if let Active::Kernel(k) = &self.active {
-                        self.drops.store(k.stats().dropped, Ordering::Relaxed);
+                        self.counters.set_ringbuf_drops(k.stats().dropped);
                     }
                     Pass::Hints(vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }])
                 }
@@ -274,7 +318,7 @@ impl Monitor {
             };
             let files = self.files.clone();
             let read = tokio::task::spawn_blocking(move || {
-                let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut files = files.lock_or_recover();
                 files.confirm(&pass, &busy)
             });
             // Shutdown does not wait for a read in progress (the pass is abandoned with the task).
@@ -302,7 +346,7 @@ impl Monitor {
     }
 
     fn lock_files(&self) -> std::sync::MutexGuard<'_, Files> {
-        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+        self.files.lock_or_recover()
     }
 
     fn reload_names(&mut self) {
@@ -323,7 +367,10 @@ impl Monitor {
 
     fn finish(mut self) -> MonitorStats {
         match &self.active {
-            Active::Kernel(k) => self.stats.kernel = Some(k.stats()),
+            Active::Kernel(k) => {
+                self.stats.kernel = Some(k.stats());
+                self.stats.decode_errors = Some(self.counters.decode_errors());
+            }
             Active::Inotify(i) => self.stats.inotify_events = Some(i.raw_events()),
         }
         self.stats
@@ -388,9 +435,18 @@ impl Files {
     }
 }
 
-fn start_kernel(config: &MonitorConfig, watch: &WatchSet) -> Result<KernelSource, MonitorError> {
+fn start_kernel(
+    config: &MonitorConfig,
+    watch: &WatchSet,
+    counters: &MonitorCounters,
+) -> Result<KernelSource, MonitorError> {
     let names = watch.all_names();
-    let mut kernel = KernelSource::start(config.hook, config.profile_hooks, names.len())?;
+    let mut kernel = KernelSource::start(
+        config.hook,
+        config.profile_hooks,
+        names.len(),
+        counters.clone(),
+    )?;
     kernel.hooks_mut().set_names(&names)?;
     Ok(kernel)
 }

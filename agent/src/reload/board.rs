@@ -4,10 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
-use crate::monitor::ConfirmedChange;
+use crate::{monitor::ConfirmedChange, sync::LockExt};
 
 /// Each bundle's last confirmed change, by bundle name. Cloning shares the board.
 #[derive(Clone, Debug, Default)]
@@ -17,17 +17,12 @@ impl ChangeBoard {
     /// Records `change` as `bundle`'s last one.
     pub fn record(&self, bundle: &str, change: &ConfirmedChange) {
         self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock_or_recover()
             .insert(bundle.to_string(), change.clone());
     }
 
     /// `bundle`'s last confirmed change, if any has been seen since start-up.
     pub fn last(&self, bundle: &str) -> Option<ConfirmedChange> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(bundle)
-            .cloned()
+        self.0.lock_or_recover().get(bundle).cloned()
     }
 }

@@ -37,6 +37,7 @@ use crate::{
         validate::{CheckResult, Material, Report},
     },
     monitor::{ConfirmedChange, Source},
+    sync::or_pending,
     telemetry::{BundleLabel, BundleReason, Metrics, SourceLabel},
 };
 
@@ -128,12 +129,7 @@ impl Reloader {
         retry.tick().await;
         loop {
             let deadline = self.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = or_pending(deadline.map(|d| tokio::time::sleep_until(d.into())));
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = sleep => self.expire_waits().await,
