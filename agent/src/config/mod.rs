@@ -2,7 +2,6 @@
 //! and the line.
 
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,6 +14,7 @@ use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
 pub mod admin;
 pub mod bounds;
+mod bundle;
 pub mod converge;
 pub mod listener;
 pub mod profile;
@@ -302,7 +302,7 @@ struct RawConfig {
     #[serde(default)]
     audit: Option<RawAudit>,
     #[serde(default, rename = "bundle")]
-    bundles: Vec<Spanned<RawBundle>>,
+    bundles: Vec<Spanned<bundle::RawBundle>>,
     #[serde(default, rename = "listener")]
     listeners: Vec<Spanned<listener::RawListener>>,
     #[serde(default, rename = "probe")]
@@ -336,29 +336,6 @@ struct RawAudit {
     witness: bool,
     witness_namespace: Option<Spanned<String>>,
     witness_interval: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBundle {
-    name: String,
-    kind: BundleKind,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    #[serde(default)]
-    expect_sans: Vec<String>,
-    min_validity: Option<Spanned<String>>,
-    #[serde(default)]
-    allow_san_removal: bool,
-    #[serde(default)]
-    allow_ca_removal: bool,
-    #[serde(default)]
-    signing: bool,
-    file: Option<PathBuf>,
-    private_key: Option<PathBuf>,
-    #[serde(default)]
-    public_keys: Vec<PathBuf>,
 }
 
 /// Turns byte offsets into line numbers and builds errors for one file.
@@ -443,7 +420,7 @@ impl Config {
             Some(a) => parse_audit(&src, a)?,
             None => AuditSettings::default(),
         };
-        let bundles = parse_bundles(&src, &raw.bundles)?;
+        let bundles = bundle::parse(&src, &raw.bundles)?;
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
         let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
@@ -513,11 +490,8 @@ fn parse_audit(src: &Source<'_>, raw: &RawAudit) -> Result<AuditSettings, Config
         audit.max_size = src.size_in(v, "audit.max_size", &bounds::AUDIT_MAX_SIZE)?;
     }
     if let Some(v) = &raw.witness_interval {
-        audit.witness_interval = src.duration_in(
-            v,
-            "audit.witness_interval",
-            &bounds::WITNESS_INTERVAL,
-        )?;
+        audit.witness_interval =
+            src.duration_in(v, "audit.witness_interval", &bounds::WITNESS_INTERVAL)?;
     }
     if let Some(v) = &raw.witness_namespace {
         audit.witness_namespace = namespace(src, v)?;
@@ -545,133 +519,6 @@ fn namespace(src: &Source<'_>, v: &Spanned<String>) -> Result<String, ConfigErro
         ));
     }
     Ok(ns.clone())
-}
-
-/// Every `[[bundle]]`, names unique.
-fn parse_bundles(
-    src: &Source<'_>,
-    raw: &[Spanned<RawBundle>],
-) -> Result<Vec<BundleConfig>, ConfigError> {
-    let mut names = BTreeSet::new();
-    let mut bundles = Vec::new();
-    for spanned in raw {
-        let offset = spanned.span().start;
-        let b = spanned.get_ref();
-        if b.name.trim().is_empty() {
-            return Err(src.invalid(offset, "bundle.name", "must not be empty"));
-        }
-        if !names.insert(b.name.clone()) {
-            return Err(src.invalid(
-                offset,
-                format!("bundle[{}].name", b.name),
-                "duplicate bundle name",
-            ));
-        }
-        bundles.push(parse_bundle(src, offset, b)?);
-    }
-    Ok(bundles)
-}
-
-/// One `[[bundle]]` at `offset`: its files as its kind needs them, and its policy.
-fn parse_bundle(
-    src: &Source<'_>,
-    offset: usize,
-    b: &RawBundle,
-) -> Result<BundleConfig, ConfigError> {
-    let field = |f: &str| format!("bundle[{}].{f}", b.name);
-    let files = bundle_files(b).map_err(|(name, problem)| {
-        src.invalid(offset, field(name), format!("{problem} kind {:?}", b.kind))
-    })?;
-    if b.signing && b.kind != BundleKind::Ca {
-        return Err(src.invalid(
-            offset,
-            field("signing"),
-            format!("not used by kind {:?}", b.kind),
-        ));
-    }
-    let min_validity = match &b.min_validity {
-        Some(v) => Some(src.duration_in(v, &field("min_validity"), &bounds::MIN_VALIDITY)?),
-        None => None,
-    };
-    Ok(BundleConfig {
-        name: b.name.clone(),
-        kind: b.kind,
-        line: src.line(offset),
-        files,
-        expect_sans: b.expect_sans.clone(),
-        min_validity,
-        allow_san_removal: b.allow_san_removal,
-        allow_ca_removal: b.allow_ca_removal,
-        signing: b.signing,
-    })
-}
-
-/// A bundle's files as its kind needs them; else the field at fault and whether it is
-/// `"required for"` or `"not used by"` the kind.
-fn bundle_files(b: &RawBundle) -> Result<BundleFiles, (&'static str, &'static str)> {
-    let required = |name: &'static str| (name, "required for");
-    let unused_of = |fields: &[(&'static str, bool)]| -> Result<(), (&'static str, &'static str)> {
-        match fields.iter().find(|(_, present)| *present) {
-            Some((name, _)) => Err((name, "not used by")),
-            None => Ok(()),
-        }
-    };
-    match b.kind {
-        BundleKind::Server | BundleKind::Client => {
-            unused_of(&[
-                ("private_key", b.private_key.is_some()),
-                ("public_keys", !b.public_keys.is_empty()),
-                ("file", b.file.is_some()),
-            ])?;
-            Ok(BundleFiles::Pair {
-                cert: b.cert.clone().ok_or_else(|| required("cert"))?,
-                key: b.key.clone().ok_or_else(|| required("key"))?,
-                ca: b.ca.clone(),
-            })
-        }
-        BundleKind::Ca => {
-            unused_of(&[
-                ("ca", b.ca.is_some()),
-                ("private_key", b.private_key.is_some()),
-                ("public_keys", !b.public_keys.is_empty()),
-                ("file", b.file.is_some()),
-            ])?;
-            Ok(BundleFiles::Ca {
-                bundle: b.cert.clone().ok_or_else(|| required("cert"))?,
-                key: b.key.clone(),
-            })
-        }
-        BundleKind::Kubeconfig => {
-            unused_of(&[
-                ("cert", b.cert.is_some()),
-                ("key", b.key.is_some()),
-                ("ca", b.ca.is_some()),
-                ("private_key", b.private_key.is_some()),
-                ("public_keys", !b.public_keys.is_empty()),
-            ])?;
-            Ok(BundleFiles::Kubeconfig {
-                file: b.file.clone().ok_or_else(|| required("file"))?,
-            })
-        }
-        BundleKind::SaKeys => {
-            unused_of(&[
-                ("cert", b.cert.is_some()),
-                ("key", b.key.is_some()),
-                ("ca", b.ca.is_some()),
-                ("file", b.file.is_some()),
-            ])?;
-            if b.public_keys.is_empty() {
-                return Err(required("public_keys"));
-            }
-            Ok(BundleFiles::SaKeys {
-                private_key: b
-                    .private_key
-                    .clone()
-                    .ok_or_else(|| required("private_key"))?,
-                public_keys: b.public_keys.clone(),
-            })
-        }
-    }
 }
 
 #[cfg(test)]
