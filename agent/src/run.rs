@@ -136,7 +136,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
         slots: listeners.iter().map(|l| l.slot.clone()).collect(),
         client_slots: listeners.iter().map(|l| l.client_slot.clone()).collect(),
         monitor_mode: monitor.mode().clone(),
-        ringbuf_drops: monitor.drops(),
+        monitor: monitor.counters(),
         last_change: changes.clone(),
         probes: probes.clone(),
     });

@@ -25,6 +25,10 @@ pub struct MonitorStatus {
     pub mode: String,
     /// Events lost to a full ring buffer.
     pub ringbuf_drops: u64,
+    /// Ring-buffer records the agent could not decode (eBPF object and agent do not match).
+    /// Absent from an older agent's document, hence the default.
+    #[serde(default)]
+    pub decode_errors: u64,
 }
 
 /// One bundle.

@@ -188,7 +188,8 @@ impl CertGauges {
     }
 }
 
-/// Generations, certificates, connections and ring-buffer drops, as `status` shows them.
+/// Generations, certificates, connections, ring-buffer drops and decode errors, as `status` shows
+/// them.
 fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now: i64) {
     let generation = Family::<BundleLabel, Gauge>::default();
     let certs = CertGauges::default();
@@ -235,6 +236,8 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
     }
     let drops = Counter::<u64>::default();
     drops.inc_by(status.monitor.ringbuf_drops);
+    let decode_errors = Counter::<u64>::default();
+    decode_errors.inc_by(status.monitor.decode_errors);
     registry.register(
         "certreload_bundle_generation",
         "Current generation of each bundle",
@@ -249,6 +252,11 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
         "certreload_ringbuf_drops",
         "eBPF events lost to a full ring buffer",
         drops,
+    );
+    registry.register(
+        "certreload_ringbuf_decode_errors",
+        "eBPF ring-buffer records the agent could not decode (eBPF object and agent do not match)",
+        decode_errors,
     );
     certs.register(registry);
 }

@@ -1,16 +1,13 @@
 //! `/status`: what the agent serves and knows, as JSON (and the source of every gauge). The
 //! document's schema is [`crate::status`]; this module only reads live state into it.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use crate::{
     config::{BundleConfig, BundleFiles, Config, ListenerConfig},
     converge::ProbeBoard,
     material::inspect::CertInfo,
-    monitor::ActiveMode,
+    monitor::{ActiveMode, MonitorCounters},
     proxy::registry::Registry,
     reload::{
         board::ChangeBoard,
@@ -39,8 +36,8 @@ pub struct AgentState {
     pub client_slots: Vec<Arc<ClientSlot>>,
     /// The change source in use (shown in words).
     pub monitor_mode: ActiveMode,
-    /// eBPF ring-buffer drops (updated at every resync).
-    pub ringbuf_drops: Arc<AtomicU64>,
+    /// The monitor's running counts (ring-buffer drops, decode errors).
+    pub monitor: MonitorCounters,
     /// Last confirmed change per bundle (kept by the reloader).
     pub last_change: ChangeBoard,
     /// Latest probe verdicts.
@@ -51,10 +48,7 @@ impl AgentState {
     /// Builds the status document now.
     pub fn status(&self) -> Status {
         Status {
-            monitor: MonitorStatus {
-                mode: self.monitor_mode.to_string(),
-                ringbuf_drops: self.ringbuf_drops.load(Ordering::Relaxed),
-            },
+            monitor: monitor_status(&self.monitor_mode, &self.monitor),
             bundles: self.config.bundles.iter().map(|b| self.bundle(b)).collect(),
             listeners: self.listeners(),
             probes: self.probes.lock_or_recover().values().cloned().collect(),
@@ -155,4 +149,47 @@ fn certificates(b: &BundleConfig, g: &Generation) -> Vec<CertStatus> {
         push(&ca_file, ca);
     }
     certificates
+}
+
+/// The monitor's mode in words and its running counts as they are now.
+fn monitor_status(mode: &ActiveMode, counters: &MonitorCounters) -> MonitorStatus {
+    MonitorStatus {
+        mode: mode.to_string(),
+        ringbuf_drops: counters.ringbuf_drops(),
+        decode_errors: counters.decode_errors(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{admin::metrics::Exposition, monitor::HookStrategy, telemetry::Metrics};
+
+    #[test]
+    fn decode_errors_reach_status_and_metrics() {
+        let counters = MonitorCounters::with_counts(2, 3);
+        let mode = ActiveMode::Ebpf {
+            hook: HookStrategy::Tracepoints,
+        };
+        let status = Status {
+            monitor: monitor_status(&mode, &counters),
+            bundles: Vec::new(),
+            listeners: Vec::new(),
+            probes: Vec::new(),
+        };
+        let json = serde_json::to_value(&status.monitor).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"mode": "ebpf", "ringbuf_drops": 2, "decode_errors": 3})
+        );
+        let text = Exposition::new(&Metrics::default()).render(&status);
+        assert!(
+            text.contains("\ncertreload_ringbuf_decode_errors_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ncertreload_ringbuf_drops_total 2\n"),
+            "{text}"
+        );
+    }
 }

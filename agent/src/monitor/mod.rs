@@ -178,7 +178,10 @@ impl MonitorCounters {
     pub(crate) fn with_counts(ringbuf_drops: u64, decode_errors: u64) -> Self {
         let counters = Self::default();
         counters.set_ringbuf_drops(ringbuf_drops);
-        counters.0.decode_errors.store(decode_errors, Ordering::Relaxed);
+        counters
+            .0
+            .decode_errors
+            .store(decode_errors, Ordering::Relaxed);
         counters
     }
 }
@@ -461,5 +464,20 @@ async fn next_hints(active: &mut Active) -> Option<Vec<Hint>> {
             }
         },
         Active::Inotify(i) => i.next_hint().await.map(|h| vec![h]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_shared_with_every_clone() {
+        let counters = MonitorCounters::default();
+        let reader = counters.clone();
+        counters.count_decode_error();
+        counters.count_decode_error();
+        counters.set_ringbuf_drops(5);
+        assert_eq!((reader.decode_errors(), reader.ringbuf_drops()), (2, 5));
     }
 }

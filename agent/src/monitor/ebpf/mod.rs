@@ -14,23 +14,28 @@ use self::{
     loader::{EbpfUnavailable, HookStrategy, KernelHooks, KernelStats},
     writers::{OpenForWrite, OpenWriters},
 };
-use super::hint::{Hint, Scope, Source};
+use super::{
+    hint::{Hint, Scope, Source},
+    MonitorCounters,
+};
 
 /// The attached kernel programs, their ring buffer, and the write-tracking state.
 pub struct KernelSource {
     hooks: KernelHooks,
     ring: AsyncFd<RingBuf<MapData>>,
     writers: OpenWriters,
-    decode_errors: u64,
+    counters: MonitorCounters,
 }
 
 impl KernelSource {
     /// Loads and attaches everything (must run inside a tokio runtime for the ring buffer's fd).
-    /// `names`: how many basenames the kernel filter must hold (it is sized for them).
+    /// `names`: how many basenames the kernel filter must hold (it is sized for them); `counters`:
+    /// where records that cannot be decoded are counted.
     pub fn start(
         strategy: HookStrategy,
         profile: bool,
         names: usize,
+        counters: MonitorCounters,
     ) -> Result<Self, EbpfUnavailable> {
         let (hooks, ring) = KernelHooks::load(strategy, profile, names)?;
         #[expect(
@@ -45,7 +50,7 @@ impl KernelSource {
             hooks,
             ring,
             writers: OpenWriters::default(),
-            decode_errors: 0,
+            counters,
         })
     }
 
@@ -59,11 +64,6 @@ impl KernelSource {
         self.hooks.stats()
     }
 
-    /// Records that could not be decoded (an object/agent mismatch).
-    pub fn decode_errors(&self) -> u64 {
-        self.decode_errors
-    }
-
     /// Waits for the ring buffer and drains everything in it.
     pub async fn next_batch(&mut self) -> io::Result<Vec<KernelEvent>> {
         loop {
@@ -74,7 +74,7 @@ impl KernelSource {
                 match decode(&item) {
                     Ok(ev) => batch.push(ev),
                     Err(e) => {
-                        self.decode_errors += 1;
+                        self.counters.count_decode_error();
                         tracing::error!(error = %e, "dropping undecodable kernel event");
                     }
                 }
