@@ -19,11 +19,11 @@ use super::{
 };
 use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, RateLimitedLog},
-    admin::metrics::Metrics,
     audit::{append_shared, AuditEvent, SharedAudit},
     config::ListenerConfig,
     reload::generation::GenerationStore,
     sync::or_pending,
+    telemetry::Metrics,
     tls::{
         client_config::ClientSlot,
         slot::{ActiveTls, TlsSlot},
@@ -342,7 +342,7 @@ async fn handle(
         Err(e) => {
             ctx.metrics
                 .upstream_failures
-                .get_or_create(&crate::admin::metrics::ListenerLabel {
+                .get_or_create(&crate::telemetry::ListenerLabel {
                     listener: config.name.clone(),
                 })
                 .inc();
