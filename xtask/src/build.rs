@@ -35,38 +35,51 @@ pub fn object_path(root: &Path) -> PathBuf {
 
 /// Builds the kernel programs with the nightly for `bpfel-unknown-none`.
 pub fn ebpf() -> Result<PathBuf> {
-    let root = cmd::workspace_root();
-    let linker_bin = setup::bpf_linker_bin()?;
-    let path = std::env::join_paths(std::iter::once(linker_bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))?;
-    cmd::run(
-        Command::new("cargo")
-            .args([
-                &format!("+{}", setup::NIGHTLY),
-                "build",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-            ])
-            .arg("--target-dir")
-            .arg(root.join("target/bpf"))
-            .current_dir(root.join("ebpf/programs"))
-            .env("PATH", path)
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
-    )
-    .context("building the eBPF object")?;
-    let object = object_path(&root);
+    cmd::run(&mut kernel_cargo("build")?).context("building the eBPF object")?;
+    let object = object_path(&cmd::workspace_root());
     anyhow::ensure!(
         object.is_file(),
         "the eBPF build produced no {}",
         object.display()
     );
     Ok(object)
+}
+
+/// Lints the kernel programs (a workspace of their own, for the BPF target, so the workspace's
+/// `cargo clippy` never sees them) with their own lint set, warnings denied.
+pub fn ebpf_clippy() -> Result<()> {
+    let mut clippy = kernel_cargo("clippy")?;
+    clippy.args(["--", "-D", "warnings"]);
+    cmd::run(&mut clippy).context("clippy on the eBPF programs")
+}
+
+/// `cargo +NIGHTLY <subcommand>` for ebpf/programs: release, `bpfel-unknown-none`, core built from
+/// source, its own target dir, bpf-linker first on PATH, and no host RUSTFLAGS.
+fn kernel_cargo(subcommand: &str) -> Result<Command> {
+    let root = cmd::workspace_root();
+    let linker_bin = setup::bpf_linker_bin()?;
+    let path = std::env::join_paths(std::iter::once(linker_bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args([
+            &format!("+{}", setup::NIGHTLY),
+            subcommand,
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root.join("target/bpf"))
+        .current_dir(root.join("ebpf/programs"))
+        .env("PATH", path)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    Ok(cargo)
 }
 
 /// Builds the eBPF object (when the toolchain allows; under CI=true it must), then the agent.

@@ -165,6 +165,9 @@ fn test() -> Result<()> {
             ])
             .current_dir(&root),
     )?;
+    if nightly {
+        build::ebpf_clippy()?;
+    }
     manifests::check(&root)?;
     let mut tests = cmd::cargo();
     built

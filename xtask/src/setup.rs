@@ -53,6 +53,10 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/certreload"))
 }
 
+/// The nightly's components: rust-src for `-Z build-std=core` (the eBPF object, the fuzz
+/// targets), clippy for linting the kernel crate, which only the nightly can compile.
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
 /// Installs [`NIGHTLY`] with rust-src when rustup does not have it (RUSTUP_AUTO_INSTALL=0 machines
 /// never install a toolchain on first use). The fuzz targets build with it too.
 pub fn install_nightly() -> Result<()> {
@@ -67,7 +71,8 @@ pub fn install_nightly() -> Result<()> {
     cmd::run(
         Command::new("rustup")
             .args(["toolchain", "install", NIGHTLY])
-            .args(["--profile", "minimal", "--component", "rust-src"]),
+            .args(["--profile", "minimal"])
+            .args(NIGHTLY_COMPONENTS.iter().flat_map(|c| ["--component", c])),
     )
     .with_context(|| format!("installing the {NIGHTLY} toolchain (it builds the eBPF object)"))
 }
@@ -111,17 +116,19 @@ pub fn toolchain() -> Result<()> {
         NIGHTLY,
     ]))
     .context("rustup is needed to manage the nightly toolchain")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: nightly rust-src present");
-    } else {
+    for component in NIGHTLY_COMPONENTS {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("xtask: nightly {component} present");
+            continue;
+        }
         cmd::run(Command::new("rustup").args([
             "component",
             "add",
-            "rust-src",
+            component,
             "--toolchain",
             NIGHTLY,
         ]))
-        .context("cannot add rust-src to the nightly (needed for -Z build-std=core)")?;
+        .with_context(|| format!("cannot add {component} to the {NIGHTLY} toolchain"))?;
     }
 
     let root = bpf_linker_root(major);
