@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// A running agent and the rest of its log (the caller drains or reads it).
-pub struct Started {
+pub(crate) struct Started {
     /// The process.
     pub child: Child,
     /// Its stderr, positioned after the "agent ready" line.
@@ -19,7 +19,7 @@ pub struct Started {
 }
 
 /// Runs `certreload run ARGS --config CONFIG` with `CERTRELOAD_LOG=log` and waits until ready.
-pub fn start(bin: &Path, args: &[&str], config: &Path, log: &str) -> Result<Started> {
+pub(crate) fn start(bin: &Path, args: &[&str], config: &Path, log: &str) -> Result<Started> {
     let mut child = Command::new(bin)
         .arg("run")
         .args(args)

@@ -16,7 +16,7 @@ use crate::build::Built;
 
 /// Which benchmark to run.
 #[derive(Debug, clap::Subcommand)]
-pub enum Which {
+pub(crate) enum Which {
     /// The change monitor: latency, per-syscall overhead, idle RSS.
     Monitor {
         /// File operations (open/write/close/rename) per overhead sample.
@@ -43,7 +43,7 @@ pub enum Which {
 }
 
 /// Runs the selected benchmark and prints its tables.
-pub fn run(which: Which, built: &Built) -> Result<()> {
+pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
     match which {
         Which::Monitor {
             ops,

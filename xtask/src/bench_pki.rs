@@ -4,7 +4,7 @@ use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA (PEM) and `count` (certificate PEM, key PEM) leaves for `name`, all signed by it.
-pub struct BenchPki {
+pub(crate) struct BenchPki {
     /// The CA certificate.
     pub ca_pem: String,
     /// The leaves.
@@ -13,7 +13,7 @@ pub struct BenchPki {
 
 impl BenchPki {
     /// Generates the CA and its leaves.
-    pub fn generate(name: &str, count: usize) -> Result<BenchPki> {
+    pub(crate) fn generate(name: &str, count: usize) -> Result<BenchPki> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::{cmd, setup};
 
 /// Where the build put things.
-pub struct Built {
+pub(crate) struct Built {
     /// The eBPF object, when it could be built.
     pub object: Option<PathBuf>,
     /// The agent binary.
@@ -20,7 +20,7 @@ pub struct Built {
 impl Built {
     /// Sets the environment every later cargo invocation needs to embed the same object and to let
     /// tests find the binary.
-    pub fn cargo_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+    pub(crate) fn cargo_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         if let Some(object) = &self.object {
             command.env("CERTRELOAD_BPF_OBJECT", object);
         }
@@ -29,12 +29,12 @@ impl Built {
 }
 
 /// The eBPF object path produced by [`ebpf`].
-pub fn object_path(root: &Path) -> PathBuf {
+pub(crate) fn object_path(root: &Path) -> PathBuf {
     root.join("target/bpf/bpfel-unknown-none/release/certreload")
 }
 
 /// Builds the kernel programs with the nightly for `bpfel-unknown-none`.
-pub fn ebpf() -> Result<PathBuf> {
+pub(crate) fn ebpf() -> Result<PathBuf> {
     cmd::run(&mut kernel_cargo("build")?).context("building the eBPF object")?;
     let object = object_path(&cmd::workspace_root());
     anyhow::ensure!(
@@ -47,7 +47,7 @@ pub fn ebpf() -> Result<PathBuf> {
 
 /// Lints the kernel programs (a workspace of their own, for the BPF target, so the workspace's
 /// `cargo clippy` never sees them) with their own lint set, warnings denied.
-pub fn ebpf_clippy() -> Result<()> {
+pub(crate) fn ebpf_clippy() -> Result<()> {
     let mut clippy = kernel_cargo("clippy")?;
     clippy.args(["--", "-D", "warnings"]);
     cmd::run(&mut clippy).context("clippy on the eBPF programs")
@@ -83,7 +83,7 @@ fn kernel_cargo(subcommand: &str) -> Result<Command> {
 }
 
 /// Builds the eBPF object (when the toolchain allows; under CI=true it must), then the agent.
-pub fn all(release: bool) -> Result<Built> {
+pub(crate) fn all(release: bool) -> Result<Built> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let object = match ebpf() {
         Ok(o) => Some(o),

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
@@ -16,7 +16,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// `cargo` from the environment (the one running xtask), for the stable toolchain.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // Nested cargo must not inherit the outer toolchain override.
     c.env_remove("RUSTUP_TOOLCHAIN");
@@ -24,7 +24,7 @@ pub fn cargo() -> Command {
 }
 
 /// Prints and runs `command`, failing with its exit status.
-pub fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     eprintln!("xtask: {}", show(command));
     let status = command
         .status()
@@ -36,7 +36,7 @@ pub fn run(command: &mut Command) -> Result<()> {
 }
 
 /// Runs `command` and returns its stdout (stderr passes through), failing on non-zero exit.
-pub fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let out = command
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -48,7 +48,7 @@ pub fn output(command: &mut Command) -> Result<String> {
 }
 
 /// Replaces the current process with `program ARGS` (so signals reach it directly).
-pub fn exec(program: &Path, args: &[String]) -> Result<()> {
+pub(crate) fn exec(program: &Path, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     eprintln!("xtask: {} {}", program.display(), args.join(" "));
     let err = Command::new(program).args(args).exec();
@@ -56,7 +56,7 @@ pub fn exec(program: &Path, args: &[String]) -> Result<()> {
 }
 
 /// True when `program` is found on PATH.
-pub fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::{build, cmd, manifests};
 
 /// Builds and assembles the folder; returns it.
-pub fn run(out: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn run(out: Option<PathBuf>) -> Result<PathBuf> {
     let root = cmd::workspace_root();
     let out = out.unwrap_or_else(|| root.join("target/dist"));
     let built = build::all(true)?;

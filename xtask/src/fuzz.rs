@@ -27,18 +27,18 @@ use crate::{
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Every target in `fuzz/fuzz_targets/`, in the order they run.
-pub const TARGETS: [&str; 4] = ["pem", "config", "audit_line", "kernel_record"];
+pub(crate) const TARGETS: [&str; 4] = ["pem", "config", "audit_line", "kernel_record"];
 
 /// Seconds per target for `cargo xtask fuzz` without `--seconds`.
-pub const DEFAULT_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_SECONDS: u64 = 60;
 
 /// Seconds per target for the smoke run in `cargo xtask test`: enough to replay the seeds and
 /// every input found before, and to mutate a little; the time boxes are in `cargo xtask fuzz`.
-pub const SMOKE_SECONDS: u64 = 15;
+pub(crate) const SMOKE_SECONDS: u64 = 15;
 
 /// What one time-boxed run did, from libFuzzer's final statistics.
 #[derive(Debug)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     /// The target.
     pub target: String,
     /// Inputs executed.
@@ -98,7 +98,7 @@ fn build() -> Result<PathBuf> {
 }
 
 /// Builds, then runs `targets` for `seconds` each; fails on the first crash, naming the input.
-pub fn run(targets: &[&str], seconds: u64) -> Result<Vec<RunStats>> {
+pub(crate) fn run(targets: &[&str], seconds: u64) -> Result<Vec<RunStats>> {
     for t in targets {
         if !TARGETS.contains(t) {
             bail!(
@@ -283,7 +283,7 @@ fn kernel_seeds() -> Vec<(&'static str, Vec<u8>)> {
         unsafe {
             std::slice::from_raw_parts(
                 (&raw as *const RawEvent).cast::<u8>(),
-                std::mem::size_of::<RawEvent>(),
+                size_of::<RawEvent>(),
             )
         }
         .to_vec()

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
 
 /// Runs the benchmark and prints its table.
-pub fn run(bin: &Path, rotations: usize) -> Result<()> {
+pub(crate) fn run(bin: &Path, rotations: usize) -> Result<()> {
     let BenchPki {
         ca_pem,
         leaves: pairs,

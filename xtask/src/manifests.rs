@@ -18,7 +18,7 @@ const VALIDATOR: &str = "kubernetes-validate==1.37.0";
 const KUBERNETES_VERSION: &str = "1.32.0";
 
 /// Every manifest in `deploy/`.
-pub fn files(root: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("deploy"))
         .context("reading deploy/")?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -44,7 +44,7 @@ fn validator() -> Result<PathBuf> {
 }
 
 /// Validates the manifests (strict schema), or falls back to structural checks.
-pub fn check(root: &Path) -> Result<()> {
+pub(crate) fn check(root: &Path) -> Result<()> {
     let files = files(root)?;
     match validator() {
         Ok(bin) => {

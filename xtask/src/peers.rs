@@ -51,12 +51,12 @@ const ETCD: Recipe = Recipe {
 };
 
 /// Where the tests find every peer binary.
-pub fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     setup::cache_dir().join("peers/bin")
 }
 
 /// Builds (or reuses) every recipe, then points [`bin_dir`] at the results.
-pub fn build() -> Result<PathBuf> {
+pub(crate) fn build() -> Result<PathBuf> {
     let root = cmd::workspace_root();
     let go = go_version()?;
     let links = bin_dir();

@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context, Result};
 
 /// A projected Secret volume holding `tls.crt` and `tls.key`.
-pub struct SecretVolume {
+pub(crate) struct SecretVolume {
     dir: PathBuf,
     version: usize,
 }
 
 impl SecretVolume {
     /// Creates the volume in `dir` (created) with its first version.
-    pub fn create(dir: &Path, cert: &str, key: &str) -> Result<SecretVolume> {
+    pub(crate) fn create(dir: &Path, cert: &str, key: &str) -> Result<SecretVolume> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut vol = SecretVolume {
             dir: dir.to_path_buf(),
@@ -32,12 +32,12 @@ impl SecretVolume {
     }
 
     /// The certificate path components read.
-    pub fn cert(&self) -> PathBuf {
+    pub(crate) fn cert(&self) -> PathBuf {
         self.dir.join("tls.crt")
     }
 
     /// The key path components read.
-    pub fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.join("tls.key")
     }
 
@@ -54,7 +54,7 @@ impl SecretVolume {
     }
 
     /// Stages a new version, swaps `..data` with one rename(2) and removes the version before.
-    pub fn rotate(&mut self, cert: &str, key: &str) -> Result<()> {
+    pub(crate) fn rotate(&mut self, cert: &str, key: &str) -> Result<()> {
         self.stage(cert, key)?;
         fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data"))?;
         let _ = fs::remove_dir_all(self.dir.join(format!("..ts{}", self.version - 1)));

@@ -13,7 +13,7 @@ use crate::cmd;
 /// The toolchain that builds the eBPF object (needs `-Z build-std`): the one nightly the kernel
 /// programs and bpf-linker are known to work with (rustc 1.97.0-nightly e50aa6fba, LLVM 22.1.4).
 /// The only place its date is written; `cargo xtask setup` installs it when missing.
-pub const NIGHTLY: &str = "nightly-2026-05-20";
+pub(crate) const NIGHTLY: &str = "nightly-2026-05-20";
 
 /// bpf-linker release known to build against LLVM 22 with these toolchains.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -36,7 +36,7 @@ const PACKAGES: [(&str, &str); 7] = [
 ];
 
 /// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module.
-pub const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
+pub(crate) const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
     ("nginx", "/usr/sbin/nginx"),
     (
         "libnginx-mod-stream",
@@ -45,7 +45,7 @@ pub const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
 ];
 
 /// Cache for tools built by xtask, outside the repository (survives `cargo clean`).
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     std::env::var_os("CERTRELOAD_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("certreload")))
@@ -59,7 +59,7 @@ const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 
 /// Installs [`NIGHTLY`] with rust-src when rustup does not have it (RUSTUP_AUTO_INSTALL=0 machines
 /// never install a toolchain on first use). The fuzz targets build with it too.
-pub fn install_nightly() -> Result<()> {
+pub(crate) fn install_nightly() -> Result<()> {
     let present = Command::new("rustc")
         .args([&format!("+{NIGHTLY}"), "-V"])
         .env_remove("RUSTUP_TOOLCHAIN")
@@ -100,12 +100,12 @@ fn bpf_linker_root(llvm_major: u32) -> PathBuf {
 }
 
 /// The `bin` directory with bpf-linker, to put first on PATH when building the eBPF object.
-pub fn bpf_linker_bin() -> Result<PathBuf> {
+pub(crate) fn bpf_linker_bin() -> Result<PathBuf> {
     Ok(bpf_linker_root(nightly_llvm_major()?).join("bin"))
 }
 
 /// The pinned nightly with rust-src, and bpf-linker. Errors name the missing piece.
-pub fn toolchain() -> Result<()> {
+pub(crate) fn toolchain() -> Result<()> {
     install_nightly()?;
     let major = nightly_llvm_major()?;
     let installed = cmd::output(Command::new("rustup").args([
@@ -194,12 +194,12 @@ fn find_libllvm(lib: &Path, major: u32) -> Result<PathBuf> {
 }
 
 /// Installs the Debian packages tests and benchmarks use, when missing (root and apt-get needed).
-pub fn packages() -> Result<()> {
+pub(crate) fn packages() -> Result<()> {
     install(&PACKAGES)
 }
 
 /// Installs those of `wanted` (package, binary or absolute path proving it) that are missing.
-pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn install(wanted: &[(&str, &str)]) -> Result<()> {
     let present = |probe: &str| {
         if probe.starts_with('/') {
             Path::new(probe).exists()

@@ -31,7 +31,7 @@ use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
 
 /// What to measure and how long.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Params {
+pub(crate) struct Params {
     /// Seconds per handshake-rate sample.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -56,7 +56,7 @@ pub struct Params {
 }
 
 /// Runs the benchmark and prints its tables.
-pub fn run(bin: &Path, params: &Params) -> Result<()> {
+pub(crate) fn run(bin: &Path, params: &Params) -> Result<()> {
     raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
