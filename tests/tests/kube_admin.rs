@@ -9,9 +9,6 @@
 //!
 //! One control plane per test binary, under the machine-wide lock (see kube_rbac.rs).
 
-#[path = "support/identity.rs"]
-mod identity;
-
 use std::{
     fs,
     path::Path,
@@ -19,13 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use certreload_e2e::kube::identity::{apply_identity, deploy_dir, token_kubeconfig};
 use certreload_e2e::{
     kube::{self, ControlPlane, ADVERTISE_ADDRESS},
     pki::Leaf,
     Agent,
 };
-
-use identity::{apply_identity, deploy_dir, token_kubeconfig};
 
 /// Test ServiceAccounts: one bound to deploy/prometheus-scrape.yaml's ClusterRole, one not.
 const SCRAPER: &str = "certreload-test-scraper";

@@ -22,14 +22,12 @@
 //! One control plane per test binary: run real-cluster binaries under
 //! `flock /tmp/certreload-cp.lock` (the API server's port is fixed).
 
-#[path = "support/identity.rs"]
-mod identity;
-
 use std::{
     path::Path,
     time::{Duration, Instant},
 };
 
+use certreload_e2e::kube::identity::{apply_identity, poll_json, token_kubeconfig};
 use certreload_e2e::{
     kube::{
         self,
@@ -39,8 +37,6 @@ use certreload_e2e::{
     Agent,
 };
 use serde_json::Value;
-
-use identity::{apply_identity, poll_json, token_kubeconfig};
 
 const LEASE: &str = "certreload-action-kube-apiserver";
 

@@ -9,19 +9,17 @@
 //! One control plane per test binary: real-cluster test binaries must not run at the same time
 //! (the API server's port is fixed), so run them under `flock /tmp/certreload-cp.lock`.
 
-#[path = "support/identity.rs"]
-mod identity;
-
 use std::{collections::BTreeSet, fs, time::Duration};
 
+use certreload_e2e::kube::identity::{
+    apply_identity, deploy_dir, poll_json, token_kubeconfig, SERVICE_ACCOUNT,
+};
 use certreload_e2e::{
     kube::{self, ControlPlane},
     pki::Leaf,
     Agent,
 };
 use serde_json::Value;
-
-use identity::{apply_identity, deploy_dir, poll_json, token_kubeconfig, SERVICE_ACCOUNT};
 
 /// The Event of `reason` about Node `node` in `default`, once the API server has it.
 fn node_event(cp: &ControlPlane, node: &str, reason: &str) -> Value {

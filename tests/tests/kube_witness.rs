@@ -17,9 +17,6 @@
 //! One control plane per test binary: run real-cluster binaries under
 //! `flock /tmp/certreload-cp.lock` (the API server's port is fixed).
 
-#[path = "support/identity.rs"]
-mod identity;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -28,6 +25,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use certreload_e2e::kube::identity::{
+    apply_identity, deploy_dir, server_url, token_kubeconfig, SERVICE_ACCOUNT,
+};
 use certreload_e2e::{
     certreload_bin,
     kube::{self, ControlPlane},
@@ -35,8 +35,6 @@ use certreload_e2e::{
     sha256_hex, Agent,
 };
 use serde_json::{json, Value};
-
-use identity::{apply_identity, deploy_dir, server_url, token_kubeconfig, SERVICE_ACCOUNT};
 
 const NAMESPACE: &str = "certreload-witness";
 

@@ -491,7 +491,7 @@ fn falls_back_to_inotify_with_one_warning_when_ebpf_cannot_load() {
         "dropping privileges to make eBPF fail needs root"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
+    fs::set_permissions(
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )

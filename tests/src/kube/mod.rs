@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod health;
 mod host;
+pub mod identity;
 pub mod manifest;
 mod supervisor;
 

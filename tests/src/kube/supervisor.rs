@@ -27,7 +27,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Where a supervised component's files are.
 #[derive(Debug, Clone)]
-pub struct Paths {
+pub(crate) struct Paths {
     /// Its static-pod manifest.
     pub manifest: PathBuf,
     /// Its pid file (written on every start, removed on exit).
@@ -50,7 +50,7 @@ struct State {
 }
 
 /// One supervised static pod.
-pub struct Supervised {
+pub(crate) struct Supervised {
     /// Component name (the manifest's file stem).
     pub name: String,
     /// Its files.
@@ -63,7 +63,7 @@ pub struct Supervised {
 impl Supervised {
     /// Starts supervising `name` (the first start happens at once, on the supervisor thread, so
     /// that the process's parent-death signal is tied to a thread that lives as long as it).
-    pub fn start(name: &str, paths: Paths) -> Arc<Supervised> {
+    pub(crate) fn start(name: &str, paths: Paths) -> Arc<Supervised> {
         let s = Arc::new(Supervised {
             name: name.to_string(),
             paths,
@@ -85,17 +85,17 @@ impl Supervised {
     }
 
     /// How many times the process was started.
-    pub fn starts(&self) -> u32 {
+    pub(crate) fn starts(&self) -> u32 {
         self.state().starts
     }
 
     /// The running process, if any.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.state().pid
     }
 
     /// Why the latest start failed, if it did.
-    pub fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         self.state().error.clone()
     }
 
@@ -195,7 +195,11 @@ impl Supervised {
     }
 
     /// Waits until `pred` holds for (starts, pid) or `timeout` passes; returns whether it held.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(u32, Option<u32>) -> bool) -> bool {
+    pub(crate) fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(u32, Option<u32>) -> bool,
+    ) -> bool {
         let s = self.state();
         let (s, _) = self
             .changed
@@ -206,7 +210,7 @@ impl Supervised {
 
     /// Stops supervising: SIGTERM to the process, SIGKILL after a grace period, thread joined.
     /// Safe to call more than once.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let pid = {
             let mut s = self.state();
             s.stopping = true;

@@ -3,15 +3,12 @@
 //! kubeconfig holding a token minted for that ServiceAccount (what the pod's projected token is).
 //! The token is written to a file the test owns and never printed.
 
-// Each test binary that includes this module uses part of it.
-#![allow(dead_code)]
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use certreload_e2e::kube::ControlPlane;
+use crate::kube::ControlPlane;
 use serde_json::Value;
 
 /// The ServiceAccount the DaemonSet runs as.
