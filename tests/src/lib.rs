@@ -35,6 +35,16 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Kills `child` and reaps it, where a test is done with a process or gives up on it (a timeout,
+/// a `Drop`): it may have exited on its own already, so neither call's error says anything about
+/// the test.
+pub fn kill_and_reap(child: &mut Child) {
+    // An error here means it is gone already: nothing left to stop.
+    child.kill().ok();
+    // Fails only for a child reaped already; the status of a killed process is not a result.
+    child.wait().ok();
+}
+
 /// Skips (returns from) the test with a message, or fails under CI.
 #[macro_export]
 macro_rules! skip_unless {
@@ -58,10 +68,12 @@ pub fn ensure_package(package: &str, probe: &str) -> bool {
     }
     if is_root() && Path::new("/usr/bin/apt-get").exists() {
         eprintln!("installing {package} for this test");
-        let _ = Command::new("apt-get")
+        // The answer is whether `probe` exists below, whatever apt-get's exit (it prints why).
+        Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends", package])
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+            .status()
+            .ok();
     }
     Path::new(probe).exists()
 }
@@ -122,7 +134,8 @@ fn collect_stderr(
             }
             // Signal only once the line is in the buffer, so readers see it.
             if line.contains(ready) {
-                let _ = ready_tx.send(());
+                // The waiter may have timed out and gone; the line is in the buffer either way.
+                ready_tx.send(()).ok();
             }
         }
     });
@@ -189,8 +202,7 @@ impl Watch {
             });
         }
         if ready_rx.recv_timeout(EVENT_DEADLINE).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             std::thread::sleep(Duration::from_millis(100));
             let log = stderr
                 .lock()
@@ -393,8 +405,7 @@ impl Agent {
             .expect("certreload starts");
         let (stderr, ready_rx) = collect_stderr(&mut child, "agent ready");
         if ready_rx.recv_timeout(EVENT_DEADLINE).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             panic!(
                 "certreload run did not become ready:\n{}",
                 stderr

@@ -161,8 +161,8 @@ static TURN: Mutex<()> = Mutex::new(());
 
 extern "C" fn stop_shared_at_exit() {
     if let Some(Ok(cp)) = SHARED.get() {
-        // Never unwind out of an atexit handler.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cp.stop()));
+        // Never unwind out of an atexit handler; a panic in stop() has printed its message.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cp.stop())).ok();
     }
 }
 
@@ -671,7 +671,8 @@ networking:
                 self.root.display()
             );
         } else {
-            let _ = std::fs::remove_dir_all(&self.root);
+            // Best effort: a root left behind in the temp dir costs disk space, nothing else.
+            std::fs::remove_dir_all(&self.root).ok();
         }
         if self.added_address {
             host::remove_advertise_address();

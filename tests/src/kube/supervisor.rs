@@ -105,7 +105,8 @@ impl Supervised {
             .append(true)
             .open(&self.paths.log)
         {
-            let _ = writeln!(f, "[harness {}] {line}", crate::kube::timestamp());
+            // The harness's notes are diagnostics: a failed write must not stop the supervisor.
+            writeln!(f, "[harness {}] {line}", crate::kube::timestamp()).ok();
         }
     }
 
@@ -157,7 +158,10 @@ impl Supervised {
             match self.spawn() {
                 Ok(mut child) => {
                     let pid = child.id();
-                    write_pidfile(&self.paths.pidfile, pid);
+                    if let Err(e) = write_pidfile(&self.paths.pidfile, pid) {
+                        let pidfile = self.paths.pidfile.display();
+                        self.log_line(&format!("cannot write {pidfile}: {e}"));
+                    }
                     {
                         let mut s = self.state();
                         s.pid = Some(pid);
@@ -166,7 +170,8 @@ impl Supervised {
                     }
                     self.changed.notify_all();
                     let status = child.wait();
-                    let _ = std::fs::remove_file(&self.paths.pidfile);
+                    // Absent only when writing it failed (logged above).
+                    std::fs::remove_file(&self.paths.pidfile).ok();
                     self.state().pid = None;
                     self.changed.notify_all();
                     self.log_line(&format!("pid {pid} exited: {status:?}"));
@@ -186,11 +191,14 @@ impl Supervised {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 p
             };
+            // Only the pause matters (cut short by stop()): the guard is released at once and
+            // the next turn reads `stopping` again.
             let s = self.state();
-            let _ = self
-                .changed
-                .wait_timeout_while(s, pause, |s| !s.stopping)
-                .unwrap_or_else(PoisonError::into_inner);
+            drop(
+                self.changed
+                    .wait_timeout_while(s, pause, |s| !s.stopping)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
     }
 
@@ -229,7 +237,9 @@ impl Supervised {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(h) = handle {
-            let _ = h.join();
+            // A panic on that thread has printed its message; stop() runs from Drop and must
+            // not panic in turn.
+            h.join().ok();
         }
     }
 }
@@ -245,9 +255,8 @@ pub(super) fn signal(pid: u32, sig: i32) {
 }
 
 /// Writes the pid file atomically (a reader never sees it half-written).
-fn write_pidfile(path: &Path, pid: u32) {
+fn write_pidfile(path: &Path, pid: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("pid.tmp");
-    if std::fs::write(&tmp, format!("{pid}\n")).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, path)
 }
