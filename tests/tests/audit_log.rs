@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certreload_e2e::{certreload_bin, is_root, pki::TestCa, skip_unless, Agent, EVENT_DEADLINE};
+use certreload_e2e::{
+    certreload_bin, is_root, kill_and_reap, pki::TestCa, skip_unless, Agent, EVENT_DEADLINE,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -238,11 +240,13 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // Lazy: an agent left running by a failed test must not keep the mount.
-        let _ = Command::new("umount")
+        // Lazy: an agent left running by a failed test must not keep the mount. Best effort: a
+        // Drop cannot fail the test, and umount prints why it could not.
+        Command::new("umount")
             .arg("-l")
             .arg(self.dir.path())
-            .status();
+            .status()
+            .ok();
     }
 }
 
@@ -393,8 +397,7 @@ fn a_second_agent_on_the_same_audit_file_is_refused_and_the_first_runs_on() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
+            kill_and_reap(&mut second);
             panic!("a second agent on the same audit file kept running");
         }
         std::thread::sleep(Duration::from_millis(20));

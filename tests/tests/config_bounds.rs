@@ -20,7 +20,7 @@ use std::{
 };
 
 use certreload_e2e::{
-    certreload_bin, http,
+    certreload_bin, http, kill_and_reap,
     pki::{Leaf, TestCa},
     Agent, EVENT_DEADLINE,
 };
@@ -306,8 +306,7 @@ fn run_refuses_a_value_that_used_to_panic_a_task_and_exits_at_once() {
                 break Some(status);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -478,8 +477,7 @@ fn watch_resync_out_of_range_is_a_usage_error_not_a_panic() {
                 break Some(status);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));

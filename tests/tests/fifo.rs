@@ -18,7 +18,7 @@ use std::{
 
 use certreload_e2e::openssl::{available as have_openssl, fingerprint_of, served_fingerprint};
 use certreload_e2e::{
-    certreload_bin, http,
+    certreload_bin, http, kill_and_reap,
     pki::{Leaf, TestCa},
     skip_unless, Agent,
 };
@@ -213,8 +213,7 @@ fn check_names_the_fifo_instead_of_hanging() {
             break status;
         }
         if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             panic!("certreload check did not finish within 20 s (blocked on the FIFO)");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -120,8 +120,18 @@ impl Drop for RestoreFlag<'_> {
             .as_deref()
             != Some(self.value.as_str())
         {
-            let _ = self.cp.set_flag(self.component, self.flag, &self.value);
-            let _ = self.cp.restart(self.component);
+            // A Drop cannot fail the test (it may be unwinding from a failure already); the
+            // control plane is shared by the binary's later tests, so say what is left changed.
+            let restored = self
+                .cp
+                .set_flag(self.component, self.flag, &self.value)
+                .and_then(|()| self.cp.restart(self.component));
+            if let Err(e) = restored {
+                eprintln!(
+                    "restoring {} {}={}: {e:#}",
+                    self.component, self.flag, self.value
+                );
+            }
         }
     }
 }

@@ -46,7 +46,8 @@ fn token_header(cp: &ControlPlane, sa: &str, dir: &Path) -> std::path::PathBuf {
 /// status code and the body.
 fn curl(url: &str, header: Option<&Path>, dir: &Path) -> (u16, String) {
     let body = dir.join("body");
-    let _ = fs::remove_file(&body);
+    // Absent before the first call: only a stale body from the last call must not be read.
+    fs::remove_file(&body).ok();
     let mut c = Command::new("curl");
     c.args(["-sk", "--max-time", "15", "-o"])
         .arg(&body)

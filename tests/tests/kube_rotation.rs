@@ -379,14 +379,16 @@ min_interval = "1s"
     );
     let generation = converged["generation"].to_string();
     let name = "certreload-etcd-rotation";
-    let _ = cp.kubectl(&[
+    // A leftover of an earlier run; whether the API server writes is what the create below checks.
+    cp.kubectl(&[
         "-n",
         "default",
         "delete",
         "configmap",
         name,
         "--ignore-not-found",
-    ]);
+    ])
+    .ok();
     cp.kubectl(&[
         "-n",
         "default",
@@ -408,7 +410,9 @@ min_interval = "1s"
         ])
         .expect("read back");
     assert_eq!(read, generation);
-    let _ = cp.kubectl(&["-n", "default", "delete", "configmap", name]);
+    // Cleanup only: the next run deletes a leftover first.
+    cp.kubectl(&["-n", "default", "delete", "configmap", name])
+        .ok();
 
     eprintln!(
         "etcd CA rotation: {PROBE} stale at {:.1} s ({}); after the restart action: etcd accepts \

@@ -60,7 +60,8 @@ struct Immutable(PathBuf);
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = chattr("-i", &self.0);
+        // Best effort from a Drop: if the flag stays, only the temp dir is left behind.
+        chattr("-i", &self.0).ok();
     }
 }
 

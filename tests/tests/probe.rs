@@ -11,7 +11,7 @@ use std::{
 };
 
 use certreload_e2e::openssl::available as have_openssl;
-use certreload_e2e::{pki::Leaf, skip_unless, Agent};
+use certreload_e2e::{kill_and_reap, pki::Leaf, skip_unless, Agent};
 
 fn self_signed(dir: &Path, stem: &str) {
     let (cert, key) = Leaf::server("localhost").self_signed();
@@ -23,8 +23,7 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 

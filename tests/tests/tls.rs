@@ -11,7 +11,7 @@ use std::{
 
 use certreload_e2e::openssl::{available as have_openssl, file_fingerprint, served_fingerprint};
 use certreload_e2e::{
-    http,
+    http, kill_and_reap,
     pki::{Leaf, TestCa},
     skip_unless, Agent,
 };
@@ -37,11 +37,13 @@ fn echo_upstream() -> String {
                                 break;
                             }
                         }
-                        let _ = write!(
+                        // The client may close before reading the answer.
+                        write!(
                             writer,
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
                             HTTP_BODY.len()
-                        );
+                        )
+                        .ok();
                         break;
                     }
                     if writeln!(writer, "echo: {line}").is_err() {
@@ -97,8 +99,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -298,10 +299,10 @@ impl Session {
 
     /// Like `round_trip`, but a refused or closed connection gives an empty reply.
     fn try_round_trip(&mut self, line: &str) -> String {
-        let _ = writeln!(self.stdin, "{line}");
-        let _ = self.stdin.flush();
+        writeln!(self.stdin, "{line}").ok();
+        self.stdin.flush().ok();
         let mut reply = String::new();
-        let _ = self.stdout.read_line(&mut reply);
+        self.stdout.read_line(&mut reply).ok();
         reply.trim().to_string()
     }
 }
@@ -380,8 +381,7 @@ close_untrusted = true
     );
     assert_eq!(saver.round_trip("save"), "echo: save");
     // s_client -quiet ignores EOF on stdin; the session was written when its ticket arrived.
-    let _ = saver.child.kill();
-    let _ = saver.child.wait();
+    kill_and_reap(&mut saver.child);
     assert!(sess.exists(), "openssl saved the session");
 
     // Rotate the client CA to CA2 only.
@@ -582,6 +582,5 @@ upstream_tls = {{ client_bundle = "to-upstream", ca = "upstream-ca", server_name
     );
     drop(second);
     agent.stop();
-    let _ = s_server.kill();
-    let _ = s_server.wait();
+    kill_and_reap(&mut s_server);
 }

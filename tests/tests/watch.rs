@@ -13,7 +13,9 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use certreload_e2e::{assert_writer, is_root, run_writer, sha256_hex, skip_unless, Mode, Watch};
+use certreload_e2e::{
+    assert_writer, is_root, kill_and_reap, run_writer, sha256_hex, skip_unless, Mode, Watch,
+};
 use serde_json::Value;
 
 struct Case {
@@ -522,7 +524,8 @@ fn falls_back_to_inotify_with_one_warning_when_ebpf_cannot_load() {
             .lines()
             .map_while(Result::ok)
         {
-            let _ = tx.send(line);
+            // The test stops reading once it has what it waits for.
+            tx.send(line).ok();
         }
     });
     let mut log = Vec::new();
@@ -560,8 +563,7 @@ fn falls_back_to_inotify_with_one_warning_when_ebpf_cannot_load() {
     let change: Value = serde_json::from_str(&line).expect("json change");
     assert_eq!(change["source"], "inotify");
     assert_eq!(change["sha256"], sha256_hex(b"B"));
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_and_reap(&mut child);
 }
 
 #[test]
