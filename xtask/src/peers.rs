@@ -65,7 +65,8 @@ pub(crate) fn build() -> Result<PathBuf> {
         let built = build_recipe(&root.join("peers").join(recipe.dir), recipe, &go)?;
         for (_, name) in recipe.binaries {
             let link = links.join(name);
-            let _ = std::fs::remove_file(&link);
+            // Absent on the first build; any other failure is reported by symlink below.
+            std::fs::remove_file(&link).ok();
             std::os::unix::fs::symlink(built.join(name), &link)
                 .with_context(|| format!("linking {}", link.display()))?;
         }

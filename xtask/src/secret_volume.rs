@@ -57,7 +57,8 @@ impl SecretVolume {
     pub(crate) fn rotate(&mut self, cert: &str, key: &str) -> Result<()> {
         self.stage(cert, key)?;
         fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data"))?;
-        let _ = fs::remove_dir_all(self.dir.join(format!("..ts{}", self.version - 1)));
+        // Best effort, as the kubelet's: a version left behind is never read again.
+        fs::remove_dir_all(self.dir.join(format!("..ts{}", self.version - 1))).ok();
         Ok(())
     }
 }

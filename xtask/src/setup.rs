@@ -152,7 +152,8 @@ pub(crate) fn toolchain() -> Result<()> {
     let prefix = cache_dir().join(format!("llvm{major}"));
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
+    // Absent on the first run; any other failure is reported by symlink below.
+    std::fs::remove_file(&link).ok();
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("symlinking {}", link.display()))?;
     cmd::run(
