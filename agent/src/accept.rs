@@ -31,25 +31,25 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::sys::limits::{self, Limit, Resource};
 
 /// The first wait after a resource error; doubled on each consecutive one.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(5);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(5);
 
 /// The longest wait between two `accept()` calls while descriptors are exhausted: a freed
 /// descriptor is used within a second, and the loop costs nothing meanwhile.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// At most one log line per this interval per accept loop (and per refusal kind); the next line
 /// says how many it did not log.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Descriptors a proxied connection holds: the client's socket and the upstream's.
-pub const PROXIED_CONNECTION_FDS: usize = 2;
+pub(crate) const PROXIED_CONNECTION_FDS: usize = 2;
 
 /// Descriptors an admin connection holds.
-pub const ADMIN_CONNECTION_FDS: usize = 1;
+pub(crate) const ADMIN_CONNECTION_FDS: usize = 1;
 
 /// What an `accept()` error means for the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptErrorKind {
+pub(crate) enum AcceptErrorKind {
     /// The process or the system is out of descriptors or memory: the connection stays in the
     /// backlog and the socket stays readable, so retrying at once spins. Back off.
     Exhausted,
@@ -62,7 +62,7 @@ pub enum AcceptErrorKind {
 }
 
 /// Classifies an `accept()` error (see [`AcceptErrorKind`]).
-pub fn classify(error: &io::Error) -> AcceptErrorKind {
+pub(crate) fn classify(error: &io::Error) -> AcceptErrorKind {
     match error.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
             AcceptErrorKind::Exhausted
@@ -94,7 +94,7 @@ pub fn classify(error: &io::Error) -> AcceptErrorKind {
 }
 
 /// The symbolic name of the errors an operator searches for (`EMFILE`), or `None`.
-pub fn errno_name(error: &io::Error) -> Option<&'static str> {
+pub(crate) fn errno_name(error: &io::Error) -> Option<&'static str> {
     Some(match error.raw_os_error()? {
         libc::EMFILE => "EMFILE",
         libc::ENFILE => "ENFILE",
@@ -108,7 +108,7 @@ pub fn errno_name(error: &io::Error) -> Option<&'static str> {
 /// True when `message` is the text (`io::Error`'s `Display`) of a descriptor or memory exhaustion
 /// error: such a failure says nothing about the file that could not be opened, so a reader that
 /// keeps only the text (the confirmer's `Unreadable`) must not take it for a change.
-pub fn is_exhaustion_message(message: &str) -> bool {
+pub(crate) fn is_exhaustion_message(message: &str) -> bool {
     [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM]
         .into_iter()
         .any(|code| message == io::Error::from_raw_os_error(code).to_string())
@@ -117,7 +117,7 @@ pub fn is_exhaustion_message(message: &str) -> bool {
 /// Lets one line through per [`LOG_EVERY`] and counts the ones it held back, so a fault that
 /// repeats a million times a second costs one line per interval, not a million.
 #[derive(Debug)]
-pub struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -125,7 +125,7 @@ pub struct RateLimitedLog {
 
 impl RateLimitedLog {
     /// One line per `every`.
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         RateLimitedLog {
             every,
             last: None,
@@ -135,7 +135,7 @@ impl RateLimitedLog {
 
     /// `Some(n)` when a line may be written now (`n`: lines held back since the last one), else
     /// `None` (and the line is counted as held back).
-    pub fn allow(&mut self) -> Option<u64> {
+    pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         match self.last {
             Some(last) if now.duration_since(last) < self.every => {
@@ -158,7 +158,7 @@ impl Default for RateLimitedLog {
 
 /// The state of one accept loop: the current delay and its rate-limited log.
 #[derive(Debug)]
-pub struct AcceptBackoff {
+pub(crate) struct AcceptBackoff {
     what: String,
     delay: Duration,
     log: RateLimitedLog,
@@ -166,7 +166,7 @@ pub struct AcceptBackoff {
 
 impl AcceptBackoff {
     /// `what` names the loop in the log (`listener web`, `admin endpoint`).
-    pub fn new(what: impl Into<String>) -> Self {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
         AcceptBackoff {
             what: what.into(),
             delay: Duration::ZERO,
@@ -176,14 +176,14 @@ impl AcceptBackoff {
 
     /// Call after a successful `accept()`: the next resource error starts again at
     /// [`MIN_BACKOFF`].
-    pub fn accepted(&mut self) {
+    pub(crate) fn accepted(&mut self) {
         self.delay = Duration::ZERO;
     }
 
     /// The wait before the next `accept()` after `error`: zero for a per-connection error, else
     /// the next step of the exponential backoff. Logs (rate-limited). Separate from
     /// [`failed`](Self::failed) so a caller with its own select loop can sleep there.
-    pub fn on_error(&mut self, error: &io::Error) -> Duration {
+    pub(crate) fn on_error(&mut self, error: &io::Error) -> Duration {
         let kind = classify(error);
         if kind == AcceptErrorKind::Connection {
             tracing::debug!(accept_loop = %self.what, error = %error, "accept: connection failed before it was accepted; continuing");
@@ -210,7 +210,7 @@ impl AcceptBackoff {
     }
 
     /// Logs `error` and waits as [`on_error`](Self::on_error) says.
-    pub async fn failed(&mut self, error: &io::Error) {
+    pub(crate) async fn failed(&mut self, error: &io::Error) {
         let wait = self.on_error(error);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -220,7 +220,7 @@ impl AcceptBackoff {
 
 /// Accepts the next connection, backing off on errors (see [`AcceptBackoff`]). Cancel-safe: a
 /// `select!` branch may drop it between attempts or during a backoff wait.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     backoff: &mut AcceptBackoff,
 ) -> (TcpStream, SocketAddr) {
@@ -237,7 +237,7 @@ pub async fn accept(
 
 /// The soft and hard `RLIMIT_NOFILE` after [`raise_nofile_limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NofileLimit {
+pub(crate) struct NofileLimit {
     /// The soft limit before.
     pub was: u64,
     /// The soft limit now.
@@ -249,7 +249,7 @@ pub struct NofileLimit {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Call once at start, before anything opens
 /// descriptors in bulk. An error leaves the limit as it was (the agent still runs; the budget is
 /// computed from whatever the limit is).
-pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+pub(crate) fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let mut limit = limits::get(Resource::OpenFiles)?;
     let was = limit.soft;
     // Set once: a second call keeps the limit the agent was started with.
@@ -270,26 +270,26 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
 }
 
 /// The soft `RLIMIT_NOFILE` the agent was started with, before [`raise_nofile_limit`].
-static INHERITED_SOFT_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+static INHERITED_SOFT_NOFILE: OnceLock<u64> = OnceLock::new();
 
 /// Gives a child the soft `RLIMIT_NOFILE` the agent was started with, as systemd does for the
 /// services it starts: the raised limit is for the agent's own accept loops, and an action's
 /// program (a `select()`-based tool among them) must not inherit descriptors above 1,024.
-pub fn restore_inherited_nofile(cmd: &mut tokio::process::Command) {
+pub(crate) fn restore_inherited_nofile(cmd: &mut tokio::process::Command) {
     if let Some(&soft) = INHERITED_SOFT_NOFILE.get() {
         limits::lower_soft_open_files_in_child(cmd, soft);
     }
 }
 
 /// The current soft `RLIMIT_NOFILE` (`None` when it cannot be read).
-pub fn soft_nofile_limit() -> Option<u64> {
+pub(crate) fn soft_nofile_limit() -> Option<u64> {
     limits::get(Resource::OpenFiles)
         .ok()
         .map(|limit| limit.soft)
 }
 
 /// Descriptors this process has open now (`/proc/self/fd`), `None` without procfs.
-pub fn open_descriptors() -> Option<usize> {
+pub(crate) fn open_descriptors() -> Option<usize> {
     // The directory's own descriptor is listed too.
     Some(
         std::fs::read_dir("/proc/self/fd")
@@ -303,13 +303,13 @@ pub fn open_descriptors() -> Option<usize> {
 /// serving: material reads and confirmations (a few per bundle at a time), the audit log's
 /// reopen, action processes' pipes, Kubernetes API connections. A sixteenth of the limit, at
 /// least 64 and at most 4,096.
-pub fn reserve_for(limit: usize) -> usize {
+pub(crate) fn reserve_for(limit: usize) -> usize {
     (limit / 16).clamp(64, 4096)
 }
 
 /// The descriptors every accept loop of the process shares (one per process: the limit is).
 #[derive(Debug)]
-pub struct DescriptorBudget {
+pub(crate) struct DescriptorBudget {
     capacity: usize,
     used: AtomicUsize,
 }
@@ -318,7 +318,7 @@ static BUDGET: OnceLock<DescriptorBudget> = OnceLock::new();
 
 impl DescriptorBudget {
     /// A budget of `capacity` descriptors for connections.
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         DescriptorBudget {
             capacity,
             used: AtomicUsize::new(0),
@@ -328,7 +328,7 @@ impl DescriptorBudget {
     /// The budget the current limit leaves: soft limit − open now − [`reserve_for`] the limit.
     /// Without a readable limit (never on Linux) the budget is unbounded: the per-listener
     /// `max_connections` still applies.
-    pub fn from_current_limit() -> Self {
+    pub(crate) fn from_current_limit() -> Self {
         let Some(limit) = soft_nofile_limit() else {
             return DescriptorBudget::with_capacity(usize::MAX);
         };
@@ -343,12 +343,12 @@ impl DescriptorBudget {
 
     /// The process's budget, measured the first time it is asked for. [`init`](Self::init) at
     /// the point the agent starts serving measures it with everything start-up opened.
-    pub fn global() -> &'static DescriptorBudget {
+    pub(crate) fn global() -> &'static DescriptorBudget {
         BUDGET.get_or_init(DescriptorBudget::from_current_limit)
     }
 
     /// Measures the process's budget now (once; later calls return the first) and logs it.
-    pub fn init() -> &'static DescriptorBudget {
+    pub(crate) fn init() -> &'static DescriptorBudget {
         let budget = DescriptorBudget::global();
         tracing::info!(
             limit = soft_nofile_limit().unwrap_or_default(),
@@ -360,18 +360,19 @@ impl DescriptorBudget {
     }
 
     /// Descriptors connections may hold in all.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// Descriptors connections hold now.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
     /// Takes `fds` descriptors for one connection, or `None` when that would eat into the
     /// reserve (close the connection).
-    pub fn try_acquire(&'static self, fds: usize) -> Option<DescriptorPermit> {
+    pub(crate) fn try_acquire(&'static self, fds: usize) -> Option<DescriptorPermit> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(fds).filter(|&n| n <= self.capacity)
@@ -383,7 +384,7 @@ impl DescriptorBudget {
 
 /// Descriptors one connection holds from the [`DescriptorBudget`]; returned on drop.
 #[derive(Debug)]
-pub struct DescriptorPermit {
+pub(crate) struct DescriptorPermit {
     budget: &'static DescriptorBudget,
     fds: usize,
 }

@@ -17,7 +17,7 @@ use crate::{
 
 /// What to check.
 #[derive(Debug, Clone)]
-pub enum CheckTarget {
+pub(crate) enum CheckTarget {
     /// Every bundle of a configuration (file, or profile + overlay).
     Config(ConfigSource),
     /// One certificate/key pair given on the command line.
@@ -37,7 +37,7 @@ pub enum CheckTarget {
 
 /// One bundle's verdict, as printed.
 #[derive(Debug, Serialize)]
-pub struct BundleVerdict {
+pub(crate) struct BundleVerdict {
     /// Bundle name (`cli` for a pair given on the command line).
     pub name: String,
     /// Its kind.
@@ -50,7 +50,7 @@ pub struct BundleVerdict {
 }
 
 /// Runs the gate on `target`. `Err` only for usage/configuration errors (exit 2).
-pub fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
+pub(crate) fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
     let (agent, bundles) = match target {
         CheckTarget::Config(source) => {
             let config = source.load()?;
@@ -97,7 +97,7 @@ pub fn run(target: &CheckTarget) -> Result<Vec<BundleVerdict>, ConfigError> {
 }
 
 /// The readable form: one block per bundle, one line per check.
-pub fn render_text(verdicts: &[BundleVerdict]) -> String {
+pub(crate) fn render_text(verdicts: &[BundleVerdict]) -> String {
     let mut out = String::new();
     for v in verdicts {
         out.push_str(&format!(
@@ -144,7 +144,7 @@ mod tests {
         assert!(text.contains("pass  chain"), "{text}");
         let wrong = CheckTarget::Pair {
             cert: files.cert.clone(),
-            key: files.ca.clone(),
+            key: files.ca,
             ca: None,
             sans: Vec::new(),
             kind: BundleKind::Server,

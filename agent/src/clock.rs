@@ -2,12 +2,12 @@
 
 /// Nanoseconds of `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns()` reads in the kernel.
 /// Never fails on Linux (`CLOCK_MONOTONIC` always exists); 0 if it ever did.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     crate::sys::time::monotonic_ns().unwrap_or(0)
 }
 
 /// RFC 3339 UTC timestamp with microseconds, the `ts` of every printed record.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
@@ -18,11 +18,12 @@ pub fn now_rfc3339() -> String {
 
 /// Where a deadline goes when `from + d` cannot be represented: tokio's own "far future" (about 30
 /// years), later than any configured duration matters.
-pub const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+pub(crate) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(86_400 * 365 * 30);
 
 /// `from + d` as a deadline, never a panic: `Instant + Duration` panics on overflow, so a
 /// configured duration (a probe deadline, a lock wait) is added here, capped at [`FAR_FUTURE`].
-pub fn later(
+pub(crate) fn later(
     from: impl Into<tokio::time::Instant>,
     d: std::time::Duration,
 ) -> tokio::time::Instant {

@@ -16,7 +16,7 @@ use crate::{
 
 /// What is live now, for the checks that compare against it.
 #[derive(Debug, Default, Clone)]
-pub struct Current<'a> {
+pub(crate) struct Current<'a> {
     /// The current leaf (server/client bundles): SANs must not silently disappear.
     pub leaf: Option<&'a CertInfo>,
     /// The current CAs (ca bundles).
@@ -26,7 +26,7 @@ pub struct Current<'a> {
 }
 
 /// Validates `bundle`'s files now.
-pub fn validate_bundle(
+pub(crate) fn validate_bundle(
     bundle: &BundleConfig,
     agent: &AgentSettings,
     current: &Current<'_>,

@@ -20,7 +20,7 @@ use std::{
 /// What sits at a path that is not a regular file; its `Display` is the type's name
 /// (`fifo`, `socket`, `character device`, `block device`, `directory`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
+pub(crate) enum FileKind {
     /// A directory.
     Directory,
     /// A named pipe (`mkfifo`): reading it waits for a writer.
@@ -37,7 +37,7 @@ pub enum FileKind {
 
 impl FileKind {
     /// The kind of `meta`, or `None` for a regular file.
-    pub fn of(meta: &Metadata) -> Option<FileKind> {
+    pub(crate) fn of(meta: &Metadata) -> Option<FileKind> {
         let t = meta.file_type();
         if t.is_file() {
             None
@@ -72,7 +72,7 @@ impl fmt::Display for FileKind {
 
 /// Why [`open`] gave no regular file.
 #[derive(Debug)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// `open` or `fstat` failed (not found, permission, symlink loop, ...).
     Io(io::Error),
     /// Something other than a regular file is there.
@@ -81,7 +81,7 @@ pub enum OpenError {
 
 /// Opens `path` (following symlinks) without blocking, and returns it only when the opened file is
 /// a regular file, with its metadata from `fstat` on the descriptor.
-pub fn open(path: &Path) -> Result<(File, Metadata), OpenError> {
+pub(crate) fn open(path: &Path) -> Result<(File, Metadata), OpenError> {
     let file = OpenOptions::new()
         .read(true)
         // Never wait for a FIFO's writer or a device; no controlling tty from a tty device.
@@ -105,7 +105,7 @@ pub fn open(path: &Path) -> Result<(File, Metadata), OpenError> {
 
 /// Why [`read_bounded`] returned no content.
 #[derive(Debug)]
-pub enum ReadBoundedError {
+pub(crate) enum ReadBoundedError {
     /// See [`OpenError`].
     Open(OpenError),
     /// The file holds more than the limit; `size` is at least what was seen.
@@ -119,7 +119,7 @@ pub enum ReadBoundedError {
 
 /// Reads the regular file at `path`, refusing anything above `max` bytes without reading more than
 /// `max + 1` of them (the size can grow between `fstat` and the read: a writer still appending).
-pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadBoundedError> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadBoundedError> {
     let (file, meta) = open(path).map_err(ReadBoundedError::Open)?;
     if meta.len() > max {
         return Err(ReadBoundedError::TooLarge { size: meta.len() });

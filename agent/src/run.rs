@@ -26,7 +26,7 @@ use crate::{
 
 /// The agent could not start.
 #[derive(Debug, Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -55,7 +55,7 @@ const WITNESS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Monitor options the command line may override.
 #[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Change source.
     pub mode: ModeRequest,
     /// eBPF attachment strategy.
@@ -63,7 +63,7 @@ pub struct RunOptions {
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunError> {
+pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunError> {
     // Caught from here on: a SIGTERM during start-up stops the agent once it is up, not by default
     // action half-way (which would leave no agent_stopped record).
     let mut shutdown = ShutdownSignal::install();
@@ -99,7 +99,7 @@ pub async fn run(source: &ConfigSource, options: RunOptions) -> Result<(), RunEr
     let store = Arc::new(GenerationStore::new(
         config.bundles.iter().map(|b| b.name.as_str()),
     ));
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     if config.events.enabled {
         audit.observe(events_tx);
     }

@@ -7,7 +7,7 @@ use crate::{converge::probe::ProbeStatus, monitor::Writer, proxy::registry::List
 
 /// The whole status document.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// The change monitor.
     pub monitor: MonitorStatus,
     /// Every bundle.
@@ -20,7 +20,7 @@ pub struct Status {
 
 /// The change monitor.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct MonitorStatus {
+pub(crate) struct MonitorStatus {
     /// ebpf or inotify (with the reason).
     pub mode: String,
     /// Events lost to a full ring buffer.
@@ -33,7 +33,7 @@ pub struct MonitorStatus {
 
 /// One bundle.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct BundleStatus {
+pub(crate) struct BundleStatus {
     /// Name.
     pub name: String,
     /// Its files.
@@ -46,7 +46,7 @@ pub struct BundleStatus {
 
 /// A generation.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct GenerationStatus {
+pub(crate) struct GenerationStatus {
     /// Number.
     pub number: u64,
     /// Leaf fingerprint.
@@ -61,7 +61,7 @@ pub struct GenerationStatus {
 
 /// One certificate.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CertStatus {
+pub(crate) struct CertStatus {
     /// File it came from.
     pub file: String,
     /// Serial.
@@ -78,7 +78,7 @@ pub struct CertStatus {
 
 /// The last change of a bundle.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct LastChange {
+pub(crate) struct LastChange {
     /// When.
     pub ts: String,
     /// Which file.
@@ -89,7 +89,7 @@ pub struct LastChange {
 
 /// One listener.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ListenerStatus {
+pub(crate) struct ListenerStatus {
     /// Name.
     pub name: String,
     /// Address.

@@ -15,7 +15,7 @@ use crate::{
 
 /// The status could not be fetched.
 #[derive(Debug, Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     /// No agent answering there.
     #[error("cannot reach the admin endpoint at {addr}: {source}")]
     Connect {
@@ -37,7 +37,7 @@ pub enum StatusError {
 
 /// GETs `/status` from the admin endpoint (our own loopback endpoint: a one-shot HTTP/1.1 request
 /// with `Connection: close` is all it takes).
-pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
+pub(crate) fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
     let connect = |source| StatusError::Connect { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(connect)?;
     stream
@@ -70,7 +70,7 @@ pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
 
 /// Renders the status document: bundles with their expiry countdown, listeners with stale counts,
 /// probes with their verdicts.
-pub fn render(status: &Status) -> String {
+pub(crate) fn render(status: &Status) -> String {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -16,7 +16,7 @@ use std::{
 /// Every mutex in the agent guards state that stays consistent between statements (a map, a list,
 /// an `Option`), so the data a panicking holder left is still usable; refusing it would turn one
 /// task's panic into a failure of every connection, probe or request after it.
-pub trait LockExt<T: ?Sized> {
+pub(crate) trait LockExt<T: ?Sized> {
     /// Locks, recovering the guard if a previous holder panicked.
     fn lock_or_recover(&self) -> MutexGuard<'_, T>;
 }
@@ -29,7 +29,7 @@ impl<T: ?Sized> LockExt<T> for Mutex<T> {
 
 /// Awaits `future` when there is one; without one, never resolves. For a `select!` arm whose
 /// source is optional: `_ = or_pending(client_ca.as_mut().map(|rx| rx.changed())) => ...`.
-pub async fn or_pending<F: Future>(future: Option<F>) -> F::Output {
+pub(crate) async fn or_pending<F: Future>(future: Option<F>) -> F::Output {
     match future {
         Some(future) => future.await,
         None => std::future::pending().await,

@@ -64,14 +64,14 @@ escaped_label_set! {
 
 /// `{listener}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ListenerLabel {
+pub(crate) struct ListenerLabel {
     /// Listener name.
     pub listener: String,
 }
 
 /// `{listener, reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ListenerReason {
+pub(crate) struct ListenerReason {
     /// Listener name.
     pub listener: String,
     /// Why.
@@ -80,14 +80,14 @@ pub struct ListenerReason {
 
 /// `{bundle}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct BundleLabel {
+pub(crate) struct BundleLabel {
     /// Bundle name.
     pub bundle: String,
 }
 
 /// `{bundle, reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct BundleReason {
+pub(crate) struct BundleReason {
     /// Bundle name.
     pub bundle: String,
     /// The check that failed.
@@ -96,14 +96,14 @@ pub struct BundleReason {
 
 /// `{source}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct SourceLabel {
+pub(crate) struct SourceLabel {
     /// ebpf, inotify or resync.
     pub source: String,
 }
 
 /// `{listener, state}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     /// Listener name.
     pub listener: String,
     /// current or stale.
@@ -116,7 +116,7 @@ pub struct ConnState {
     non_snake_case,
     reason = "the field names are the x509-certificate-exporter label names (subject_CN, issuer_CN)"
 )]
-pub struct X509Labels {
+pub(crate) struct X509Labels {
     /// The file the certificate was read from.
     pub filepath: String,
     /// Serial, hex.
@@ -131,7 +131,7 @@ pub struct X509Labels {
 
 /// Labels of per-probe series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ProbeLabel {
+pub(crate) struct ProbeLabel {
     /// Probe name.
     pub probe: String,
     /// The bundle it checks.
@@ -140,7 +140,7 @@ pub struct ProbeLabel {
 
 /// Labels of per-action counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ActionLabel {
+pub(crate) struct ActionLabel {
     /// `bundle#line`.
     pub action: String,
     /// `success`, `failure` or `timeout`.
@@ -149,13 +149,13 @@ pub struct ActionLabel {
 
 /// `{filepath}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct FileLabel {
+pub(crate) struct FileLabel {
     /// The file.
     pub filepath: String,
 }
 
 /// Counters updated where things happen.
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Seconds from a confirmed change reaching the reload pipeline to the new generation being
     /// published (validation and the fsync'd audit record included).
     pub change_to_swap: Histogram,
@@ -208,7 +208,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a failed handshake.
-    pub fn handshake_failure(&self, listener: &str, reason: &str) {
+    pub(crate) fn handshake_failure(&self, listener: &str, reason: &str) {
         self.handshake_failures
             .get_or_create(&ListenerReason {
                 listener: listener.into(),

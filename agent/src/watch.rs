@@ -14,7 +14,7 @@ use crate::{
 
 /// `watch` failed before or while running.
 #[derive(Debug, Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     /// The monitor could not start.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
@@ -30,7 +30,7 @@ struct StatsLine<'a> {
 }
 
 /// Runs the monitor until SIGINT/SIGTERM, printing changes to stdout as they are confirmed.
-pub async fn run(config: MonitorConfig, output: Output) -> Result<MonitorStats, WatchError> {
+pub(crate) async fn run(config: MonitorConfig, output: Output) -> Result<MonitorStats, WatchError> {
     let mut shutdown = ShutdownSignal::install();
     let monitor = Monitor::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<ConfirmedChange>(256);

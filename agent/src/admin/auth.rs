@@ -33,19 +33,19 @@ use crate::sync::LockExt;
 
 /// How long an allowed answer is reused (kube-rbac-proxy and the kubelet's webhook authorizer
 /// cache allowed answers for minutes; a revoked binding takes effect within this).
-pub const ALLOWED_TTL: Duration = Duration::from_secs(60);
+pub(crate) const ALLOWED_TTL: Duration = Duration::from_secs(60);
 /// How long a 401/403 is reused: short, so a binding just granted works within seconds.
-pub const DENIED_TTL: Duration = Duration::from_secs(10);
+pub(crate) const DENIED_TTL: Duration = Duration::from_secs(10);
 /// Cached answers kept at most (each ~100 bytes: the cache cannot grow the agent's memory).
-pub const CACHE_CAPACITY: usize = 1024;
+pub(crate) const CACHE_CAPACITY: usize = 1024;
 /// Reviews sent to the API server at the same time, at most.
-pub const MAX_REVIEWS_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_REVIEWS_IN_FLIGHT: usize = 4;
 /// A review the API server has not answered in this long is a 503.
-pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The answer for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The token's user may `get` the path.
     Allowed {
         /// Who (TokenReview's username).
@@ -73,7 +73,7 @@ pub enum Decision {
 
 /// The bearer token of an `Authorization` header value, if it is one (RFC 6750: the scheme is
 /// case-insensitive; an empty token is none).
-pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+pub(crate) fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     let value = authorization?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
@@ -82,7 +82,7 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
 
 /// The cache key: SHA-256 over the path and the token, so the map holds no token and a token
 /// allowed `/metrics` is not thereby allowed `/status`.
-pub fn cache_key(path: &str, token: &str) -> [u8; 32] {
+pub(crate) fn cache_key(path: &str, token: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(path.as_bytes());
     h.update([0]);
@@ -92,14 +92,14 @@ pub fn cache_key(path: &str, token: &str) -> [u8; 32] {
 
 /// A bounded map of recent decisions with per-entry expiry.
 #[derive(Debug)]
-pub struct DecisionCache {
+pub(crate) struct DecisionCache {
     capacity: usize,
     entries: HashMap<[u8; 32], (Decision, Instant)>,
 }
 
 impl DecisionCache {
     /// At most `capacity` entries.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         DecisionCache {
             capacity,
             entries: HashMap::new(),
@@ -107,7 +107,7 @@ impl DecisionCache {
     }
 
     /// The decision for `key` unless it expired by `now`.
-    pub fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<Decision> {
+    pub(crate) fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<Decision> {
         match self.entries.get(key) {
             Some((d, until)) if *until > now => Some(d.clone()),
             Some(_) => {
@@ -120,7 +120,13 @@ impl DecisionCache {
 
     /// Keeps `decision` until `now + ttl`; when full, drops the expired entries, then the one
     /// closest to expiry.
-    pub fn insert(&mut self, key: [u8; 32], decision: Decision, ttl: Duration, now: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        key: [u8; 32],
+        decision: Decision,
+        ttl: Duration,
+        now: Instant,
+    ) {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.entries.retain(|_, (_, until)| *until > now);
             if self.entries.len() >= self.capacity {
@@ -138,19 +144,21 @@ impl DecisionCache {
     }
 
     /// Entries held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }
 
 /// Reviews bearer tokens against the API server named by the agent's credentials (in-cluster
 /// ServiceAccount, else `KUBECONFIG`), with the cache and the concurrency bound above.
-pub struct Authorizer {
+pub(crate) struct Authorizer {
     client: OnceCell<Client>,
     cache: Mutex<DecisionCache>,
     in_flight: Semaphore,
@@ -168,7 +176,7 @@ impl Default for Authorizer {
 
 impl Authorizer {
     /// Whether the request carrying `authorization` may `get` `path`.
-    pub async fn decide(&self, authorization: Option<&str>, path: &str) -> Decision {
+    pub(crate) async fn decide(&self, authorization: Option<&str>, path: &str) -> Decision {
         let Some(token) = bearer_token(authorization) else {
             return Decision::Unauthenticated {
                 reason: "no bearer token (Authorization: Bearer <ServiceAccount token>)".into(),
@@ -259,16 +267,13 @@ impl Authorizer {
             }
         };
         let status = reviewed.status.unwrap_or_default();
-        let user = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => user,
-            _ => {
-                return Decision::Unauthenticated {
-                    reason: status
-                        .error
-                        .filter(|e| !e.is_empty())
-                        .unwrap_or_else(|| "token not authenticated".into()),
-                }
-            }
+        let (Some(true), Some(user)) = (status.authenticated, status.user) else {
+            return Decision::Unauthenticated {
+                reason: status
+                    .error
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "token not authenticated".into()),
+            };
         };
         let username = user.username.clone().unwrap_or_default();
         let sar = SubjectAccessReview {

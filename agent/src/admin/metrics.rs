@@ -21,14 +21,14 @@ use crate::{
 type FloatGauges<L> = Family<L, Gauge<f64, AtomicU64>>;
 
 /// The exposition: the counters, registered once, and the scrape-time gauges.
-pub struct Exposition {
+pub(crate) struct Exposition {
     counters: Registry,
 }
 
 impl Exposition {
     /// Registers `metrics`' counters (the registry holds handles to the same atomics, so each
     /// scrape reads their current values).
-    pub fn new(metrics: &Metrics) -> Self {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
         let mut counters = Registry::default();
         let m = metrics;
         counters.register(
@@ -86,7 +86,7 @@ impl Exposition {
 
     /// The Prometheus text exposition: the counters, then gauges computed from `status` (empty if
     /// encoding fails).
-    pub fn render(&self, status: &Status) -> String {
+    pub(crate) fn render(&self, status: &Status) -> String {
         let mut gauges = Registry::default();
         register_audit(&mut gauges);
         register_bundles_and_listeners(&mut gauges, status, unix_now());

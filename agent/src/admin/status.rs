@@ -23,7 +23,7 @@ use crate::{
 
 /// Live state the admin endpoint reads. Every field is shared with the part of the agent that
 /// writes it; the endpoint only reads.
-pub struct AgentState {
+pub(crate) struct AgentState {
     /// The configuration.
     pub config: Config,
     /// Generations.
@@ -46,7 +46,7 @@ pub struct AgentState {
 
 impl AgentState {
     /// Builds the status document now.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         Status {
             monitor: monitor_status(&self.monitor_mode, &self.monitor),
             bundles: self.config.bundles.iter().map(|b| self.bundle(b)).collect(),

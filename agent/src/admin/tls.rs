@@ -13,7 +13,7 @@ use crate::config::admin::AdminTls;
 
 /// The serving certificate could not be set up: a start-up error naming the file.
 #[derive(Debug, Error)]
-pub enum AdminTlsError {
+pub(crate) enum AdminTlsError {
     /// `admin.tls_cert` holds no PEM certificate, or cannot be read.
     #[error("admin.tls_cert {path}: {message}")]
     Cert {
@@ -38,7 +38,7 @@ pub enum AdminTlsError {
 
 /// A TLS server configuration for the admin endpoint and the SHA-256 fingerprint of its leaf
 /// (logged at start so a scraper can pin it).
-pub struct AdminIdentity {
+pub(crate) struct AdminIdentity {
     /// For `tokio_rustls::TlsAcceptor`.
     pub config: Arc<ServerConfig>,
     /// Hex SHA-256 of the leaf certificate's DER.
@@ -48,7 +48,7 @@ pub struct AdminIdentity {
 }
 
 /// The configured certificate, or a self-signed one for `names` (DNS names or IP addresses).
-pub fn identity(
+pub(crate) fn identity(
     configured: Option<&AdminTls>,
     names: Vec<String>,
 ) -> Result<AdminIdentity, AdminTlsError> {

@@ -18,7 +18,7 @@ use crate::sync::LockExt;
 
 /// Outcome of the audit appends so far.
 #[derive(Debug, Default)]
-pub struct AuditHealth {
+pub(crate) struct AuditHealth {
     failures: AtomicU64,
     /// The error of the last append, while the last append failed.
     last_error: Mutex<Option<String>>,
@@ -30,30 +30,30 @@ static HEALTH: AuditHealth = AuditHealth {
 };
 
 /// This process's audit log health.
-pub fn health() -> &'static AuditHealth {
+pub(crate) fn health() -> &'static AuditHealth {
     &HEALTH
 }
 
 impl AuditHealth {
     /// Notes that an append succeeded: the log is writable (again).
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         *self.lock() = None;
     }
 
     /// Notes that an append failed with `error` (nothing was recorded).
-    pub fn failed(&self, error: &dyn std::fmt::Display) {
+    pub(crate) fn failed(&self, error: &dyn std::fmt::Display) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.lock() = Some(error.to_string());
     }
 
     /// Failed appends since the start.
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
     /// The last append's error, while the log is not writable; `None` when the last append
     /// succeeded (or none failed yet).
-    pub fn unwritable(&self) -> Option<String> {
+    pub(crate) fn unwritable(&self) -> Option<String> {
         self.lock().clone()
     }
 

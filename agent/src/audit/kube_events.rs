@@ -22,11 +22,11 @@ use crate::shutdown::Shutdown;
 
 /// Longest wait for the API server to take one Event: a hung API server must not hold back
 /// the Events after it.
-pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an Event was not posted.
 #[derive(Debug, thiserror::Error)]
-pub enum PostError {
+pub(crate) enum PostError {
     /// The API server refused it or could not be reached.
     #[error("{reason} Event: {source}")]
     Api {
@@ -46,7 +46,7 @@ pub enum PostError {
 
 /// An API error as "403 Forbidden: message" (kube-rs' own text repeats the whole Status), for
 /// every writer to the API server (Events, the audit witness, action locks).
-pub fn describe_api_error(error: &kube::Error) -> String {
+pub(crate) fn describe_api_error(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             format!("{} {}: {}", status.code, status.reason, status.message)
@@ -56,14 +56,14 @@ pub fn describe_api_error(error: &kube::Error) -> String {
 }
 
 /// Posts Events about one Node.
-pub struct NodeEvents {
+pub(crate) struct NodeEvents {
     api: Api<Event>,
     node: String,
 }
 
 /// The node this agent runs on: `NODE_NAME` (the DaemonSet sets it from the downward API), else
 /// the kernel's hostname.
-pub fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -76,7 +76,7 @@ pub fn node_name() -> String {
 }
 
 /// The Event an audit record becomes, if it is one operators need: (type, reason, message).
-pub fn describe(observed: &Observed) -> Option<(&'static str, &'static str, String)> {
+pub(crate) fn describe(observed: &Observed) -> Option<(&'static str, &'static str, String)> {
     let bundle = observed.bundle.as_deref().unwrap_or("-");
     match &observed.event {
         AuditEvent::MaterialRejected {
@@ -127,7 +127,7 @@ pub fn describe(observed: &Observed) -> Option<(&'static str, &'static str, Stri
 
 impl NodeEvents {
     /// Events about `node`, posted in `namespace` through `client`.
-    pub fn new(client: Client, namespace: &str, node: String) -> NodeEvents {
+    pub(crate) fn new(client: Client, namespace: &str, node: String) -> NodeEvents {
         NodeEvents {
             api: Api::namespaced(client, namespace),
             node,
@@ -135,7 +135,7 @@ impl NodeEvents {
     }
 
     /// With the in-cluster (or kubeconfig) credentials.
-    pub async fn from_environment(
+    pub(crate) async fn from_environment(
         namespace: &str,
         node: String,
     ) -> Result<NodeEvents, kube::Error> {
@@ -147,7 +147,7 @@ impl NodeEvents {
     }
 
     /// Posts the Event for `observed`, if it maps to one (`Ok(false)`: it maps to none).
-    pub async fn publish(&self, observed: &Observed) -> Result<bool, PostError> {
+    pub(crate) async fn publish(&self, observed: &Observed) -> Result<bool, PostError> {
         let Some((kind, reason, message)) = describe(observed) else {
             return Ok(false);
         };
@@ -191,7 +191,7 @@ impl NodeEvents {
 }
 
 /// Publishes every observed record that maps to an Event until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     sink: NodeEvents,
     mut records: mpsc::UnboundedReceiver<Observed>,
     mut shutdown: Shutdown,

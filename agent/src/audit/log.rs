@@ -60,7 +60,7 @@ pub struct AuditError {
     pub path: PathBuf,
     /// The error.
     #[source]
-    pub source: std::io::Error,
+    pub source: io::Error,
 }
 
 /// An open, append-only audit log.
@@ -94,7 +94,7 @@ pub struct Observed {
     pub event: AuditEvent,
 }
 
-fn err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+fn err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
     move |source| AuditError {
         path: path.to_path_buf(),
         source,

@@ -2,17 +2,18 @@
 //! fsync'd, hash-chained file that `certreload audit verify` checks.
 
 pub mod chain;
-pub mod event;
-pub mod health;
-pub mod kube_events;
+pub(crate) mod event;
+pub(crate) mod health;
+pub(crate) mod kube_events;
 pub mod log;
-pub mod witness;
+pub(crate) mod witness;
 
-pub use self::{
-    chain::{verify_files, VerifyError, VerifySummary},
+pub(crate) use self::{
+    chain::verify_files,
     event::AuditEvent,
-    log::{AuditError, AuditLog, Observed},
+    log::{AuditError, Observed},
 };
+pub use self::{chain::VerifyError, log::AuditLog};
 
 use crate::sync::LockExt;
 

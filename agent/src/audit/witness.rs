@@ -36,20 +36,20 @@ use crate::{shutdown::Shutdown, sync::LockExt};
 /// How many past heads the witness object keeps (the newest). deploy/witness.yaml's policy
 /// refuses pruning below this many, so an attacker holding the node's credentials must make this
 /// many forward updates (each audited by the API server) to push a real head out.
-pub const HISTORY: usize = 256;
+pub(crate) const HISTORY: usize = 256;
 /// Longest wait for one API request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of a head's key in the object's `data`.
 const HEAD_PREFIX: &str = "seq-";
 
 /// The witness object's name for `node`.
-pub fn object_name(node: &str) -> String {
+pub(crate) fn object_name(node: &str) -> String {
     format!("certreload-audit-{node}")
 }
 
 /// The heads a witness holds: `seq` → SHA-256 (hex) of that record's line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Witnessed {
+pub(crate) struct Witnessed {
     /// Where they were read (`kube:ns/name` or a file), for messages.
     pub source: String,
     /// Every head, ascending.
@@ -58,7 +58,7 @@ pub struct Witnessed {
 
 /// Why a witness cannot be read or written.
 #[derive(Debug, Clone, Error)]
-pub enum WitnessError {
+pub(crate) enum WitnessError {
     /// A witness file cannot be read.
     #[error("witness {path}: {message}")]
     Read {
@@ -144,7 +144,7 @@ pub enum WitnessError {
 
 /// The hash of record `seq` of the log at `path` (the file, then its rotated files newest
 /// first), if one of them holds it. Records start with their `seq` (the chain seals it first).
-pub fn record_hash(path: &Path, seq: u64) -> Option<String> {
+pub(crate) fn record_hash(path: &Path, seq: u64) -> Option<String> {
     let prefix = format!("{{\"seq\":{seq},");
     std::iter::once(path.to_path_buf())
         .chain((1..=super::log::ROTATED_KEPT).map(|n| super::log::rotated(path, n)))
@@ -154,7 +154,7 @@ pub fn record_hash(path: &Path, seq: u64) -> Option<String> {
 
 /// Where the log disagrees with its witness.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum WitnessMismatch {
+pub(crate) enum WitnessMismatch {
     /// The witness saw a record the log no longer has.
     #[error("truncated: witness {witness} saw seq {seq} (hash {hash}), log ends at {log_last}")]
     Truncated {
@@ -188,7 +188,7 @@ pub enum WitnessMismatch {
 
 /// What a log that matches its witness showed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WitnessSummary {
+pub(crate) struct WitnessSummary {
     /// The witness.
     pub witness: String,
     /// Heads found in the files, each with the witnessed hash.
@@ -267,7 +267,7 @@ fn compare(
 }
 
 /// Checks `files` (an intact chain, oldest first, ending at `log_last`) against `witness`.
-pub fn check_files(
+pub(crate) fn check_files(
     files: &[PathBuf],
     log_last: u64,
     witness: &Witnessed,
@@ -299,7 +299,7 @@ pub fn check_files(
 
 /// Either the witness could not be read, or the log disagrees with it.
 #[derive(Debug, Error)]
-pub enum WitnessCheckError {
+pub(crate) enum WitnessCheckError {
     /// The witness (or a log file) cannot be read.
     #[error(transparent)]
     Witness(#[from] WitnessError),
@@ -361,7 +361,7 @@ fn is_hash(s: &str) -> bool {
 
 /// Reads a witness file: a head (`{"seq": N, "hash": "…"}`), or a witness ConfigMap as
 /// `kubectl get configmap -o json` prints it (an archived copy).
-pub fn from_file(path: &Path) -> Result<Witnessed, WitnessError> {
+pub(crate) fn from_file(path: &Path) -> Result<Witnessed, WitnessError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| WitnessError::Read {
         path: path.to_path_buf(),
@@ -398,7 +398,7 @@ pub fn from_file(path: &Path) -> Result<Witnessed, WitnessError> {
 }
 
 /// Reads the witness ConfigMap `namespace/name` with the in-cluster or KUBECONFIG credentials.
-pub async fn from_kube(namespace: &str, name: &str) -> Result<Witnessed, WitnessError> {
+pub(crate) async fn from_kube(namespace: &str, name: &str) -> Result<Witnessed, WitnessError> {
     let witness = format!("{namespace}/{name}");
     let client = client(&witness).await?;
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
@@ -418,7 +418,7 @@ pub async fn from_kube(namespace: &str, name: &str) -> Result<Witnessed, Witness
 }
 
 /// `--witness SPEC`: `kube:NAMESPACE/NAME` or a file.
-pub async fn load(spec: &str) -> Result<Witnessed, WitnessError> {
+pub(crate) async fn load(spec: &str) -> Result<Witnessed, WitnessError> {
     match spec.strip_prefix("kube:") {
         Some(object) => {
             let (namespace, name) =
@@ -474,7 +474,7 @@ async fn call<T>(
 
 /// The head to publish, and who publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     /// The last record's seq.
     pub seq: u64,
     /// SHA-256 of its line.
@@ -542,7 +542,7 @@ fn next_data(
 
 /// What one publication did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Published {
+pub(crate) enum Published {
     /// Nothing new since the last publication (or the log is empty).
     Unchanged,
     /// The head is in the witness object.
@@ -557,7 +557,7 @@ pub enum Published {
 }
 
 /// Publishes this node's audit head to its witness ConfigMap.
-pub struct Publisher {
+pub(crate) struct Publisher {
     api: Api<ConfigMap>,
     namespace: String,
     name: String,
@@ -575,7 +575,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes `audit`'s head for `node` into `namespace` through `client`.
-    pub fn new(client: Client, namespace: &str, node: &str, audit: SharedAudit) -> Publisher {
+    pub(crate) fn new(
+        client: Client,
+        namespace: &str,
+        node: &str,
+        audit: SharedAudit,
+    ) -> Publisher {
         let log_path = audit.lock_or_recover().path().to_path_buf();
         Publisher {
             log_path,
@@ -591,7 +596,7 @@ impl Publisher {
     }
 
     /// With the in-cluster (or KUBECONFIG) credentials.
-    pub async fn from_environment(
+    pub(crate) async fn from_environment(
         namespace: &str,
         node: &str,
         audit: SharedAudit,
@@ -606,13 +611,13 @@ impl Publisher {
     }
 
     /// `namespace/name` of the witness object.
-    pub fn object(&self) -> String {
+    pub(crate) fn object(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
     /// Publishes the current head if it moved; with `record`, appends `witness_published` to the
     /// log after the API server took it.
-    pub async fn publish(&mut self, record: bool) -> Result<Published, WitnessError> {
+    pub(crate) async fn publish(&mut self, record: bool) -> Result<Published, WitnessError> {
         if let Some(e) = &self.halted {
             return Err(e.clone());
         }
@@ -772,7 +777,7 @@ impl Publisher {
 
     /// One publication, its outcome logged (a failure never stops the agent: the log stays the
     /// record, unwitnessed until the next publication succeeds).
-    pub async fn publish_logged(&mut self, record: bool) {
+    pub(crate) async fn publish_logged(&mut self, record: bool) {
         match self.publish(record).await {
             Ok(Published::Head {
                 seq,
@@ -794,7 +799,7 @@ impl Publisher {
 
 /// Publishes at start, then every `interval`, until `shutdown`; returns the publisher for the
 /// last publication after `agent_stopped`.
-pub async fn run(
+pub(crate) async fn run(
     mut publisher: Publisher,
     interval: Duration,
     mut shutdown: Shutdown,

@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::Parser;
 
-pub use args::{AuditCommand, Cli, Command, DemoAction, MonitorArgs};
+pub(crate) use args::{AuditCommand, Cli, Command, DemoAction, MonitorArgs};
 
 use crate::{
     audit,

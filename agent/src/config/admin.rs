@@ -43,13 +43,13 @@ pub struct AdminTls {
 
 /// Default [`AdminSettings::max_connections`]: the kubelet's two probes and a few scrapers need a
 /// handful; 64 idle connections cost well under a MiB.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default [`AdminSettings::max_connections_per_client`].
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 8;
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 /// Default [`AdminSettings::header_read_timeout`].
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`AdminSettings::idle_timeout`].
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for AdminSettings {
     fn default() -> Self {
@@ -64,19 +64,19 @@ impl Default for AdminSettings {
 }
 
 /// `[admin] max_connections` and `max_connections_per_client`.
-pub const MAX_CONNECTIONS: Bounds<u64> = Bounds {
+pub(crate) const MAX_CONNECTIONS: Bounds<u64> = Bounds {
     min: 1,
     max: 65_536,
     why: "0 refuses even the kubelet's probes; each connection may buffer up to 16KiB, so beyond 65,536 the cap no longer bounds memory under a pod limit",
 };
 /// `[admin] header_read_timeout`.
-pub const HEADER_READ_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const HEADER_READ_TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::from_millis(100),
     max: Duration::from_secs(120),
     why: "below 100ms a real client cannot finish a TLS handshake and its headers; above 2 minutes a slowloris client holds a slot that long",
 };
 /// `[admin] idle_timeout`.
-pub const IDLE_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const IDLE_TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::from_secs(1),
     max: Duration::from_secs(3600),
     why: "below 1s a scrape of a slow reader is cut; above an hour a client that stopped reading holds a slot that long",

@@ -15,7 +15,7 @@ use super::{ConfigError, Source};
 
 /// The inclusive range a configured value must lie in, and why those are its ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds<T> {
+pub(crate) struct Bounds<T> {
     /// Smallest allowed value.
     pub min: T,
     /// Largest allowed value.
@@ -26,7 +26,7 @@ pub struct Bounds<T> {
 
 impl<T: PartialOrd + Copy> Bounds<T> {
     /// Whether `value` is allowed.
-    pub fn contains(&self, value: T) -> bool {
+    pub(crate) fn contains(&self, value: T) -> bool {
         self.min <= value && value <= self.max
     }
 }
@@ -43,103 +43,103 @@ const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
 /// `[agent] resync`.
-pub const RESYNC: Bounds<Duration> = Bounds {
+pub(crate) const RESYNC: Bounds<Duration> = Bounds {
     min: secs(1),
     max: secs(DAY),
     why: "each resync re-reads every watched file, so below 1s the agent only re-reads; above a day a change the monitor missed stays unnoticed too long",
 };
 /// `[agent] settle`.
-pub const SETTLE: Bounds<Duration> = Bounds {
+pub(crate) const SETTLE: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: secs(MINUTE),
     why: "every confirmed change waits this long before it is read, so more than a minute delays every reload",
 };
 /// `[agent] pair_timeout`.
-pub const PAIR_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const PAIR_TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: secs(HOUR),
     why: "0 rejects a mismatched cert and key at once; a rotation that leaves them disagreeing for over an hour is broken, not in progress",
 };
 /// `[agent] max_file_size`.
-pub const MAX_FILE_SIZE: Bounds<u64> = Bounds {
+pub(crate) const MAX_FILE_SIZE: Bounds<u64> = Bounds {
     min: KIB,
     max: 64 * MIB,
     why: "no certificate or key fits in less than 1KiB; a file over 64MiB is not material and is read into memory whole",
 };
 /// `[audit] max_size`.
-pub const AUDIT_MAX_SIZE: Bounds<u64> = Bounds {
+pub(crate) const AUDIT_MAX_SIZE: Bounds<u64> = Bounds {
     min: 64 * KIB,
     max: 16 * GIB,
     why: "below 64KiB the log rotates every few records and the kept files hold almost no history; above 16GiB it is never rotated on a node's disk",
 };
 /// `[audit] witness_interval`.
-pub const WITNESS_INTERVAL: Bounds<Duration> = Bounds {
+pub(crate) const WITNESS_INTERVAL: Bounds<Duration> = Bounds {
     min: Duration::from_secs(5),
     max: Duration::from_secs(3600),
     why: "each publication is an API read and write per node, so below 5s it loads the API server; records written after the last publication are not witnessed, so more than an hour leaves too much rewritable",
 };
 /// `[[bundle]] min_validity`.
-pub const MIN_VALIDITY: Bounds<Duration> = Bounds {
+pub(crate) const MIN_VALIDITY: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: secs(3650 * DAY),
     why: "no certificate is issued for more than 10 years, so a larger minimum rejects everything",
 };
 /// `[[listener]] stale_grace`.
-pub const STALE_GRACE: Bounds<Duration> = Bounds {
+pub(crate) const STALE_GRACE: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: secs(7 * DAY),
     why: "a connection left on stale material for more than a week is never closed in practice",
 };
 /// `[[listener]] handshake_timeout`.
-pub const HANDSHAKE_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const HANDSHAKE_TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::from_millis(100),
     max: secs(5 * MINUTE),
     why: "below 100ms a real client cannot finish a handshake; above 5 minutes an idle half-open connection holds a slot that long",
 };
 /// `[[listener]] idle_timeout`.
-pub const IDLE_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const IDLE_TIMEOUT: Bounds<Duration> = Bounds {
     min: secs(1),
     max: secs(7 * DAY),
     why: "below 1s every pause in a request closes the connection; above a week idle connections are never reclaimed",
 };
 /// `[[listener]] max_connections`.
-pub const MAX_CONNECTIONS: Bounds<u64> = Bounds {
+pub(crate) const MAX_CONNECTIONS: Bounds<u64> = Bounds {
     min: 1,
     max: 1_000_000,
     why: "0 refuses every client; over a million exceeds any node's descriptor limit",
 };
 /// `[[probe]] deadline`.
-pub const PROBE_DEADLINE: Bounds<Duration> = Bounds {
+pub(crate) const PROBE_DEADLINE: Bounds<Duration> = Bounds {
     min: secs(1),
     max: secs(7 * DAY),
     why: "no component reloads in under a second; a deadline beyond a week never reports a stale endpoint",
 };
 /// `[[probe]] interval`.
-pub const PROBE_INTERVAL: Bounds<Duration> = Bounds {
+pub(crate) const PROBE_INTERVAL: Bounds<Duration> = Bounds {
     min: Duration::from_millis(100),
     max: secs(DAY),
     why: "below 100ms the probe handshakes in a busy loop; above a day a component that never reloaded goes unnoticed",
 };
 /// `[[action]] timeout`.
-pub const ACTION_TIMEOUT: Bounds<Duration> = Bounds {
+pub(crate) const ACTION_TIMEOUT: Bounds<Duration> = Bounds {
     min: secs(1),
     max: secs(HOUR),
     why: "no restart finishes in under a second; a command still running after an hour is hung",
 };
 /// `[[action]] min_interval`.
-pub const ACTION_MIN_INTERVAL: Bounds<Duration> = Bounds {
+pub(crate) const ACTION_MIN_INTERVAL: Bounds<Duration> = Bounds {
     min: Duration::ZERO,
     max: secs(7 * DAY),
     why: "0 runs on every trigger; beyond a week an action never runs again after its first",
 };
 /// `[[action]] lock_wait`.
-pub const LOCK_WAIT: Bounds<Duration> = Bounds {
+pub(crate) const LOCK_WAIT: Bounds<Duration> = Bounds {
     min: secs(1),
     max: secs(DAY),
     why: "the lock is held across a restart and a probe deadline elsewhere, so less than a second always gives up; beyond a day the action is stuck, not waiting",
 };
 /// `[locks] lease_duration`.
-pub const LEASE_DURATION: Bounds<Duration> = Bounds {
+pub(crate) const LEASE_DURATION: Bounds<Duration> = Bounds {
     min: secs(3),
     max: secs(HOUR),
     why: "the holder renews every third of it, so at least 3s; a node that died holding the lock blocks the others at most an hour",
@@ -147,7 +147,7 @@ pub const LEASE_DURATION: Bounds<Duration> = Bounds {
 
 /// A duration as a value the config accepts back (`0s`, `100ms`, `5m`, `3650d`): the largest unit
 /// that divides it exactly.
-pub fn show_duration(d: Duration) -> String {
+pub(crate) fn show_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".into();
@@ -169,7 +169,7 @@ pub fn show_duration(d: Duration) -> String {
 }
 
 /// A size as a value the config accepts back (`1KiB`, `64MiB`, `0B`).
-pub fn show_size(bytes: u64) -> String {
+pub(crate) fn show_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("GiB", GIB), ("MiB", MIB), ("KiB", KIB), ("B", 1)];
     if bytes == 0 {
         return "0B".into();

@@ -12,15 +12,15 @@ use toml::Spanned;
 
 use crate::material::read::DEFAULT_MAX_FILE_SIZE;
 
-pub mod admin;
-pub mod bounds;
+pub(crate) mod admin;
+pub(crate) mod bounds;
 mod bundle;
-pub mod converge;
-pub mod listener;
+pub(crate) mod converge;
+pub(crate) mod listener;
 pub mod profile;
-pub mod source;
+pub(crate) mod source;
 
-pub use self::{
+pub(crate) use self::{
     converge::{
         ActionCommand, ActionConfig, ActionLock, ActionTrigger, LocksSettings, ProbeConfig,
         SignalTarget,

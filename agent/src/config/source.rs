@@ -9,7 +9,7 @@ use super::{
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// A TOML file.
     File(PathBuf),
     /// A built-in profile for the host filesystem at `root`, optionally extended by a file.
@@ -35,7 +35,7 @@ pub enum ConfigSource {
 impl ConfigSource {
     /// The source `--profile`, `--config` and `--host-root` name: the profile (overlaid by the
     /// file, if given), else the file alone; `None` when neither is given.
-    pub fn from_args(
+    pub(crate) fn from_args(
         profile: Option<Profile>,
         file: Option<PathBuf>,
         root: PathBuf,
@@ -52,7 +52,7 @@ impl ConfigSource {
     }
 
     /// Loads it; a profile logs one info line per file missing on this node.
-    pub fn load(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigError> {
         match self {
             ConfigSource::File(path) => Config::load(path),
             ConfigSource::Text { path, text } => Config::parse(path, text),

@@ -18,13 +18,13 @@ use tokio::io::{
 };
 
 /// The most body bytes read (a JWKS or a SelfSubjectReview is a few KiB).
-pub const MAX_BODY: usize = 256 * 1024;
+pub(crate) const MAX_BODY: usize = 256 * 1024;
 /// The most bytes of status line and headers read.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// One request.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// Method token (`GET`).
     pub method: &'a str,
     /// Path and query (`/healthz`).
@@ -38,12 +38,12 @@ pub struct Request<'a> {
 }
 
 /// The most bytes read from a token file (a ServiceAccount token is one or two KiB).
-pub const MAX_TOKEN: u64 = 64 * 1024;
+pub(crate) const MAX_TOKEN: u64 = 64 * 1024;
 
 /// A bearer token for the `Authorization` header (`bearer_token_file`). It is a credential: its
 /// `Debug` shows only its length, it has no `Display`, and no error quotes it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct BearerToken(String);
+pub(crate) struct BearerToken(String);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,7 +53,7 @@ impl std::fmt::Debug for BearerToken {
 
 /// A token file gave no token. Messages name the file, never what it holds.
 #[derive(Debug, Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The file cannot be read (missing: e.g. no ServiceAccount token mounted).
     #[error("bearer_token_file {}: {source}", path.display())]
     Read {
@@ -84,7 +84,7 @@ pub enum TokenError {
 impl BearerToken {
     /// The token in `bytes` (the content of `path`), surrounding white space (a trailing newline)
     /// removed.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<BearerToken, TokenError> {
+    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<BearerToken, TokenError> {
         let malformed = || TokenError::Malformed {
             path: path.to_path_buf(),
         };
@@ -107,7 +107,7 @@ impl BearerToken {
     /// Reads the token from `path` now (a projected token is replaced in place, so every check
     /// reads it again). Non-blocking open on the blocking pool: a FIFO or device at the path is
     /// refused by type, never waited on.
-    pub async fn read(path: &Path) -> Result<BearerToken, TokenError> {
+    pub(crate) async fn read(path: &Path) -> Result<BearerToken, TokenError> {
         use crate::regular_file::{read_bounded, OpenError, ReadBoundedError};
         let read = |source| TokenError::Read {
             path: path.to_path_buf(),
@@ -139,7 +139,7 @@ impl BearerToken {
 
 /// One response: the status and the complete body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
     pub status: u16,
     /// Reason phrase (may be empty).
@@ -152,7 +152,8 @@ pub struct Response {
 
 impl Response {
     /// The first value of header `name` (lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -162,7 +163,7 @@ impl Response {
 
 /// The exchange gave no complete response.
 #[derive(Debug, Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// Writing the request failed (the server closed or reset the connection).
     #[error("sending the request: {0}")]
     Send(#[source] std::io::Error),
@@ -189,7 +190,7 @@ pub enum HttpError {
 }
 
 /// Sends `request` on `stream` and reads the response, all within `deadline`.
-pub async fn exchange<S>(
+pub(crate) async fn exchange<S>(
     stream: &mut S,
     request: &Request<'_>,
     deadline: Duration,
@@ -208,7 +209,7 @@ where
 }
 
 /// The request's bytes: request line, `Host`, `Connection: close`, `Content-Length`, body.
-pub fn encode_request(request: &Request<'_>) -> Vec<u8> {
+pub(crate) fn encode_request(request: &Request<'_>) -> Vec<u8> {
     let mut out = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: certreload-probe\r\nAccept: application/json, */*\r\nConnection: close\r\n",
         request.method, request.path, request.host
@@ -241,7 +242,7 @@ async fn write_request<S: AsyncWrite + Unpin>(
 }
 
 /// Reads one response (skipping `1xx` interim responses). `no_body`: the request was `HEAD`.
-pub async fn read_response<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     no_body: bool,
 ) -> Result<Response, HttpError> {
@@ -276,7 +277,7 @@ pub async fn read_response<R: AsyncBufRead + Unpin>(
 }
 
 /// `HTTP/1.1 200 OK` → (200, "OK").
-pub fn parse_status_line(line: &str) -> Result<(u16, String), HttpError> {
+pub(crate) fn parse_status_line(line: &str) -> Result<(u16, String), HttpError> {
     let malformed = || HttpError::Malformed(format!("status line {:?}", truncate(line)));
     let mut parts = line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();

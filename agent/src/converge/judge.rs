@@ -32,7 +32,7 @@ use crate::{
 
 /// What an HTTP answer says about the client certificate sent with the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpVerdict {
+pub(crate) enum HttpVerdict {
     /// 200, 201, 204 or 403: the server authenticated the request (403: and did not authorize
     /// it). `user`: who it authenticated as, when the answer says (a SelfSubjectReview's
     /// `status.userInfo.username`).
@@ -62,7 +62,7 @@ const ANONYMOUS: &str = "system:anonymous";
 
 impl HttpVerdict {
     /// Classifies the answer to `request`.
-    pub fn of(answer: &Result<Response, HttpError>, request: &ProbeRequest) -> HttpVerdict {
+    pub(crate) fn of(answer: &Result<Response, HttpError>, request: &ProbeRequest) -> HttpVerdict {
         let response = match answer {
             Ok(r) => r,
             Err(e) => {
@@ -92,7 +92,7 @@ impl HttpVerdict {
 
     /// In words, as `observed` shows it. `with_client`: a client certificate was presented (else
     /// "trusted" would overstate an anonymous answer).
-    pub fn describe(&self, with_client: bool) -> String {
+    pub(crate) fn describe(&self, with_client: bool) -> String {
         match (self, with_client) {
             (
                 HttpVerdict::Trusted {
@@ -154,7 +154,7 @@ fn reviewed_user(body: &[u8]) -> Option<String> {
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The endpoint reflects the generation.
     Converged,
     /// It does not.
@@ -165,7 +165,7 @@ pub enum Outcome {
 
 /// The result of one check against the bundle's current generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// Converged, stale or unknown.
     pub outcome: Outcome,
     /// What was seen, in words (`/status`, `endpoint_stale`).
@@ -178,13 +178,13 @@ pub struct Verdict {
 
 impl Verdict {
     /// Whether the endpoint reflects the generation.
-    pub fn converged(&self) -> bool {
+    pub(crate) fn converged(&self) -> bool {
         self.outcome == Outcome::Converged
     }
 
     /// A verdict without an observation (the endpoint was not reached, or the check could not
     /// start).
-    pub fn without_observation(outcome: Outcome, observed: String) -> Verdict {
+    pub(crate) fn without_observation(outcome: Outcome, observed: String) -> Verdict {
         Verdict {
             outcome,
             observed,
@@ -196,7 +196,7 @@ impl Verdict {
 
 /// Judges `observation` of an endpoint against `target`, the bundle's current generation (of
 /// `kind`). `with_client`: the probe presented a client certificate.
-pub fn judge(
+pub(crate) fn judge(
     check: &ProbeCheck,
     kind: BundleKind,
     target: &Generation,
@@ -290,7 +290,10 @@ fn judge_tls(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one fact the HTTP probe gathered, from its one caller; a struct would only repeat these names there"
+)]
 fn judge_http(
     kind: BundleKind,
     target: &Generation,

@@ -15,7 +15,7 @@ use thiserror::Error;
 /// The body is not a JSON Web Key Set.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("not a JSON Web Key Set: {0}")]
-pub struct JwksError(String);
+pub(crate) struct JwksError(String);
 
 #[derive(Deserialize)]
 struct KeySet {
@@ -28,14 +28,14 @@ struct Key {
 }
 
 /// The key ids a JWKS document lists (keys without `kid` are skipped: Kubernetes always sets it).
-pub fn served_key_ids(body: &[u8]) -> Result<BTreeSet<String>, JwksError> {
+pub(crate) fn served_key_ids(body: &[u8]) -> Result<BTreeSet<String>, JwksError> {
     let set: KeySet = serde_json::from_slice(body).map_err(|e| JwksError(e.to_string()))?;
     Ok(set.keys.into_iter().filter_map(|k| k.kid).collect())
 }
 
 /// The bundle's key ids against the served ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyComparison {
+pub(crate) struct KeyComparison {
     /// Key ids of the bundle the server does not list: tokens signed with them are refused.
     pub missing: Vec<String>,
     /// Key ids the server lists that the bundle no longer holds: still accepted until a restart.
@@ -46,7 +46,7 @@ pub struct KeyComparison {
 
 impl KeyComparison {
     /// Compares `bundle` (the generation's key ids) with `served`.
-    pub fn new(bundle: &[String], served: &BTreeSet<String>) -> KeyComparison {
+    pub(crate) fn new(bundle: &[String], served: &BTreeSet<String>) -> KeyComparison {
         let ours: BTreeSet<&String> = bundle.iter().collect();
         KeyComparison {
             missing: ours
@@ -65,12 +65,12 @@ impl KeyComparison {
 
     /// The server accepts every key of the bundle (the probe's convergence criterion; keys it
     /// accepts beyond those are reported, not judged).
-    pub fn accepts_all(&self) -> bool {
+    pub(crate) fn accepts_all(&self) -> bool {
         self.missing.is_empty()
     }
 
     /// What was seen, in words (key ids only).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut out = if self.accepts_all() {
             format!("accepts all {} key ids of the bundle", self.bundle_keys)
         } else {

@@ -31,10 +31,10 @@ use crate::{
 };
 
 /// How long connecting and handshaking may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the HTTP request and its whole response may take after the handshake.
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After a TLS 1.3 handshake the server judges the client certificate; a refusal arrives as an
 /// alert shortly after. Silence this long counts as acceptance (`check = "tls"` only: that is
@@ -44,7 +44,7 @@ const CLIENT_VERDICT_WAIT: Duration = Duration::from_millis(750);
 
 /// What the endpoint did.
 #[derive(Debug)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// SHA-256 of the leaf it served (hex, as in generations).
     pub leaf_fingerprint: String,
     /// Its notAfter (Unix seconds), when parsable.
@@ -63,7 +63,7 @@ pub struct Observation {
 
 /// The endpoint could not be observed.
 #[derive(Debug, Error)]
-pub enum ObserveError {
+pub(crate) enum ObserveError {
     /// TCP connect failed.
     #[error("connect {endpoint}: {source}")]
     Connect {
@@ -253,7 +253,7 @@ fn fingerprint(leaf: &CertificateDer<'_>) -> (String, Option<i64>) {
 /// Handshakes with `endpoint` as `server_name`, presenting `client` when given; then, with a
 /// `request`, sends it on the same connection (with `bearer` as its `Authorization`, when given)
 /// and reads the answer (within [`EXCHANGE_TIMEOUT`]).
-pub async fn observe(
+pub(crate) async fn observe(
     endpoint: &str,
     server_name: &str,
     client: Option<&Generation>,
@@ -490,7 +490,7 @@ mod tests {
             } else {
                 // Hold the connection open: silence, as an accepting server keeps it.
                 let mut byte = [0u8; 1];
-                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await;
+                let _ = AsyncReadExt::read(&mut tls, &mut byte).await;
             }
         });
         (addr, fingerprint)

@@ -11,7 +11,7 @@ use crate::{audit::event::ProbeSettled, config::ProbeConfig};
 
 /// One finished check of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// The generation it was judged against.
     pub generation: u64,
     /// Whether the endpoint reflected it.
@@ -30,14 +30,14 @@ struct ProbeFeed {
 /// Probes' verdicts for actions, and actions' requests for a fresh check. Built once from the
 /// configuration; cheap to clone.
 #[derive(Clone, Default)]
-pub struct ConvergenceFeed {
+pub(crate) struct ConvergenceFeed {
     probes: Arc<BTreeMap<String, ProbeFeed>>,
     rechecks: Arc<BTreeMap<String, watch::Sender<u64>>>,
 }
 
 impl ConvergenceFeed {
     /// A feed for these probes.
-    pub fn new(probes: &[ProbeConfig]) -> ConvergenceFeed {
+    pub(crate) fn new(probes: &[ProbeConfig]) -> ConvergenceFeed {
         let mut feeds = BTreeMap::new();
         let mut rechecks = BTreeMap::new();
         for p in probes {
@@ -60,7 +60,7 @@ impl ConvergenceFeed {
     }
 
     /// A probe finished a check (called by the probe after every check).
-    pub fn checked(&self, probe: &str, check: Checked) {
+    pub(crate) fn checked(&self, probe: &str, check: Checked) {
         if let Some(feed) = self.probes.get(probe) {
             feed.checks.send_replace(Some(check));
         }
@@ -68,12 +68,12 @@ impl ConvergenceFeed {
 
     /// Changes whenever an action of `bundle` asks its probes for a fresh check; `None` when the
     /// bundle has no probe.
-    pub fn rechecks(&self, bundle: &str) -> Option<watch::Receiver<u64>> {
+    pub(crate) fn rechecks(&self, bundle: &str) -> Option<watch::Receiver<u64>> {
         self.rechecks.get(bundle).map(watch::Sender::subscribe)
     }
 
     /// Asks every probe of `bundle` to check now (an action just ran).
-    pub fn request_recheck(&self, bundle: &str) {
+    pub(crate) fn request_recheck(&self, bundle: &str) {
         if let Some(tx) = self.rechecks.get(bundle) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -82,7 +82,7 @@ impl ConvergenceFeed {
     /// Waits until every probe of `bundle` reported, from a check that began at or after `since`,
     /// that the endpoint reflects `generation` or a newer one, each bounded by its own deadline
     /// counted from `since`. Returns each probe's outcome (empty when the bundle has no probe).
-    pub async fn settled(
+    pub(crate) async fn settled(
         &self,
         bundle: &str,
         generation: u64,

@@ -33,15 +33,15 @@ use super::DemoError;
 use crate::sys::{fs as at, process};
 
 /// The largest file the demo reads back (its CA key and certificate are a few hundred bytes).
-pub const MAX_READ: u64 = 64 * 1024;
+pub(crate) const MAX_READ: u64 = 64 * 1024;
 
 /// The effective uid of this process: the owner every entry of the state directory must have.
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     process::effective_uid()
 }
 
 /// What a file type is called in messages.
-pub fn kind_name(meta: &Metadata) -> &'static str {
+pub(crate) fn kind_name(meta: &Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_symlink() {
         "a symbolic link"
@@ -65,7 +65,7 @@ pub fn kind_name(meta: &Metadata) -> &'static str {
 /// A checked directory this user controls, held open; names passed to its methods are single
 /// path components (no `/`), resolved relative to the descriptor, never following a link.
 #[derive(Debug)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -175,17 +175,17 @@ fn check_dir_meta(dir: &Path, meta: &Metadata, euid: u32) -> Result<(), DemoErro
 impl StateDir {
     /// Creates `dir` with mode 0700 (its missing parents too), or opens it when it exists; in
     /// both cases only after the checks in the module comment.
-    pub fn create(dir: &Path) -> Result<StateDir, DemoError> {
+    pub(crate) fn create(dir: &Path) -> Result<StateDir, DemoError> {
         StateDir::open_checked(dir, true)
     }
 
     /// Opens an existing state directory (`certreload demo rotate`), with the same checks.
-    pub fn open(dir: &Path) -> Result<StateDir, DemoError> {
+    pub(crate) fn open(dir: &Path) -> Result<StateDir, DemoError> {
         StateDir::open_checked(dir, false)
     }
 
     /// The directory's canonical path (for messages, the cheat-sheet and the agent's config).
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -296,7 +296,7 @@ impl StateDir {
     }
 
     /// The path of `name` in this directory (messages, config text).
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
@@ -311,7 +311,7 @@ impl StateDir {
     }
 
     /// `lstat` of `name`: what is there, without following a link; `None` when nothing is.
-    pub fn entry(&self, name: &str) -> Result<Option<Metadata>, DemoError> {
+    pub(crate) fn entry(&self, name: &str) -> Result<Option<Metadata>, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         // O_PATH | O_NOFOLLOW opens the link itself (or a FIFO without waiting for a writer);
         // fstat of that descriptor is lstat of the name.
@@ -327,7 +327,11 @@ impl StateDir {
 
     /// Refuses `name` unless it is absent or something this user made of the expected type
     /// (`want_dir`: a directory, else a regular file): never a link, FIFO, socket or device.
-    pub fn expect_own(&self, name: &str, want_dir: bool) -> Result<Option<Metadata>, DemoError> {
+    pub(crate) fn expect_own(
+        &self,
+        name: &str,
+        want_dir: bool,
+    ) -> Result<Option<Metadata>, DemoError> {
         let Some(meta) = self.entry(name)? else {
             return Ok(None);
         };
@@ -346,7 +350,7 @@ impl StateDir {
     }
 
     /// The error for something at `name` the demo did not put there.
-    pub fn foreign(&self, name: &str, found: String) -> DemoError {
+    pub(crate) fn foreign(&self, name: &str, found: String) -> DemoError {
         DemoError::Foreign {
             path: self.join(name),
             found,
@@ -354,7 +358,7 @@ impl StateDir {
     }
 
     /// Every name in the directory, `.` and `..` left out.
-    pub fn names(&self) -> Result<Vec<String>, DemoError> {
+    pub(crate) fn names(&self) -> Result<Vec<String>, DemoError> {
         // Listed through the descriptor (/proc/self/fd), not the path.
         let fd_path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
         let entries = std::fs::read_dir(&fd_path).map_err(|source| DemoError::Read {
@@ -376,7 +380,7 @@ impl StateDir {
     /// Reads `name` only if it is a regular file this user owns, at most [`MAX_READ`] bytes:
     /// opened with `O_NOFOLLOW | O_NONBLOCK` (a link is refused, a FIFO does not block), then
     /// judged by `fstat` of the descriptor.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>, DemoError> {
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         let fd = at::openat(
             self.fd.as_fd(),
@@ -412,7 +416,7 @@ impl StateDir {
     /// Writes `bytes` to `name` atomically: a new temporary file (`O_CREAT | O_EXCL |
     /// O_NOFOLLOW`, created with `mode`), fsync'd, then renamed over `name`, so whatever was at
     /// `name` (a link, a FIFO) is replaced, never written through.
-    pub fn write(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
         let target = cname(name).map_err(self.write_err(name))?;
         let tmp_name = format!(".{name}.tmp-{}", std::process::id());
         let tmp = cname(&tmp_name).map_err(self.write_err(name))?;
@@ -445,14 +449,14 @@ impl StateDir {
     }
 
     /// Renames `from` over `to` inside this directory (the atomic `..data` swap).
-    pub fn rename(&self, from: &str, to: &str) -> Result<(), DemoError> {
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<(), DemoError> {
         let f = cname(from).map_err(self.write_err(from))?;
         let t = cname(to).map_err(self.write_err(to))?;
         self.renameat(&f, &t).map_err(self.write_err(to))
     }
 
     /// Removes `name` (a directory when `dir`, which must be empty); absent is not an error.
-    pub fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
+    pub(crate) fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
         let c = cname(name)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
         match at::unlinkat(self.fd.as_fd(), &c, flags) {
@@ -462,13 +466,13 @@ impl StateDir {
     }
 
     /// Creates the directory `name` with `mode` (it must not exist).
-    pub fn mkdir(&self, name: &str, mode: u32) -> Result<(), DemoError> {
+    pub(crate) fn mkdir(&self, name: &str, mode: u32) -> Result<(), DemoError> {
         let c = cname(name).map_err(self.write_err(name))?;
         at::mkdirat(self.fd.as_fd(), &c, mode).map_err(self.write_err(name))
     }
 
     /// Creates the symbolic link `name` → `target` (it must not exist).
-    pub fn symlink(&self, target: &str, name: &str) -> Result<(), DemoError> {
+    pub(crate) fn symlink(&self, target: &str, name: &str) -> Result<(), DemoError> {
         let c = cname(name).map_err(self.write_err(name))?;
         let t = CString::new(target).map_err(|_| {
             self.write_err(name)(io::Error::new(io::ErrorKind::InvalidInput, "NUL in target"))
@@ -477,7 +481,7 @@ impl StateDir {
     }
 
     /// The target of the link `name`; `None` when `name` is absent.
-    pub fn read_link(&self, name: &str) -> Result<Option<String>, DemoError> {
+    pub(crate) fn read_link(&self, name: &str) -> Result<Option<String>, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         let mut buf = vec![0u8; 4096];
         let n = match at::readlinkat(self.fd.as_fd(), &c, &mut buf) {
@@ -500,7 +504,7 @@ impl StateDir {
 
     /// Opens the subdirectory `name` (never through a link) after the same owner and permission
     /// checks as the state directory itself.
-    pub fn subdir(&self, name: &str) -> Result<StateDir, DemoError> {
+    pub(crate) fn subdir(&self, name: &str) -> Result<StateDir, DemoError> {
         let c = cname(name).map_err(self.read_err(name))?;
         let path = self.join(name);
         let fd = at::openat(

@@ -7,17 +7,15 @@
 //! nothing in it is followed or trusted blindly ([`dir`]), and the agent gets the configuration
 //! the demo generated as text, never by re-reading a file ([`run`]).
 
-pub mod dir;
-pub mod state;
-pub mod upstream;
+pub(crate) mod dir;
+pub(crate) mod state;
+pub(crate) mod upstream;
 
-use std::{
-    fs,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::PathBuf;
+#[cfg(test)]
+use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
+#[cfg(test)]
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use thiserror::Error;
 
@@ -26,7 +24,7 @@ use state::DemoState;
 
 /// The demo could not prepare its files.
 #[derive(Debug, Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// Certificate generation failed.
     #[error("generating the demo certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -81,7 +79,7 @@ pub enum DemoError {
 /// starts the upstream, prints the cheat-sheet and runs the agent until it stops. The agent is
 /// given the configuration text the demo generated (also written to `certreload.toml` for the
 /// user to read) instead of a path: a FIFO or link at that name can never become the config.
-pub async fn run(
+pub(crate) async fn run(
     dir: Option<PathBuf>,
     listen: std::net::SocketAddr,
     admin: std::net::SocketAddr,
@@ -101,10 +99,9 @@ pub async fn run(
 }
 
 /// A CA-signed server certificate in flat files (unit tests build generations from it).
+#[cfg(test)]
 #[derive(Debug, Clone)]
-pub struct DemoFiles {
-    /// The demo directory.
-    pub dir: PathBuf,
+pub(crate) struct DemoFiles {
     /// Demo CA certificate.
     pub ca: PathBuf,
     /// Server certificate (signed by the demo CA).
@@ -115,7 +112,8 @@ pub struct DemoFiles {
 
 /// Creates `dir` with a fresh CA, server certificate and key (unit tests' material, in a
 /// directory they own; the demo itself uses [`state::DemoState`]).
-pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
+#[cfg(test)]
+pub(crate) fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     fs::create_dir_all(dir).map_err(|source| DemoError::Write {
         path: dir.to_path_buf(),
         source,
@@ -140,7 +138,6 @@ pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
     let files = DemoFiles {
-        dir: dir.to_path_buf(),
         ca: dir.join("ca.crt"),
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
@@ -151,6 +148,7 @@ pub fn prepare(dir: &Path) -> Result<DemoFiles, DemoError> {
     Ok(files)
 }
 
+#[cfg(test)]
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DemoError> {
     let mut f = fs::OpenOptions::new()
         .write(true)

@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Where the demo listener accepts TLS by default.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
 /// The Secret-style volume's directory in the state directory.
 const VOLUME: &str = "tls";
@@ -29,7 +29,7 @@ const VOLUME_FILES: [&str; 2] = ["tls.crt", "tls.key"];
 
 /// One demo state directory, checked and held open (see [`StateDir`]).
 #[derive(Debug)]
-pub struct DemoState {
+pub(crate) struct DemoState {
     dir: StateDir,
 }
 
@@ -46,7 +46,7 @@ impl DemoState {
     /// can enter; not taken when `sudo -E` carries another user's into a root shell), else
     /// `certreload-demo-<euid>` in the temp dir (`/tmp` is sticky: nobody else can replace our
     /// entry, and another user's stale directory under the old shared name is never reused).
-    pub fn default_dir() -> PathBuf {
+    pub(crate) fn default_dir() -> PathBuf {
         let euid = euid();
         if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
             let private = runtime.is_absolute()
@@ -60,45 +60,45 @@ impl DemoState {
     }
 
     /// The state directory (canonical path).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// Demo CA certificate.
-    pub fn ca_cert(&self) -> PathBuf {
+    pub(crate) fn ca_cert(&self) -> PathBuf {
         self.dir.join(CA_CERT)
     }
 
     /// The Secret-style volume holding `tls.crt` and `tls.key`.
-    pub fn volume(&self) -> PathBuf {
+    pub(crate) fn volume(&self) -> PathBuf {
         self.dir.join(VOLUME)
     }
 
     /// The served certificate (through the volume's symlinks).
-    pub fn cert(&self) -> PathBuf {
+    pub(crate) fn cert(&self) -> PathBuf {
         self.volume().join("tls.crt")
     }
 
     /// Its key.
-    pub fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.volume().join("tls.key")
     }
 
     /// The generated agent configuration (written for the user to read; the agent is handed the
     /// text itself, see [`super::run`]).
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.join(CONFIG)
     }
 
     /// The audit log.
-    pub fn audit(&self) -> PathBuf {
+    pub(crate) fn audit(&self) -> PathBuf {
         self.dir.join(AUDIT)
     }
 
     /// Creates (0700) or opens `dir` after the ownership checks, refuses it if anything in it
     /// is not what the demo writes, and creates the CA and the first certificate when missing
     /// (an existing demo keeps its CA, so clients that trust it keep working across runs).
-    pub fn init(dir: &Path) -> Result<DemoState, DemoError> {
+    pub(crate) fn init(dir: &Path) -> Result<DemoState, DemoError> {
         let state = DemoState {
             dir: StateDir::create(dir)?,
         };
@@ -134,7 +134,7 @@ impl DemoState {
     }
 
     /// Opens an existing demo state directory (`certreload demo rotate`), with the same checks.
-    pub fn open(dir: &Path) -> Result<DemoState, DemoError> {
+    pub(crate) fn open(dir: &Path) -> Result<DemoState, DemoError> {
         let state = DemoState {
             dir: StateDir::open(dir)?,
         };
@@ -145,7 +145,7 @@ impl DemoState {
     /// Issues the next server certificate from the demo CA and swaps it in like the kubelet's
     /// AtomicWriter: a new timestamped directory, `..data_tmp` pointing at it, one rename(2)
     /// over `..data`, then the old directory removed. Returns the new leaf's serial (hex).
-    pub fn rotate(&self) -> Result<String, DemoError> {
+    pub(crate) fn rotate(&self) -> Result<String, DemoError> {
         let Some(volume) = self.checked_volume()? else {
             return Err(DemoError::Read {
                 path: self.volume().join("..data"),
@@ -309,7 +309,7 @@ impl DemoState {
     /// The agent configuration for this demo, written to `certreload.toml` (atomically, for the
     /// user to read) and returned as text: the agent is handed this text, never the file, so
     /// nothing put at that name can become the configuration root runs with.
-    pub fn write_config(
+    pub(crate) fn write_config(
         &self,
         listen: SocketAddr,
         admin: SocketAddr,
@@ -361,7 +361,7 @@ interval = "30s"
     }
 
     /// Commands to try from another shell.
-    pub fn cheat_sheet(&self, listen: SocketAddr, admin: SocketAddr) -> String {
+    pub(crate) fn cheat_sheet(&self, listen: SocketAddr, admin: SocketAddr) -> String {
         let d = self.dir().display();
         let port = listen.port();
         let admin_flag = if admin.to_string() == crate::config::DEFAULT_ADMIN {

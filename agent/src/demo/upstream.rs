@@ -8,10 +8,10 @@ use tokio::{
 };
 
 /// What every request gets.
-pub const BODY: &str = "hello from the certreload demo upstream\n";
+pub(crate) const BODY: &str = "hello from the certreload demo upstream\n";
 
 /// Starts the responder on a free loopback port.
-pub async fn spawn() -> std::io::Result<SocketAddr> {
+pub(crate) async fn spawn() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

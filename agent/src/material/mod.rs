@@ -4,7 +4,7 @@
 pub mod inspect;
 pub mod kubeconfig;
 pub mod pem;
-pub mod read;
+pub(crate) mod read;
 pub mod validate;
 
 #[cfg(test)]

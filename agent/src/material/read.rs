@@ -14,11 +14,11 @@ use thiserror::Error;
 use crate::regular_file::{self, FileKind, OpenError, ReadBoundedError};
 
 /// Default limit on one material file (certificate chains and keys are kilobytes).
-pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// A material file could not be read.
 #[derive(Debug, Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// Nothing at the path.
     #[error("{path}: file not found")]
     NotFound {
@@ -74,19 +74,6 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// The file concerned.
-    pub fn path(&self) -> &Path {
-        match self {
-            ReadError::NotFound { path }
-            | ReadError::IsDirectory { path }
-            | ReadError::NotRegular { path, .. }
-            | ReadError::SymlinkLoop { path }
-            | ReadError::PermissionDenied { path }
-            | ReadError::TooLarge { path, .. }
-            | ReadError::Io { path, .. } => path,
-        }
-    }
-
     fn from_io(path: &Path, e: io::Error) -> Self {
         let path = path.to_path_buf();
         match (e.kind(), e.raw_os_error()) {
@@ -103,7 +90,7 @@ impl ReadError {
 /// anything above `max` bytes without reading more than `max + 1` bytes of it. Never blocks on
 /// what is at the path; still a blocking read of a disk file, so async callers run it on the
 /// blocking pool.
-pub fn read_material(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_material(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     regular_file::read_bounded(path, max).map_err(|e| match e {
         ReadBoundedError::Open(OpenError::NotRegular(FileKind::Directory)) => {
             ReadError::IsDirectory {

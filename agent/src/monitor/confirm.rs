@@ -29,18 +29,18 @@ use crate::{
 
 /// Largest file the monitor hashes; anything larger is reported by its size, not its content
 /// (certificate material is kilobytes; a multi-megabyte "certificate" is itself an anomaly).
-pub const MAX_HASHED_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_HASHED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Longest a writer that keeps a watched file open can hold back its reload (eBPF mode, where the
 /// agent knows who has the file open for writing). Waiting for the close avoids reading a file
 /// mid-write; past this bound the file is read anyway: a half-written file is refused by the gate
 /// (and the pair wait), and the writer's close or the next resync brings the finished content.
 /// inotify mode reads on close or on the same bound after the first write (see `monitor::inotify`).
-pub const WRITER_DEFER_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const WRITER_DEFER_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a watched path's content is, as far as the agent can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
+pub(crate) enum Content {
     /// SHA-256 of the bytes.
     Sha256([u8; 32]),
     /// Something is there but cannot be read as a file (a directory, a symlink loop, no
@@ -50,7 +50,7 @@ pub enum Content {
 
 /// What the agent last saw at a watched path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileState {
+pub(crate) struct FileState {
     /// The file the path resolved to.
     pub resolved: PathBuf,
     /// Device of the file (0 when it cannot even be stat'ed, e.g. a symlink loop).
@@ -63,7 +63,7 @@ pub struct FileState {
 
 impl FileState {
     /// Reads the file at `path` (following symlinks). `None` when nothing is there.
-    pub fn read(path: &Path) -> Option<FileState> {
+    pub(crate) fn read(path: &Path) -> Option<FileState> {
         let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let unreadable = |error: String| {
             let meta = std::fs::metadata(path).ok();
@@ -107,7 +107,7 @@ impl FileState {
     }
 
     /// SHA-256 hex, when readable.
-    pub fn sha256_hex(&self) -> Option<String> {
+    pub(crate) fn sha256_hex(&self) -> Option<String> {
         match &self.content {
             Content::Sha256(h) => Some(hex::encode(h)),
             Content::Unreadable(_) => None,
@@ -115,7 +115,7 @@ impl FileState {
     }
 
     /// Why it cannot be read, when it cannot.
-    pub fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         match &self.content {
             Content::Sha256(_) => None,
             Content::Unreadable(e) => Some(e.clone()),
@@ -128,7 +128,7 @@ impl FileState {
 }
 
 /// Classifies the move from `old` to `new`; `None` when nothing a consumer cares about changed.
-pub fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<ChangeKind> {
+pub(crate) fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<ChangeKind> {
     match (old, new) {
         (None, None) => None,
         (None, Some(_)) => Some(ChangeKind::Created),
@@ -147,7 +147,7 @@ pub fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Option<Chan
 
 /// Last known state of every watched path, and the comparison that yields confirmed changes.
 #[derive(Debug)]
-pub struct Confirmer {
+pub(crate) struct Confirmer {
     states: Vec<Option<FileState>>,
     /// Paths not re-read because a writer still had them open: since when, and the hint that
     /// asked (its writer is the one to attribute the change to when the bound expires).
@@ -157,7 +157,7 @@ pub struct Confirmer {
 
 impl Confirmer {
     /// Takes the initial snapshot: what is there at start is the baseline, not a change.
-    pub fn new(watch: &WatchSet) -> Self {
+    pub(crate) fn new(watch: &WatchSet) -> Self {
         let states = watch
             .paths()
             .iter()
@@ -172,14 +172,15 @@ impl Confirmer {
 
     /// Sets how long a writer holding a file open may defer its re-read (default
     /// [`WRITER_DEFER_LIMIT`]).
-    pub fn with_writer_limit(mut self, limit: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_writer_limit(mut self, limit: Duration) -> Self {
         self.writer_limit = limit;
         self
     }
 
     /// Marks paths `indexes` as being written (inotify's `IN_MODIFY`: no close yet) without
     /// reading them: they are read on the close, or once [`Confirmer::next_deferred`] is due.
-    pub fn defer(&mut self, indexes: &[usize], hint: &Hint) {
+    pub(crate) fn defer(&mut self, indexes: &[usize], hint: &Hint) {
         let now = Instant::now();
         for &i in indexes {
             self.deferred
@@ -189,7 +190,7 @@ impl Confirmer {
     }
 
     /// When the oldest deferral reaches the bound (the monitor re-checks then), if any.
-    pub fn next_deferred(&self) -> Option<Instant> {
+    pub(crate) fn next_deferred(&self) -> Option<Instant> {
         self.deferred
             .values()
             .map(|(since, _)| since.checked_add(self.writer_limit).unwrap_or(*since))
@@ -198,7 +199,7 @@ impl Confirmer {
 
     /// Re-reads every deferred path whose bound has passed, even if a writer still holds it open,
     /// each on behalf of the hint that deferred it.
-    pub fn check_overdue(&mut self, watch: &WatchSet) -> Vec<ConfirmedChange> {
+    pub(crate) fn check_overdue(&mut self, watch: &WatchSet) -> Vec<ConfirmedChange> {
         let now = Instant::now();
         let due: Vec<(usize, Hint)> = self
             .deferred
@@ -214,14 +215,10 @@ impl Confirmer {
         changes
     }
 
-    /// The state last seen for path `index`.
-    pub fn state(&self, index: usize) -> Option<&FileState> {
-        self.states.get(index).and_then(Option::as_ref)
-    }
-
     /// Re-reads the paths `hint` concerns, except those `busy` says are still being written, and
     /// returns the real changes.
-    pub fn check(
+    #[cfg(test)]
+    pub(crate) fn check(
         &mut self,
         watch: &WatchSet,
         hint: &Hint,
@@ -233,7 +230,7 @@ impl Confirmer {
 
     /// Like [`Confirmer::check`] for an explicit list of path indexes (the caller has already
     /// decided which hint each path is attributed to).
-    pub fn check_paths(
+    pub(crate) fn check_paths(
         &mut self,
         watch: &WatchSet,
         indexes: &[usize],

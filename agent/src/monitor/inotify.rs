@@ -21,7 +21,7 @@ use super::hint::{Hint, Scope, Source};
 pub struct InotifyError(#[from] notify::Error);
 
 /// A running inotify watcher and the stream of its events.
-pub struct InotifySource {
+pub(crate) struct InotifySource {
     watcher: RecommendedWatcher,
     events: mpsc::UnboundedReceiver<notify::Result<Event>>,
     watched: BTreeSet<PathBuf>,
@@ -30,7 +30,7 @@ pub struct InotifySource {
 
 impl InotifySource {
     /// Starts watching `directories` (missing ones are skipped and retried on [`Self::watch`]).
-    pub fn start(directories: &BTreeSet<PathBuf>) -> Result<Self, InotifyError> {
+    pub(crate) fn start(directories: &BTreeSet<PathBuf>) -> Result<Self, InotifyError> {
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res| {
             // The receiver only goes away at shutdown.
@@ -47,7 +47,7 @@ impl InotifySource {
     }
 
     /// Adds watches for directories not yet watched (after a symlink swap, new ones may appear).
-    pub fn watch(&mut self, directories: &BTreeSet<PathBuf>) {
+    pub(crate) fn watch(&mut self, directories: &BTreeSet<PathBuf>) {
         for dir in directories.difference(&self.watched.clone()) {
             match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
@@ -61,12 +61,12 @@ impl InotifySource {
     }
 
     /// inotify events received, related or not (inotify cannot filter by name in the kernel).
-    pub fn raw_events(&self) -> u64 {
+    pub(crate) fn raw_events(&self) -> u64 {
         self.raw_events
     }
 
     /// Waits for the next event that can finish a change and turns it into a hint.
-    pub async fn next_hint(&mut self) -> Option<Hint> {
+    pub(crate) async fn next_hint(&mut self) -> Option<Hint> {
         loop {
             let event = match self.events.recv().await? {
                 Ok(event) => event,
@@ -86,7 +86,7 @@ impl InotifySource {
 /// The operation of a hint that only says "a write is in progress" (`IN_MODIFY`): the monitor
 /// defers the path (read on `IN_CLOSE_WRITE`, or once the writer-hold bound
 /// [`super::confirm::WRITER_DEFER_LIMIT`] has passed, as in eBPF mode) instead of reading it.
-pub const STILL_WRITING: &str = "IN_MODIFY";
+pub(crate) const STILL_WRITING: &str = "IN_MODIFY";
 
 /// Maps an inotify event to a hint, or `None` when it says nothing about a watched file's content.
 fn to_hint(event: &Event) -> Option<Hint> {

@@ -11,12 +11,12 @@
 //! thread: whatever is on disk (a FIFO, a slow mount) cannot stall handshakes, `/healthz` or
 //! shutdown, and the monitor stops on shutdown even while a read is still in progress.
 
-pub mod change;
-pub mod confirm;
+pub(crate) mod change;
+pub(crate) mod confirm;
 pub mod ebpf;
-pub mod hint;
-pub mod inotify;
-pub mod watchset;
+pub(crate) mod hint;
+pub(crate) mod inotify;
+pub(crate) mod watchset;
 
 use std::{
     collections::HashSet,
@@ -32,7 +32,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-pub use self::{
+pub(crate) use self::{
     change::{ChangeKind, ConfirmedChange},
     ebpf::loader::{HookStrategy, KernelStats},
     hint::{Hint, Scope, Source, Writer},

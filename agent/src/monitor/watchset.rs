@@ -18,7 +18,7 @@ const MAX_SYMLINK_HOPS: usize = 40;
 
 /// One watched path and the basenames that concern it.
 #[derive(Debug, Clone)]
-pub struct WatchedPath {
+pub(crate) struct WatchedPath {
     /// The path as the user gave it (printed in every change).
     pub given: PathBuf,
     /// `given` made absolute against the agent's working directory at start.
@@ -29,14 +29,14 @@ pub struct WatchedPath {
 
 /// All watched paths, indexed by trigger name.
 #[derive(Debug, Default)]
-pub struct WatchSet {
+pub(crate) struct WatchSet {
     paths: Vec<WatchedPath>,
     by_name: HashMap<OsString, Vec<usize>>,
 }
 
 impl WatchSet {
     /// Builds the set; relative paths are anchored at the current directory.
-    pub fn new(given: &[PathBuf]) -> Self {
+    pub(crate) fn new(given: &[PathBuf]) -> Self {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let mut set = WatchSet::default();
         for path in given {
@@ -53,7 +53,7 @@ impl WatchSet {
 
     /// Recomputes every path's trigger names (after a change: a symlink may now point elsewhere).
     /// Returns true when the set of all names changed.
-    pub fn refresh(&mut self) -> bool {
+    pub(crate) fn refresh(&mut self) -> bool {
         let before = self.all_names();
         for p in &mut self.paths {
             p.names = trigger_names(&p.absolute);
@@ -68,7 +68,7 @@ impl WatchSet {
     }
 
     /// Every distinct trigger name (what the kernel filter must hold).
-    pub fn all_names(&self) -> BTreeSet<OsString> {
+    pub(crate) fn all_names(&self) -> BTreeSet<OsString> {
         self.paths
             .iter()
             .flat_map(|p| p.names.iter().cloned())
@@ -76,13 +76,13 @@ impl WatchSet {
     }
 
     /// Indexes of the paths concerned by an operation on `name` (any path; its basename is used).
-    pub fn concerned_by(&self, name: &OsStr) -> &[usize] {
+    pub(crate) fn concerned_by(&self, name: &OsStr) -> &[usize] {
         let base = Path::new(name).file_name().unwrap_or(name);
         self.by_name.get(base).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Indexes of the paths a hint's scope covers, sorted and distinct.
-    pub fn resolve(&self, scope: &Scope) -> Vec<usize> {
+    pub(crate) fn resolve(&self, scope: &Scope) -> Vec<usize> {
         match scope {
             Scope::All => (0..self.paths.len()).collect(),
             Scope::Names(names) => {
@@ -99,13 +99,13 @@ impl WatchSet {
     }
 
     /// The watched paths, in the order given.
-    pub fn paths(&self) -> &[WatchedPath] {
+    pub(crate) fn paths(&self) -> &[WatchedPath] {
         &self.paths
     }
 
     /// The distinct parent directories of every path and of every symlink on the way: what the
     /// inotify fallback must watch to see renames and symlink swaps.
-    pub fn directories(&self) -> BTreeSet<PathBuf> {
+    pub(crate) fn directories(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
         for p in &self.paths {
             for hop in resolution_hops(&p.absolute) {

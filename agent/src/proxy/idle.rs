@@ -20,14 +20,14 @@ use tokio::{
 
 /// Milliseconds since a fixed start, shared by both directions of a connection.
 #[derive(Clone)]
-pub struct Activity {
+pub(crate) struct Activity {
     origin: Instant,
     last_ms: Arc<AtomicU64>,
 }
 
 impl Activity {
     /// Starts counting now.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             origin: Instant::now(),
             last_ms: Arc::default(),
@@ -40,13 +40,13 @@ impl Activity {
     }
 
     /// How long since the last byte moved either way.
-    pub fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last)
     }
 
     /// Resolves once the connection has been idle for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
+    pub(crate) async fn idle(&self, timeout: Duration) {
         loop {
             let idle = self.idle_for();
             if idle >= timeout {
@@ -64,14 +64,14 @@ impl Default for Activity {
 }
 
 /// A stream that reports its activity.
-pub struct Tracked<S> {
+pub(crate) struct Tracked<S> {
     inner: S,
     activity: Activity,
 }
 
 impl<S> Tracked<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, activity: Activity) -> Self {
+    pub(crate) fn new(inner: S, activity: Activity) -> Self {
         Tracked { inner, activity }
     }
 }

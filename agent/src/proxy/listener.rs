@@ -1,7 +1,7 @@
 //! One TLS listener: accept, hand the current epoch's configuration to the handshake, forward to
 //! the upstream, and close on purpose when the connection is drained.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ const TO_CLIENT_BUFFER: usize = 64 * 1024;
 
 /// Everything a listener shares with the rest of the agent.
 #[derive(Clone)]
-pub struct ListenerContext {
+pub(crate) struct ListenerContext {
     /// Generations of every bundle.
     pub store: Arc<GenerationStore>,
     /// Live connections.
@@ -52,7 +52,7 @@ pub struct ListenerContext {
 }
 
 /// A listener and the slot its connections take their TLS configuration from.
-pub struct Listener {
+pub(crate) struct Listener {
     /// Its configuration.
     pub config: ListenerConfig,
     /// The TLS configuration of the current epoch.
@@ -64,7 +64,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds the socket (so a port conflict is a start-up error) and builds the first epoch.
-    pub async fn bind(
+    pub(crate) async fn bind(
         config: ListenerConfig,
         store: &GenerationStore,
     ) -> std::io::Result<Listener> {
@@ -80,12 +80,12 @@ impl Listener {
     }
 
     /// The bound address (tests bind port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
     /// Accepts until `shutdown`; also follows generation changes and drains stale connections.
-    pub async fn serve(self, ctx: ListenerContext, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn serve(self, ctx: ListenerContext, mut shutdown: watch::Receiver<bool>) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let descriptors = DescriptorBudget::global();
         let mut backoff = AcceptBackoff::new(format!("listener {}", self.config.name));
@@ -354,10 +354,8 @@ async fn handle(
     let registration = ctx.registry.register(ConnectionInfo {
         listener: config.name.clone(),
         peer,
-        started: Instant::now(),
         epoch: active.epoch,
         server_generation: active.server_generation,
-        client_ca_generation: active.client_ca_generation,
         client_fingerprint,
         client_chain,
         upstream_generation,

@@ -17,19 +17,15 @@ use crate::sync::LockExt;
 
 /// What the registry knows about one connection.
 #[derive(Debug, Clone)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// Listener name.
     pub listener: String,
     /// Client address.
     pub peer: SocketAddr,
-    /// When it was accepted.
-    pub started: Instant,
     /// The listener epoch whose configuration it was made with.
     pub epoch: u64,
     /// Server bundle generation.
     pub server_generation: u64,
-    /// Client CA generation (mTLS).
-    pub client_ca_generation: Option<u64>,
     /// SHA-256 of the client certificate (mTLS).
     pub client_fingerprint: Option<String>,
     /// The client's certificate chain (mTLS), kept to re-verify it when the client CA rotates.
@@ -45,14 +41,14 @@ struct Entry {
 
 /// Live connections of every listener.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Entry>>,
 }
 
 /// Per-listener counts for status and metrics.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct ListenerCounts {
+pub(crate) struct ListenerCounts {
     /// Live connections.
     pub live: usize,
     /// Of which made with an older epoch.
@@ -62,7 +58,7 @@ pub struct ListenerCounts {
 }
 
 /// Keeps a connection registered; unregisters on drop.
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Arc<Registry>,
     id: u64,
     /// Turns true when the connection must close (drained or revoked).
@@ -81,7 +77,7 @@ impl Registry {
     }
 
     /// Registers a connection.
-    pub fn register(self: &Arc<Self>, info: ConnectionInfo) -> Registration {
+    pub(crate) fn register(self: &Arc<Self>, info: ConnectionInfo) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (close, rx) = watch::channel(false);
         self.lock().insert(id, Entry { info, close });
@@ -93,7 +89,7 @@ impl Registry {
     }
 
     /// Counts for `listener`, given its current epoch and when each epoch started.
-    pub fn counts(
+    pub(crate) fn counts(
         &self,
         listener: &str,
         current_epoch: u64,
@@ -124,7 +120,7 @@ impl Registry {
 
     /// Asks every connection of `listener` that has been stale for at least `grace` to close, and
     /// returns them (for the audit trail).
-    pub fn drain(
+    pub(crate) fn drain(
         &self,
         listener: &str,
         current_epoch: u64,
@@ -152,7 +148,7 @@ impl Registry {
 
     /// Asks every connection of `listener` for which `untrusted` says so to close, and returns
     /// them (client-CA rotation with `close_untrusted`).
-    pub fn revoke(
+    pub(crate) fn revoke(
         &self,
         listener: &str,
         untrusted: impl Fn(&ConnectionInfo) -> bool,
@@ -170,11 +166,6 @@ impl Registry {
         }
         revoked
     }
-
-    /// Every live connection (status).
-    pub fn snapshot(&self) -> Vec<ConnectionInfo> {
-        self.lock().values().map(|e| e.info.clone()).collect()
-    }
 }
 
 #[cfg(test)]
@@ -187,10 +178,8 @@ mod tests {
         ConnectionInfo {
             listener: "l".into(),
             peer: "127.0.0.1:1".parse().expect("addr"),
-            started: Instant::now(),
             epoch,
             server_generation: epoch,
-            client_ca_generation: None,
             client_fingerprint: None,
             client_chain: Vec::new(),
             upstream_generation: None,

@@ -8,11 +8,11 @@ use tokio::{
 use crate::config::Upstream;
 
 /// A byte stream to the upstream.
-pub trait UpstreamStream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait UpstreamStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamStream for T {}
 
 /// Opens a new upstream connection.
-pub async fn connect(upstream: &Upstream) -> std::io::Result<Box<dyn UpstreamStream>> {
+pub(crate) async fn connect(upstream: &Upstream) -> std::io::Result<Box<dyn UpstreamStream>> {
     Ok(match upstream {
         Upstream::Tcp(addr) => {
             let s = TcpStream::connect(addr).await?;

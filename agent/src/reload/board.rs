@@ -11,18 +11,18 @@ use crate::{monitor::ConfirmedChange, sync::LockExt};
 
 /// Each bundle's last confirmed change, by bundle name. Cloning shares the board.
 #[derive(Clone, Debug, Default)]
-pub struct ChangeBoard(Arc<Mutex<HashMap<String, ConfirmedChange>>>);
+pub(crate) struct ChangeBoard(Arc<Mutex<HashMap<String, ConfirmedChange>>>);
 
 impl ChangeBoard {
     /// Records `change` as `bundle`'s last one.
-    pub fn record(&self, bundle: &str, change: &ConfirmedChange) {
+    pub(crate) fn record(&self, bundle: &str, change: &ConfirmedChange) {
         self.0
             .lock_or_recover()
             .insert(bundle.to_string(), change.clone());
     }
 
     /// `bundle`'s last confirmed change, if any has been seen since start-up.
-    pub fn last(&self, bundle: &str) -> Option<ConfirmedChange> {
+    pub(crate) fn last(&self, bundle: &str) -> Option<ConfirmedChange> {
         self.0.lock_or_recover().get(bundle).cloned()
     }
 }

@@ -17,7 +17,7 @@ use crate::material::{
 
 /// One accepted version of a bundle's material.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// 1 for the material accepted at start-up, then +1 per accepted change.
     pub number: u64,
     /// When it was accepted.
@@ -28,7 +28,7 @@ pub struct Generation {
 
 impl Generation {
     /// The leaf, when the bundle has one.
-    pub fn leaf(&self) -> Option<&CertInfo> {
+    pub(crate) fn leaf(&self) -> Option<&CertInfo> {
         self.material.leaf.as_ref()
     }
 
@@ -36,7 +36,7 @@ impl Generation {
     /// see (the same leaf implies the same key; the same CA set; the same SA key ids and the same
     /// SA signing key: replacing `sa.key` alone, the last step of a key rotation, changes which
     /// key new tokens are signed with although the public key set stays the same).
-    pub fn identity(material: &Material) -> Identity {
+    pub(crate) fn identity(material: &Material) -> Identity {
         Identity {
             leaf: material.leaf.as_ref().map(|l| l.fingerprint.clone()),
             cas: material.cas.iter().map(|c| c.fingerprint.clone()).collect(),
@@ -53,7 +53,7 @@ impl Generation {
 
 /// See [`Generation::identity`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     leaf: Option<String>,
     cas: Vec<String>,
     key_ids: Vec<String>,
@@ -61,7 +61,7 @@ pub struct Identity {
 }
 
 /// One bundle's current generation and its subscribers.
-pub struct Slot {
+pub(crate) struct Slot {
     current: ArcSwapOption<Generation>,
     notify: watch::Sender<Option<Arc<Generation>>>,
 }
@@ -76,13 +76,13 @@ impl Slot {
 }
 
 /// Every bundle's slot, by name. Built once at start-up; slots are never added or removed.
-pub struct GenerationStore {
+pub(crate) struct GenerationStore {
     slots: BTreeMap<String, Slot>,
 }
 
 impl GenerationStore {
     /// One empty slot per bundle name.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
         GenerationStore {
             slots: names
                 .into_iter()
@@ -92,18 +92,21 @@ impl GenerationStore {
     }
 
     /// The current generation of `bundle` (lock-free).
-    pub fn current(&self, bundle: &str) -> Option<Arc<Generation>> {
+    pub(crate) fn current(&self, bundle: &str) -> Option<Arc<Generation>> {
         self.slots.get(bundle).and_then(|s| s.current.load_full())
     }
 
     /// A receiver that sees every new generation of `bundle`.
-    pub fn subscribe(&self, bundle: &str) -> Option<watch::Receiver<Option<Arc<Generation>>>> {
+    pub(crate) fn subscribe(
+        &self,
+        bundle: &str,
+    ) -> Option<watch::Receiver<Option<Arc<Generation>>>> {
         self.slots.get(bundle).map(|s| s.notify.subscribe())
     }
 
     /// Makes `generation` current for `bundle` and wakes subscribers. The caller has already
     /// made the audit record durable.
-    pub fn publish(&self, bundle: &str, generation: Generation) -> Arc<Generation> {
+    pub(crate) fn publish(&self, bundle: &str, generation: Generation) -> Arc<Generation> {
         let generation = Arc::new(generation);
         if let Some(slot) = self.slots.get(bundle) {
             slot.current.store(Some(generation.clone()));
@@ -113,7 +116,7 @@ impl GenerationStore {
     }
 
     /// Bundles without a valid generation: what readiness reports.
-    pub fn not_ready(&self) -> Vec<String> {
+    pub(crate) fn not_ready(&self) -> Vec<String> {
         self.slots
             .iter()
             .filter(|(_, s)| s.current.load().is_none())

@@ -12,8 +12,8 @@
 //! period and on every further change until its verdict is recorded (applied or rejected). The
 //! gate's file reads run on tokio's blocking pool, never on a runtime thread.
 
-pub mod board;
-pub mod generation;
+pub(crate) mod board;
+pub(crate) mod generation;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// Drives the gate and the generation store from confirmed changes.
-pub struct Reloader {
+pub(crate) struct Reloader {
     config: Config,
     store: Arc<GenerationStore>,
     audit: SharedAudit,
@@ -65,7 +65,7 @@ enum Outcome {
 
 impl Reloader {
     /// Wires the bundles of `config` to `store`, recording into `audit`.
-    pub fn new(config: Config, store: Arc<GenerationStore>, audit: SharedAudit) -> Self {
+    pub(crate) fn new(config: Config, store: Arc<GenerationStore>, audit: SharedAudit) -> Self {
         let mut by_path: HashMap<PathBuf, Vec<usize>> = HashMap::new();
         for (i, b) in config.bundles.iter().enumerate() {
             for f in b.files() {
@@ -89,14 +89,14 @@ impl Reloader {
 
     /// Also counts into `metrics` and keeps each bundle's last change on `changes` (read by
     /// `/status`).
-    pub fn observed_by(mut self, metrics: Arc<Metrics>, changes: ChangeBoard) -> Self {
+    pub(crate) fn observed_by(mut self, metrics: Arc<Metrics>, changes: ChangeBoard) -> Self {
         self.observers = Some((metrics, changes));
         self
     }
 
     /// Validates every bundle once: valid ones get generation 1; invalid ones are rejected and
     /// reported, and the agent runs the rest.
-    pub async fn startup(&mut self) {
+    pub(crate) async fn startup(&mut self) {
         for i in 0..self.config.bundles.len() {
             if self.evaluate(i, Instant::now(), false).await == Outcome::Held {
                 self.held.entry(i).or_default();
@@ -108,16 +108,8 @@ impl Reloader {
         }
     }
 
-    /// Bundles held back because a record could not be written (see the module documentation).
-    pub fn held(&self) -> Vec<String> {
-        self.held
-            .keys()
-            .map(|&i| self.config.bundles[i].name.clone())
-            .collect()
-    }
-
     /// Runs until `shutdown` turns true or the monitor stops.
-    pub async fn run(
+    pub(crate) async fn run(
         &mut self,
         mut changes: mpsc::Receiver<ConfirmedChange>,
         mut shutdown: watch::Receiver<bool>,
@@ -154,7 +146,7 @@ impl Reloader {
 
     /// Records the changes and re-evaluates every bundle they touch, once each (and every held
     /// bundle: a new change is also a new chance to write what is pending).
-    pub async fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
+    pub(crate) async fn on_changes(&mut self, batch: Vec<ConfirmedChange>) {
         let mut touched = BTreeSet::new();
         for change in &batch {
             if let Some((metrics, _)) = &self.observers {

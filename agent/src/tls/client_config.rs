@@ -11,7 +11,7 @@ use super::server_config::TlsConfigError;
 use crate::{config::UpstreamTls, reload::generation::GenerationStore, sync::LockExt};
 
 /// The client configuration of one (client bundle, CA) generation pair.
-pub struct ActiveClientTls {
+pub(crate) struct ActiveClientTls {
     /// Client bundle generation.
     pub client_generation: u64,
     /// CA generation.
@@ -22,7 +22,7 @@ pub struct ActiveClientTls {
 
 /// A listener's current upstream client configuration.
 #[derive(Default)]
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     current: ArcSwapOption<ActiveClientTls>,
     rebuild: Mutex<()>,
 }
@@ -30,7 +30,7 @@ pub struct ClientSlot {
 impl ClientSlot {
     /// The configuration for an upstream connection opened now (rebuilt first when the store holds
     /// newer generations).
-    pub fn for_new_connection(
+    pub(crate) fn for_new_connection(
         &self,
         store: &GenerationStore,
         spec: &UpstreamTls,
@@ -82,7 +82,7 @@ impl ClientSlot {
     }
 
     /// The current configuration, if any (status).
-    pub fn current(&self) -> Option<Arc<ActiveClientTls>> {
+    pub(crate) fn current(&self) -> Option<Arc<ActiveClientTls>> {
         self.current.load_full()
     }
 }

@@ -16,12 +16,12 @@ use thiserror::Error;
 use crate::reload::generation::Generation;
 
 /// Sessions kept per generation for resumption by ID (tickets are stateless).
-pub const SESSION_CACHE_SIZE: usize = 4096;
+pub(crate) const SESSION_CACHE_SIZE: usize = 4096;
 
 /// A generation that cannot become a TLS configuration (validated material should always can; this
 /// guards the boundary with rustls).
 #[derive(Debug, Error)]
-pub enum TlsConfigError {
+pub(crate) enum TlsConfigError {
     /// The generation carries no private key or certificate.
     #[error("generation {0} has no certificate and key to serve")]
     NoKey(u64),
@@ -35,7 +35,9 @@ pub enum TlsConfigError {
 
 /// The client-certificate verifier for a client-CA generation (also used to re-verify live
 /// connections when that CA rotates).
-pub fn client_verifier(ca: &Generation) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+pub(crate) fn client_verifier(
+    ca: &Generation,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     for der in &ca.material.ca_der {
         roots
@@ -52,7 +54,7 @@ pub fn client_verifier(ca: &Generation) -> Result<Arc<dyn ClientCertVerifier>, T
 
 /// Builds the server configuration for `server`, requiring client certificates from `client_ca`
 /// when given.
-pub fn build(
+pub(crate) fn build(
     server: &Generation,
     client_ca: Option<&Generation>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The configuration of one epoch.
-pub struct ActiveTls {
+pub(crate) struct ActiveTls {
     /// Listener-local epoch: 1, 2, 3… one per configuration built.
     pub epoch: u64,
     /// Server bundle generation it serves.
@@ -31,7 +31,7 @@ pub struct ActiveTls {
 }
 
 /// What [`TlsSlot::refresh`] did.
-pub enum Refresh {
+pub(crate) enum Refresh {
     /// A new epoch began with this configuration.
     Rebuilt(Arc<ActiveTls>),
     /// What is served already matches the store's current generations (another accept or the
@@ -45,7 +45,7 @@ pub enum Refresh {
 
 /// A listener's current TLS configuration and the start time of every epoch.
 #[derive(Default)]
-pub struct TlsSlot {
+pub(crate) struct TlsSlot {
     current: ArcSwapOption<ActiveTls>,
     started: Mutex<Vec<Instant>>,
 }
@@ -53,12 +53,12 @@ pub struct TlsSlot {
 impl TlsSlot {
     /// The configuration new connections take (lock-free); `None` until the bundle has a
     /// generation.
-    pub fn current(&self) -> Option<Arc<ActiveTls>> {
+    pub(crate) fn current(&self) -> Option<Arc<ActiveTls>> {
         self.current.load_full()
     }
 
     /// When `epoch` began (its connections are stale from the start of `epoch + 1`).
-    pub fn epoch_started(&self, epoch: u64) -> Option<Instant> {
+    pub(crate) fn epoch_started(&self, epoch: u64) -> Option<Instant> {
         let started = self.started.lock_or_recover();
         epoch
             .checked_sub(1)
@@ -70,7 +70,7 @@ impl TlsSlot {
     /// the store already holds a newer generation. This makes the swap strict: once a generation
     /// is published, no handshake that starts afterwards gets the old material, even before the
     /// listener's follower task has run.
-    pub fn for_new_connection(
+    pub(crate) fn for_new_connection(
         &self,
         store: &GenerationStore,
         bundle: &str,
@@ -102,7 +102,7 @@ impl TlsSlot {
 
     /// Rebuilds from the store's current generations if they differ from what is served, and
     /// says which of that happened.
-    pub fn refresh(
+    pub(crate) fn refresh(
         &self,
         store: &GenerationStore,
         bundle: &str,

@@ -66,7 +66,7 @@ pub struct ActionConfig {
 }
 
 /// Default `lock_wait`: longer than a restart plus a probe deadline on another node.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// `lock = "NAME"`: the action runs only while this node holds the Lease
 /// `certreload-action-NAME` (coordination.k8s.io/v1), from before the command until every probe
@@ -93,9 +93,9 @@ pub struct LocksSettings {
 }
 
 /// Default `[locks] namespace`.
-pub const DEFAULT_LOCK_NAMESPACE: &str = "certreload";
+pub(crate) const DEFAULT_LOCK_NAMESPACE: &str = "certreload";
 /// Default `[locks] lease_duration`.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 
 impl Default for LocksSettings {
     fn default() -> LocksSettings {
@@ -148,7 +148,7 @@ pub(crate) fn parse_locks(src: &Source<'_>, raw: &RawLocks) -> Result<LocksSetti
 }
 
 /// The prefix of every lock's Lease name (deploy/rbac.yaml lists the names it may update).
-pub const LOCK_LEASE_PREFIX: &str = "certreload-action-";
+pub(crate) const LOCK_LEASE_PREFIX: &str = "certreload-action-";
 
 impl ActionLock {
     /// The Lease that implements the lock.

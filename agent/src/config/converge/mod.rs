@@ -4,19 +4,18 @@
 mod action;
 mod probe;
 
+#[cfg(test)]
+pub(crate) use self::{
+    action::DEFAULT_LOCK_WAIT,
+    probe::{DEFAULT_DEADLINE, DEFAULT_JWKS_REQUEST, SELF_SUBJECT_REVIEW_BODY},
+};
 pub(crate) use self::{
     action::{parse_actions, parse_locks, RawAction, RawLocks},
     probe::{parse_probes, RawProbe},
 };
-pub use self::{
-    action::{
-        ActionCommand, ActionConfig, ActionLock, ActionTrigger, LocksSettings, SignalTarget,
-        DEFAULT_LEASE_DURATION, DEFAULT_LOCK_NAMESPACE, DEFAULT_LOCK_WAIT, LOCK_LEASE_PREFIX,
-    },
-    probe::{
-        ProbeCheck, ProbeConfig, ProbeRequest, DEFAULT_DEADLINE, DEFAULT_HTTP_REQUEST,
-        DEFAULT_INTERVAL, DEFAULT_JWKS_REQUEST, SELF_SUBJECT_REVIEW_BODY,
-    },
+pub(crate) use self::{
+    action::{ActionCommand, ActionConfig, ActionLock, ActionTrigger, LocksSettings, SignalTarget},
+    probe::{ProbeCheck, ProbeConfig, ProbeRequest},
 };
 use super::{BundleConfig, BundleKind};
 

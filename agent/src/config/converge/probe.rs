@@ -10,9 +10,9 @@ use super::kind_of;
 use crate::config::{bounds, BundleConfig, BundleKind, ConfigError, Source};
 
 /// Default time an endpoint gets to serve a new generation.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Default steady-state check period.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One endpoint that must serve (or, for a ca bundle, trust) a bundle's current generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +87,14 @@ impl ProbeCheck {
 /// Default `request` of `check = "http"`: every Kubernetes server answers it, and
 /// controller-manager and scheduler authenticate it without an authorization step (it is in their
 /// `AlwaysAllowPaths`).
-pub const DEFAULT_HTTP_REQUEST: &str = "GET /healthz";
+pub(crate) const DEFAULT_HTTP_REQUEST: &str = "GET /healthz";
 /// Default `request` of `check = "jwks"`: kube-apiserver's service-account issuer key set.
-pub const DEFAULT_JWKS_REQUEST: &str = "GET /openid/v1/jwks";
+pub(crate) const DEFAULT_JWKS_REQUEST: &str = "GET /openid/v1/jwks";
 /// The path suffix that makes a POST a SelfSubjectReview (body added automatically).
 const SELF_SUBJECT_REVIEWS: &str = "/selfsubjectreviews";
 /// The body of a SelfSubjectReview: the API server answers 201 with the user the client
 /// certificate authenticated as.
-pub const SELF_SUBJECT_REVIEW_BODY: &str =
+pub(crate) const SELF_SUBJECT_REVIEW_BODY: &str =
     r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
 
 /// `request = "METHOD /path"`: what an `http` or `jwks` probe sends. A `POST` to a path ending in

@@ -213,7 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 
 /// Copies a record of exactly `size_of::<RawEvent>()` bytes out of the ring.
 fn read_raw(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
-    let expected = std::mem::size_of::<RawEvent>();
+    let expected = size_of::<RawEvent>();
     if bytes.len() != expected {
         return Err(DecodeError::Size {
             got: bytes.len(),
@@ -244,10 +244,7 @@ mod tests {
     fn bytes_of(raw: &RawEvent) -> Vec<u8> {
         // SAFETY: RawEvent is repr(C) without padding; viewing it as bytes is sound.
         unsafe {
-            std::slice::from_raw_parts(
-                (raw as *const RawEvent).cast::<u8>(),
-                std::mem::size_of::<RawEvent>(),
-            )
+            std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
         }
         .to_vec()
     }

@@ -111,7 +111,7 @@ pub struct KernelStats {
 /// (names are added at run time when a symlink starts pointing somewhere new), at least the
 /// object's compiled [`MAX_WATCHED_NAMES`]. A fixed 4,096 made a larger configuration fall back
 /// to inotify with a message that did not name the limit.
-pub fn watched_names_capacity(names: usize) -> u32 {
+pub(crate) fn watched_names_capacity(names: usize) -> u32 {
     u32::try_from(names.saturating_mul(2))
         .unwrap_or(u32::MAX)
         .max(MAX_WATCHED_NAMES)

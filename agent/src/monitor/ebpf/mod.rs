@@ -1,7 +1,7 @@
 //! The eBPF source: kernel events from the ring buffer, turned into hints with attribution.
 
 pub mod decode;
-pub mod loader;
+pub(crate) mod loader;
 pub mod writers;
 
 use std::{collections::HashSet, ffi::OsString, io, os::unix::fs::MetadataExt, path::Path};
