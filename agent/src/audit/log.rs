@@ -141,10 +141,11 @@ fn lock(path: &Path) -> Result<File, AuditError> {
         Err(std::fs::TryLockError::Error(e)) => return Err(err(&lock_path)(e)),
         Err(std::fs::TryLockError::WouldBlock) => return Err(held_by_another(&mut file, path)),
     }
-    // The pid is for the error message above only: the lock itself is the flock.
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
+    // The pid is for the error message above only: the lock itself is the flock, so a lock file
+    // without it still locks.
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0))
+        .ok();
     Ok(file)
 }
 
@@ -265,8 +266,8 @@ fn identity(file: &File, path: &Path) -> Result<(u64, u64), AuditError> {
 /// Makes a rename or creation in `path`'s directory durable.
 fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync the audit log's directory; a crash now may lose the log's latest rename or creation");
         }
     }
 }
@@ -393,7 +394,9 @@ impl AuditLog {
             // O_APPEND writes at the end whatever the offset: cutting the length is enough.
             match self.file.set_len(self.size) {
                 Ok(()) => {
-                    let _ = self.file.sync_data();
+                    // The append has already failed and is reported below; the cut is durable at
+                    // the next successful append's sync at the latest.
+                    self.file.sync_data().ok();
                 }
                 Err(cut) => {
                     self.dirty_tail = true;
@@ -406,10 +409,12 @@ impl AuditLog {
         self.size += bytes.len() as u64;
         tracing::info!(target: "certreload::audit", event = event.name(), bundle = bundle.unwrap_or("-"), seq, "{line}");
         if let Some(tx) = &self.observer {
-            let _ = tx.send(Observed {
+            // Best effort: the observer may have stopped before the log (at shutdown).
+            tx.send(Observed {
                 bundle: bundle.map(str::to_string),
                 event: event.clone(),
-            });
+            })
+            .ok();
         }
         Ok(seq)
     }
@@ -505,7 +510,9 @@ impl AuditLog {
         }) {
             Ok(opened) => opened,
             Err(e) => {
-                let _ = std::fs::rename(&first, &self.path);
+                if let Err(back) = std::fs::rename(&first, &self.path) {
+                    tracing::error!(path = %self.path.display(), rotated = %first.display(), error = %back, "cannot move the rotated audit log back after a failed rotation");
+                }
                 return Err(e);
             }
         };

@@ -298,10 +298,10 @@ impl DemoState {
             // Best effort, as the kubelet: a leftover version directory is harmless.
             if let Ok(dir) = volume.subdir(&old) {
                 for file in VOLUME_FILES {
-                    let _ = dir.unlink(file, false);
+                    dir.unlink(file, false).ok();
                 }
             }
-            let _ = volume.unlink(&old, true);
+            volume.unlink(&old, true).ok();
         }
         Ok(serial)
     }

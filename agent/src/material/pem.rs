@@ -263,18 +263,20 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = certificates(&bytes);
-            let _ = private_key(&bytes);
-            let _ = public_keys(&bytes);
+            // Only a panic fails: any input may be refused.
+            certificates(&bytes).ok();
+            private_key(&bytes).ok();
+            public_keys(&bytes).ok();
         }
 
         #[test]
         fn arbitrary_text_inside_pem_armour_never_panics(body in "[A-Za-z0-9+/=\n-]{0,600}") {
             for label in ["CERTIFICATE", "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "PUBLIC KEY"] {
                 let pem = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
-                let _ = certificates(pem.as_bytes());
-                let _ = private_key(pem.as_bytes());
-                let _ = public_keys(pem.as_bytes());
+                // Only a panic fails: any input may be refused.
+                certificates(pem.as_bytes()).ok();
+                private_key(pem.as_bytes()).ok();
+                public_keys(pem.as_bytes()).ok();
             }
         }
     }

@@ -34,7 +34,7 @@ impl InotifySource {
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res| {
             // The receiver only goes away at shutdown.
-            let _ = tx.send(res);
+            tx.send(res).ok();
         })?;
         let mut source = InotifySource {
             watcher,

@@ -240,15 +240,17 @@ impl KernelHooks {
             .filter(|k| (k >> 32) as u32 == tgid)
             .collect();
         for k in keys {
-            let _ = self.tracked.remove(&k);
+            // Gone already if the kernel removed it at the close; nothing else can fail here.
+            self.tracked.remove(&k).ok();
         }
     }
 
     /// Removes the kernel's record of one fd (vanished at exec or in a close_range).
     pub fn forget_fd(&mut self, tgid: u32, fd: i32) {
-        let _ = self
-            .tracked
-            .remove(&(((tgid as u64) << 32) | fd as u32 as u64));
+        // Gone already if the kernel removed it at the close; nothing else can fail here.
+        self.tracked
+            .remove(&(((tgid as u64) << 32) | fd as u32 as u64))
+            .ok();
     }
 
     /// Reads the kernel counters.
@@ -307,7 +309,10 @@ fn sync_set(
         map.insert(key, 1, 0)?;
     }
     for key in loaded.difference(&wanted) {
-        let _ = map.remove(key);
+        // A key left behind costs only a hint the confirmer finds unchanged.
+        if let Err(e) = map.remove(key) {
+            tracing::debug!(key, error = %e, "cannot remove a key no longer watched from the kernel set");
+        }
     }
     *loaded = wanted;
     Ok(())
