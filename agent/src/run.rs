@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::{
     admin::{self, status::AgentState},
@@ -143,7 +143,7 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
     let mut reloader = reloader.observed_by(metrics.clone(), changes);
 
     let (tx, rx) = mpsc::channel(1024);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = crate::shutdown::channel();
     let ctx = ListenerContext {
         store: store.clone(),
         registry,
@@ -159,7 +159,7 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
         match NodeEvents::from_environment(&config.events.namespace, node.clone()).await {
             Ok(sink) => {
                 tracing::info!(node = %node, namespace = %config.events.namespace, "posting Kubernetes Events");
-                tokio::spawn(kube_events::run(sink, events_rx, stop_rx.clone().into()));
+                tokio::spawn(kube_events::run(sink, events_rx, stop_rx.clone()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "[events] enabled but no Kubernetes API credentials; Events are not posted (the audit log has every record)");
@@ -180,7 +180,7 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
                 Some(tokio::spawn(witness::run(
                     publisher,
                     interval,
-                    stop_rx.clone().into(),
+                    stop_rx.clone(),
                 )))
             }
             Err(e) => {
@@ -217,7 +217,7 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
         _ = shutdown.recv() => {}
         _ = reloader.run(rx, stop_rx) => {}
     }
-    let _ = stop_tx.send(true);
+    stop_tx.stop();
     let _ = monitor_task.await;
     append_shared(
         &audit,

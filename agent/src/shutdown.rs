@@ -25,14 +25,6 @@ pub fn channel() -> (Stop, Shutdown) {
     (Stop(stop), Shutdown { notice })
 }
 
-/// While some tasks still take the bare receiver (the conversion is file by file), the wiring
-/// makes the channel itself and hands converted tasks this view of it.
-impl From<watch::Receiver<bool>> for Shutdown {
-    fn from(notice: watch::Receiver<bool>) -> Self {
-        Shutdown { notice }
-    }
-}
-
 impl Stop {
     /// Starts the shutdown: every pending and future [`Shutdown::recv`] returns.
     pub fn stop(&self) {

@@ -4,12 +4,12 @@ use std::io::Write;
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::{
     monitor::{ConfirmedChange, Monitor, MonitorConfig, MonitorError, MonitorStats},
     output::Output,
-    shutdown::ShutdownSignal,
+    shutdown::{self, ShutdownSignal},
 };
 
 /// `watch` failed before or while running.
@@ -34,8 +34,8 @@ pub(crate) async fn run(config: MonitorConfig, output: Output) -> Result<Monitor
     let mut shutdown = ShutdownSignal::install();
     let monitor = Monitor::start(&config)?;
     let (tx, mut rx) = mpsc::channel::<ConfirmedChange>(256);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(monitor.run(tx, stop_rx));
+    let (stop, stopped) = shutdown::channel();
+    let task = tokio::spawn(monitor.run(tx, stopped));
     let mut stdout = std::io::stdout().lock();
     loop {
         tokio::select! {
@@ -53,7 +53,7 @@ pub(crate) async fn run(config: MonitorConfig, output: Output) -> Result<Monitor
             },
         }
     }
-    let _ = stop_tx.send(true);
+    stop.stop();
     drop(rx);
     let stats = task
         .await

@@ -24,7 +24,6 @@ use axum::{
     Extension, Json, Router,
 };
 use thiserror::Error;
-use tokio::sync::watch;
 
 use self::{
     auth::{Authorizer, Decision},
@@ -32,7 +31,7 @@ use self::{
     server::Peer,
     status::AgentState,
 };
-use crate::{config::admin::AdminSettings, telemetry::Metrics};
+use crate::{config::admin::AdminSettings, shutdown::Shutdown, telemetry::Metrics};
 
 #[derive(Clone)]
 struct Admin {
@@ -93,7 +92,7 @@ impl Endpoint {
         listener: tokio::net::TcpListener,
         state: Arc<AgentState>,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) {
         let authorizer = self.tls.as_ref().map(|_| Arc::new(Authorizer::default()));
         let router = Router::new()

@@ -32,7 +32,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -40,6 +40,7 @@ use crate::{
     accept::{self, AcceptBackoff, DescriptorBudget, DescriptorPermit, RateLimitedLog},
     config::admin::AdminSettings,
     proxy::idle::{Activity, Tracked},
+    shutdown::Shutdown,
     sync::LockExt,
 };
 
@@ -119,7 +120,7 @@ struct Slots {
 pub(super) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let total = Arc::new(Semaphore::new(shared.settings.max_connections));
     let per_client = Arc::new(PerClient {
@@ -132,7 +133,7 @@ pub(super) async fn accept_loop(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::accept(&listener, &mut backoff) => accepted,
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
         };
         let ip = peer.ip().to_canonical();
         let refused = |why: &str, refusals: &mut RateLimitedLog| {

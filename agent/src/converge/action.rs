@@ -6,7 +6,7 @@
 
 use std::{path::Path, process::Stdio, sync::Arc, time::Instant};
 
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, Mutex};
 
 use super::{
     lease::{Acquired, HeldLease, Leases},
@@ -51,12 +51,12 @@ pub async fn run(
     ctx: ActionContext,
     mut triggers: mpsc::Receiver<u64>,
     bundle_lock: Arc<Mutex<()>>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut last_run: Option<Instant> = None;
     loop {
         let mut generation = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
             g = triggers.recv() => match g { Some(g) => g, None => return },
         };
         if let Some(last) = last_run {
@@ -64,7 +64,7 @@ pub async fn run(
             if Instant::now() < ready {
                 tracing::info!(action = %config.id(), generation, wait_s = (ready - Instant::now()).as_secs_f64(), "action rate-limited: waiting for min_interval");
                 tokio::select! {
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.recv() => return,
                     _ = tokio::time::sleep_until(ready.into()) => {}
                 }
             }
@@ -152,11 +152,11 @@ pub async fn run(
             // node restarts its own only then.
             ctx.feed.request_recheck(&config.bundle);
             let probes = tokio::select! {
-                _ = shutdown.changed() => Vec::new(),
+                _ = shutdown.recv() => Vec::new(),
                 p = ctx.feed.settled(&config.bundle, generation, ended) => p,
             };
             release_lock(&config, lock, &ctx, generation, held, probes).await;
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return;
             }
         }
@@ -176,7 +176,7 @@ async fn take_lock(
     lock: &ActionLock,
     ctx: &ActionContext,
     generation: u64,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut crate::shutdown::Shutdown,
 ) -> Acquired<HeldRun> {
     let began = Instant::now();
     let outcome = ctx
@@ -522,20 +522,20 @@ mod tests {
         ));
         let ctx = context(audit);
         let (tx, rx) = mpsc::channel(16);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop, stopped) = crate::shutdown::channel();
         let task = tokio::spawn(run(
             action(sh("true"), 5000, 400),
             ctx,
             rx,
             Arc::default(),
-            stop_rx,
+            stopped,
         ));
         for g in 1..=4 {
             tx.send(g).await.expect("send");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(900)).await;
-        let _ = stop_tx.send(true);
+        stop.stop();
         let _ = task.await;
         let runs: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .expect("read")

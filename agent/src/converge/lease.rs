@@ -28,7 +28,7 @@ use k8s_openapi::{
 };
 use kube::{api::PostParams, Api, Client};
 use tokio::{
-    sync::{watch, Mutex, OnceCell},
+    sync::{Mutex, OnceCell},
     task::JoinHandle,
     time::Instant,
 };
@@ -296,7 +296,7 @@ impl Leases {
     pub async fn acquire(
         &self,
         lock: &ActionLock,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
         mut report: impl FnMut(&Waiting),
     ) -> Acquired {
         let give_up = crate::clock::later(Instant::now(), lock.wait);
@@ -333,7 +333,7 @@ impl Leases {
             last = Some(waiting);
             poll = (poll * 2).min(MAX_POLL);
             tokio::select! {
-                _ = shutdown.changed() => return Acquired::Shutdown,
+                _ = shutdown.recv() => return Acquired::Shutdown,
                 _ = tokio::time::sleep_until(next.min(give_up)) => {}
             }
         }
@@ -782,7 +782,7 @@ mod tests {
             name: "etcd".into(),
             wait: Duration::from_millis(600),
         };
-        let (_tx, mut rx) = watch::channel(false);
+        let (_stop, mut rx) = shutdown::channel();
         let mut reasons = Vec::new();
         let outcome = leases
             .acquire(&lock, &mut rx, |w| reasons.push(w.clone()))
@@ -817,9 +817,9 @@ mod tests {
             name: "etcd".into(),
             wait: Duration::from_secs(600),
         };
-        let (tx, mut rx) = watch::channel(false);
+        let (stop, mut rx) = shutdown::channel();
         // Stopping while the API server is away ends the 10-minute wait at the first sleep.
-        tx.send(true).expect("receiver alive");
+        stop.stop();
         let outcome = leases.acquire(&lock, &mut rx, |_| {}).await;
         assert!(matches!(outcome, Acquired::Shutdown));
     }

@@ -12,7 +12,7 @@ pub mod settle;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, Mutex};
 
 use crate::{
     audit::SharedAudit,
@@ -40,7 +40,7 @@ pub fn start(
     audit: SharedAudit,
     metrics: Arc<Metrics>,
     board: ProbeBoard,
-    shutdown: watch::Receiver<bool>,
+    shutdown: crate::shutdown::Shutdown,
 ) {
     let (stale_tx, mut stale_rx) = mpsc::channel::<StaleNotice>(64);
     let feed = settle::ConvergenceFeed::new(&config.probes);
@@ -108,7 +108,7 @@ pub fn start(
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
-                            _ = stop.changed() => return,
+                            _ = stop.recv() => return,
                             r = generations.changed() => {
                                 if r.is_err() { return; }
                                 let number = generations.borrow_and_update().as_ref().map(|g| g.number);
@@ -126,7 +126,7 @@ pub fn start(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.recv() => return,
                 notice = stale_rx.recv() => {
                     let Some(notice) = notice else { return };
                     for tx in on_stale.get(&notice.bundle).into_iter().flatten() {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::mpsc,
     time::Instant,
 };
 
@@ -161,7 +161,7 @@ pub async fn run(
     config: ProbeConfig,
     kind: BundleKind,
     ctx: ProbeContext,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     let Some(mut bundle_rx) = ctx.store.subscribe(&config.bundle) else {
         return;
@@ -186,7 +186,7 @@ pub async fn run(
         let client_changed = or_pending(client_rx.as_mut().map(|rx| rx.changed()));
         let recheck = or_pending(rechecks.as_mut().map(|rx| rx.changed()));
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
             r = recheck => {
                 if r.is_err() { return; }
                 // A locked action of the bundle ran: its lock waits for this episode's verdict.

@@ -30,7 +30,7 @@ use std::{
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 pub(crate) use self::{
     change::{ChangeKind, ConfirmedChange},
@@ -278,7 +278,7 @@ impl Monitor {
     pub async fn run(
         mut self,
         changes: mpsc::Sender<ConfirmedChange>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: crate::shutdown::Shutdown,
     ) -> MonitorStats {
         let mut resync = tokio::time::interval(self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,7 +287,7 @@ impl Monitor {
             let overdue_at = self.lock_files().confirmer.next_deferred();
             let overdue = or_pending(overdue_at.map(|at| tokio::time::sleep_until(at.into())));
             let pass: Pass = tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.recv() => break,
                 _ = resync.tick() => {
                     self.stats.resyncs += 1;
                     if let Active::Kernel(k) = &self.active {
@@ -301,7 +301,7 @@ impl Monitor {
                     None => break,
                 },
             };
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 break;
             }
             if let Pass::Hints(h) = &pass {
@@ -326,7 +326,7 @@ impl Monitor {
             });
             // Shutdown does not wait for a read in progress (the pass is abandoned with the task).
             let (confirmed, names_changed) = tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.recv() => break,
                 read = read => match read {
                     Ok(r) => r,
                     Err(e) => {

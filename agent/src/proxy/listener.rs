@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::{watch, Semaphore},
+    sync::Semaphore,
 };
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
@@ -85,7 +85,7 @@ impl Listener {
     }
 
     /// Accepts until `shutdown`; also follows generation changes and drains stale connections.
-    pub(crate) async fn serve(self, ctx: ListenerContext, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn serve(self, ctx: ListenerContext, mut shutdown: crate::shutdown::Shutdown) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let descriptors = DescriptorBudget::global();
         let mut backoff = AcceptBackoff::new(format!("listener {}", self.config.name));
@@ -99,7 +99,7 @@ impl Listener {
         ));
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.recv() => return,
                 (stream, peer) = accept::accept(&self.socket, &mut backoff) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         ctx.metrics.handshake_failure(&config.name, HandshakeFailure::ConnectionLimit.as_str());
@@ -214,7 +214,7 @@ async fn follow_generations(
     config: Arc<ListenerConfig>,
     slot: Arc<TlsSlot>,
     ctx: ListenerContext,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut server = ctx.store.subscribe(&config.bundle);
     let mut client_ca = config
@@ -226,7 +226,7 @@ async fn follow_generations(
     let mut checked_ca = slot.current().and_then(|a| a.client_ca_generation);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
             _ = or_pending(server.as_mut().map(|rx| rx.changed())) => {
                 slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref());
             }

@@ -22,7 +22,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use self::{
     board::ChangeBoard,
@@ -112,7 +112,7 @@ impl Reloader {
     pub(crate) async fn run(
         &mut self,
         mut changes: mpsc::Receiver<ConfirmedChange>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: crate::shutdown::Shutdown,
     ) {
         // Held bundles are retried at the monitor's resync period (the resync finds nothing new:
         // the confirmer has already seen these bytes).
@@ -123,7 +123,7 @@ impl Reloader {
             let deadline = self.next_deadline();
             let sleep = or_pending(deadline.map(|d| tokio::time::sleep_until(d.into())));
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.recv() => return,
                 _ = sleep => self.expire_waits().await,
                 _ = retry.tick(), if !self.held.is_empty() => self.retry_held().await,
                 first = changes.recv() => {
@@ -138,7 +138,7 @@ impl Reloader {
                     self.on_changes(batch).await;
                 }
             }
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return;
             }
         }
