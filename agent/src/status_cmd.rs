@@ -19,16 +19,13 @@ pub(crate) enum StatusError {
     /// No agent answering there.
     #[error("cannot reach the admin endpoint at {addr}: {source}")]
     Connect {
-        /// The address.
         addr: SocketAddr,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// Something answered, but not with a status document.
     #[error("unexpected answer from {addr}: {detail}")]
     Answer {
-        /// The address.
         addr: SocketAddr,
         /// What was wrong.
         detail: String,

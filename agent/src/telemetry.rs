@@ -150,7 +150,6 @@ pub(crate) struct ActionLabel {
 /// `{filepath}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(crate) struct FileLabel {
-    /// The file.
     pub filepath: String,
 }
 

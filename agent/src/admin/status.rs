@@ -24,7 +24,6 @@ use crate::{
 /// Live state the admin endpoint reads. Every field is shared with the part of the agent that
 /// writes it; the endpoint only reads.
 pub(crate) struct AgentState {
-    /// The configuration.
     pub config: Config,
     /// Generations.
     pub store: Arc<GenerationStore>,

@@ -17,7 +17,6 @@ pub(crate) enum AdminTlsError {
     /// `admin.tls_cert` holds no PEM certificate, or cannot be read.
     #[error("admin.tls_cert {path}: {message}")]
     Cert {
-        /// The file.
         path: PathBuf,
         /// What is wrong.
         message: String,
@@ -25,7 +24,6 @@ pub(crate) enum AdminTlsError {
     /// `admin.tls_key` holds no PEM private key, or cannot be read.
     #[error("admin.tls_key {path}: {message}")]
     Key {
-        /// The file.
         path: PathBuf,
         /// What is wrong.
         message: String,

@@ -96,15 +96,15 @@ pub enum VerifyError {
     /// A file cannot be read.
     #[error("{path}: {message}")]
     Io {
-        /// The file.
+        /// The file that could not be read, as it was given.
         path: PathBuf,
-        /// The error.
+        /// The I/O error as text, so that a `VerifyError` compares equal in tests.
         message: String,
     },
     /// A line is not a record.
     #[error("{path}:{line}: not an audit record (invalid JSON or missing seq/prev)")]
     Malformed {
-        /// The file.
+        /// The file holding the line.
         path: PathBuf,
         /// 1-based line.
         line: usize,
@@ -114,7 +114,7 @@ pub enum VerifyError {
         "{path}:{line}: not an audit record (not UTF-8: invalid byte at file offset {offset})"
     )]
     NotUtf8 {
-        /// The file.
+        /// The file holding the line.
         path: PathBuf,
         /// 1-based line.
         line: usize,
@@ -144,9 +144,9 @@ pub enum VerifyError {
         expected: u64,
         /// The seq found.
         found: u64,
-        /// The file.
+        /// The file of the record found in its place.
         path: PathBuf,
-        /// The line.
+        /// Its 1-based line.
         line: usize,
     },
     /// The first record is not the start of a chain.
@@ -154,7 +154,7 @@ pub enum VerifyError {
     NoAnchor {
         /// The seq found first.
         found: u64,
-        /// The file.
+        /// The first file given, where the chain should start.
         path: PathBuf,
     },
     /// No record at all.

@@ -30,7 +30,6 @@ pub enum AuditEvent {
     },
     /// The monitor confirmed a change of one of the bundle's files.
     ChangeDetected {
-        /// The file.
         path: PathBuf,
         /// `ebpf`, `inotify` or `resync` ([`Source::as_str`]).
         source: Source,
@@ -42,10 +41,7 @@ pub enum AuditEvent {
         sha256: Option<String>,
     },
     /// The resync found a change no hook reported.
-    ResyncFoundChange {
-        /// The file.
-        path: PathBuf,
-    },
+    ResyncFoundChange { path: PathBuf },
     /// Cert and key (or chain and CA) disagree, inside `pair_timeout`: waiting for the other half.
     PairWaiting {
         /// The check that does not pass yet.
@@ -162,7 +158,6 @@ pub enum AuditEvent {
     /// server cannot be reached or refuses. Audited when the wait starts and whenever its reason
     /// changes; the action does not run meanwhile.
     LockWait {
-        /// The action.
         action: String,
         /// The lock's name.
         lock: String,
@@ -178,7 +173,6 @@ pub enum AuditEvent {
     /// The action's Lease is held by this node: from now until `lock_released`, no other node's
     /// action of the same lock runs.
     LockAcquired {
-        /// The action.
         action: String,
         /// The lock's name.
         lock: String,
@@ -196,7 +190,6 @@ pub enum AuditEvent {
     },
     /// The action and its bundle's probes are done: the Lease is given back.
     LockReleased {
-        /// The action.
         action: String,
         /// The lock's name.
         lock: String,
@@ -219,7 +212,6 @@ pub enum AuditEvent {
     },
     /// An action with a `lock` waited `lock_wait` without getting its Lease: it did not run.
     LockNotAcquired {
-        /// The action.
         action: String,
         /// The lock's name.
         lock: String,

@@ -56,9 +56,9 @@ const TAIL_CHUNK: u64 = 64 * 1024;
 #[derive(Debug, Error)]
 #[error("audit log {path}: {source}")]
 pub struct AuditError {
-    /// The file.
+    /// The path the write was for: the log, its lock file or a rotated copy.
     pub path: PathBuf,
-    /// The error.
+    /// What the operating system refused (a full disk and a read-only mount are the usual causes).
     #[source]
     pub source: io::Error,
 }

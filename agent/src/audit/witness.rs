@@ -61,12 +61,7 @@ pub(crate) struct Witnessed {
 pub(crate) enum WitnessError {
     /// A witness file cannot be read.
     #[error("witness {path}: {message}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        message: String,
-    },
+    Read { path: PathBuf, message: String },
     /// The witness holds something that is not a head.
     #[error("witness {witness}: {message}")]
     Invalid {
@@ -158,7 +153,6 @@ pub(crate) enum WitnessMismatch {
     /// The witness saw a record the log no longer has.
     #[error("truncated: witness {witness} saw seq {seq} (hash {hash}), log ends at {log_last}")]
     Truncated {
-        /// The witness.
         witness: String,
         /// The highest witnessed seq.
         seq: u64,
@@ -171,7 +165,6 @@ pub(crate) enum WitnessMismatch {
     /// (the chain itself is consistent, so it was re-sealed).
     #[error("re-forged: witness {witness} saw seq {seq} with hash {witnessed}, but record seq {seq} ({path}:{line}) hashes to {found}")]
     ReForged {
-        /// The witness.
         witness: String,
         /// The lowest seq that differs.
         seq: u64,
@@ -189,7 +182,6 @@ pub(crate) enum WitnessMismatch {
 /// What a log that matches its witness showed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct WitnessSummary {
-    /// The witness.
     pub witness: String,
     /// Heads found in the files, each with the witnessed hash.
     pub heads: usize,
@@ -483,7 +475,6 @@ pub(crate) struct Head {
     pub instance: String,
     /// When (RFC 3339).
     pub time: String,
-    /// The node.
     pub node: String,
 }
 

@@ -63,7 +63,6 @@ fn resync_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch files and print one confirmed change per line, with the writer that made it.

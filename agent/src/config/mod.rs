@@ -35,16 +35,16 @@ pub enum ConfigError {
     /// The file cannot be read.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The configuration file (or profile overlay) as it was given.
         path: PathBuf,
-        /// The error.
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
     /// Not valid TOML for this schema (toml's message names the line, column and field).
     #[error("{path}: {message}")]
     Syntax {
-        /// The file.
+        /// The file whose text does not parse.
         path: PathBuf,
         /// toml's message.
         message: String,
@@ -52,7 +52,7 @@ pub enum ConfigError {
     /// A value that parses but makes no sense.
     #[error("{path}:{line}: {field}: {message}")]
     Invalid {
-        /// The file.
+        /// The file holding the value.
         path: PathBuf,
         /// 1-based line of the value (or of its table).
         line: usize,

@@ -27,7 +27,6 @@ pub(crate) enum ConfigSource {
     Text {
         /// Where the text was written, for messages.
         path: PathBuf,
-        /// The configuration.
         text: String,
     },
 }

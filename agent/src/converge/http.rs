@@ -57,7 +57,6 @@ pub(crate) enum TokenError {
     /// The file cannot be read (missing: e.g. no ServiceAccount token mounted).
     #[error("bearer_token_file {}: {source}", path.display())]
     Read {
-        /// The file.
         path: PathBuf,
         /// Why.
         #[source]
@@ -65,20 +64,14 @@ pub(crate) enum TokenError {
     },
     /// Nothing but white space in it.
     #[error("bearer_token_file {} is empty", path.display())]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
+    Empty { path: PathBuf },
     /// More than one line, control characters, spaces, or over [`MAX_TOKEN`] bytes: it cannot be
     /// sent in a header as it is.
     #[error(
         "bearer_token_file {} does not hold a token (one line of at most {MAX_TOKEN} visible ASCII characters)",
         path.display()
     )]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-    },
+    Malformed { path: PathBuf },
 }
 
 impl BearerToken {
@@ -181,7 +174,6 @@ pub(crate) enum HttpError {
     TooLarge {
         /// `head` or `body`.
         what: &'static str,
-        /// The limit.
         limit: usize,
     },
     /// The whole exchange took longer than the deadline.

@@ -69,7 +69,6 @@ pub(crate) enum ObserveError {
     Connect {
         /// `host:port`.
         endpoint: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },

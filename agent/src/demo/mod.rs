@@ -31,18 +31,14 @@ pub(crate) enum DemoError {
     /// Reading the demo state failed (run `certreload demo` first).
     #[error("reading {path}: {source} (start the demo with `certreload demo` first)")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Write {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -50,7 +46,6 @@ pub(crate) enum DemoError {
     /// `StrictModes` for `~/.ssh`): they could plant links or FIFOs in it that root then follows.
     #[error("refusing the demo state directory {path}: {check} check failed: {found}; another user could plant links or files in it (remove it, or choose another directory with --dir)")]
     UnsafeDir {
-        /// The directory.
         path: PathBuf,
         /// Which check: `symlink`, `type`, `owner`, `permissions`, `ancestor owner`,
         /// `ancestor permissions`, `path`, `replaced`.
@@ -62,7 +57,6 @@ pub(crate) enum DemoError {
     /// file of another owner): never followed, read or written through.
     #[error("refusing {path}: {found}; certreload demo only uses files it wrote itself (remove it, or choose another directory with --dir)")]
     Foreign {
-        /// The entry.
         path: PathBuf,
         /// What it is.
         found: String,

@@ -47,7 +47,7 @@ pub enum KubeconfigError {
     /// A `*-data` field that is not base64.
     #[error("{field} of {entry:?} is not valid base64")]
     Base64 {
-        /// The field.
+        /// `client-certificate-data` or `client-key-data`, as the kubeconfig spells it.
         field: &'static str,
         /// The user or cluster entry.
         entry: String,

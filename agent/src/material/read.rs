@@ -21,53 +21,36 @@ pub(crate) const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 pub(crate) enum ReadError {
     /// Nothing at the path.
     #[error("{path}: file not found")]
-    NotFound {
-        /// The file.
-        path: PathBuf,
-    },
+    NotFound { path: PathBuf },
     /// A directory where a file is expected.
     #[error("{path}: is a directory, expected a file")]
-    IsDirectory {
-        /// The file.
-        path: PathBuf,
-    },
+    IsDirectory { path: PathBuf },
     /// A FIFO, socket or device where a file is expected: refused before reading (a FIFO would
     /// wait for a writer, a device could be endless).
     #[error("{path}: is a {kind}, expected a regular file")]
     NotRegular {
-        /// The file.
         path: PathBuf,
         /// What is there instead.
         kind: FileKind,
     },
     /// Symlinks that point at each other.
     #[error("{path}: symlink loop (too many levels of symbolic links)")]
-    SymlinkLoop {
-        /// The file.
-        path: PathBuf,
-    },
+    SymlinkLoop { path: PathBuf },
     /// The agent may not read it.
     #[error("{path}: permission denied")]
-    PermissionDenied {
-        /// The file.
-        path: PathBuf,
-    },
+    PermissionDenied { path: PathBuf },
     /// Larger than the configured limit.
     #[error("{path}: {size} bytes exceeds max_file_size ({max} bytes)")]
     TooLarge {
-        /// The file.
         path: PathBuf,
         /// Its size (at least; the read stops past the limit).
         size: u64,
-        /// The limit.
         max: u64,
     },
     /// Any other I/O error.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },

@@ -38,12 +38,7 @@ pub(super) enum KubeletServing {
     /// cert and key in one file). A restart never helps: the kubelet reloads it itself.
     Bootstrap,
     /// `tlsCertFile`/`tlsPrivateKeyFile` (host paths, relative to the host root).
-    Files {
-        /// The certificate.
-        cert: String,
-        /// The key.
-        key: String,
-    },
+    Files { cert: String, key: String },
     /// Neither: `kubelet.crt`/`kubelet.key` in the certificate directory (self-signed, generated
     /// by the kubelet when missing).
     Default,
