@@ -39,9 +39,7 @@ pub(crate) enum RunError {
     /// A listener or the admin endpoint cannot bind its address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
         addr: std::net::SocketAddr,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -218,7 +216,9 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
         _ = reloader.run(rx, stop_rx) => {}
     }
     stop_tx.stop();
-    let _ = monitor_task.await;
+    if let Err(e) = monitor_task.await {
+        tracing::error!(error = %e, "the monitor task failed");
+    }
     append_shared(
         &audit,
         None,

@@ -11,7 +11,7 @@ use crate::sync::or_pending;
 /// Tells every [`Shutdown`] made from it that the agent is stopping. Dropping it without
 /// [`Stop::stop`] stops them too (a task whose wiring went away has nothing left to serve).
 #[derive(Debug)]
-pub struct Stop(watch::Sender<bool>);
+pub(crate) struct Stop(watch::Sender<bool>);
 
 /// A task's view of the shutdown notice: cheap to clone, one per task.
 #[derive(Debug, Clone)]
@@ -20,15 +20,16 @@ pub struct Shutdown {
 }
 
 /// A [`Stop`] and the first [`Shutdown`] listening to it (clone it for each task).
-pub fn channel() -> (Stop, Shutdown) {
+pub(crate) fn channel() -> (Stop, Shutdown) {
     let (stop, notice) = watch::channel(false);
     (Stop(stop), Shutdown { notice })
 }
 
 impl Stop {
     /// Starts the shutdown: every pending and future [`Shutdown::recv`] returns.
-    pub fn stop(&self) {
-        let _ = self.0.send(true);
+    pub(crate) fn stop(&self) {
+        // Fails only when no task holds a Shutdown any more: nobody is left to tell.
+        self.0.send(true).ok();
     }
 }
 
@@ -41,7 +42,8 @@ impl Shutdown {
     /// Resolves once the shutdown is sent or its [`Stop`] is gone; at once if that already
     /// happened. Cancel safe: use it as a `select!` arm in a loop.
     pub async fn recv(&mut self) {
-        let _ = self.notice.wait_for(|stopping| *stopping).await;
+        // An error means the Stop is gone, which counts as stopped.
+        self.notice.wait_for(|stopping| *stopping).await.ok();
     }
 }
 
@@ -49,14 +51,14 @@ impl Shutdown {
 /// made. Install it first thing: a handler registered lazily, when a `select!` first polls it,
 /// leaves a window after start-up in which SIGTERM still has its default action and kills the agent
 /// without its `agent_stopped` record (seen as "agent exited with signal 15" right after "ready").
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
 }
 
 impl ShutdownSignal {
     /// Registers both handlers now; a signal arriving before [`ShutdownSignal::recv`] is kept.
-    pub fn install() -> Self {
+    pub(crate) fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
         let term = signal(SignalKind::terminate())
             .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGTERM"))
@@ -68,7 +70,7 @@ impl ShutdownSignal {
     }
 
     /// Resolves on the first SIGINT or SIGTERM (never, for one that could not be caught).
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = or_pending(self.term.as_mut().map(|s| s.recv())) => {}
             _ = or_pending(self.int.as_mut().map(|s| s.recv())) => {}
@@ -88,7 +90,7 @@ mod tests {
     async fn a_signal_before_recv_is_kept() {
         let mut shutdown = ShutdownSignal::install();
         crate::sys::test_support::raise(libc::SIGTERM).expect("raise");
-        tokio::time::timeout(std::time::Duration::from_secs(10), shutdown.recv())
+        tokio::time::timeout(Duration::from_secs(10), shutdown.recv())
             .await
             .expect("the SIGTERM raised before recv is delivered");
     }

@@ -8,11 +8,11 @@
 //! `certreload status` relies on it). Connections are capped and timed ([`server`]); beyond
 //! loopback the endpoint speaks HTTPS ([`tls`]) so tokens never cross the network in clear.
 
-pub mod auth;
-pub mod metrics;
-pub mod server;
-pub mod status;
-pub mod tls;
+pub(crate) mod auth;
+pub(crate) mod metrics;
+pub(crate) mod server;
+pub(crate) mod status;
+pub(crate) mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -43,7 +43,7 @@ struct Admin {
 
 /// The admin endpoint could not be set up (a start-up error).
 #[derive(Debug, Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The serving certificate for a non-loopback address.
     #[error(transparent)]
     Tls(#[from] tls::AdminTlsError),
@@ -55,14 +55,14 @@ pub enum AdminError {
 /// The admin endpoint, set up for the address it was bound to: plain HTTP and no authorization
 /// on a loopback address; HTTPS (configured or self-signed certificate) and TokenReview +
 /// SubjectAccessReview for `/metrics` and `/status` from non-loopback clients anywhere else.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     settings: AdminSettings,
     tls: Option<tls::AdminIdentity>,
 }
 
 impl Endpoint {
     /// Prepares the endpoint for `listener` (see [`bind`]).
-    pub fn new(
+    pub(crate) fn new(
         settings: &AdminSettings,
         listener: &tokio::net::TcpListener,
     ) -> Result<Endpoint, AdminError> {
@@ -87,7 +87,7 @@ impl Endpoint {
 
     /// Serves on `listener` until `shutdown`: `/status` from `state`, `/metrics` from `metrics` and
     /// `state`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         listener: tokio::net::TcpListener,
         state: Arc<AgentState>,
@@ -134,7 +134,7 @@ fn serving_names(local: SocketAddr) -> Vec<String> {
 }
 
 /// Binds the admin address (a conflict is a start-up error).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }
 

@@ -46,19 +46,19 @@ use crate::{
 
 /// hyper's read buffer limit per connection (its default is ~400 KiB; the minimum it allows is
 /// 8 KiB). A request line and headers beyond it are refused with 431.
-pub const MAX_BUF: usize = 16 * 1024;
+pub(crate) const MAX_BUF: usize = 16 * 1024;
 
 /// Headers per request, at most (hyper's default is 100).
-pub const MAX_HEADERS: usize = 32;
+pub(crate) const MAX_HEADERS: usize = 32;
 
 /// The client a request came from, put in every request's extensions so handlers can tell
 /// loopback (unauthenticated) from the network (bearer token required).
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 impl Peer {
     /// Whether the client is on this host's loopback (IPv4-mapped IPv6 included).
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.0.ip().to_canonical().is_loopback()
     }
 }
@@ -164,7 +164,8 @@ pub(super) async fn accept_loop(
 
 async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slots: Slots) {
     let _slots = slots;
-    let _ = stream.set_nodelay(true);
+    // Latency only: a socket without it still serves.
+    stream.set_nodelay(true).ok();
     let settings = &shared.settings;
     let activity = Activity::new();
     let loopback = Peer(peer).is_loopback();
@@ -209,11 +210,14 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sl
             "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        let _ = tokio::time::timeout(settings.header_read_timeout, async {
-            let _ = io.write_all(answer.as_bytes()).await;
-            let _ = io.shutdown().await;
+        // Best effort, within the header timeout: the connection closes whether or not the
+        // client reads the answer.
+        tokio::time::timeout(settings.header_read_timeout, async {
+            io.write_all(answer.as_bytes()).await.ok();
+            io.shutdown().await.ok();
         })
-        .await;
+        .await
+        .ok();
     }
 }
 

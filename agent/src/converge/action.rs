@@ -19,11 +19,11 @@ use crate::{
 };
 
 /// Most bytes of a command's output kept in the record.
-pub const OUTPUT_LIMIT: usize = 4096;
+pub(crate) const OUTPUT_LIMIT: usize = 4096;
 
 /// What actions need from the agent.
 #[derive(Clone)]
-pub struct ActionContext {
+pub(crate) struct ActionContext {
     /// Audit trail.
     pub audit: SharedAudit,
     /// Counters.
@@ -46,7 +46,7 @@ struct Outcome {
 /// Runs `config` for each generation received on `triggers` until `shutdown`. Triggers that
 /// arrive while waiting out `min_interval` are coalesced into one run for the newest generation.
 /// `bundle_lock` is shared by every action of the bundle.
-pub async fn run(
+pub(crate) async fn run(
     config: ActionConfig,
     ctx: ActionContext,
     mut triggers: mpsc::Receiver<u64>,
@@ -536,7 +536,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(900)).await;
         stop.stop();
-        let _ = task.await;
+        task.await.expect("the action task ends at the stop");
         let runs: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .expect("read")
             .lines()

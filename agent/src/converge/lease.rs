@@ -49,7 +49,7 @@ const MAX_POLL: Duration = Duration::from_secs(2);
 
 /// Where locks live and who takes them (from `[locks]` and the node name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockSettings {
+pub(crate) struct LockSettings {
     /// Namespace of the Leases.
     pub namespace: String,
     /// `leaseDurationSeconds` written into a taken Lease.
@@ -60,7 +60,7 @@ pub struct LockSettings {
 
 /// Why a Lease request did not give an answer to act on.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// No in-cluster service account and no usable KUBECONFIG.
     #[error("no Kubernetes API credentials (in-cluster ServiceAccount or KUBECONFIG): {0}")]
     Credentials(String),
@@ -71,7 +71,6 @@ pub enum LeaseError {
         lease: String,
         /// `get`, `create`, `update`.
         operation: &'static str,
-        /// The limit.
         timeout: Duration,
     },
     /// The request failed (transport error, or an API status such as 403 Forbidden).
@@ -90,7 +89,7 @@ pub enum LeaseError {
 impl LeaseError {
     /// A short, stable category (`credentials`, `timeout`, `http 403`, `transport`): a wait is
     /// audited again only when this changes, not at every poll.
-    pub fn category(&self) -> String {
+    pub(crate) fn category(&self) -> String {
         match self {
             LeaseError::Credentials(_) => "credentials".into(),
             LeaseError::Timeout { .. } => "timeout".into(),
@@ -105,7 +104,7 @@ impl LeaseError {
 
 /// What an action is waiting for, reported when it starts and whenever it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Waiting {
+pub(crate) enum Waiting {
     /// Another node holds a valid Lease.
     HeldBy {
         /// Its holderIdentity.
@@ -126,7 +125,7 @@ pub enum Waiting {
 
 impl Waiting {
     /// The holder, when that is the reason.
-    pub fn holder(&self) -> Option<&str> {
+    pub(crate) fn holder(&self) -> Option<&str> {
         match self {
             Waiting::HeldBy { holder, .. } => Some(holder),
             _ => None,
@@ -134,7 +133,7 @@ impl Waiting {
     }
 
     /// The reason in words.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Waiting::HeldBy { holder, expires_in } => format!(
                 "held by {holder}; counts as expired in {}s unless renewed",
@@ -160,7 +159,7 @@ impl Waiting {
 }
 
 /// How an acquisition ended (`H`: what is held, the Lease or a caller's wrapper of it).
-pub enum Acquired<H = HeldLease> {
+pub(crate) enum Acquired<H = HeldLease> {
     /// The Lease is ours until released.
     Held(H),
     /// `lock_wait` passed; the last reason.
@@ -243,14 +242,14 @@ fn decide(
 }
 
 /// The Leases of every lock, through one lazily made API client.
-pub struct Leases {
+pub(crate) struct Leases {
     settings: LockSettings,
     client: OnceCell<Client>,
 }
 
 impl Leases {
     /// Locks with these settings; the client is made on first use (in-cluster or KUBECONFIG).
-    pub fn new(settings: LockSettings) -> Leases {
+    pub(crate) fn new(settings: LockSettings) -> Leases {
         Leases {
             settings,
             client: OnceCell::new(),
@@ -258,20 +257,20 @@ impl Leases {
     }
 
     /// With an existing client (tests, or a client shared with other users).
-    pub fn with_client(settings: LockSettings, client: Client) -> Leases {
+    #[cfg(test)]
+    pub(crate) fn with_client(settings: LockSettings, client: Client) -> Leases {
         Leases {
             settings,
             client: OnceCell::new_with(Some(client)),
         }
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &LockSettings {
+    pub(crate) fn settings(&self) -> &LockSettings {
         &self.settings
     }
 
     /// `namespace/name` of a lock's Lease, for records.
-    pub fn lease_ref(&self, lock: &ActionLock) -> String {
+    pub(crate) fn lease_ref(&self, lock: &ActionLock) -> String {
         format!("{}/{}", self.settings.namespace, lock.lease_name())
     }
 
@@ -293,7 +292,7 @@ impl Leases {
 
     /// Waits for the lock's Lease until it is this node's, `lock.wait` passes, or `shutdown`.
     /// `report` hears every new reason to wait (another holder, no API server), once each.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         lock: &ActionLock,
         shutdown: &mut Shutdown,
@@ -449,7 +448,7 @@ async fn call<T>(
 }
 
 /// A Lease this node holds: renewed in the background until [`HeldLease::release`].
-pub struct HeldLease {
+pub(crate) struct HeldLease {
     shared: Arc<HeldShared>,
     stop: Stop,
     renewer: JoinHandle<()>,
@@ -498,18 +497,20 @@ impl HeldLease {
     }
 
     /// Why the hold ended early (another node took the Lease), if it did.
-    pub fn lost(&self) -> Option<String> {
+    pub(crate) fn lost(&self) -> Option<String> {
         self.shared.lost.lock_or_recover().clone()
     }
 
     /// Stops renewing and clears the holder. Retried until the Lease would have expired anyway;
     /// an error means the other nodes wait for that expiry.
-    pub async fn release(self) -> Result<(), LeaseError> {
+    pub(crate) async fn release(self) -> Result<(), LeaseError> {
         if self.lost().is_some() {
             return Ok(());
         }
         self.stop.stop();
-        let _ = self.renewer.await;
+        if let Err(e) = self.renewer.await {
+            tracing::warn!(lease = %self.shared.name, error = %e, "the lease renewer failed before the release");
+        }
         let s = &self.shared;
         let give_up = crate::clock::later(Instant::now(), s.duration);
         let mut delay = FIRST_POLL;

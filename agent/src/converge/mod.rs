@@ -1,14 +1,14 @@
 //! The last step of the data path: after a generation is swapped in, prove that the node's other
 //! TLS endpoints converged on it (probes), and make the ones that cannot reload do so (actions).
 
-pub mod action;
-pub mod http;
-pub mod judge;
-pub mod jwks;
-pub mod lease;
-pub mod observe;
-pub mod probe;
-pub mod settle;
+pub(crate) mod action;
+pub(crate) mod http;
+pub(crate) mod judge;
+pub(crate) mod jwks;
+pub(crate) mod lease;
+pub(crate) mod observe;
+pub(crate) mod probe;
+pub(crate) mod settle;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -22,11 +22,11 @@ use crate::{
 };
 
 /// Each probe's latest verdict, by name (read by `/status`).
-pub type ProbeBoard = Arc<std::sync::Mutex<BTreeMap<String, probe::ProbeStatus>>>;
+pub(crate) type ProbeBoard = Arc<std::sync::Mutex<BTreeMap<String, probe::ProbeStatus>>>;
 
 /// A probe found an endpoint stale: `on = "stale"` actions of the bundle run.
 #[derive(Debug, Clone)]
-pub struct StaleNotice {
+pub(crate) struct StaleNotice {
     /// The probed bundle.
     pub bundle: String,
     /// The generation the endpoint should reflect.
@@ -34,7 +34,7 @@ pub struct StaleNotice {
 }
 
 /// Starts every probe and action of `config`; they stop with `shutdown`.
-pub fn start(
+pub(crate) fn start(
     config: &Config,
     store: Arc<GenerationStore>,
     audit: SharedAudit,
@@ -113,7 +113,9 @@ pub fn start(
                                 if r.is_err() { return; }
                                 let number = generations.borrow_and_update().as_ref().map(|g| g.number);
                                 if let Some(n) = number {
-                                    let _ = tx.try_send(n);
+                                    // Full: runs are queued, and the action coalesces them to the
+                                    // newest generation anyway. Closed: the action has stopped.
+                                    tx.try_send(n).ok();
                                 }
                             }
                         }
@@ -130,7 +132,9 @@ pub fn start(
                 notice = stale_rx.recv() => {
                     let Some(notice) = notice else { return };
                     for tx in on_stale.get(&notice.bundle).into_iter().flatten() {
-                        let _ = tx.try_send(notice.generation);
+                        // Full: runs are queued, and the action coalesces them to the newest
+                        // generation anyway. Closed: the action has stopped.
+                        tx.try_send(notice.generation).ok();
                     }
                 }
             }

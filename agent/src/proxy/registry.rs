@@ -139,7 +139,8 @@ impl Registry {
             };
             let stale_for = now.duration_since(stale_since);
             if stale_for >= grace && !*e.close.borrow() {
-                let _ = e.close.send(true);
+                // Fails only when the connection's task has ended: closed already.
+                e.close.send(true).ok();
                 drained.push((e.info.clone(), stale_for.as_secs_f64()));
             }
         }
@@ -160,7 +161,8 @@ impl Registry {
             .filter(|e| e.info.listener == listener && !*e.close.borrow())
         {
             if untrusted(&e.info) {
-                let _ = e.close.send(true);
+                // Fails only when the connection's task has ended: closed already.
+                e.close.send(true).ok();
                 revoked.push(e.info.clone());
             }
         }

@@ -39,7 +39,6 @@ pub enum ActionCommand {
         name: String,
         /// Its number.
         number: i32,
-        /// The receiver.
         target: SignalTarget,
     },
 }
