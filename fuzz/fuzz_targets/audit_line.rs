@@ -29,10 +29,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let path: PathBuf = scratch().path().join("audit.jsonl");
     std::fs::write(&path, data).expect("write the fuzz input");
-    let _ = chain::verify_file(&path);
+    // Only a panic (or a hang) is a finding: any input may be refused.
+    chain::verify_file(&path).ok();
     // Opening continues the chain: whatever it does to a damaged tail, the result is a log.
     if let Ok(log) = AuditLog::open(&path, u64::MAX) {
         drop(log);
     }
-    let _ = std::fs::remove_file(&path);
+    // The next input overwrites it anyway.
+    std::fs::remove_file(&path).ok();
 });

@@ -13,7 +13,7 @@ use certreload_common::RawEvent;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let size = std::mem::size_of::<RawEvent>();
+    let size = size_of::<RawEvent>();
     let mut writers = OpenWriters::default();
     let mut chunks = data.chunks_exact(size);
     for record in &mut chunks {
