@@ -3,7 +3,7 @@
 
 /// `--output`: JSON for programs, text for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// One JSON object per line (stable field names; see the README).
     Json,
     /// Human-readable lines.

@@ -15,7 +15,7 @@ pub(crate) struct Stop(watch::Sender<bool>);
 
 /// A task's view of the shutdown notice: cheap to clone, one per task.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     notice: watch::Receiver<bool>,
 }
 
@@ -35,13 +35,13 @@ impl Stop {
 
 impl Shutdown {
     /// Whether the shutdown has been sent (a task checks it between steps it will not interrupt).
-    pub fn is_shutdown(&self) -> bool {
+    pub(crate) fn is_shutdown(&self) -> bool {
         *self.notice.borrow()
     }
 
     /// Resolves once the shutdown is sent or its [`Stop`] is gone; at once if that already
     /// happened. Cancel safe: use it as a `select!` arm in a loop.
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         // An error means the Stop is gone, which counts as stopped.
         self.notice.wait_for(|stopping| *stopping).await.ok();
     }

@@ -23,14 +23,14 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// The `prev` of record 0 for `instance`.
-pub fn anchor(instance: &str) -> String {
+pub(crate) fn anchor(instance: &str) -> String {
     hex::encode(Sha256::digest(format!(
         "certreload-audit-anchor:{instance}"
     )))
 }
 
 /// SHA-256 (hex) of a record's line, without its newline: the next record's `prev`.
-pub fn link(line: &str) -> String {
+pub(crate) fn link(line: &str) -> String {
     hex::encode(Sha256::digest(line.as_bytes()))
 }
 
@@ -45,7 +45,7 @@ pub struct ChainHead {
 
 impl ChainHead {
     /// A new chain anchored in `instance`.
-    pub fn anchored(instance: &str) -> Self {
+    pub(crate) fn anchored(instance: &str) -> Self {
         ChainHead {
             seq: 0,
             prev: anchor(instance),
@@ -64,7 +64,7 @@ impl ChainHead {
 
     /// Serialises a record (`seq`, `ts`, `instance`, `bundle`, the event's fields, `prev`) and
     /// advances the head. Field order is fixed so the bytes are reproducible.
-    pub fn seal(
+    pub(crate) fn seal(
         &mut self,
         ts: &str,
         instance: &str,
@@ -209,7 +209,7 @@ pub struct VerifySummary {
 impl VerifySummary {
     /// True when every record from the anchor to the last is present and linked: no
     /// discontinuity hides missing records.
-    pub fn intact(&self) -> bool {
+    pub(crate) fn intact(&self) -> bool {
         self.discontinuities.iter().all(|d| d.missing.is_none())
     }
 }
@@ -273,7 +273,7 @@ fn replaced_after(v: &Value, seq: u64, prev: &str) -> Option<(u64, String)> {
 }
 
 /// Verifies the chain across `files`, given oldest first.
-pub fn verify_files(files: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
+pub(crate) fn verify_files(files: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
     let mut previous: Option<(u64, Vec<u8>, PathBuf, usize)> = None; // seq, raw line, file, line no
     let mut instances = std::collections::BTreeSet::new();
     let mut records = 0u64;

@@ -13,7 +13,7 @@ use crate::{
 /// One audited step. Serialised flat into the record, with `event` naming the variant.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum AuditEvent {
+pub(crate) enum AuditEvent {
     /// The agent started (first record of each run).
     AgentStarted {
         /// certreload version.
@@ -268,7 +268,7 @@ pub enum AuditEvent {
 
 /// One probe's outcome while an action held its lock.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProbeSettled {
+pub(crate) struct ProbeSettled {
     /// Probe name.
     pub probe: String,
     /// Whether a check that began after the command reported the endpoint converged on the run's
@@ -280,7 +280,7 @@ pub struct ProbeSettled {
 
 impl AuditEvent {
     /// The `event` name, for logs and metrics.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             AuditEvent::AgentStarted { .. } => "agent_started",
             AuditEvent::AgentStopped { .. } => "agent_stopped",

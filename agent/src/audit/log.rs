@@ -43,11 +43,11 @@ use super::{chain::ChainHead, event::AuditEvent};
 use crate::clock;
 
 /// How many rotated files are kept (`audit.jsonl.1` is the newest).
-pub const ROTATED_KEPT: usize = 9;
+pub(crate) const ROTATED_KEPT: usize = 9;
 
 /// The longest last line `open` reads back to find the chain head. Records are a few KiB at most
 /// (an action's output is cut to 4 KiB); a longer last line is not something this agent wrote.
-pub const MAX_RECORD: u64 = 1 << 20;
+pub(crate) const MAX_RECORD: u64 = 1 << 20;
 
 /// How much of the file's end is read at a time while looking for the last line.
 const TAIL_CHUNK: u64 = 64 * 1024;
@@ -87,7 +87,7 @@ pub struct AuditLog {
 
 /// A record handed to an observer (Kubernetes Events) after it is durable.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// The record's bundle.
     pub bundle: Option<String>,
     /// What it says.
@@ -106,7 +106,7 @@ fn invalid(message: String) -> io::Error {
 }
 
 /// A random instance id (128 bits from the kernel's CSPRNG), the chain's anchor for a new log.
-pub fn new_instance_id() -> String {
+pub(crate) fn new_instance_id() -> String {
     let mut bytes = [0u8; 16];
     let filled = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
     if filled.is_err() {
@@ -118,7 +118,7 @@ pub fn new_instance_id() -> String {
 }
 
 /// `<path>.lock`, the file whose `flock` says which agent owns the log.
-pub fn lock_path(path: &Path) -> PathBuf {
+pub(crate) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(".lock");
     PathBuf::from(name)
@@ -314,32 +314,36 @@ impl AuditLog {
     }
 
     /// This run's instance id.
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
 
     /// The log's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The last record written: its `seq` and the SHA-256 of its line (the next record's `prev`),
     /// or `None` while the chain has no record. This is what the witness publishes: it commits to
     /// every record up to `seq`.
-    pub fn last_record(&self) -> Option<(u64, String)> {
+    pub(crate) fn last_record(&self) -> Option<(u64, String)> {
         let seq = self.head.seq.checked_sub(1)?;
         Some((seq, self.head.prev.clone()))
     }
 
     /// Hands every durable record to `tx` from now on (the Kubernetes Events publisher).
-    pub fn observe(&mut self, tx: tokio::sync::mpsc::UnboundedSender<Observed>) {
+    pub(crate) fn observe(&mut self, tx: tokio::sync::mpsc::UnboundedSender<Observed>) {
         self.observer = Some(tx);
     }
 
     /// Appends one record, fsyncs it, and mirrors it as a `tracing` event (so it also shows in
     /// `kubectl logs`) and to the observer. Returns the record's `seq`. On `Err` nothing was
     /// recorded and the chain head is unchanged (see the module doc).
-    pub fn append(&mut self, bundle: Option<&str>, event: &AuditEvent) -> Result<u64, AuditError> {
+    pub(crate) fn append(
+        &mut self,
+        bundle: Option<&str>,
+        event: &AuditEvent,
+    ) -> Result<u64, AuditError> {
         let result = self.append_inner(bundle, event);
         if let Err(e) = &result {
             self.failed_appends += 1;
@@ -525,7 +529,7 @@ impl AuditLog {
 }
 
 /// `audit.jsonl.N`.
-pub fn rotated(path: &Path, n: usize) -> PathBuf {
+pub(crate) fn rotated(path: &Path, n: usize) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(format!(".{n}"));
     PathBuf::from(name)

@@ -19,12 +19,12 @@ use crate::sync::LockExt;
 
 /// The audit log shared by the reload pipeline and the TLS front (connection records). Appends
 /// are short (one write + fsync) and serialised by the mutex, which keeps the chain linear.
-pub type SharedAudit = std::sync::Arc<std::sync::Mutex<AuditLog>>;
+pub(crate) type SharedAudit = std::sync::Arc<std::sync::Mutex<AuditLog>>;
 
 /// Appends through a [`SharedAudit`]; a poisoned lock still writes (the log itself is consistent:
 /// a record is either fully written and synced, or cut at the next start). The outcome is reported
 /// to [`health::health`] (`/readyz`, `/metrics`).
-pub fn append_shared(
+pub(crate) fn append_shared(
     audit: &SharedAudit,
     bundle: Option<&str>,
     event: &AuditEvent,

@@ -14,7 +14,7 @@ use crate::{
 /// Kernel-assisted certificate hot reload for every TLS endpoint on a node.
 #[derive(Debug, Parser)]
 #[command(name = "certreload", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do; without a command, the built-in demo runs.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -22,7 +22,7 @@ pub struct Cli {
 
 /// Options shared by every command that runs the monitor.
 #[derive(Debug, clap::Args)]
-pub struct MonitorArgs {
+pub(crate) struct MonitorArgs {
     /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeRequest,
@@ -39,7 +39,7 @@ pub struct MonitorArgs {
 
 impl MonitorArgs {
     /// The resync period as a duration (10 ms to a day; never a panic, even for a NaN).
-    pub fn resync(&self) -> Duration {
+    pub(crate) fn resync(&self) -> Duration {
         Duration::try_from_secs_f64(self.resync.clamp(0.01, RESYNC_MAX_SECONDS))
             .unwrap_or(DEFAULT_RESYNC)
     }
@@ -64,7 +64,7 @@ fn resync_seconds(text: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Watch files and print one confirmed change per line, with the writer that made it.
     Watch {
         /// Files to watch (they need not exist yet).
@@ -167,14 +167,14 @@ pub enum Command {
 
 /// `certreload demo ...`.
 #[derive(Debug, Subcommand)]
-pub enum DemoAction {
+pub(crate) enum DemoAction {
     /// Issue the next certificate from the demo CA and swap it in (AtomicWriter style).
     Rotate,
 }
 
 /// `certreload audit ...`.
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Verify the hash chain of audit log files (oldest first, rotated files included); exit 0
     /// intact, 1 broken (the first broken or missing record is named).
     Verify {

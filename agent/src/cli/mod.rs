@@ -29,7 +29,7 @@ use crate::{
 
 /// Why a command stopped without a result of its own.
 #[derive(Debug)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// Bad arguments or a configuration/input the command cannot use: exit 2, with
     /// `certreload COMMAND: message` on stderr.
     Usage {
@@ -86,7 +86,7 @@ pub async fn run() -> ExitCode {
 
 /// Runs one parsed command line; without a command, the kubeadm profile on a kubeadm node, else
 /// the demo.
-pub async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
+pub(crate) async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
     match cli.command {
         Some(Command::Watch {
             paths,

@@ -13,7 +13,7 @@ use super::{bounds::Bounds, ConfigError, Source};
 
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminSettings {
+pub(crate) struct AdminSettings {
     /// Most simultaneous connections in all; one more is closed at once (never queued), so idle
     /// or slow clients cannot grow the agent's memory past `max_connections` × the per-connection
     /// buffer limit.
@@ -34,7 +34,7 @@ pub struct AdminSettings {
 
 /// `tls_cert` / `tls_key`: a configured serving certificate (PEM chain, PEM key), read at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminTls {
+pub(crate) struct AdminTls {
     /// Leaf first, then intermediates.
     pub cert: PathBuf,
     /// The leaf's private key.

@@ -9,7 +9,7 @@ use super::{bounds, BundleConfig, BundleKind, ConfigError, Source};
 
 /// Where decrypted traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// `tcp://host:port`.
     Tcp(String),
     /// `unix:///path`.
@@ -18,7 +18,7 @@ pub enum Upstream {
 
 /// One listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
+pub(crate) struct ListenerConfig {
     /// Unique name (metrics, status, records).
     pub name: String,
     /// Address to accept TLS on.
@@ -46,7 +46,7 @@ pub struct ListenerConfig {
 /// `upstream_tls = { client_bundle = "...", ca = "...", server_name = "..." }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// A client bundle: the certificate presented to the upstream.
     pub client_bundle: String,
     /// A ca bundle: what the upstream's certificate must verify to.

@@ -66,7 +66,7 @@ pub enum ConfigError {
 /// What kind of material a bundle holds, which decides its files and checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum BundleKind {
+pub(crate) enum BundleKind {
     /// TLS server certificate + key (checked for serverAuth).
     Server,
     /// TLS client certificate + key (checked for clientAuth).
@@ -82,7 +82,7 @@ pub enum BundleKind {
 
 impl BundleKind {
     /// The name used in the config file, `check` output and `/status` (the serde name).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BundleKind::Server => "server",
             BundleKind::Client => "client",
@@ -101,7 +101,7 @@ impl std::fmt::Display for BundleKind {
 
 /// `[agent]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentSettings {
+pub(crate) struct AgentSettings {
     /// Content resync period.
     pub resync: Duration,
     /// Extra wait before reading after a confirmed change (writers that close and reopen).
@@ -115,7 +115,7 @@ pub struct AgentSettings {
 }
 
 /// Default admin endpoint: loopback only.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9808";
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:9808";
 
 impl Default for AgentSettings {
     fn default() -> Self {
@@ -135,7 +135,7 @@ impl Default for AgentSettings {
 
 /// `[audit]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditSettings {
+pub(crate) struct AuditSettings {
     /// The JSON-lines audit log.
     pub path: PathBuf,
     /// Rotate when the file exceeds this size.
@@ -149,13 +149,13 @@ pub struct AuditSettings {
 }
 
 /// Default audit log location.
-pub const DEFAULT_AUDIT_PATH: &str = "/var/log/certreload/audit.jsonl";
+pub(crate) const DEFAULT_AUDIT_PATH: &str = "/var/log/certreload/audit.jsonl";
 /// Default namespace of the audit witness objects: one of their own, so that the RBAC that lets
 /// agents update them reaches no other ConfigMap (the agent's own configuration lives in
 /// `certreload`).
-pub const DEFAULT_WITNESS_NAMESPACE: &str = "certreload-witness";
+pub(crate) const DEFAULT_WITNESS_NAMESPACE: &str = "certreload-witness";
 /// Default `[audit] witness_interval`.
-pub const DEFAULT_WITNESS_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_WITNESS_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Default for AuditSettings {
     fn default() -> Self {
@@ -171,7 +171,7 @@ impl Default for AuditSettings {
 
 /// One `[[bundle]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleConfig {
+pub(crate) struct BundleConfig {
     /// Unique name (in records, metrics and references from listeners).
     pub name: String,
     /// What it holds.
@@ -195,7 +195,7 @@ pub struct BundleConfig {
 
 /// The files of a bundle, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BundleFiles {
+pub(crate) enum BundleFiles {
     /// Server or client: leaf + intermediates, private key, and the CA the chain must verify to.
     Pair {
         /// Leaf + intermediates.
@@ -229,7 +229,7 @@ pub enum BundleFiles {
 
 impl BundleConfig {
     /// Every file of the bundle: what the monitor watches for it.
-    pub fn files(&self) -> Vec<PathBuf> {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
         match &self.files {
             BundleFiles::Pair { cert, key, ca } => [Some(cert), Some(key), ca.as_ref()]
                 .into_iter()
@@ -253,7 +253,7 @@ impl BundleConfig {
 
 /// `[events]`: Kubernetes Events on the Node for rejections, stale endpoints and acceptances.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EventsSettings {
+pub(crate) struct EventsSettings {
     /// Off unless asked for: it needs API credentials (the DaemonSet's ServiceAccount).
     pub enabled: bool,
     /// Namespace the Events are created in.
@@ -275,23 +275,23 @@ struct RawEvents {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     /// `[agent]`.
-    pub agent: AgentSettings,
+    pub(crate) agent: AgentSettings,
     /// `[audit]`.
-    pub audit: AuditSettings,
+    pub(crate) audit: AuditSettings,
     /// `[[bundle]]`s, in file order.
-    pub bundles: Vec<BundleConfig>,
+    pub(crate) bundles: Vec<BundleConfig>,
     /// `[[listener]]`s: TLS termination in front of components.
-    pub listeners: Vec<ListenerConfig>,
+    pub(crate) listeners: Vec<ListenerConfig>,
     /// `[[probe]]`s: endpoints that must converge on new generations.
-    pub probes: Vec<ProbeConfig>,
+    pub(crate) probes: Vec<ProbeConfig>,
     /// `[[action]]`s: reloads for components that cannot reload.
-    pub actions: Vec<ActionConfig>,
+    pub(crate) actions: Vec<ActionConfig>,
     /// `[events]`.
-    pub events: EventsSettings,
+    pub(crate) events: EventsSettings,
     /// `[locks]`: where `[[action]] lock`s live.
-    pub locks: LocksSettings,
+    pub(crate) locks: LocksSettings,
     /// `[admin]`: the admin endpoint's connection limits, timeouts and serving certificate.
-    pub admin: admin::AdminSettings,
+    pub(crate) admin: admin::AdminSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -400,7 +400,7 @@ impl Source<'_> {
 
 impl Config {
     /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,

@@ -11,7 +11,7 @@ use super::hint::{Source, Writer};
 /// `Deserialize` reads the same names back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ChangeKind {
+pub(crate) enum ChangeKind {
     /// Same file (device and inode), new content.
     Modified,
     /// The path now leads to another file (rename over it, symlink swap, hard link) with other
@@ -25,7 +25,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// The stable name (`modified`, `replaced`, `created`, `removed`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeKind::Modified => "modified",
             ChangeKind::Replaced => "replaced",
@@ -49,7 +49,7 @@ impl Serialize for ChangeKind {
 
 /// A change the agent has verified by re-reading the file, with the kernel's attribution.
 #[derive(Debug, Clone, Serialize)]
-pub struct ConfirmedChange {
+pub(crate) struct ConfirmedChange {
     /// RFC 3339 UTC time of confirmation.
     pub ts: String,
     /// The watched path, exactly as configured.
@@ -76,7 +76,7 @@ pub struct ConfirmedChange {
 
 impl ConfirmedChange {
     /// One human-readable line for `--output text`.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let kind = self.kind;
         let who = match &self.writer {
             Some(w) => format!(

@@ -29,7 +29,7 @@ pub struct Writer {
 /// `Display` are built on it; `Deserialize` reads the same names back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     /// The eBPF programs (with writer attribution).
     Ebpf,
     /// The inotify fallback (no attribution).
@@ -40,7 +40,7 @@ pub enum Source {
 
 impl Source {
     /// The stable name (`ebpf`, `inotify`, `resync`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Ebpf => "ebpf",
             Source::Inotify => "inotify",
@@ -63,7 +63,7 @@ impl Serialize for Source {
 
 /// Which watched paths a hint concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Every watched path whose resolution involves one of these basenames.
     Names(Vec<OsString>),
     /// Every watched path (resync, or a kernel path too long to know its basename).
@@ -72,7 +72,7 @@ pub enum Scope {
 
 /// A finished operation that may have changed watched files.
 #[derive(Debug, Clone)]
-pub struct Hint {
+pub(crate) struct Hint {
     /// The paths to re-check.
     pub scope: Scope,
     /// Where it was seen.

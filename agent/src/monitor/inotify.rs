@@ -18,7 +18,7 @@ use super::hint::{Hint, Scope, Source};
 /// The inotify watcher could not be set up.
 #[derive(Debug, Error)]
 #[error("inotify: {0}")]
-pub struct InotifyError(#[from] notify::Error);
+pub(crate) struct InotifyError(#[from] notify::Error);
 
 /// A running inotify watcher and the stream of its events.
 pub(crate) struct InotifySource {

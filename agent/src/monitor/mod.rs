@@ -47,11 +47,11 @@ use self::{
 use crate::sync::{or_pending, LockExt};
 
 /// Default content resync period: the backstop for everything the hooks cannot see.
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 
 /// Which source the caller wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeRequest {
+pub(crate) enum ModeRequest {
     /// eBPF, falling back to inotify (with one warning saying why) when it cannot load.
     Auto,
     /// eBPF or fail: for tests and for nodes where attribution is mandatory.
@@ -62,7 +62,7 @@ pub enum ModeRequest {
 
 /// What the monitor needs to run.
 #[derive(Debug, Clone)]
-pub struct MonitorConfig {
+pub(crate) struct MonitorConfig {
     /// Paths to watch, as given.
     pub paths: Vec<PathBuf>,
     /// Source selection.
@@ -78,7 +78,7 @@ pub struct MonitorConfig {
 /// The source actually in use.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "mode", rename_all = "lowercase")]
-pub enum ActiveMode {
+pub(crate) enum ActiveMode {
     /// Kernel hooks.
     Ebpf {
         /// Attachment strategy.
@@ -105,7 +105,7 @@ impl std::fmt::Display for ActiveMode {
 
 /// The monitor could not start.
 #[derive(Debug, Error)]
-pub enum MonitorError {
+pub(crate) enum MonitorError {
     /// eBPF was required and cannot be used.
     #[error("eBPF monitor unavailable: {0}")]
     Ebpf(#[from] EbpfUnavailable),
@@ -122,7 +122,7 @@ pub enum MonitorError {
 
 /// Counters reported when the monitor stops (and used by the end-to-end tests).
 #[derive(Debug, Clone, Serialize)]
-pub struct MonitorStats {
+pub(crate) struct MonitorStats {
     /// The source that ran.
     #[serde(flatten)]
     pub mode: ActiveMode,
@@ -145,7 +145,7 @@ pub struct MonitorStats {
 /// them live. The monitor writes them; whoever holds a clone (the admin endpoint) only reads, so
 /// the data flows one way and the monitor imports nothing above it (as `converge::ProbeBoard`).
 #[derive(Debug, Clone, Default)]
-pub struct MonitorCounters(Arc<Counts>);
+pub(crate) struct MonitorCounters(Arc<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -155,13 +155,13 @@ struct Counts {
 
 impl MonitorCounters {
     /// Events the kernel lost to a full ring buffer, as last read (at every resync).
-    pub fn ringbuf_drops(&self) -> u64 {
+    pub(crate) fn ringbuf_drops(&self) -> u64 {
         self.0.ringbuf_drops.load(Ordering::Relaxed)
     }
 
     /// Ring-buffer records the agent could not decode (an eBPF object and agent mismatch), counted
     /// as each is dropped.
-    pub fn decode_errors(&self) -> u64 {
+    pub(crate) fn decode_errors(&self) -> u64 {
         self.0.decode_errors.load(Ordering::Relaxed)
     }
 
@@ -198,7 +198,7 @@ enum Active {
 }
 
 /// A started monitor: sources attached, baseline taken.
-pub struct Monitor {
+pub(crate) struct Monitor {
     /// The paths and the confirmer, shared with the blocking-pool task that reads the files.
     files: Arc<Mutex<Files>>,
     active: Active,
@@ -210,7 +210,7 @@ pub struct Monitor {
 
 impl Monitor {
     /// Attaches the source and snapshots every path. Must run inside a tokio runtime.
-    pub fn start(config: &MonitorConfig) -> Result<Self, MonitorError> {
+    pub(crate) fn start(config: &MonitorConfig) -> Result<Self, MonitorError> {
         if config.paths.is_empty() {
             return Err(MonitorError::NoPaths);
         }
@@ -265,17 +265,17 @@ impl Monitor {
     }
 
     /// The running counts (ring-buffer drops, decode errors), for status and metrics while running.
-    pub fn counters(&self) -> MonitorCounters {
+    pub(crate) fn counters(&self) -> MonitorCounters {
         self.counters.clone()
     }
 
     /// The source in use.
-    pub fn mode(&self) -> &ActiveMode {
+    pub(crate) fn mode(&self) -> &ActiveMode {
         &self.mode
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), sending every confirmed change.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         changes: mpsc::Sender<ConfirmedChange>,
         mut shutdown: crate::shutdown::Shutdown,

@@ -12,7 +12,7 @@ use crate::config::{bounds, BundleConfig, ConfigError, Source};
 /// When an action runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ActionTrigger {
+pub(crate) enum ActionTrigger {
     /// A probe of the bundle reported the endpoint stale at its deadline.
     Stale,
     /// Right after the bundle got a new (validated) generation.
@@ -21,7 +21,7 @@ pub enum ActionTrigger {
 
 /// Which process a signal goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignalTarget {
+pub(crate) enum SignalTarget {
     /// The pid written in this file.
     Pidfile(PathBuf),
     /// Every process whose executable's file name is exactly this.
@@ -30,7 +30,7 @@ pub enum SignalTarget {
 
 /// What an action does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionCommand {
+pub(crate) enum ActionCommand {
     /// Run this argv (no shell).
     Exec(Vec<String>),
     /// Send this signal (number) to the target.
@@ -45,7 +45,7 @@ pub enum ActionCommand {
 
 /// A reload action for a component that cannot reload by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionConfig {
+pub(crate) struct ActionConfig {
     /// Optional name (records, metrics; a config file overrides a profile's action by name).
     pub name: Option<String>,
     /// The bundle it reacts to.
@@ -73,7 +73,7 @@ pub(crate) const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(600);
 /// so a CA rotation seen by every control-plane node restarts one etcd or kube-apiserver at a time
 /// instead of all of them at once (quorum, API availability).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionLock {
+pub(crate) struct ActionLock {
     /// The lock's name (`kube-apiserver`, `etcd`): actions with the same name exclude each other
     /// cluster-wide.
     pub name: String,
@@ -84,7 +84,7 @@ pub struct ActionLock {
 
 /// `[locks]`: where action locks (Leases) live and how long a hold lasts unrenewed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocksSettings {
+pub(crate) struct LocksSettings {
     /// Namespace of the Leases (default `certreload`, the DaemonSet's: its Role grants them).
     pub namespace: String,
     /// `leaseDurationSeconds`: how long another node waits for a holder that stopped renewing.
@@ -151,7 +151,7 @@ pub(crate) const LOCK_LEASE_PREFIX: &str = "certreload-action-";
 
 impl ActionLock {
     /// The Lease that implements the lock.
-    pub fn lease_name(&self) -> String {
+    pub(crate) fn lease_name(&self) -> String {
         format!("{LOCK_LEASE_PREFIX}{}", self.name)
     }
 }
@@ -179,7 +179,7 @@ fn lock_name_problem(name: &str) -> Option<String> {
 
 impl ActionConfig {
     /// A stable identifier for records and metrics: the name, else `bundle#line`.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.name
             .clone()
             .unwrap_or_else(|| format!("{}#{}", self.bundle, self.line))

@@ -16,7 +16,7 @@ pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One endpoint that must serve (or, for a ca bundle, trust) a bundle's current generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeConfig {
+pub(crate) struct ProbeConfig {
     /// Unique name (records, metrics).
     pub name: String,
     /// `host:port` to handshake with.
@@ -51,7 +51,7 @@ pub struct ProbeConfig {
 /// certificate there (`tls.RequestClientCert`) and refuse it per HTTP request with 401, so their
 /// trust can only be seen in an HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum ProbeCheck {
+pub(crate) enum ProbeCheck {
     /// `check = "tls"` (default): the served leaf, and a client certificate refused in (or right
     /// after) the handshake.
     #[default]
@@ -67,7 +67,8 @@ pub enum ProbeCheck {
 
 impl ProbeCheck {
     /// The configured word (`tls`, `http`, `jwks`), for messages.
-    pub fn name(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             ProbeCheck::Tls => "tls",
             ProbeCheck::Http(_) => "http",
@@ -76,7 +77,7 @@ impl ProbeCheck {
     }
 
     /// The HTTP request the check sends, if any.
-    pub fn request(&self) -> Option<&ProbeRequest> {
+    pub(crate) fn request(&self) -> Option<&ProbeRequest> {
         match self {
             ProbeCheck::Tls => None,
             ProbeCheck::Http(r) | ProbeCheck::Jwks(r) => Some(r),
@@ -101,7 +102,7 @@ pub(crate) const SELF_SUBJECT_REVIEW_BODY: &str =
 /// `/selfsubjectreviews` (e.g. `/apis/authentication.k8s.io/v1/selfsubjectreviews`) is sent with
 /// a SelfSubjectReview body and `Content-Type: application/json`; every other request has no body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeRequest {
+pub(crate) struct ProbeRequest {
     /// Upper-case method token (`GET`, `POST`).
     pub method: String,
     /// Absolute path with an optional query (`/healthz`, `/livez?verbose`).
@@ -110,7 +111,7 @@ pub struct ProbeRequest {
 
 impl ProbeRequest {
     /// Parses `"METHOD /path"`; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<ProbeRequest, String> {
+    pub(crate) fn parse(text: &str) -> Result<ProbeRequest, String> {
         let mut words = text.split_whitespace();
         let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!(
@@ -134,7 +135,7 @@ impl ProbeRequest {
     }
 
     /// Whether this is a SelfSubjectReview (its answer names the authenticated user).
-    pub fn is_self_subject_review(&self) -> bool {
+    pub(crate) fn is_self_subject_review(&self) -> bool {
         self.method == "POST"
             && self
                 .path
@@ -145,7 +146,7 @@ impl ProbeRequest {
 
     /// The body sent with the request and its content type: a SelfSubjectReview for a POST to
     /// `…/selfsubjectreviews`, else none.
-    pub fn body(&self) -> Option<(&'static str, &'static [u8])> {
+    pub(crate) fn body(&self) -> Option<(&'static str, &'static [u8])> {
         self.is_self_subject_review()
             .then_some(("application/json", SELF_SUBJECT_REVIEW_BODY.as_bytes()))
     }

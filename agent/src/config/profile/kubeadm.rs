@@ -13,7 +13,7 @@ use std::{
 use super::{
     kubelet::{self, KubeletServing},
     writer::{Bundle, Check, Probe, Writer},
-    Generated, KubeadmSettings, KUBEADM_AUDIT, SERVICE_ACCOUNT_TOKEN,
+    Generated, KubeadmSettings, KUBEADM_AUDIT,
 };
 
 /// kubeadm's admin kubeconfig (client certificate of the `kubeadm:cluster-admins` group).
@@ -392,8 +392,9 @@ const ACTIONS: [Action; 7] = [
 ];
 
 /// Generates the kubeadm profile for the host whose filesystem is at `root` (`/` normally).
-pub fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
-    kubeadm_with(root, settings, Path::new(SERVICE_ACCOUNT_TOKEN))
+#[cfg(test)]
+pub(crate) fn kubeadm(root: &Path, settings: &KubeadmSettings) -> Generated {
+    kubeadm_with(root, settings, Path::new(super::SERVICE_ACCOUNT_TOKEN))
 }
 
 /// [`kubeadm`], with the agent's own ServiceAccount token looked for at `own_token`.

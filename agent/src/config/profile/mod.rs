@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Table;
 
-pub use self::{kubeadm::kubeadm, overlay::merge};
+#[cfg(test)]
+pub(crate) use self::kubeadm::kubeadm;
+pub(crate) use self::overlay::merge;
 use super::{Config, ConfigError};
 
 /// A built-in profile.
@@ -31,7 +33,7 @@ pub enum Profile {
 
 /// The generated profile: TOML text, and one line per choice made from the node's files.
 #[derive(Debug, Clone)]
-pub struct Generated {
+pub(crate) struct Generated {
     /// Configuration text.
     pub toml: String,
     /// Human lines: what was left out or chosen from the node's files, and why.
@@ -41,7 +43,7 @@ pub struct Generated {
 /// What the profile cannot read from the node's files: the overlay's `[profile]` table (removed
 /// from the overlay before it is merged, so `Config` never sees it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KubeadmSettings {
+pub(crate) struct KubeadmSettings {
     /// The kubelet's `major.minor`, when the operator states it. No file under a host root tells
     /// the kubelet's version (`kubelet --version` would mean running a host binary), and a
     /// kubelet ≥ 1.31 reloads its serving certificate by itself, so only a stated ≤ 1.30 gets the
@@ -50,17 +52,18 @@ pub struct KubeadmSettings {
 }
 
 /// Whether this host looks like a kubeadm node (the built-in default picks the profile then).
-pub fn is_kubeadm_node(root: &Path) -> bool {
+pub(crate) fn is_kubeadm_node(root: &Path) -> bool {
     root.join("etc/kubernetes/pki").is_dir()
 }
 
 /// Where the profile puts the audit log.
-pub const KUBEADM_AUDIT: &str = "/var/lib/certreload/audit.jsonl";
+pub(crate) const KUBEADM_AUDIT: &str = "/var/lib/certreload/audit.jsonl";
 
 /// Where the kubelet mounts a pod's own ServiceAccount token: in the DaemonSet, the agent's. It is
 /// looked for in the agent's own filesystem, never under the host root (it is the pod's, not the
 /// node's).
-pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(crate) const SERVICE_ACCOUNT_TOKEN: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// The configuration for `profile` on the host at `root`, extended by `file` when given (whose
 /// `[profile]` table tells the profile what the node's files cannot).

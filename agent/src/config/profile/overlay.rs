@@ -24,7 +24,7 @@ fn entry_key(table: &str, entry: &Table) -> Option<String> {
 /// (`[[bundle]]`, `[[probe]]`, `[[listener]]`, `[[action]]`) with the name of a profile entry
 /// override its fields, others are added; any other value, a list such as an action's `exec`
 /// included, replaces the profile's (an argv is never two commands glued together).
-pub fn merge(base: &mut Table, overlay: Table) {
+pub(crate) fn merge(base: &mut Table, overlay: Table) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {
             (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),

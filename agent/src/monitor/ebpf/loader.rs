@@ -20,7 +20,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ce
 /// README ("Hook choice") for the figures behind the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum HookStrategy {
+pub(crate) enum HookStrategy {
     /// One classic `syscalls:sys_enter_<name>` tracepoint per hooked syscall, plus their
     /// `sys_exit_<name>`: only hooked syscalls run a program. Architecture-independent.
     Tracepoints,
@@ -35,14 +35,14 @@ pub enum HookStrategy {
 
 impl HookStrategy {
     /// The default for this machine: see the README's "Hook choice".
-    pub fn default_for_host() -> Self {
+    pub(crate) fn default_for_host() -> Self {
         HookStrategy::Tracepoints
     }
 }
 
 /// Why eBPF could not be used; the fallback announces it once.
 #[derive(Debug, Error)]
-pub enum EbpfUnavailable {
+pub(crate) enum EbpfUnavailable {
     /// The agent binary carries no eBPF object.
     #[error("this agent was built without the eBPF object (build it with `cargo xtask build`)")]
     NoObject,
@@ -80,7 +80,7 @@ pub enum EbpfUnavailable {
 /// Cost of one attached program, from the kernel's BPF run-time statistics (only counted while
 /// statistics are enabled: `--profile-hooks` or `kernel.bpf_stats_enabled=1`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ProgramCost {
+pub(crate) struct ProgramCost {
     /// Program name.
     pub name: String,
     /// Invocations.
@@ -91,7 +91,7 @@ pub struct ProgramCost {
 
 /// Kernel-side counters, summed over CPUs.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct KernelStats {
+pub(crate) struct KernelStats {
     /// Events written to the ring buffer.
     pub emitted: u64,
     /// Events lost to a full ring buffer.
@@ -118,7 +118,7 @@ pub(crate) fn watched_names_capacity(names: usize) -> u32 {
 }
 
 /// The loaded, attached programs and the maps the agent drives.
-pub struct KernelHooks {
+pub(crate) struct KernelHooks {
     // Keeps programs and links alive for as long as the monitor runs.
     ebpf: Ebpf,
     // Keeps kernel run-time statistics on while the agent profiles its hooks.
@@ -130,7 +130,6 @@ pub struct KernelHooks {
     loaded_names: BTreeSet<u64>,
     names_capacity: u32,
     loaded_bits: Vec<u64>,
-    strategy: HookStrategy,
 }
 
 impl KernelHooks {
@@ -141,7 +140,7 @@ impl KernelHooks {
     ///
     /// The watched-name filter is sized for `names` basenames at load time
     /// ([`watched_names_capacity`]), so no configuration is too large for eBPF mode.
-    pub fn load(
+    pub(crate) fn load(
         strategy: HookStrategy,
         profile: bool,
         names: usize,
@@ -181,23 +180,17 @@ impl KernelHooks {
             loaded_names: BTreeSet::new(),
             names_capacity,
             loaded_bits: vec![0; SUFFIX_WORDS as usize],
-            strategy,
         };
         Ok((hooks, events))
     }
 
     /// How many distinct basenames the kernel filter holds (sized at load).
-    pub fn names_capacity(&self) -> u32 {
+    pub(crate) fn names_capacity(&self) -> u32 {
         self.names_capacity
     }
 
-    /// The strategy in use.
-    pub fn strategy(&self) -> HookStrategy {
-        self.strategy
-    }
-
     /// Makes the kernel filter hold exactly these basenames.
-    pub fn set_names(&mut self, names: &BTreeSet<OsString>) -> Result<(), MapError> {
+    pub(crate) fn set_names(&mut self, names: &BTreeSet<OsString>) -> Result<(), MapError> {
         let bytes = || names.iter().map(|n| n.as_bytes());
         let mut words = vec![0u64; SUFFIX_WORDS as usize];
         for key in bytes().map(suffix_key) {
@@ -232,7 +225,7 @@ impl KernelHooks {
     }
 
     /// Removes the kernel's record of `tgid`'s fds (after exit; the kernel cannot iterate them).
-    pub fn forget_process(&mut self, tgid: u32) {
+    pub(crate) fn forget_process(&mut self, tgid: u32) {
         let keys: Vec<u64> = self
             .tracked
             .keys()
@@ -246,7 +239,7 @@ impl KernelHooks {
     }
 
     /// Removes the kernel's record of one fd (vanished at exec or in a close_range).
-    pub fn forget_fd(&mut self, tgid: u32, fd: i32) {
+    pub(crate) fn forget_fd(&mut self, tgid: u32, fd: i32) {
         // Gone already if the kernel removed it at the close; nothing else can fail here.
         self.tracked
             .remove(&(((tgid as u64) << 32) | fd as u32 as u64))
@@ -254,7 +247,7 @@ impl KernelHooks {
     }
 
     /// Reads the kernel counters.
-    pub fn stats(&self) -> KernelStats {
+    pub(crate) fn stats(&self) -> KernelStats {
         let read = |i: u32| {
             self.stats
                 .get(&i, 0)

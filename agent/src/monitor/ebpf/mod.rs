@@ -20,7 +20,7 @@ use super::{
 };
 
 /// The attached kernel programs, their ring buffer, and the write-tracking state.
-pub struct KernelSource {
+pub(crate) struct KernelSource {
     hooks: KernelHooks,
     ring: AsyncFd<RingBuf<MapData>>,
     writers: OpenWriters,
@@ -31,7 +31,7 @@ impl KernelSource {
     /// Loads and attaches everything (must run inside a tokio runtime for the ring buffer's fd).
     /// `names`: how many basenames the kernel filter must hold (it is sized for them); `counters`:
     /// where records that cannot be decoded are counted.
-    pub fn start(
+    pub(crate) fn start(
         strategy: HookStrategy,
         profile: bool,
         names: usize,
@@ -55,17 +55,17 @@ impl KernelSource {
     }
 
     /// The kernel filter and counters.
-    pub fn hooks_mut(&mut self) -> &mut KernelHooks {
+    pub(crate) fn hooks_mut(&mut self) -> &mut KernelHooks {
         &mut self.hooks
     }
 
     /// Kernel counters.
-    pub fn stats(&self) -> KernelStats {
+    pub(crate) fn stats(&self) -> KernelStats {
         self.hooks.stats()
     }
 
     /// Waits for the ring buffer and drains everything in it.
-    pub async fn next_batch(&mut self) -> io::Result<Vec<KernelEvent>> {
+    pub(crate) async fn next_batch(&mut self) -> io::Result<Vec<KernelEvent>> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();
@@ -89,7 +89,7 @@ impl KernelSource {
     /// Turns a batch of kernel events into hints, in order, updating write tracking: an operation
     /// on a path is a hint at once; a write through an fd is one when the writing ends (last close,
     /// the dup2 that replaced the fd, close_range, exit or exec).
-    pub fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
+    pub(crate) fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
         let mut hints = Vec::new();
         for (i, ev) in batch.iter().enumerate() {
             let tgid = ev.header.writer.tgid;
@@ -158,13 +158,13 @@ impl KernelSource {
     }
 
     /// Files still open for writing; a watched path resolving to one of them is not re-read yet.
-    pub fn busy_files(&self) -> HashSet<(u64, u64)> {
+    pub(crate) fn busy_files(&self) -> HashSet<(u64, u64)> {
         self.writers.busy_files()
     }
 }
 
 /// True when `path` currently resolves to one of `busy`.
-pub fn is_busy(busy: &HashSet<(u64, u64)>, path: &Path) -> bool {
+pub(crate) fn is_busy(busy: &HashSet<(u64, u64)>, path: &Path) -> bool {
     !busy.is_empty()
         && std::fs::metadata(path)
             .map(|m| busy.contains(&(m.dev(), m.ino())))
