@@ -8,7 +8,7 @@
 //!   the cut fails (an append-only or immutable file), the tail is remembered as dirty and cut
 //!   before the next append. So `append` returning `Err` means: nothing was recorded, the head
 //!   is unchanged, and a later append succeeds once the disk is writable again.
-//!   [`super::health`] says whether the last append failed and how many did.
+//!   `audit::health` says whether the last append failed and how many did.
 //! - **A deleted or replaced file is noticed.** Before each append the open descriptor
 //!   (`fstat`) is compared with the path (`stat`, device and inode). If the file is gone or
 //!   another one is in its place, the agent opens the path again and first writes a
@@ -275,7 +275,7 @@ fn sync_dir(path: &Path) {
 impl AuditLog {
     /// Opens (or creates) the log at `path`, continuing the existing chain if there is one. A torn
     /// last line (a crash mid-write: never acknowledged) is cut off. Fails if another agent has
-    /// the log open (see [`lock_path`]).
+    /// the log open (see `lock_path`).
     pub fn open(path: &Path, max_size: u64) -> Result<AuditLog, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err(dir))?;

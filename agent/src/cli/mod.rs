@@ -1,7 +1,7 @@
-//! The `certreload` command line: [`run`] parses the arguments and [`dispatch`] calls the library
+//! The `certreload` command line: [`run`] parses the arguments and `dispatch` calls the library
 //! for the command, so the binary only sets up logging. Every command ends the same way: an
 //! [`ExitCode`] (0, or the command's own verdict such as `check`'s 1 for an invalid bundle), or a
-//! [`CommandError`] that [`run`] prints and turns into exit status 2 (usage) or 1 (failure).
+//! `CommandError` that [`run`] prints and turns into exit status 2 (usage) or 1 (failure).
 
 mod args;
 mod report;
