@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn raw_event_has_no_padding() {
         let fields = 8 * 4 + 4 * 8 + COMM_LEN + 2 * NAME_LEN;
-        assert_eq!(core::mem::size_of::<RawEvent>(), fields);
-        assert_eq!(core::mem::align_of::<RawEvent>(), 8);
+        assert_eq!(size_of::<RawEvent>(), fields);
+        assert_eq!(align_of::<RawEvent>(), 8);
     }
 }
