@@ -272,131 +272,214 @@ fn replaced_after(v: &Value, seq: u64, prev: &str) -> Option<(u64, String)> {
         .then(|| (previous_seq, reason.to_string()))
 }
 
-/// Verifies the chain across `files`, given oldest first.
+/// Verifies the chain across `files`, given oldest first: each file's records in order, each
+/// linked to the one before it, then the summary of what was walked.
 pub(crate) fn verify_files(files: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
-    let mut previous: Option<(u64, Vec<u8>, PathBuf, usize)> = None; // seq, raw line, file, line no
-    let mut instances = std::collections::BTreeSet::new();
-    let mut records = 0u64;
-    let mut first_seq = 0u64;
-    let mut discontinuities = Vec::new();
+    let mut walk = ChainWalk::default();
     for path in files {
+        walk.file(path)?;
+    }
+    walk.summary()
+}
+
+/// What a walk along the chain has seen so far: the summary's counts and the record the next one
+/// must link to. The chain crosses file boundaries, so this outlives each file.
+#[derive(Default)]
+struct ChainWalk {
+    previous: Option<Linked>,
+    instances: std::collections::BTreeSet<String>,
+    records: u64,
+    first_seq: u64,
+    discontinuities: Vec<Discontinuity>,
+}
+
+/// The last record checked: the next must carry its seq + 1 and the hash of its exact bytes, and
+/// an error names where it is.
+struct Linked {
+    seq: u64,
+    raw: Vec<u8>,
+    path: PathBuf,
+    line: usize,
+}
+
+impl ChainWalk {
+    /// Checks one file's lines in order. An empty file holds no record (and is not malformed); a
+    /// final newline ends the last record rather than starting an empty one.
+    fn file(&mut self, path: &Path) -> Result<(), VerifyError> {
         let bytes = std::fs::read(path).map_err(|e| VerifyError::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut offset = 0usize;
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let mut offset = 0usize;
         for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-            let line_no = i + 1;
-            let line_offset = offset;
+            let record = Record::parse(raw, path, i + 1, offset)?;
             offset += raw.len() + 1;
-            if bytes.is_empty() {
-                break;
+            self.record(raw, record)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one record against the one before it (or, for the first, against the anchor) and
+    /// makes it the one the next must link to.
+    fn record(&mut self, raw: &[u8], record: Record) -> Result<(), VerifyError> {
+        self.instances.insert(record.instance.clone());
+        let discontinuity = match &self.previous {
+            None => {
+                self.first_seq = record.seq;
+                check_start(&record)?
             }
-            let line = std::str::from_utf8(raw).map_err(|e| VerifyError::NotUtf8 {
-                path: path.clone(),
-                line: line_no,
-                offset: (line_offset + e.valid_up_to()) as u64,
-            })?;
-            let malformed = || VerifyError::Malformed {
-                path: path.clone(),
-                line: line_no,
-            };
-            let v: Value = serde_json::from_str(line).map_err(|_| malformed())?;
-            let seq = v.get("seq").and_then(Value::as_u64).ok_or_else(malformed)?;
-            let prev = v
-                .get("prev")
-                .and_then(Value::as_str)
-                .ok_or_else(malformed)?;
-            let instance = v
-                .get("instance")
-                .and_then(Value::as_str)
-                .ok_or_else(malformed)?;
-            instances.insert(instance.to_string());
-            let replaced = replaced_after(&v, seq, prev);
-            let mut discontinuity = |missing: Option<SeqRange>, reason: &str| {
-                discontinuities.push(Discontinuity {
-                    seq,
-                    path: path.clone(),
-                    line: line_no,
-                    reason: reason.to_string(),
-                    missing,
-                });
-            };
-            match (&previous, replaced) {
-                (None, replaced) => {
-                    first_seq = seq;
-                    if seq == 0 && prev == anchor(instance) {
-                        // A normal start (a log_replaced here: deleted before any record).
-                        if let Some(reason) = v.get("reason").and_then(Value::as_str) {
-                            if v.get("event").and_then(Value::as_str) == Some("log_replaced") {
-                                discontinuity(None, reason);
-                            }
-                        }
-                    } else if let Some((previous_seq, reason)) = replaced {
-                        discontinuity(
-                            Some(SeqRange {
-                                first: 0,
-                                last: previous_seq,
-                            }),
-                            &reason,
-                        );
-                    } else {
-                        return Err(VerifyError::NoAnchor {
-                            found: seq,
-                            path: path.clone(),
-                        });
-                    }
-                }
-                (Some((pseq, pline, ppath, pline_no)), replaced) => {
-                    // checked: a forged record at seq u64::MAX overflowed `pseq + 1` (fuzzing).
-                    let expected = pseq.checked_add(1);
-                    if expected == Some(seq) {
-                        if prev != hex::encode(Sha256::digest(pline)) {
-                            return Err(VerifyError::Modified {
-                                seq: *pseq,
-                                path: ppath.clone(),
-                                line: *pline_no,
-                                next_path: path.clone(),
-                                next_line: line_no,
-                            });
-                        }
-                        if let Some((_, reason)) = replaced {
-                            discontinuity(None, &reason);
-                        }
-                    } else if let Some((previous_seq, reason)) =
-                        replaced.filter(|(previous_seq, _)| previous_seq > pseq)
-                    {
-                        discontinuity(
-                            Some(SeqRange {
-                                first: pseq + 1,
-                                last: previous_seq,
-                            }),
-                            &reason,
-                        );
-                    } else {
-                        return Err(VerifyError::Missing {
-                            expected: expected.unwrap_or(u64::MAX),
-                            found: seq,
-                            path: path.clone(),
-                            line: line_no,
-                        });
-                    }
-                }
-            }
-            records += 1;
-            previous = Some((seq, raw.to_vec(), path.clone(), line_no));
+            Some(previous) => check_link(previous, &record)?,
+        };
+        self.discontinuities.extend(discontinuity);
+        self.records += 1;
+        self.previous = Some(Linked {
+            seq: record.seq,
+            raw: raw.to_vec(),
+            path: record.path,
+            line: record.line,
+        });
+        Ok(())
+    }
+
+    /// The summary of a walk that met at least one record; `Empty` otherwise, since no record
+    /// proves nothing.
+    fn summary(self) -> Result<VerifySummary, VerifyError> {
+        let last = self.previous.ok_or(VerifyError::Empty)?;
+        Ok(VerifySummary {
+            records: self.records,
+            instances: self.instances.len(),
+            first_seq: self.first_seq,
+            last_seq: last.seq,
+            last_hash: hex::encode(Sha256::digest(&last.raw)),
+            discontinuities: self.discontinuities,
+        })
+    }
+}
+
+/// One line of a log, parsed as far as the chain checks need: owned, so that it can outlive the
+/// file's bytes as the record the next one links to.
+struct Record {
+    seq: u64,
+    prev: String,
+    instance: String,
+    path: PathBuf,
+    /// 1-based line.
+    line: usize,
+    /// The seq and reason a `log_replaced` record says it follows, when they agree with its own.
+    replaced: Option<(u64, String)>,
+    /// The reason of any `log_replaced` record: one at seq 0 says the file was lost before any
+    /// record, and has nothing to follow.
+    replaced_reason: Option<String>,
+}
+
+impl Record {
+    /// Parses the line `raw` at `line` (1-based), starting at byte `offset` of the file: not
+    /// UTF-8, not JSON or without `seq`, `prev` or `instance` is an error naming the place.
+    fn parse(raw: &[u8], path: &Path, line: usize, offset: usize) -> Result<Self, VerifyError> {
+        let text = std::str::from_utf8(raw).map_err(|e| VerifyError::NotUtf8 {
+            path: path.to_path_buf(),
+            line,
+            offset: (offset + e.valid_up_to()) as u64,
+        })?;
+        let malformed = || VerifyError::Malformed {
+            path: path.to_path_buf(),
+            line,
+        };
+        let v: Value = serde_json::from_str(text).map_err(|_| malformed())?;
+        let field = |name: &str| v.get(name).and_then(Value::as_str);
+        let seq = v.get("seq").and_then(Value::as_u64).ok_or_else(malformed)?;
+        let prev = field("prev").ok_or_else(malformed)?;
+        let instance = field("instance").ok_or_else(malformed)?;
+        let replaced_reason = field("reason")
+            .filter(|_| field("event") == Some("log_replaced"))
+            .map(str::to_string);
+        Ok(Record {
+            seq,
+            prev: prev.to_string(),
+            instance: instance.to_string(),
+            path: path.to_path_buf(),
+            line,
+            replaced: replaced_after(&v, seq, prev),
+            replaced_reason,
+        })
+    }
+
+    /// The discontinuity this record marks, with the records `missing` before it.
+    fn discontinuity(&self, missing: Option<SeqRange>, reason: &str) -> Discontinuity {
+        Discontinuity {
+            seq: self.seq,
+            path: self.path.clone(),
+            line: self.line,
+            reason: reason.to_string(),
+            missing,
         }
     }
-    let (last_seq, last_line, ..) = previous.ok_or(VerifyError::Empty)?;
-    Ok(VerifySummary {
-        records,
-        instances: instances.len(),
-        first_seq,
-        last_seq,
-        last_hash: hex::encode(Sha256::digest(&last_line)),
-        discontinuities,
-    })
+}
+
+/// The first record must be where a chain starts: seq 0 at its anchor, or a `log_replaced` record
+/// that says which records before it are not in the files.
+fn check_start(record: &Record) -> Result<Option<Discontinuity>, VerifyError> {
+    if record.seq == 0 && record.prev == anchor(&record.instance) {
+        // A normal start (a log_replaced here: deleted before any record).
+        Ok(record
+            .replaced_reason
+            .as_deref()
+            .map(|reason| record.discontinuity(None, reason)))
+    } else if let Some((previous_seq, reason)) = &record.replaced {
+        let missing = SeqRange {
+            first: 0,
+            last: *previous_seq,
+        };
+        Ok(Some(record.discontinuity(Some(missing), reason)))
+    } else {
+        Err(VerifyError::NoAnchor {
+            found: record.seq,
+            path: record.path.clone(),
+        })
+    }
+}
+
+/// A later record must follow `previous`: the next seq carrying the hash of its line, or a
+/// `log_replaced` record that says which records between them are not in the files.
+fn check_link(previous: &Linked, record: &Record) -> Result<Option<Discontinuity>, VerifyError> {
+    // checked: a forged record at seq u64::MAX overflowed `previous.seq + 1` (fuzzing).
+    let expected = previous.seq.checked_add(1);
+    if expected == Some(record.seq) {
+        if record.prev != hex::encode(Sha256::digest(&previous.raw)) {
+            return Err(VerifyError::Modified {
+                seq: previous.seq,
+                path: previous.path.clone(),
+                line: previous.line,
+                next_path: record.path.clone(),
+                next_line: record.line,
+            });
+        }
+        Ok(record
+            .replaced
+            .as_ref()
+            .map(|(_, reason)| record.discontinuity(None, reason)))
+    } else if let Some((previous_seq, reason)) = record
+        .replaced
+        .as_ref()
+        .filter(|(previous_seq, _)| *previous_seq > previous.seq)
+    {
+        let missing = SeqRange {
+            first: previous.seq + 1,
+            last: *previous_seq,
+        };
+        Ok(Some(record.discontinuity(Some(missing), reason)))
+    } else {
+        Err(VerifyError::Missing {
+            expected: expected.unwrap_or(u64::MAX),
+            found: record.seq,
+            path: record.path.clone(),
+            line: record.line,
+        })
+    }
 }
 
 /// Convenience for one file.
