@@ -59,108 +59,187 @@ pub(crate) async fn run(
             _ = shutdown.recv() => return,
             g = triggers.recv() => match g { Some(g) => g, None => return },
         };
-        if let Some(last) = last_run {
-            let ready = crate::clock::later(last, config.min_interval).into_std();
-            if Instant::now() < ready {
-                tracing::info!(action = %config.id(), generation, wait_s = (ready - Instant::now()).as_secs_f64(), "action rate-limited: waiting for min_interval");
-                tokio::select! {
-                    _ = shutdown.recv() => return,
-                    _ = tokio::time::sleep_until(ready.into()) => {}
-                }
-            }
+        if !wait_out_min_interval(&config, last_run, generation, &mut shutdown).await {
+            return;
         }
-        while let Ok(newer) = triggers.try_recv() {
-            generation = generation.max(newer);
-        }
+        coalesce(&mut triggers, &mut generation);
         let _guard = bundle_lock.lock().await;
         let held = match &config.lock {
             None => None,
             Some(lock) => {
-                match take_lock(&config, lock, &ctx, generation, &mut shutdown).await {
-                    Acquired::Held(held) => {
-                        // Triggers that came while waiting: run once, for the newest.
-                        while let Ok(newer) = triggers.try_recv() {
-                            generation = generation.max(newer);
-                        }
-                        let event = AuditEvent::LockAcquired {
-                            action: config.id(),
-                            lock: lock.name.clone(),
-                            lease: ctx.leases.lease_ref(lock),
-                            holder: ctx.leases.settings().holder.clone(),
-                            generation,
-                            waited_s: held.waited.as_secs_f64(),
-                            acquired_at: held.acquired_at.clone(),
-                        };
-                        audit(&ctx, &config, &event);
-                        Some(held)
-                    }
-                    Acquired::GaveUp(last) => {
-                        tracing::error!(action = %config.id(), lock = %lock.name, generation, reason = %last.describe(), "lock not acquired within lock_wait: the action does not run");
-                        let event = AuditEvent::LockNotAcquired {
-                            action: config.id(),
-                            lock: lock.name.clone(),
-                            lease: ctx.leases.lease_ref(lock),
-                            generation,
-                            waited_s: lock.wait.as_secs_f64(),
-                            reason: last.describe(),
-                        };
-                        audit(&ctx, &config, &event);
-                        continue;
-                    }
-                    Acquired::Shutdown => return,
+                match lock_for_run(
+                    &config,
+                    lock,
+                    &ctx,
+                    &mut generation,
+                    &mut triggers,
+                    &mut shutdown,
+                )
+                .await
+                {
+                    LockStep::Run(held) => Some(held),
+                    LockStep::Skip => continue,
+                    LockStep::Stop => return,
                 }
             }
         };
         let started = Instant::now();
         last_run = Some(started);
-        let outcome = execute(&config, generation).await;
-        let ended = tokio::time::Instant::now();
-        let duration_s = started.elapsed().as_secs_f64();
-        let result = if outcome.timed_out {
-            "timeout"
-        } else if outcome.success {
-            "success"
-        } else {
-            "failure"
-        };
-        ctx.metrics
-            .actions
-            .get_or_create(&ActionLabel {
-                action: config.id(),
-                result: result.into(),
-            })
-            .inc();
-        tracing::info!(action = %config.id(), generation, command = %outcome.command, result, duration_s, "action ran");
-        let event = AuditEvent::ActionRun {
-            action: config.id(),
-            trigger: match config.on {
-                ActionTrigger::Stale => "stale",
-                ActionTrigger::Accepted => "accepted",
-            }
-            .into(),
-            generation,
-            command: outcome.command,
-            exit_status: outcome.exit_status,
-            timed_out: outcome.timed_out,
-            success: outcome.success,
-            duration_s,
-            output: outcome.output,
-        };
-        audit(&ctx, &config, &event);
+        let ended = run_and_audit(&config, &ctx, generation, started).await;
         if let (Some(held), Some(lock)) = (held, &config.lock) {
-            // Keep the lock until the component is back and serving what it should, so the next
-            // node restarts its own only then.
-            ctx.feed.request_recheck(&config.bundle);
-            let probes = tokio::select! {
-                _ = shutdown.recv() => Vec::new(),
-                p = ctx.feed.settled(&config.bundle, generation, ended) => p,
-            };
-            release_lock(&config, lock, &ctx, generation, held, probes).await;
+            hold_until_settled(&config, lock, &ctx, generation, held, ended, &mut shutdown).await;
             if shutdown.is_shutdown() {
                 return;
             }
         }
     }
+}
+
+/// Sleeps until `min_interval` has passed since the last run, so that a burst of generations
+/// restarts a component once. `false` when shutdown came first.
+async fn wait_out_min_interval(
+    config: &ActionConfig,
+    last_run: Option<Instant>,
+    generation: u64,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> bool {
+    let Some(last) = last_run else {
+        return true;
+    };
+    let ready = crate::clock::later(last, config.min_interval).into_std();
+    if Instant::now() < ready {
+        tracing::info!(action = %config.id(), generation, wait_s = (ready - Instant::now()).as_secs_f64(), "action rate-limited: waiting for min_interval");
+        tokio::select! {
+            _ = shutdown.recv() => return false,
+            _ = tokio::time::sleep_until(ready.into()) => {}
+        }
+    }
+    true
+}
+
+/// Takes the triggers that queued up meanwhile: one run serves them all, for the newest generation.
+fn coalesce(triggers: &mut mpsc::Receiver<u64>, generation: &mut u64) {
+    while let Ok(newer) = triggers.try_recv() {
+        *generation = (*generation).max(newer);
+    }
+}
+
+/// What the action's lock allows.
+enum LockStep {
+    /// Held: run, then keep it until the bundle's probes settle.
+    Run(HeldRun),
+    /// Not acquired within `lock_wait`: this trigger does not run.
+    Skip,
+    /// Shutdown while waiting.
+    Stop,
+}
+
+/// Waits for the action's Lease and audits the outcome (acquired, or given up). Triggers that came
+/// while waiting are coalesced into `generation`, so the run is for the newest.
+async fn lock_for_run(
+    config: &ActionConfig,
+    lock: &ActionLock,
+    ctx: &ActionContext,
+    generation: &mut u64,
+    triggers: &mut mpsc::Receiver<u64>,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> LockStep {
+    match take_lock(config, lock, ctx, *generation, shutdown).await {
+        Acquired::Held(held) => {
+            // Triggers that came while waiting: run once, for the newest.
+            coalesce(triggers, generation);
+            let event = AuditEvent::LockAcquired {
+                action: config.id(),
+                lock: lock.name.clone(),
+                lease: ctx.leases.lease_ref(lock),
+                holder: ctx.leases.settings().holder.clone(),
+                generation: *generation,
+                waited_s: held.waited.as_secs_f64(),
+                acquired_at: held.acquired_at.clone(),
+            };
+            audit(ctx, config, &event);
+            LockStep::Run(held)
+        }
+        Acquired::GaveUp(last) => {
+            let generation = *generation;
+            tracing::error!(action = %config.id(), lock = %lock.name, generation, reason = %last.describe(), "lock not acquired within lock_wait: the action does not run");
+            let event = AuditEvent::LockNotAcquired {
+                action: config.id(),
+                lock: lock.name.clone(),
+                lease: ctx.leases.lease_ref(lock),
+                generation,
+                waited_s: lock.wait.as_secs_f64(),
+                reason: last.describe(),
+            };
+            audit(ctx, config, &event);
+            LockStep::Skip
+        }
+        Acquired::Shutdown => LockStep::Stop,
+    }
+}
+
+/// Runs the command or signal once, counts and audits the run. Returns when it ended, the instant
+/// from which a probe verdict counts as being about the component after the run.
+async fn run_and_audit(
+    config: &ActionConfig,
+    ctx: &ActionContext,
+    generation: u64,
+    started: Instant,
+) -> tokio::time::Instant {
+    let outcome = execute(config, generation).await;
+    let ended = tokio::time::Instant::now();
+    let duration_s = started.elapsed().as_secs_f64();
+    let result = if outcome.timed_out {
+        "timeout"
+    } else if outcome.success {
+        "success"
+    } else {
+        "failure"
+    };
+    ctx.metrics
+        .actions
+        .get_or_create(&ActionLabel {
+            action: config.id(),
+            result: result.into(),
+        })
+        .inc();
+    tracing::info!(action = %config.id(), generation, command = %outcome.command, result, duration_s, "action ran");
+    let event = AuditEvent::ActionRun {
+        action: config.id(),
+        trigger: match config.on {
+            ActionTrigger::Stale => "stale",
+            ActionTrigger::Accepted => "accepted",
+        }
+        .into(),
+        generation,
+        command: outcome.command,
+        exit_status: outcome.exit_status,
+        timed_out: outcome.timed_out,
+        success: outcome.success,
+        duration_s,
+        output: outcome.output,
+    };
+    audit(ctx, config, &event);
+    ended
+}
+
+/// Keeps the lock until the component is back and serving what it should (or shutdown), so the
+/// next node restarts its own only then; then releases it.
+async fn hold_until_settled(
+    config: &ActionConfig,
+    lock: &ActionLock,
+    ctx: &ActionContext,
+    generation: u64,
+    held: HeldRun,
+    ended: tokio::time::Instant,
+    shutdown: &mut crate::shutdown::Shutdown,
+) {
+    ctx.feed.request_recheck(&config.bundle);
+    let probes = tokio::select! {
+        _ = shutdown.recv() => Vec::new(),
+        p = ctx.feed.settled(&config.bundle, generation, ended) => p,
+    };
+    release_lock(config, lock, ctx, generation, held, probes).await;
 }
 
 /// A lock taken for one run.

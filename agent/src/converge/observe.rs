@@ -263,48 +263,111 @@ pub(crate) async fn observe(
         .map_err(|e| ObserveError::Setup(format!("server_name {server_name:?}: {e}")))?;
     let seen = Arc::new(Seen::default());
     let (config, resolver) = client_config(client, seen.clone())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let asked = || {
-        resolver
-            .as_ref()
-            .is_some_and(|r| r.asked.load(Ordering::Acquire))
+    let tcp = connect(endpoint).await?;
+    let mut tls = match handshake(endpoint, name, config, tcp, &seen, resolver.as_deref()).await? {
+        Handshake::Done(tls) => tls,
+        Handshake::Refused(observation) => return Ok(observation),
     };
-    let timeout = || ObserveError::Timeout {
-        endpoint: endpoint.to_string(),
+    let (leaf_fingerprint, not_after) = fingerprint(&served_leaf(endpoint, &tls)?);
+    let mut observation = Observation {
+        leaf_fingerprint,
+        not_after,
+        client_requested: asked(resolver.as_deref()),
+        client_refused: None,
+        answer: None,
     };
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(endpoint))
+    match request {
+        Some(request) => {
+            exchange(
+                &mut tls,
+                endpoint,
+                request,
+                bearer,
+                client.is_some(),
+                &mut observation,
+            )
+            .await;
+        }
+        None if client.is_some() => {
+            observation.client_refused = client_verdict(&mut tls).await;
+        }
+        None => {}
+    }
+    Ok(observation)
+}
+
+/// The connection after a handshake.
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// How a handshake ended that did not fail outright.
+enum Handshake {
+    /// Done: the server showed its leaf and did not refuse ours at the TLS 1.2 level.
+    Done(Tls),
+    /// A TLS 1.2 server refused the client certificate after it proved its own leaf.
+    Refused(Observation),
+}
+
+/// Whether the server asked for the client certificate (never, without one).
+fn asked(resolver: Option<&RecordClientRequest>) -> bool {
+    resolver.is_some_and(|r| r.asked.load(Ordering::Acquire))
+}
+
+/// Opens the TCP connection within [`HANDSHAKE_TIMEOUT`].
+async fn connect(endpoint: &str) -> Result<TcpStream, ObserveError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(endpoint))
         .await
-        .map_err(|_| timeout())?
+        .map_err(|_| ObserveError::Timeout {
+            endpoint: endpoint.to_string(),
+        })?
         .map_err(|source| ObserveError::Connect {
             endpoint: endpoint.to_string(),
             source,
-        })?;
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        })
+}
+
+/// Runs the TLS handshake within [`HANDSHAKE_TIMEOUT`]. A failed one is still an observation when
+/// the server proved its leaf and then refused ours with an alert (how TLS 1.2 refuses).
+async fn handshake(
+    endpoint: &str,
+    name: ServerName<'static>,
+    config: ClientConfig,
+    tcp: TcpStream,
+    seen: &Seen,
+    resolver: Option<&RecordClientRequest>,
+) -> Result<Handshake, ObserveError> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
         .await
-        .map_err(|_| timeout())?
-    {
-        Ok(tls) => tls,
+        .map_err(|_| ObserveError::Timeout {
+            endpoint: endpoint.to_string(),
+        })? {
+        Ok(tls) => Ok(Handshake::Done(tls)),
         Err(e) => {
             // A TLS 1.2 server refuses a client certificate by failing the handshake, after it
             // proved its own leaf: judge that leaf, and report the refusal.
-            if let (Some(alert), Some(leaf), true) = (alert_in(&e), seen.proved_leaf(), asked()) {
+            if let (Some(alert), Some(leaf), true) =
+                (alert_in(&e), seen.proved_leaf(), asked(resolver))
+            {
                 let (leaf_fingerprint, not_after) = fingerprint(&leaf);
-                return Ok(Observation {
+                return Ok(Handshake::Refused(Observation {
                     leaf_fingerprint,
                     not_after,
                     client_requested: true,
                     client_refused: Some(alert),
                     answer: None,
-                });
+                }));
             }
-            return Err(ObserveError::Handshake {
+            Err(ObserveError::Handshake {
                 endpoint: endpoint.to_string(),
                 message: e.to_string(),
-            });
+            })
         }
-    };
-    let leaf = tls
-        .get_ref()
+    }
+}
+
+/// The leaf the server showed in a completed handshake; a server that showed none cannot be judged.
+fn served_leaf(endpoint: &str, tls: &Tls) -> Result<CertificateDer<'static>, ObserveError> {
+    tls.get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
@@ -312,52 +375,53 @@ pub(crate) async fn observe(
         .ok_or_else(|| ObserveError::Handshake {
             endpoint: endpoint.to_string(),
             message: "the server sent no certificate".into(),
-        })?;
-    let (leaf_fingerprint, not_after) = fingerprint(&leaf);
-    let mut observation = Observation {
-        leaf_fingerprint,
-        not_after,
-        client_requested: asked(),
-        client_refused: None,
-        answer: None,
-    };
-    match request {
-        Some(request) => {
-            let host = endpoint.to_string();
-            let answer = http::exchange(
-                &mut tls,
-                &http::Request {
-                    method: &request.method,
-                    path: &request.path,
-                    host: &host,
-                    body: request.body(),
-                    bearer,
-                },
-                EXCHANGE_TIMEOUT,
-            )
-            .await;
-            // A server that verifies in the handshake (etcd) answers an untrusted TLS 1.3 client
-            // with an alert, which arrives where the response would.
-            match answer {
-                Err(HttpError::Send(ref e) | HttpError::Receive(ref e))
-                    if client.is_some() && alert_in(e).is_some() =>
-                {
-                    observation.client_refused = alert_in(e);
-                }
-                answer => observation.answer = Some(answer),
-            }
+        })
+}
+
+/// Sends `request` on the probe's connection and records the answer, or the refusal of the client
+/// certificate that arrived in its place.
+async fn exchange(
+    tls: &mut Tls,
+    endpoint: &str,
+    request: &ProbeRequest,
+    bearer: Option<&BearerToken>,
+    with_client: bool,
+    observation: &mut Observation,
+) {
+    let host = endpoint.to_string();
+    let answer = http::exchange(
+        tls,
+        &http::Request {
+            method: &request.method,
+            path: &request.path,
+            host: &host,
+            body: request.body(),
+            bearer,
+        },
+        EXCHANGE_TIMEOUT,
+    )
+    .await;
+    // A server that verifies in the handshake (etcd) answers an untrusted TLS 1.3 client
+    // with an alert, which arrives where the response would.
+    match answer {
+        Err(HttpError::Send(ref e) | HttpError::Receive(ref e))
+            if with_client && alert_in(e).is_some() =>
+        {
+            observation.client_refused = alert_in(e);
         }
-        None if client.is_some() => {
-            let mut byte = [0u8; 1];
-            if let Ok(Err(e)) = tokio::time::timeout(CLIENT_VERDICT_WAIT, tls.read(&mut byte)).await
-            {
-                observation.client_refused = Some(e.to_string());
-            }
-            // Data, a clean close or silence: the certificate passed the TLS level.
-        }
-        None => {}
+        answer => observation.answer = Some(answer),
     }
-    Ok(observation)
+}
+
+/// Without a request, waits [`CLIENT_VERDICT_WAIT`] for a TLS 1.3 server's refusal of the client
+/// certificate; the error it read, if any.
+async fn client_verdict(tls: &mut Tls) -> Option<String> {
+    let mut byte = [0u8; 1];
+    if let Ok(Err(e)) = tokio::time::timeout(CLIENT_VERDICT_WAIT, tls.read(&mut byte)).await {
+        return Some(e.to_string());
+    }
+    // Data, a clean close or silence: the certificate passed the TLS level.
+    None
 }
 
 #[cfg(test)]

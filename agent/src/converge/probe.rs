@@ -7,7 +7,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{
     http::BearerToken,
@@ -153,6 +156,32 @@ fn issued_by(client: &Generation, ca: &Generation) -> bool {
         .is_ok()
 }
 
+/// The channels that wake a probe before its next scheduled check: a new generation of its bundle
+/// or of its client bundle, and a locked action asking for a fresh verdict.
+struct Wakers {
+    bundle: watch::Receiver<Option<Arc<Generation>>>,
+    client: Option<watch::Receiver<Option<Arc<Generation>>>>,
+    rechecks: Option<watch::Receiver<u64>>,
+}
+
+/// What ended a wait of the probe loop.
+enum Wake {
+    /// Shutdown, or a channel the probe listens to is gone.
+    Stop,
+    /// Something changed: an episode may have begun; check at once.
+    Changed,
+    /// The scheduled check is due.
+    Due,
+}
+
+/// Where a probe stands between checks: the convergence episode under way, the last verdict it
+/// audited (so that only a change of verdict is news), and when it checks next.
+struct ProbeState {
+    episode: Option<Episode>,
+    verdict: Option<bool>,
+    next: Instant,
+}
+
 /// Runs one probe until `shutdown`.
 pub(crate) async fn run(
     config: ProbeConfig,
@@ -160,56 +189,26 @@ pub(crate) async fn run(
     ctx: ProbeContext,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
-    let Some(mut bundle_rx) = ctx.store.subscribe(&config.bundle) else {
+    let Some(mut wakers) = subscribe(&config, &ctx) else {
         return;
     };
-    let mut client_rx = config
-        .client_bundle
-        .as_deref()
-        .and_then(|c| ctx.store.subscribe(c));
     let label = ProbeLabel {
         probe: config.name.clone(),
         bundle: config.bundle.clone(),
     };
-    bundle_rx.mark_unchanged();
-    if let Some(rx) = client_rx.as_mut() {
-        rx.mark_unchanged();
-    }
-    let mut rechecks = ctx.feed.rechecks(&config.bundle);
-    let mut episode = Some(Episode::new("startup", config.deadline));
-    let mut verdict: Option<bool> = None;
-    let mut next = Instant::now();
+    let mut state = ProbeState {
+        episode: Some(Episode::new("startup", config.deadline)),
+        verdict: None,
+        next: Instant::now(),
+    };
     loop {
-        let client_changed = or_pending(client_rx.as_mut().map(|rx| rx.changed()));
-        let recheck = or_pending(rechecks.as_mut().map(|rx| rx.changed()));
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            r = recheck => {
-                if r.is_err() { return; }
-                // A locked action of the bundle ran: its lock waits for this episode's verdict.
-                episode = Some(Episode::new("action", config.deadline));
-                next = Instant::now();
-                continue;
-            }
-            r = bundle_rx.changed() => {
-                if r.is_err() { return; }
-                episode = Some(Episode::new("rotation", config.deadline));
-                next = Instant::now();
-                continue;
-            }
-            r = client_changed => {
-                if r.is_err() { return; }
-                // For a ca bundle the client certificate is the instrument: re-check with it now.
-                if kind == BundleKind::Ca && episode.is_none() {
-                    episode = Some(Episode::new("rotation", config.deadline));
-                }
-                next = Instant::now();
-                continue;
-            }
-            _ = tokio::time::sleep_until(next) => {}
+        match wait(&config, kind, &mut state, &mut wakers, &mut shutdown).await {
+            Wake::Stop => return,
+            Wake::Changed => continue,
+            Wake::Due => {}
         }
         let Some(target) = ctx.store.current(&config.bundle) else {
-            next = crate::clock::later(Instant::now(), config.interval);
+            state.next = crate::clock::later(Instant::now(), config.interval);
             continue;
         };
         let client = config
@@ -218,83 +217,172 @@ pub(crate) async fn run(
             .and_then(|c| ctx.store.current(c));
         let began = Instant::now();
         let v = check(&config, kind, &target, client.as_deref()).await;
-        ctx.feed.checked(
-            &config.name,
-            super::settle::Checked {
-                generation: target.number,
-                converged: v.converged(),
-                began,
-            },
-        );
-        let seconds = seconds_since(&target);
-        ctx.board.lock_or_recover().insert(
-            config.name.clone(),
-            ProbeStatus {
-                name: config.name.clone(),
-                endpoint: config.endpoint.clone(),
-                bundle: config.bundle.clone(),
-                generation: target.number,
-                converged: v.converged(),
-                observed: v.observed.clone(),
-                served_fingerprint: v.fingerprint.clone(),
-                checked_at: crate::clock::now_rfc3339(),
-            },
-        );
+        let seconds = publish(&ctx, &config, &label, &target, &v, began, &state);
+        state.advance(&ctx, &config, &target, seconds, &v);
+    }
+}
+
+/// Subscribes to what wakes the probe, marking the current generations seen: the start-up episode
+/// checks them already. `None` when the bundle is unknown to the store.
+fn subscribe(config: &ProbeConfig, ctx: &ProbeContext) -> Option<Wakers> {
+    let mut bundle = ctx.store.subscribe(&config.bundle)?;
+    let mut client = config
+        .client_bundle
+        .as_deref()
+        .and_then(|c| ctx.store.subscribe(c));
+    bundle.mark_unchanged();
+    if let Some(rx) = client.as_mut() {
+        rx.mark_unchanged();
+    }
+    Some(Wakers {
+        bundle,
+        client,
+        rechecks: ctx.feed.rechecks(&config.bundle),
+    })
+}
+
+/// Sleeps until the next check is due or something changes, starting the episode the change calls
+/// for, so that the loop itself only checks.
+async fn wait(
+    config: &ProbeConfig,
+    kind: BundleKind,
+    state: &mut ProbeState,
+    wakers: &mut Wakers,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> Wake {
+    let client_changed = or_pending(wakers.client.as_mut().map(|rx| rx.changed()));
+    let recheck = or_pending(wakers.rechecks.as_mut().map(|rx| rx.changed()));
+    tokio::select! {
+        _ = shutdown.recv() => Wake::Stop,
+        r = recheck => {
+            if r.is_err() { return Wake::Stop; }
+            // A locked action of the bundle ran: its lock waits for this episode's verdict.
+            state.episode = Some(Episode::new("action", config.deadline));
+            state.next = Instant::now();
+            Wake::Changed
+        }
+        r = wakers.bundle.changed() => {
+            if r.is_err() { return Wake::Stop; }
+            state.episode = Some(Episode::new("rotation", config.deadline));
+            state.next = Instant::now();
+            Wake::Changed
+        }
+        r = client_changed => {
+            if r.is_err() { return Wake::Stop; }
+            // For a ca bundle the client certificate is the instrument: re-check with it now.
+            if kind == BundleKind::Ca && state.episode.is_none() {
+                state.episode = Some(Episode::new("rotation", config.deadline));
+            }
+            state.next = Instant::now();
+            Wake::Changed
+        }
+        _ = tokio::time::sleep_until(state.next) => Wake::Due,
+    }
+}
+
+/// Hands a check's verdict to everyone who reads it before any decision on it: locked actions (the
+/// feed), `/status` (the board) and the gauges. Returns the seconds since `target` was accepted,
+/// which the audit record carries too.
+fn publish(
+    ctx: &ProbeContext,
+    config: &ProbeConfig,
+    label: &ProbeLabel,
+    target: &Generation,
+    v: &Verdict,
+    began: Instant,
+    state: &ProbeState,
+) -> f64 {
+    ctx.feed.checked(
+        &config.name,
+        super::settle::Checked {
+            generation: target.number,
+            converged: v.converged(),
+            began,
+        },
+    );
+    let seconds = seconds_since(target);
+    ctx.board.lock_or_recover().insert(
+        config.name.clone(),
+        ProbeStatus {
+            name: config.name.clone(),
+            endpoint: config.endpoint.clone(),
+            bundle: config.bundle.clone(),
+            generation: target.number,
+            converged: v.converged(),
+            observed: v.observed.clone(),
+            served_fingerprint: v.fingerprint.clone(),
+            checked_at: crate::clock::now_rfc3339(),
+        },
+    );
+    ctx.metrics
+        .probe_converged
+        .get_or_create(label)
+        .set(i64::from(v.converged()));
+    if let Some(n) = v.not_after {
         ctx.metrics
-            .probe_converged
-            .get_or_create(&label)
-            .set(i64::from(v.converged()));
-        if let Some(n) = v.not_after {
-            ctx.metrics
-                .probe_served_not_after
-                .get_or_create(&label)
-                .set(n);
-        }
-        if !v.converged() || episode.is_some() {
-            ctx.metrics
-                .probe_seconds_since_change
-                .get_or_create(&label)
-                .set(seconds);
-        }
+            .probe_served_not_after
+            .get_or_create(label)
+            .set(n);
+    }
+    if !v.converged() || state.episode.is_some() {
+        ctx.metrics
+            .probe_seconds_since_change
+            .get_or_create(label)
+            .set(seconds);
+    }
+    seconds
+}
+
+impl ProbeState {
+    /// Decides what a verdict means for the episode (converged, stale at the deadline, keep
+    /// checking with backoff), audits it when it is news, and schedules the next check.
+    fn advance(
+        &mut self,
+        ctx: &ProbeContext,
+        config: &ProbeConfig,
+        target: &Generation,
+        seconds: f64,
+        v: &Verdict,
+    ) {
         let now = Instant::now();
-        match episode.as_mut() {
+        match self.episode.as_mut() {
             Some(ep) if v.converged() => {
                 // A re-check after an inconclusive answer that confirms convergence is no news.
-                if !(ep.trigger == RECHECK && verdict == Some(true)) {
-                    record(&ctx, &config, &target, ep.trigger, seconds, &v);
+                if !(ep.trigger == RECHECK && self.verdict == Some(true)) {
+                    record(ctx, config, target, ep.trigger, seconds, v);
                 }
-                verdict = Some(true);
-                episode = None;
-                next = crate::clock::later(now, config.interval);
+                self.verdict = Some(true);
+                self.episode = None;
+                self.next = crate::clock::later(now, config.interval);
             }
             Some(ep) => {
                 if now >= ep.deadline && !ep.stale_reported {
                     ep.stale_reported = true;
-                    verdict = Some(false);
-                    record(&ctx, &config, &target, ep.trigger, seconds, &v);
+                    self.verdict = Some(false);
+                    record(ctx, config, target, ep.trigger, seconds, v);
                 }
                 // Keep checking: before the deadline never sleep past it; after it, back off.
-                next = now + ep.backoff;
+                self.next = now + ep.backoff;
                 if !ep.stale_reported {
-                    next = next.min(ep.deadline);
+                    self.next = self.next.min(ep.deadline);
                 }
                 ep.backoff = (ep.backoff * 2).min(MAX_BACKOFF.min(config.interval));
             }
-            None if v.outcome == Outcome::Unknown && verdict == Some(true) => {
+            None if v.outcome == Outcome::Unknown && self.verdict == Some(true) => {
                 // An inconclusive answer (a 503, a dropped connection) does not overturn a
                 // converged endpoint at once: re-check with backoff; stale only if it lasts to
                 // the deadline.
                 let mut ep = Episode::new(RECHECK, config.deadline);
-                next = (now + ep.backoff).min(ep.deadline);
+                self.next = (now + ep.backoff).min(ep.deadline);
                 ep.backoff = (ep.backoff * 2).min(MAX_BACKOFF.min(config.interval));
-                episode = Some(ep);
+                self.episode = Some(ep);
             }
             None => {
-                if verdict != Some(v.converged()) {
-                    verdict = Some(v.converged());
-                    record(&ctx, &config, &target, RECHECK, seconds, &v);
+                if self.verdict != Some(v.converged()) {
+                    self.verdict = Some(v.converged());
+                    record(ctx, config, target, RECHECK, seconds, v);
                 }
-                next = crate::clock::later(now, config.interval);
+                self.next = crate::clock::later(now, config.interval);
             }
         }
     }
