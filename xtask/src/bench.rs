@@ -178,53 +178,73 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Measures the monitor in each configuration: how fast a replacement is seen, what the hooks
+/// cost unrelated file operations and syscalls, and what each program costs.
 fn monitor(built: &Built, ops: u64, syscalls: u64, rounds: usize, renames: usize) -> Result<()> {
-    // tmpfs when available: the figures then show CPU cost of the hooks, not disk latency.
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("certreload-bench-{}", std::process::id()));
-    let watched_dir = dir.join("pki");
-    let noise_dir = dir.join("noise");
-    fs::create_dir_all(&watched_dir)?;
-    fs::create_dir_all(&noise_dir)?;
-    let paths: Vec<PathBuf> = (0..100)
-        .map(|i| watched_dir.join(format!("cert-{i}.pem")))
-        .collect();
-    for p in &paths {
-        fs::write(p, b"-----BEGIN CERTIFICATE-----\n")?;
-    }
+    let scratch = Scratch::create()?;
     let bin = &built.agent;
     println!(
         "certreload bench monitor: kernel {}, {} CPUs",
         kernel_release(),
         cpus()
     );
+    detection_latency(bin, &scratch, renames)?;
+    let overhead = Overhead::measure(bin, &scratch, ops, syscalls, rounds)?;
+    overhead.print(ops, syscalls, rounds);
+    hook_costs(bin, &scratch.paths, &scratch.noise_dir, ops)?;
+    // Best effort: the results are printed; a scratch directory left behind changes none.
+    fs::remove_dir_all(&scratch.dir).ok();
+    Ok(())
+}
 
-    // Detection latency.
+/// The files the benchmark works on: 100 watched certificates, and a directory of unrelated
+/// files whose operations the hooks must let through cheaply.
+struct Scratch {
+    dir: PathBuf,
+    watched_dir: PathBuf,
+    noise_dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Scratch {
+    /// Creates them, on tmpfs when available: the figures then show CPU cost of the hooks, not
+    /// disk latency.
+    fn create() -> Result<Self> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("certreload-bench-{}", std::process::id()));
+        let watched_dir = dir.join("pki");
+        let noise_dir = dir.join("noise");
+        fs::create_dir_all(&watched_dir)?;
+        fs::create_dir_all(&noise_dir)?;
+        let paths: Vec<PathBuf> = (0..100)
+            .map(|i| watched_dir.join(format!("cert-{i}.pem")))
+            .collect();
+        for p in &paths {
+            fs::write(p, b"-----BEGIN CERTIFICATE-----\n")?;
+        }
+        Ok(Scratch {
+            dir,
+            watched_dir,
+            noise_dir,
+            paths,
+        })
+    }
+}
+
+/// Detection latency per monitor mode: from the rename's return to the change line a client
+/// reads, with what the agent itself reports beside it.
+fn detection_latency(bin: &Path, scratch: &Scratch, renames: usize) -> Result<()> {
     println!("\nDetection latency: {renames} replacements by rename(2); syscall return -> change line read by a client");
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>22}",
         "mode", "p50 us", "p99 us", "max us", "agent-reported p50 us"
     );
     for config in [Config::EbpfTracepoints, Config::EbpfRaw, Config::Inotify] {
-        let mut agent = Agent::start(bin, &config.args().expect("agent config"), &paths[..1])?;
-        let (mut client, mut reported) = (Vec::with_capacity(renames), Vec::new());
-        for i in 0..renames {
-            let tmp = watched_dir.join(format!(".tmp-{i}"));
-            fs::write(&tmp, format!("rotation {i}\n"))?;
-            fs::rename(&tmp, &paths[0])?;
-            let t0 = Instant::now();
-            let line = read_change(&mut agent.stdout)?;
-            client.push(t0.elapsed().as_secs_f64() * 1e6);
-            if let Some(l) = line.get("latency_us").and_then(|v| v.as_f64()) {
-                reported.push(l);
-            }
-        }
-        agent.stop();
-        client.sort_by(f64::total_cmp);
+        let (client, mut reported) = replacements(bin, config, scratch, renames)?;
         let agent_p50 = if reported.is_empty() {
             "n/a".to_string()
         } else {
@@ -239,66 +259,119 @@ fn monitor(built: &Built, ops: u64, syscalls: u64, rounds: usize, renames: usize
             agent_p50
         );
     }
+    Ok(())
+}
 
-    // Overhead, interleaved: every round runs every configuration, in a rotated order so none is
-    // always first; the VM this runs on is noisy, so both the median and the best sample are shown.
-    let n = Config::ALL.len();
-    let mut file_ns: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut sys_ns: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); n];
-    for round in 0..rounds {
-        eprintln!("xtask: overhead round {}/{rounds}", round + 1);
-        for k in 0..n {
-            let c = (k + round) % n;
-            let config = Config::ALL[c];
-            let agent = match config.args() {
-                Some(args) => Some(Agent::start(bin, &args, &paths)?),
-                None => None,
-            };
-            if let Some(a) = &agent {
-                std::thread::sleep(Duration::from_millis(300));
-                rss[c].push(a.rss_kib() as f64);
-            }
-            file_ns[c].push(file_ops(&noise_dir, ops)?);
-            sys_ns[c].push(perf_syscall(syscalls)?);
-            if let Some(a) = agent {
-                a.stop();
-            }
+/// `renames` replacements of one watched file under `config`: the latencies the client saw
+/// (sorted, µs) and those the agent reported.
+fn replacements(
+    bin: &Path,
+    config: Config,
+    scratch: &Scratch,
+    renames: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut agent = Agent::start(
+        bin,
+        &config.args().expect("agent config"),
+        &scratch.paths[..1],
+    )?;
+    let (mut client, mut reported) = (Vec::with_capacity(renames), Vec::new());
+    for i in 0..renames {
+        let tmp = scratch.watched_dir.join(format!(".tmp-{i}"));
+        fs::write(&tmp, format!("rotation {i}\n"))?;
+        fs::rename(&tmp, &scratch.paths[0])?;
+        let t0 = Instant::now();
+        let line = read_change(&mut agent.stdout)?;
+        client.push(t0.elapsed().as_secs_f64() * 1e6);
+        if let Some(l) = line.get("latency_us").and_then(|v| v.as_f64()) {
+            reported.push(l);
         }
     }
-    println!(
-        "\nHook overhead: {ops} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and \
-         `perf bench syscall basic` ({syscalls} getppid); {rounds} interleaved rounds, median (best)"
-    );
-    println!(
-        "{:<36} {:>18} {:>16} {:>18} {:>16} {:>10}",
-        "configuration", "file op ns", "ratio", "getppid ns", "ratio", "idle RSS"
-    );
-    let stats = |v: &mut Vec<f64>| (median(v), v.iter().copied().fold(f64::INFINITY, f64::min));
-    let (base_file, base_file_min) = stats(&mut file_ns[0]);
-    let (base_sys, base_sys_min) = stats(&mut sys_ns[0]);
-    for (c, config) in Config::ALL.iter().enumerate() {
-        let (f, f_min) = stats(&mut file_ns[c]);
-        let (s, s_min) = stats(&mut sys_ns[c]);
-        let r = if rss[c].is_empty() {
-            "-".to_string()
-        } else {
-            format!("{:.1} MiB", median(&mut rss[c]) / 1024.0)
+    agent.stop();
+    client.sort_by(f64::total_cmp);
+    Ok((client, reported))
+}
+
+/// Samples per configuration (indexed as `Config::ALL`): ns per file operation, ns per
+/// getppid, and the agent's idle RSS in KiB (none without an agent).
+struct Overhead {
+    file_ns: Vec<Vec<f64>>,
+    sys_ns: Vec<Vec<f64>>,
+    rss: Vec<Vec<f64>>,
+}
+
+impl Overhead {
+    /// Overhead, interleaved: every round runs every configuration, in a rotated order so none
+    /// is always first; the VM this runs on is noisy, so both the median and the best sample are
+    /// shown.
+    fn measure(
+        bin: &Path,
+        scratch: &Scratch,
+        ops: u64,
+        syscalls: u64,
+        rounds: usize,
+    ) -> Result<Self> {
+        let n = Config::ALL.len();
+        let mut samples = Overhead {
+            file_ns: vec![Vec::new(); n],
+            sys_ns: vec![Vec::new(); n],
+            rss: vec![Vec::new(); n],
         };
+        for round in 0..rounds {
+            eprintln!("xtask: overhead round {}/{rounds}", round + 1);
+            for k in 0..n {
+                let c = (k + round) % n;
+                let agent = match Config::ALL[c].args() {
+                    Some(args) => Some(Agent::start(bin, &args, &scratch.paths)?),
+                    None => None,
+                };
+                if let Some(a) = &agent {
+                    std::thread::sleep(Duration::from_millis(300));
+                    samples.rss[c].push(a.rss_kib() as f64);
+                }
+                samples.file_ns[c].push(file_ops(&scratch.noise_dir, ops)?);
+                samples.sys_ns[c].push(perf_syscall(syscalls)?);
+                if let Some(a) = agent {
+                    a.stop();
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    /// The overhead table: each configuration's median (best) and its ratio to the first
+    /// configuration, the baseline without an agent.
+    fn print(mut self, ops: u64, syscalls: u64, rounds: usize) {
+        println!(
+            "\nHook overhead: {ops} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and \
+             `perf bench syscall basic` ({syscalls} getppid); {rounds} interleaved rounds, median (best)"
+        );
         println!(
             "{:<36} {:>18} {:>16} {:>18} {:>16} {:>10}",
-            config.label(),
-            format!("{f:.0} ({f_min:.0})"),
-            format!("{:.3}x ({:.3}x)", f / base_file, f_min / base_file_min),
-            format!("{s:.1} ({s_min:.1})"),
-            format!("{:.3}x ({:.3}x)", s / base_sys, s_min / base_sys_min),
-            r
+            "configuration", "file op ns", "ratio", "getppid ns", "ratio", "idle RSS"
         );
+        let stats = |v: &mut Vec<f64>| (median(v), v.iter().copied().fold(f64::INFINITY, f64::min));
+        let (base_file, base_file_min) = stats(&mut self.file_ns[0]);
+        let (base_sys, base_sys_min) = stats(&mut self.sys_ns[0]);
+        for (c, config) in Config::ALL.iter().enumerate() {
+            let (f, f_min) = stats(&mut self.file_ns[c]);
+            let (s, s_min) = stats(&mut self.sys_ns[c]);
+            let r = if self.rss[c].is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1} MiB", median(&mut self.rss[c]) / 1024.0)
+            };
+            println!(
+                "{:<36} {:>18} {:>16} {:>18} {:>16} {:>10}",
+                config.label(),
+                format!("{f:.0} ({f_min:.0})"),
+                format!("{:.3}x ({:.3}x)", f / base_file, f_min / base_file_min),
+                format!("{s:.1} ({s_min:.1})"),
+                format!("{:.3}x ({:.3}x)", s / base_sys, s_min / base_sys_min),
+                r
+            );
+        }
     }
-    hook_costs(bin, &paths, &noise_dir, ops)?;
-    // Best effort: the results are printed; a scratch directory left behind changes none.
-    fs::remove_dir_all(&dir).ok();
-    Ok(())
 }
 
 /// One profiled pass of the file workload under the default strategy: what each program costs.

@@ -93,13 +93,11 @@ impl Material {
     }
 }
 
+/// Runs the whole comparison: both proxies started on the same material and upstream, each
+/// measure taken in turn, then the table. Fails if any handshake failed, so a broken run is not
+/// mistaken for a slow one.
 async fn bench(bin: &Path, params: &Params) -> Result<()> {
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("certreload-tls-bench-{}", std::process::id()));
+    let dir = scratch_dir();
     let _cleanup = RemoveOnDrop(dir.clone());
     fs::create_dir_all(&dir)?;
     let material = Material::generate(12)?;
@@ -117,12 +115,56 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
     }
 
     // Memory first, on fresh processes.
+    let memory = measure_memory(&connector, &agent, &nginx, params).await?;
+    let handshakes = measure_handshakes(&connector, &agent, &nginx, &material, params).await?;
+    let published = agent.generations_published();
+    let s_time = measure_s_time(&targets, &dir, params)?;
+    let (single, parallel) = measure_bulk(&connector, &targets, params).await?;
+
+    print_table(params, &handshakes, &s_time, &single, &parallel, &memory);
+    print_rotation(params, &handshakes, published);
+    agent.stop();
+    drop(nginx);
+    let failures = handshakes.failures;
+    if failures.iter().any(|&f| f > 0) {
+        bail!("handshakes failed during the benchmark: {failures:?}");
+    }
+    Ok(())
+}
+
+/// Where the proxies' files go: /dev/shm where there is one, so that disk I/O does not enter
+/// the figures.
+fn scratch_dir() -> PathBuf {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("certreload-tls-bench-{}", std::process::id()))
+}
+
+/// Resident memory of certreload (index 0) and nginx (index 1), in KiB when idle and per 1,000
+/// idle TLS connections.
+struct Memory {
+    idle_rss: [u64; 2],
+    per_1000: [f64; 2],
+}
+
+/// Memory idle and per connection, each proxy in turn holding `params.idle` connections: the
+/// growth while they are held, so the baseline each process starts with cancels.
+async fn measure_memory(
+    connector: &TlsConnector,
+    agent: &Agent,
+    nginx: &Nginx,
+    params: &Params,
+) -> Result<Memory> {
     let idle_rss = [rss_kib(&agent.pids()), rss_kib(&nginx.pids())];
     let mut per_1000 = [0.0; 2];
+    let targets = [("certreload", agent.addr), ("nginx", nginx.addr)];
     for (i, (name, addr)) in targets.iter().enumerate() {
         let pids = if i == 0 { agent.pids() } else { nginx.pids() };
         let before = rss_kib(&pids);
-        let held = hold(&connector, *addr, params.idle)
+        let held = hold(connector, *addr, params.idle)
             .await
             .with_context(|| format!("holding {} idle connections on {name}", params.idle))?;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -131,9 +173,26 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
         drop(held);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(Memory { idle_rss, per_1000 })
+}
 
-    // Handshake rate: certreload, nginx, certreload while rotating; interleaved, the two
-    // certreload slots swapping order every round so neither always follows nginx.
+/// Handshake rates per round for the three slots (certreload, nginx, certreload while rotating),
+/// the failures in each, and how many rotations the rotating slot made.
+struct Handshakes {
+    rates: [Vec<f64>; 3],
+    failures: [u64; 3],
+    rotations: usize,
+}
+
+/// Handshake rate: certreload, nginx, certreload while rotating; interleaved, the two certreload
+/// slots swapping order every round so neither always follows nginx.
+async fn measure_handshakes(
+    connector: &TlsConnector,
+    agent: &Agent,
+    nginx: &Nginx,
+    material: &Material,
+    params: &Params,
+) -> Result<Handshakes> {
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut failures = [0u64; 3];
     let mut rotations = 0usize;
@@ -141,8 +200,8 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
         let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for slot in order {
             let addr = if slot == 1 { nginx.addr } else { agent.addr };
-            let rotating = (slot == 2).then(|| agent.rotate_every(params.rotate_ms, &material));
-            let sample = handshakes(&connector, addr, params.concurrency, params.seconds).await;
+            let rotating = (slot == 2).then(|| agent.rotate_every(params.rotate_ms, material));
+            let sample = handshakes(connector, addr, params.concurrency, params.seconds).await;
             if let Some(rotator) = rotating {
                 rotations += rotator.stop()?;
             }
@@ -157,31 +216,64 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
             rates[2][round]
         );
     }
-    let published = agent.generations_published();
+    Ok(Handshakes {
+        rates,
+        failures,
+        rotations,
+    })
+}
 
-    // openssl s_time: a second, independent client (one sequential connection at a time).
+/// openssl s_time: a second, independent client (one sequential connection at a time), so the
+/// rate does not rest on our own client alone.
+fn measure_s_time(
+    targets: &[(&str, SocketAddr); 2],
+    dir: &Path,
+    params: &Params,
+) -> Result<[Vec<f64>; 2]> {
     let mut s_time = [Vec::new(), Vec::new()];
     for _ in 0..params.rounds {
         for (i, (_, addr)) in targets.iter().enumerate() {
-            s_time[i].push(openssl_s_time(*addr, &dir, params.seconds)?);
+            s_time[i].push(openssl_s_time(*addr, dir, params.seconds)?);
         }
     }
+    Ok(s_time)
+}
 
-    // Bulk: one connection, then `parallel` connections, same total.
+/// Bulk MiB/s: one connection, then `parallel` connections, same total, per round: the data
+/// path once the handshake is paid.
+async fn measure_bulk(
+    connector: &TlsConnector,
+    targets: &[(&str, SocketAddr); 2],
+    params: &Params,
+) -> Result<([Vec<f64>; 2], [Vec<f64>; 2])> {
     let mut single = [Vec::new(), Vec::new()];
     let mut parallel = [Vec::new(), Vec::new()];
     for _ in 0..params.rounds {
         for (i, (_, addr)) in targets.iter().enumerate() {
-            single[i].push(bulk(&connector, *addr, 1, params.bulk_bytes).await?);
-            parallel[i].push(bulk(&connector, *addr, params.parallel, params.bulk_bytes).await?);
+            single[i].push(bulk(connector, *addr, 1, params.bulk_bytes).await?);
+            parallel[i].push(bulk(connector, *addr, params.parallel, params.bulk_bytes).await?);
         }
     }
+    Ok((single, parallel))
+}
 
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+/// The median of the rounds: one slow round (a noisy neighbour) does not move it.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The side-by-side table: each measure for certreload and nginx and their ratio.
+fn print_table(
+    params: &Params,
+    handshakes: &Handshakes,
+    s_time: &[Vec<f64>; 2],
+    single: &[Vec<f64>; 2],
+    parallel: &[Vec<f64>; 2],
+    memory: &Memory,
+) {
+    let rates = &handshakes.rates;
     println!();
     println!(
         "certreload bench tls: ECDSA P-256, TLS 1.3, no resumption, same upstream, {} rounds interleaved, median",
@@ -191,42 +283,48 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
         "{:<52} {:>12} {:>12} {:>8}",
         "measure", "certreload", "nginx", "ratio"
     );
-    let row = |what: &str, a: f64, n: f64, unit: &str| {
-        println!(
-            "{what:<52} {:>12} {:>12} {:>7.3}x",
-            format!("{a:.0}{unit}"),
-            format!("{n:.0}{unit}"),
-            a / n
-        );
-    };
+    let row = |what: &str, a: &[f64], n: &[f64]| print_row(what, median(a), median(n));
     row(
         &format!(
             "handshakes/s ({} clients, {} s)",
             params.concurrency, params.seconds
         ),
-        median(&rates[0]),
-        median(&rates[1]),
-        "",
+        &rates[0],
+        &rates[1],
     );
     row(
         "handshakes/s (openssl s_time -new, 1 client)",
-        median(&s_time[0]),
-        median(&s_time[1]),
-        "",
+        &s_time[0],
+        &s_time[1],
     );
     let gib = params.bulk_bytes as f64 / (1u64 << 30) as f64;
     row(
         &format!("MiB/s, {gib:.2} GiB over 1 connection"),
-        median(&single[0]),
-        median(&single[1]),
-        "",
+        &single[0],
+        &single[1],
     );
     row(
         &format!("MiB/s, {gib:.2} GiB over {} connections", params.parallel),
-        median(&parallel[0]),
-        median(&parallel[1]),
-        "",
+        &parallel[0],
+        &parallel[1],
     );
+    print_memory(params, memory);
+    println!();
+}
+
+/// One row of the table: the two figures and certreload's as a multiple of nginx's.
+fn print_row(what: &str, a: f64, n: f64) {
+    println!(
+        "{what:<52} {:>12} {:>12} {:>7.3}x",
+        format!("{a:.0}"),
+        format!("{n:.0}"),
+        a / n
+    );
+}
+
+/// The memory rows, in MiB (no ratio: a per-connection growth near zero makes one meaningless).
+fn print_memory(params: &Params, memory: &Memory) {
+    let Memory { idle_rss, per_1000 } = memory;
     println!(
         "{:<52} {:>12} {:>12}",
         "RSS idle",
@@ -239,8 +337,16 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
         format!("{:.1} MiB", per_1000[0] / 1024.0),
         format!("{:.1} MiB", per_1000[1] / 1024.0)
     );
-    println!();
-    // Rotation cost: the median of the per-round ratios (adjacent samples, so drift cancels).
+}
+
+/// What rotating costs: the median of the per-round ratios (adjacent samples, so drift cancels),
+/// and the failures of every slot (a reload must not fail a handshake).
+fn print_rotation(params: &Params, handshakes: &Handshakes, published: u64) {
+    let Handshakes {
+        rates,
+        failures,
+        rotations,
+    } = handshakes;
     let paired: Vec<f64> = rates[2].iter().zip(&rates[0]).map(|(r, s)| r / s).collect();
     println!(
         "certreload handshakes/s while rotating every {} ms: {:.0} vs {:.0} without; per-round ratio median {:+.1} % (rounds: {}); {rotations} rotations, {published} generations published",
@@ -254,12 +360,6 @@ async fn bench(bin: &Path, params: &Params) -> Result<()> {
         "failed handshakes: certreload {}, nginx {}, certreload while rotating {}",
         failures[0], failures[1], failures[2]
     );
-    agent.stop();
-    drop(nginx);
-    if failures.iter().any(|&f| f > 0) {
-        bail!("handshakes failed during the benchmark: {failures:?}");
-    }
-    Ok(())
 }
 
 /// The upstream both proxies forward to. One line in: `bytes N` → N bytes then close;
