@@ -265,7 +265,7 @@ pub(crate) async fn observe(
     let (config, resolver) = client_config(client, seen.clone())?;
     let tcp = connect(endpoint).await?;
     let mut tls = match handshake(endpoint, name, config, tcp, &seen, resolver.as_deref()).await? {
-        Handshake::Done(tls) => tls,
+        Handshake::Done(tls) => *tls,
         Handshake::Refused(observation) => return Ok(observation),
     };
     let (leaf_fingerprint, not_after) = fingerprint(&served_leaf(endpoint, &tls)?);
@@ -301,8 +301,9 @@ type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// How a handshake ended that did not fail outright.
 enum Handshake {
-    /// Done: the server showed its leaf and did not refuse ours at the TLS 1.2 level.
-    Done(Tls),
+    /// Done: the server showed its leaf and did not refuse ours at the TLS 1.2 level (boxed: a
+    /// TLS stream is large beside an observation).
+    Done(Box<Tls>),
     /// A TLS 1.2 server refused the client certificate after it proved its own leaf.
     Refused(Observation),
 }
@@ -341,7 +342,7 @@ async fn handshake(
         .map_err(|_| ObserveError::Timeout {
             endpoint: endpoint.to_string(),
         })? {
-        Ok(tls) => Ok(Handshake::Done(tls)),
+        Ok(tls) => Ok(Handshake::Done(Box::new(tls))),
         Err(e) => {
             // A TLS 1.2 server refuses a client certificate by failing the handshake, after it
             // proved its own leaf: judge that leaf, and report the refusal.
@@ -428,53 +429,13 @@ async fn client_verdict(tls: &mut Tls) -> Option<String> {
 mod tests {
     use std::time::SystemTime;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
-    use rustls::{
-        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
-        server::WebPkiClientVerifier,
-        RootCertStore, ServerConfig,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
+    use rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
     use crate::material::validate::Material;
-
-    struct Ca {
-        der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca(cn: &str) -> Ca {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).expect("ca").der().clone();
-        Ca {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate, key) for `name`, issued by `ca`, with one extended key usage.
-    fn leaf(
-        ca: &Ca,
-        name: &str,
-        eku: ExtendedKeyUsagePurpose,
-    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
-        params.extended_key_usages = vec![eku];
-        let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-        (
-            cert.der().clone(),
-            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        )
-    }
+    use crate::test_pki::{ca, leaf, Ca};
 
     fn client_generation(ca: &Ca) -> Generation {
         let (cert, key) = leaf(ca, "probe-client", ExtendedKeyUsagePurpose::ClientAuth);

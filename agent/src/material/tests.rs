@@ -6,9 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
 
 use super::{
     inspect::inspect,
@@ -18,25 +16,7 @@ use super::{
         PairPolicy, Report, Status, Usage,
     },
 };
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("ca");
-    Ca {
-        pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
+use crate::test_pki::{ca, Ca};
 
 struct Leaf {
     sans: Vec<&'static str>,
@@ -58,15 +38,14 @@ impl Default for Leaf {
 }
 
 fn leaf(ca: &Ca, spec: Leaf) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
     let mut params =
         CertificateParams::new(spec.sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("params");
     params.extended_key_usages = spec.eku;
     params.not_before = spec.not_before;
     params.not_after = spec.not_after;
-    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-    (cert.pem(), key.serialize_pem())
+    let issued = ca.issue(params);
+    (issued.cert.pem(), issued.key.serialize_pem())
 }
 
 struct Files {

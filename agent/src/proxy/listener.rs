@@ -458,11 +458,8 @@ mod tests {
     //! (the same `io::Error` the accept path sees), next to what the former text match
     //! (`to_string().contains("certificate")`) made of it.
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
     use rustls::{
-        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
         server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
         sign::CertifiedKey,
         ClientConfig, RootCertStore, ServerConfig,
@@ -470,40 +467,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-
-    struct Ca {
-        der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca(cn: &str) -> Ca {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).expect("ca").der().clone();
-        Ca {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(
-        ca: &Ca,
-        name: &str,
-        eku: ExtendedKeyUsagePurpose,
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
-        params.extended_key_usages = vec![eku];
-        let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-        (
-            vec![cert.der().clone()],
-            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        )
-    }
+    use crate::test_pki::{ca, leaf, Ca};
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
@@ -529,8 +493,10 @@ mod tests {
             ),
             None => builder.with_no_client_auth(),
         };
-        let (chain, key) = leaf(serving, "localhost", ExtendedKeyUsagePurpose::ServerAuth);
-        builder.with_single_cert(chain, key).expect("server config")
+        let (cert, key) = leaf(serving, "localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        builder
+            .with_single_cert(vec![cert], key)
+            .expect("server config")
     }
 
     /// A client trusting `trusted`, presenting a certificate signed by `identity` when given.
@@ -541,9 +507,9 @@ mod tests {
             .with_root_certificates(roots(trusted));
         match identity {
             Some(ca) => {
-                let (chain, key) = leaf(ca, "client", ExtendedKeyUsagePurpose::ClientAuth);
+                let (cert, key) = leaf(ca, "client", ExtendedKeyUsagePurpose::ClientAuth);
                 builder
-                    .with_client_auth_cert(chain, key)
+                    .with_client_auth_cert(vec![cert], key)
                     .expect("client config")
             }
             None => builder.with_no_client_auth(),
