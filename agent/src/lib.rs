@@ -55,5 +55,7 @@ mod status_cmd;
 mod sync;
 mod sys;
 mod telemetry;
+#[cfg(test)]
+mod test_pki;
 mod tls;
 mod watch;
