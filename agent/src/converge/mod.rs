@@ -12,12 +12,12 @@ pub(crate) mod settle;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::{
     audit::SharedAudit,
     config::{ActionTrigger, Config},
-    reload::generation::GenerationStore,
+    reload::generation::{Generation, GenerationStore},
     telemetry::Metrics,
 };
 
@@ -33,7 +33,9 @@ pub(crate) struct StaleNotice {
     pub generation: u64,
 }
 
-/// Starts every probe and action of `config`; they stop with `shutdown`.
+/// Starts every probe and action of `config`; they stop with `shutdown`. Probes report stale
+/// endpoints on one channel; actions run on their trigger (`on = "accepted"`: each newly accepted
+/// generation; `on = "stale"`: each stale notice for their bundle).
 pub(crate) fn start(
     config: &Config,
     store: Arc<GenerationStore>,
@@ -42,7 +44,7 @@ pub(crate) fn start(
     board: ProbeBoard,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    let (stale_tx, mut stale_rx) = mpsc::channel::<StaleNotice>(64);
+    let (stale_tx, stale_rx) = mpsc::channel::<StaleNotice>(64);
     let feed = settle::ConvergenceFeed::new(&config.probes);
     let probe_ctx = probe::ProbeContext {
         feed: feed.clone(),
@@ -52,6 +54,19 @@ pub(crate) fn start(
         stale: stale_tx,
         board,
     };
+    start_probes(config, &probe_ctx, &shutdown);
+    let action_ctx = action::ActionContext {
+        audit,
+        metrics,
+        feed,
+        leases: Arc::new(leases(config)),
+    };
+    let on_stale = start_actions(config, &store, &action_ctx, &shutdown);
+    tokio::spawn(route_stale(stale_rx, on_stale, shutdown));
+}
+
+/// Spawns one task per probe whose bundle exists (the bundle's kind says how to probe).
+fn start_probes(config: &Config, ctx: &probe::ProbeContext, shutdown: &crate::shutdown::Shutdown) {
     for p in &config.probes {
         let Some(kind) = config
             .bundles
@@ -61,15 +76,14 @@ pub(crate) fn start(
         else {
             continue;
         };
-        tokio::spawn(probe::run(
-            p.clone(),
-            kind,
-            probe_ctx.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(probe::run(p.clone(), kind, ctx.clone(), shutdown.clone()));
     }
+}
 
-    let leases = lease::Leases::new(lease::LockSettings {
+/// The cluster-wide locks (`[[action]] lock = "NAME"`) that make the actions of one lock take turns
+/// across nodes; this node holds them under its name.
+fn leases(config: &Config) -> lease::Leases {
+    lease::Leases::new(lease::LockSettings {
         namespace: config.locks.namespace.clone(),
         lease_duration: config.locks.lease_duration,
         holder: config
@@ -77,13 +91,18 @@ pub(crate) fn start(
             .node
             .clone()
             .unwrap_or_else(crate::audit::kube_events::node_name),
-    });
-    let action_ctx = action::ActionContext {
-        audit,
-        metrics,
-        feed,
-        leases: Arc::new(leases),
-    };
+    })
+}
+
+/// Spawns one task per action, serialised per bundle by a shared lock, and connects its trigger:
+/// `on = "accepted"` to the bundle's generations now; `on = "stale"` through the returned map
+/// (bundle → the actions' senders), which [`route_stale`] serves.
+fn start_actions(
+    config: &Config,
+    store: &GenerationStore,
+    ctx: &action::ActionContext,
+    shutdown: &crate::shutdown::Shutdown,
+) -> BTreeMap<String, Vec<mpsc::Sender<u64>>> {
     let mut locks: BTreeMap<String, Arc<Mutex<()>>> = BTreeMap::new();
     let mut on_stale: BTreeMap<String, Vec<mpsc::Sender<u64>>> = BTreeMap::new();
     for a in &config.actions {
@@ -91,7 +110,7 @@ pub(crate) fn start(
         let lock = locks.entry(a.bundle.clone()).or_default().clone();
         tokio::spawn(action::run(
             a.clone(),
-            action_ctx.clone(),
+            ctx.clone(),
             rx,
             lock,
             shutdown.clone(),
@@ -104,40 +123,54 @@ pub(crate) fn start(
                 };
                 // Only generations accepted from now on: start-up material needs no reload.
                 generations.mark_unchanged();
-                let mut stop = shutdown.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = stop.recv() => return,
-                            r = generations.changed() => {
-                                if r.is_err() { return; }
-                                let number = generations.borrow_and_update().as_ref().map(|g| g.number);
-                                if let Some(n) = number {
-                                    // Full: runs are queued, and the action coalesces them to the
-                                    // newest generation anyway. Closed: the action has stopped.
-                                    tx.try_send(n).ok();
-                                }
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(forward_accepted(generations, tx, shutdown.clone()));
             }
         }
     }
-    let mut stop = shutdown;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.recv() => return,
-                notice = stale_rx.recv() => {
-                    let Some(notice) = notice else { return };
-                    for tx in on_stale.get(&notice.bundle).into_iter().flatten() {
-                        // Full: runs are queued, and the action coalesces them to the newest
-                        // generation anyway. Closed: the action has stopped.
-                        tx.try_send(notice.generation).ok();
-                    }
+    on_stale
+}
+
+/// Triggers an `on = "accepted"` action with each generation of its bundle accepted from now on,
+/// until `stop`.
+async fn forward_accepted(
+    mut generations: watch::Receiver<Option<Arc<Generation>>>,
+    tx: mpsc::Sender<u64>,
+    mut stop: crate::shutdown::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            r = generations.changed() => {
+                if r.is_err() { return; }
+                let number = generations.borrow_and_update().as_ref().map(|g| g.number);
+                if let Some(n) = number {
+                    // Full: runs are queued, and the action coalesces them to the
+                    // newest generation anyway. Closed: the action has stopped.
+                    tx.try_send(n).ok();
                 }
             }
         }
-    });
+    }
+}
+
+/// Triggers the `on = "stale"` actions of a bundle with the generation each stale notice names,
+/// until `stop`.
+async fn route_stale(
+    mut stale_rx: mpsc::Receiver<StaleNotice>,
+    on_stale: BTreeMap<String, Vec<mpsc::Sender<u64>>>,
+    mut stop: crate::shutdown::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            notice = stale_rx.recv() => {
+                let Some(notice) = notice else { return };
+                for tx in on_stale.get(&notice.bundle).into_iter().flatten() {
+                    // Full: runs are queued, and the action coalesces them to the newest
+                    // generation anyway. Closed: the action has stopped.
+                    tx.try_send(notice.generation).ok();
+                }
+            }
+        }
+    }
 }
