@@ -162,8 +162,12 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Serves one accepted connection. Its `slots` are given back before the client can see the
+/// connection end: the [`Tracked`] stream holds them once it serves and drops them before its
+/// shutdown sends the FIN; on an early return, parameters drop in reverse order, `slots` first.
+/// So a client that has seen its connection end (a probe with `Connection: close`) never meets
+/// its own slot when it connects again.
 async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slots: Slots) {
-    let _slots = slots;
     // Latency only: a socket without it still serves.
     stream.set_nodelay(true).ok();
     let settings = &shared.settings;
@@ -172,7 +176,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sl
     let Some(tls) = &shared.tls else {
         serve_http(
             &shared,
-            Tracked::new(stream, activity.clone()),
+            Tracked::holding(stream, activity.clone(), slots),
             activity,
             peer,
         )
@@ -189,7 +193,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sl
             return;
         }
     }
-    let io = Tracked::new(stream, activity.clone());
+    let io = Tracked::holding(stream, activity.clone(), slots);
     if first[0] == 0x16 {
         match tokio::time::timeout(settings.header_read_timeout, tls.accept(io)).await {
             Ok(Ok(tls_stream)) => serve_http(&shared, tls_stream, activity, peer).await,

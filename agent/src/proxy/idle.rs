@@ -63,8 +63,14 @@ impl Default for Activity {
     }
 }
 
-/// A stream that reports its activity.
-pub(crate) struct Tracked<S> {
+/// A stream that reports its activity, and holds `G` (what the connection occupies: cap slots, a
+/// descriptor) until it shuts down or is dropped.
+pub(crate) struct Tracked<S, G = ()> {
+    // Given back before the socket says the connection ended (before the shutdown that sends the
+    // FIN; fields drop in declaration order, so before `inner` closes), so a peer that has seen
+    // its connection end (a probe with `Connection: close`) finds what it held free when it
+    // connects again.
+    held: Option<G>,
     inner: S,
     activity: Activity,
 }
@@ -72,11 +78,22 @@ pub(crate) struct Tracked<S> {
 impl<S> Tracked<S> {
     /// Wraps `inner`.
     pub(crate) fn new(inner: S, activity: Activity) -> Self {
-        Tracked { inner, activity }
+        Tracked::holding(inner, activity, ())
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+impl<S, G> Tracked<S, G> {
+    /// Wraps `inner`, holding `held` until the stream is dropped (released before it closes).
+    pub(crate) fn holding(inner: S, activity: Activity, held: G) -> Self {
+        Tracked {
+            held: Some(held),
+            inner,
+            activity,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin, G: Unpin> AsyncRead for Tracked<S, G> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -91,7 +108,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Tracked<S, G> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -109,6 +126,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.held = None;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -135,5 +153,35 @@ mod tests {
         let waited = Instant::now();
         activity.idle(Duration::from_secs(30)).await;
         assert!(waited.elapsed() >= Duration::from_secs(29));
+    }
+
+    /// Flags its drop: what a connection holds (a cap slot) in the test below.
+    struct Slot(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_stream_holds_is_given_back_before_the_peer_sees_the_end() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tracked = Tracked::holding(a, Activity::new(), Slot(freed.clone()));
+        tracked.write_all(b"x").await.expect("write");
+        assert!(!freed.load(Ordering::SeqCst), "held while serving");
+        tracked.shutdown().await.expect("shutdown");
+        assert!(freed.load(Ordering::SeqCst), "given back by the shutdown");
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest)
+            .await
+            .expect("the peer reads to the end");
+        assert_eq!(rest, b"x");
+
+        let (a, _b) = tokio::io::duplex(64);
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        drop(Tracked::holding(a, Activity::new(), Slot(freed.clone())));
+        assert!(freed.load(Ordering::SeqCst), "given back when dropped");
     }
 }
