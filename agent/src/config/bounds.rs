@@ -219,6 +219,17 @@ impl Source<'_> {
         ))
     }
 
+    /// An optional duration field: `default` when absent, else as [`Self::duration_in`].
+    pub(crate) fn duration_or(
+        &self,
+        value: Option<&Spanned<String>>,
+        field: &str,
+        default: Duration,
+        bounds: &Bounds<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        value.map_or(Ok(default), |v| self.duration_in(v, field, bounds))
+    }
+
     /// A size field (`"1MiB"`), parsed and checked against `bounds`.
     pub(crate) fn size_in(
         &self,

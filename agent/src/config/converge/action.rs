@@ -250,12 +250,8 @@ fn parse_action(
         ));
     }
     let command = parse_command(a).map_err(|(f, m)| src.invalid(offset, field(f), m))?;
-    let duration = |v: &Option<Spanned<String>>,
-                    name: &str,
-                    default: Duration,
-                    range: &bounds::Bounds<Duration>| match v {
-        Some(v) => src.duration_in(v, &field(name), range),
-        None => Ok(default),
+    let duration = |v: &Option<Spanned<String>>, name: &str, default, range| {
+        src.duration_or(v.as_ref(), &field(name), default, range)
     };
     let lock = match (&a.lock, &a.lock_wait) {
         (None, Some(w)) => {

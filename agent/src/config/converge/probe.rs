@@ -210,12 +210,8 @@ fn parse_probe(
     let check = parse_check(src, offset, p, kind, field)?;
     check_client_bundle(p, kind, bundles)
         .map_err(|m| src.invalid(offset, field("client_bundle"), m))?;
-    let duration = |v: &Option<Spanned<String>>,
-                    name: &str,
-                    default: Duration,
-                    range: &bounds::Bounds<Duration>| match v {
-        Some(v) => src.duration_in(v, &field(name), range),
-        None => Ok(default),
+    let duration = |v: &Option<Spanned<String>>, name: &str, default, range| {
+        src.duration_or(v.as_ref(), &field(name), default, range)
     };
     let interval = duration(
         &p.interval,
