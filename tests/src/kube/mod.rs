@@ -33,6 +33,7 @@ pub mod health;
 mod host;
 pub mod identity;
 pub mod manifest;
+pub mod node;
 mod supervisor;
 
 use std::{

@@ -1,0 +1,411 @@
+//! A real node registered to the test control plane: **Debian's containerd and runc** and the
+//! **kubelet built from the same Kubernetes release** (`CERTRELOAD_PEERS/kubelet`), with
+//! kubeadm's own `kubelet.conf` (the `system:node:<name>` client certificate that
+//! `kubeadm init phase kubeconfig all` signs with the cluster CA).
+//!
+//! What this machine needs, found while bringing it up (see the issue-12 note):
+//! - cgroup v1: the kubelet runs with `cgroupDriver: cgroupfs` and `failCgroupV1: false`;
+//! - the sandbox's bounding set lacks `CAP_SYS_RESOURCE`, so runc cannot lower
+//!   `oom_score_adj` to the sandbox's -998: containerd's CRI runs with
+//!   `restrict_oom_score_adj = true` (it clamps the value instead);
+//! - a nearly full disk: `evictionHard` is lowered to 1 % / 1 Mi, or the kubelet refuses pods;
+//! - no registry: the sandbox (pause) image is a static Go program in an OCI layout built by
+//!   `cargo xtask setup` (`CERTRELOAD_PAUSE_IMAGE`, tagged `registry.k8s.io/pause:3.10`),
+//!   imported with `ctr images import`; pods use `imagePullPolicy: Never`;
+//! - no CNI plugin is configured: the runtime's network stays NotReady, so the Node stays
+//!   NotReady, and only **hostNetwork pods** run (the kubelet admits them without a network).
+//!
+//! Everything lives under the control plane's root (`ROOT/var/lib/kubelet`,
+//! `ROOT/var/lib/containerd`, `ROOT/run/containerd`), logs in `ROOT/var/log/{containerd,kubelet}.log`.
+//! On drop: the kubelet stops, every container task is killed and deleted (so no shim outlives
+//! the test), containerd stops, and the kubelet's volume mounts under the root are unmounted.
+
+use std::{
+    fs::File,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{host::run, ControlPlane, ADVERTISE_ADDRESS, NODE_NAME, PEERS_ENV};
+
+/// The image file (an OCI layout in a tar) with the sandbox image, set by `cargo xtask test`.
+pub const PAUSE_IMAGE_ENV: &str = "CERTRELOAD_PAUSE_IMAGE";
+/// The name the pause image is imported under (containerd's default sandbox image name).
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
+/// containerd's namespace for the CRI.
+const CRI_NAMESPACE: &str = "k8s.io";
+/// How long the node gets to register and report its runtime ready.
+pub const NODE_DEADLINE: Duration = Duration::from_secs(180);
+/// The host tools the node needs (Debian's containerd and runc packages).
+const TOOLS: [&str; 4] = [
+    "/usr/bin/containerd",
+    "/usr/bin/ctr",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/sbin/runc",
+];
+
+/// What is missing for a node on this machine, if anything (the caller fails under CI, else skips).
+pub fn missing() -> Option<String> {
+    for tool in TOOLS {
+        if !Path::new(tool).exists() {
+            return Some(format!(
+                "{tool} is missing: the node needs Debian's containerd and runc (cargo xtask setup installs them)"
+            ));
+        }
+    }
+    match std::env::var_os(PAUSE_IMAGE_ENV) {
+        None => Some(format!(
+            "{PAUSE_IMAGE_ENV} is not set: it names the pause image tarball (cargo xtask test sets it)"
+        )),
+        Some(p) if !Path::new(&p).is_file() => Some(format!(
+            "{PAUSE_IMAGE_ENV}={}: no such file",
+            Path::new(&p).display()
+        )),
+        Some(_) => None,
+    }
+}
+
+/// A started kubelet + containerd, registered to the control plane as [`NODE_NAME`].
+pub struct Node {
+    root: PathBuf,
+    kubectl: PathBuf,
+    admin: PathBuf,
+    containerd: Option<Child>,
+    kubelet: Option<Child>,
+}
+
+/// Runs `cmd` with its output appended to `log`, SIGKILLed when the test process dies.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone().context("log handle")?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Node {
+    /// Starts containerd, imports the pause image, starts the kubelet and waits until the Node
+    /// is registered and its container runtime is ready.
+    pub fn start(cp: &ControlPlane) -> Result<Node> {
+        let peers = PathBuf::from(std::env::var_os(PEERS_ENV).context("CERTRELOAD_PEERS")?);
+        let image = PathBuf::from(std::env::var_os(PAUSE_IMAGE_ENV).context(PAUSE_IMAGE_ENV)?);
+        let mut node = Node {
+            root: cp.root().to_path_buf(),
+            kubectl: peers.join("kubectl"),
+            admin: cp.admin_kubeconfig(),
+            containerd: None,
+            kubelet: None,
+        };
+        for dir in [
+            "var/lib/containerd",
+            "run/containerd",
+            "etc/cni/net.d",
+            "var/lib/kubelet",
+            "var/log",
+        ] {
+            std::fs::create_dir_all(node.root.join(dir))
+                .with_context(|| format!("creating {dir}"))?;
+        }
+        std::fs::write(node.containerd_config(), node.containerd_toml())
+            .context("writing containerd's config")?;
+        let mut c = Command::new("/usr/bin/containerd");
+        c.arg("--config").arg(node.containerd_config());
+        node.containerd = Some(spawn_logged(&mut c, &node.log("containerd"))?);
+        node.wait_containerd()?;
+        node.ctr(&["images", "import", "--all-platforms"], &[&image])
+            .context("importing the pause image")?;
+
+        std::fs::write(node.kubelet_config(), node.kubelet_yaml(cp))
+            .context("writing the KubeletConfiguration")?;
+        let mut k = Command::new(peers.join("kubelet"));
+        k.arg("--config")
+            .arg(node.kubelet_config())
+            .arg("--kubeconfig")
+            .arg(cp.path("/etc/kubernetes/kubelet.conf"))
+            .arg(format!(
+                "--container-runtime-endpoint=unix://{}",
+                node.socket().display()
+            ))
+            .arg("--root-dir")
+            .arg(node.kubelet_root())
+            .arg("--cert-dir")
+            .arg(node.kubelet_root().join("pki"))
+            .arg(format!("--hostname-override={NODE_NAME}"))
+            .arg(format!("--node-ip={ADVERTISE_ADDRESS}"))
+            .arg("--v=2");
+        node.kubelet = Some(spawn_logged(&mut k, &node.log("kubelet"))?);
+        node.wait_registered()?;
+        Ok(node)
+    }
+
+    /// The kubelet's root directory (`/var/lib/kubelet` on a node).
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.root.join("var/lib/kubelet")
+    }
+
+    /// containerd's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("run/containerd/containerd.sock")
+    }
+
+    fn containerd_config(&self) -> PathBuf {
+        self.root.join("etc/containerd-config.toml")
+    }
+
+    fn kubelet_config(&self) -> PathBuf {
+        self.root.join("var/lib/kubelet-config.yaml")
+    }
+
+    /// A node component's log file.
+    pub fn log(&self, what: &str) -> PathBuf {
+        self.root.join(format!("var/log/{what}.log"))
+    }
+
+    /// The last lines of containerd's and the kubelet's logs, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        ["containerd", "kubelet"]
+            .iter()
+            .map(|w| format!("--- {w}:\n{}", tail(&self.log(w), lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// containerd 1.6's configuration (version 2), everything under the root, no CNI config.
+    fn containerd_toml(&self) -> String {
+        let r = self.root.display();
+        format!(
+            r#"version = 2
+root = "{r}/var/lib/containerd"
+state = "{r}/run/containerd/state"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  # The sandbox cannot set oom_score_adj below its own (no CAP_SYS_RESOURCE): clamp instead.
+  restrict_oom_score_adj = true
+  sandbox_image = "{PAUSE_IMAGE}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{r}/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+"#,
+            sock = self.socket().display()
+        )
+    }
+
+    /// The KubeletConfiguration: cgroupfs on cgroup v1, x509 client auth against the cluster CA
+    /// plus webhook authorization (as kubeadm configures it), lowered eviction thresholds.
+    fn kubelet_yaml(&self, cp: &ControlPlane) -> String {
+        format!(
+            r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+failSwapOn: false
+failCgroupV1: false
+address: {ADVERTISE_ADDRESS}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: Webhook
+evictionHard:
+  memory.available: "1Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+"#,
+            ca = cp.pki().join("ca.crt").display()
+        )
+    }
+
+    /// Runs `ctr` against this node's containerd in the CRI namespace.
+    pub fn ctr(&self, args: &[&str], paths: &[&Path]) -> Result<String> {
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address")
+            .arg(self.socket())
+            .args(["-n", CRI_NAMESPACE])
+            .args(args)
+            .args(paths);
+        run(&mut c)
+    }
+
+    /// Runs kubectl with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let mut c = Command::new(&self.kubectl);
+        c.arg("--kubeconfig")
+            .arg(&self.admin)
+            .arg("--request-timeout=30s")
+            .args(args);
+        run(&mut c)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, child) in [
+            ("containerd", &mut self.containerd),
+            ("kubelet", &mut self.kubelet),
+        ] {
+            if let Some(c) = child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!(
+                        "{name} exited ({status}):\n{}",
+                        tail(&self.root.join(format!("var/log/{name}.log")), 40)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_containerd(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive()?;
+            match self.ctr(&["version"], &[]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("containerd does not answer: {e:#}\n{}", self.logs(40))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// Waits until the Node object exists and reports a `Ready` condition (whatever its status:
+    /// without CNI it stays False with "network plugin not ready") and the kubelet has synced.
+    fn wait_registered(&mut self) -> Result<()> {
+        let deadline = Instant::now() + NODE_DEADLINE;
+        loop {
+            self.check_alive()?;
+            let last = match self.kubectl(&[
+                "get",
+                "node",
+                NODE_NAME,
+                "--ignore-not-found",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}"#,
+            ]) {
+                Ok(out) if !out.trim().is_empty() => {
+                    eprintln!("node {NODE_NAME} registered: Ready={}", out.trim());
+                    return Ok(());
+                }
+                Ok(_) => "not registered".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "node {NODE_NAME} not registered within {NODE_DEADLINE:?} ({last}):\n{}",
+                    self.logs(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn stop_child(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            crate::kill_and_reap(&mut c);
+        }
+    }
+
+    /// Stops the kubelet, kills and deletes every container task, stops containerd, and
+    /// unmounts what the kubelet mounted under the root. Idempotent.
+    pub fn stop(&mut self) {
+        Self::stop_child(&mut self.kubelet);
+        if self.containerd.is_some() {
+            if let Ok(tasks) = self.ctr(&["tasks", "ls", "-q"], &[]) {
+                for id in tasks.split_whitespace() {
+                    // Best effort: a task may have exited already.
+                    self.ctr(&["tasks", "kill", "-s", "SIGKILL", id], &[]).ok();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                for id in tasks.split_whitespace() {
+                    self.ctr(&["tasks", "delete", "-f", id], &[]).ok();
+                }
+            }
+            if let Ok(cs) = self.ctr(&["containers", "ls", "-q"], &[]) {
+                for id in cs.split_whitespace() {
+                    self.ctr(&["containers", "delete", id], &[]).ok();
+                }
+            }
+        }
+        Self::stop_child(&mut self.containerd);
+        unmount_under(&self.root);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Unmounts (lazily, deepest first) every mount point under `root` (the kubelet's tmpfs for
+/// projected volumes, containerd's rootfs mounts), so the root can be removed.
+fn unmount_under(root: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = root.to_string_lossy().to_string();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        // mountinfo escapes spaces as \040; the paths here have none.
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: umount2 with a valid C string; failure leaves the mount (reported by the
+            // root's removal, best effort anyway).
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
