@@ -10,6 +10,7 @@ mod cmd;
 mod dist;
 mod fuzz;
 mod gate_bench;
+mod images;
 mod manifests;
 mod peers;
 mod secret_volume;
@@ -82,6 +83,7 @@ fn main() -> Result<()> {
             setup::toolchain()?;
             setup::packages()?;
             peers::build()?;
+            images::pause()?;
         }
         Command::Build { release } => {
             build::all(release)?;
@@ -140,6 +142,15 @@ fn test() -> Result<()> {
         }
         Err(e) => return Err(e.context("CI=true: the real Kubernetes components are required")),
     };
+    // The test node's sandbox image; under CI=true it must build.
+    let pause = match images::pause() {
+        Ok(tarball) => Some(tarball),
+        Err(e) if !ci => {
+            eprintln!("xtask: WARNING: {e:#}\nxtask: tests on a real kubelet node will skip");
+            None
+        }
+        Err(e) => return Err(e.context("CI=true: the test node's pause image is required")),
+    };
     let built = build::all(false)?;
     let root = cmd::workspace_root();
     cmd::run(
@@ -176,6 +187,9 @@ fn test() -> Result<()> {
         .current_dir(&root);
     if let Some(dir) = peers {
         tests.env("CERTRELOAD_PEERS", dir);
+    }
+    if let Some(tarball) = pause {
+        tests.env("CERTRELOAD_PAUSE_IMAGE", tarball);
     }
     cmd::run(&mut tests)?;
     // Every parser of untrusted bytes replays its seeds and past finds, then mutates briefly.

@@ -20,13 +20,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
 /// binary on PATH, or an absolute path.
-const PACKAGES: [(&str, &str); 7] = [
+const PACKAGES: [(&str, &str); 9] = [
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("etcd-server", "/usr/bin/etcd"),
+    // The test node's container runtime (tests/src/kube/node.rs): containerd's CRI and its
+    // runc shim, runc itself.
+    ("containerd", "/usr/bin/containerd"),
+    ("runc", "/usr/sbin/runc"),
     // The Prometheus client's own OpenMetrics parser, which tests/tests/metrics.rs parses a
     // scrape with (for /usr/bin/python3).
     (

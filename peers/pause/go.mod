@@ -1,0 +1,3 @@
+module certreload.test/pause
+
+go 1.26.0
