@@ -16,7 +16,11 @@
 //!   NotReady, and only **hostNetwork pods** run (the kubelet admits them without a network).
 //!
 //! Everything lives under the control plane's root (`ROOT/var/lib/kubelet`,
-//! `ROOT/var/lib/containerd`, `ROOT/run/containerd`), logs in `ROOT/var/log/{containerd,kubelet}.log`.
+//! `ROOT/var/lib/containerd`, `ROOT/run/containerd`, `ROOT/run/runc`, `ROOT/opt/containerd`,
+//! pod logs in `ROOT/var/log/pods`), logs in `ROOT/var/log/{containerd,kubelet}.log`. Outside
+//! the root, only what the components hard-code: the kubelet's links in `/var/log/containers`
+//! (removed at stop), containerd 1.6's shim sockets in `/run/containerd/s` (gone with the shims)
+//! and the kubelet's cgroups (`kubepods` under the cgroupfs hierarchies, left for the next run).
 //! On drop: the kubelet stops, every container task is killed and deleted (so no shim outlives
 //! the test), containerd stops, and the kubelet's volume mounts under the root are unmounted.
 
@@ -40,6 +44,8 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 const CRI_NAMESPACE: &str = "k8s.io";
 /// How long the node gets to register and report its runtime ready.
 pub const NODE_DEADLINE: Duration = Duration::from_secs(180);
+/// Where the kubelet links container logs (hard-coded in the kubelet).
+const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
 /// The host tools the node needs (Debian's containerd and runc packages).
 const TOOLS: [&str; 4] = [
     "/usr/bin/containerd",
@@ -153,6 +159,11 @@ impl Node {
             .arg(node.kubelet_root())
             .arg("--cert-dir")
             .arg(node.kubelet_root().join("pki"))
+            .arg("--volume-plugin-dir")
+            .arg(
+                node.root
+                    .join("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
+            )
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg(format!("--node-ip={ADVERTISE_ADDRESS}"))
             .arg("--v=2");
@@ -215,6 +226,10 @@ state = "{r}/run/containerd/state"
     conf_dir = "{r}/etc/cni/net.d"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      Root = "{r}/run/runc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{r}/opt/containerd"
 "#,
             sock = self.socket().display()
         )
@@ -236,6 +251,7 @@ healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 clusterDNS: [10.96.0.10]
 clusterDomain: cluster.local
+podLogsDir: {logs}
 authentication:
   anonymous:
     enabled: false
@@ -253,7 +269,8 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 "#,
-            ca = cp.pki().join("ca.crt").display()
+            ca = cp.pki().join("ca.crt").display(),
+            logs = self.root.join("var/log/pods").display(),
         )
     }
 
@@ -378,6 +395,22 @@ imageGCLowThresholdPercent: 99
         }
         Self::stop_child(&mut self.containerd);
         unmount_under(&self.root);
+        self.remove_container_log_links();
+    }
+
+    /// The kubelet links every container's log into `/var/log/containers` (a path it does not let
+    /// be configured): removes the links that lead into this node's `podLogsDir`.
+    fn remove_container_log_links(&self) {
+        let ours = self.root.join("var/log/pods");
+        let Ok(entries) = std::fs::read_dir(CONTAINER_LOG_LINKS) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&ours)) {
+                // Best effort: a link left behind is a dangling symlink, nothing else.
+                std::fs::remove_file(e.path()).ok();
+            }
+        }
     }
 }
 
