@@ -6,7 +6,7 @@
 //! where a node agent reads it: `<kubelet root>/pods/<uid>/volumes/kubernetes.io~projected/*/token`.
 //! The token's JWT header `kid` is the API server's current key id (Kubernetes' key id: unpadded
 //! base64url of the SHA-256 of the DER public key in `pki/sa.pub`). Only the header and claims are
-//! decoded; the token itself is never printed.
+//! decoded; the token itself is never printed. The `ca.crt` beside it carries the cluster CA.
 //!
 //! One control plane per test binary: run real-cluster binaries under
 //! `flock /tmp/certreload-cp.lock` (the API server's port is fixed).
@@ -173,10 +173,21 @@ fn a_pod_on_the_real_kubelet_holds_a_token_with_the_current_key_id() {
         Some(NODE_NAME),
         "token bound to the node"
     );
+    // The CA bundle beside the token (from the namespace's kube-root-ca.crt) is the cluster CA.
+    let ca = std::fs::read_to_string(files[0].with_file_name("ca.crt"))
+        .expect("ca.crt beside the token");
+    let cluster_ca = std::fs::read_to_string(cp.pki().join("ca.crt")).expect("pki/ca.crt");
+    assert!(
+        ca.contains(cluster_ca.trim()),
+        "the pod's ca.crt does not carry pki/ca.crt"
+    );
     eprintln!(
-        "pod {POD} ({uid}) runs on the real kubelet; its token ({}) has kid {expected}, exp-iat {} s",
+        "pod {POD} ({uid}) runs on the real kubelet; its token ({}) has kid {expected}, \
+         exp-iat {} s, warnafter-iat {} s",
         files[0].display(),
-        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0)
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        claims["kubernetes.io"]["warnafter"].as_i64().unwrap_or(0)
+            - claims["iat"].as_i64().unwrap_or(0)
     );
     node.kubectl(&["-n", NAMESPACE, "delete", "pod", POD, "--wait=false"])
         .ok();

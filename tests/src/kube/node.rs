@@ -118,6 +118,11 @@ impl Node {
     pub fn start(cp: &ControlPlane) -> Result<Node> {
         let peers = PathBuf::from(std::env::var_os(PEERS_ENV).context("CERTRELOAD_PEERS")?);
         let image = PathBuf::from(std::env::var_os(PAUSE_IMAGE_ENV).context(PAUSE_IMAGE_ENV)?);
+        for (host, port) in [(ADVERTISE_ADDRESS, 10250), ("127.0.0.1", 10248)] {
+            if let Err(e) = std::net::TcpListener::bind((host, port)) {
+                bail!("{host}:{port} is in use ({e}): the kubelet needs it (another kubelet?)");
+            }
+        }
         let mut node = Node {
             root: cp.root().to_path_buf(),
             kubectl: peers.join("kubectl"),
