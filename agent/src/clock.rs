@@ -8,7 +8,16 @@ pub(crate) fn monotonic_ns() -> u64 {
 
 /// RFC 3339 UTC timestamp with microseconds, the `ts` of every printed record.
 pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    format_utc(time::OffsetDateTime::now_utc())
+}
+
+/// `at` as RFC 3339 UTC with microseconds (an accepted generation's time, in records and in the
+/// published key identity).
+pub(crate) fn rfc3339(at: std::time::SystemTime) -> String {
+    format_utc(time::OffsetDateTime::from(at))
+}
+
+fn format_utc(now: time::OffsetDateTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );

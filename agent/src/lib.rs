@@ -45,6 +45,7 @@ mod gate;
 pub mod material;
 pub mod monitor;
 mod output;
+mod propagation;
 mod proxy;
 mod regular_file;
 mod reload;

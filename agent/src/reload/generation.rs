@@ -60,6 +60,13 @@ pub(crate) struct Identity {
     signing_key_id: Option<String>,
 }
 
+impl Identity {
+    /// The key id of the SA signing key's public half (`None` for other kinds).
+    pub(crate) fn signing_key_id(self) -> Option<String> {
+        self.signing_key_id
+    }
+}
+
 /// One bundle's current generation and its subscribers.
 pub(crate) struct Slot {
     current: ArcSwapOption<Generation>,

@@ -1,0 +1,5 @@
+//! The seed's ServiceAccount-key and root-CA propagation: control-plane agents publish the
+//! accepted key identity ([`keys`]), every node agent follows it and finds the pods on its node
+//! whose projected token or `ca.crt` is stale.
+
+pub(crate) mod keys;
