@@ -18,6 +18,11 @@ use crate::{
         ConfirmedChange, HookStrategy, ModeRequest, Monitor, MonitorConfig, MonitorError,
         MonitorStats,
     },
+    propagation::{
+        board::SaKeysBoard,
+        follow::{self, FollowedKeys},
+        publish,
+    },
     proxy::{
         listener::{Listener, ListenerContext},
         registry::Registry,
@@ -77,13 +82,18 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
     let (reloader, listeners) = load_and_bind(&config, &shared).await?;
     let probes = crate::converge::ProbeBoard::default();
     let changes = ChangeBoard::default();
-    let state = agent_state(&config, &shared, &monitor, &listeners, &probes, &changes);
+    let sa_keys = sa_keys_board(&config);
+    let state = agent_state(
+        &config, &shared, &monitor, &listeners, &probes, &changes, &sa_keys,
+    );
     let mut reloader = reloader.observed_by(shared.metrics.clone(), changes);
 
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = crate::shutdown::channel();
     post_node_events(&config, events_rx, &stop_rx).await;
     let witness = start_witness(&config, &shared.audit, &stop_rx).await;
+    // The token tracker (`[pod_tokens]`) reads the followed key identity from this receiver.
+    let _followed_keys = start_sa_keys(&config, &shared, sa_keys.as_ref(), &stop_rx).await;
     crate::converge::start(
         &config,
         shared.store.clone(),
@@ -232,6 +242,7 @@ fn agent_state(
     listeners: &[Listener],
     probes: &crate::converge::ProbeBoard,
     changes: &ChangeBoard,
+    sa_keys: &Option<SaKeysBoard>,
 ) -> Arc<AgentState> {
     Arc::new(AgentState {
         config: config.clone(),
@@ -243,7 +254,43 @@ fn agent_state(
         monitor: monitor.counters(),
         last_change: changes.clone(),
         probes: probes.clone(),
+        sa_keys: sa_keys.clone(),
     })
+}
+
+/// With `[sa_keys]`, the board its publisher and follower write and `/status` reads.
+fn sa_keys_board(config: &Config) -> Option<SaKeysBoard> {
+    config
+        .sa_keys
+        .as_ref()
+        .map(|s| SaKeysBoard::new(&s.configmap(), s.follow))
+}
+
+/// With `[sa_keys]`: the publisher of the `publish` bundle's key identity (control plane) and the
+/// follower of the ConfigMap, whose receiver is returned (its value stays `None` without
+/// `follow`). Without API credentials the agent runs on (logged).
+async fn start_sa_keys(
+    config: &Config,
+    shared: &Shared,
+    board: Option<&SaKeysBoard>,
+    stop_rx: &Shutdown,
+) -> FollowedKeys {
+    let Some(board) = board else {
+        return follow::start(config, &shared.audit, &SaKeysBoard::default(), stop_rx);
+    };
+    // The task runs until the agent stops; nothing waits for it at stop.
+    drop(
+        publish::start(
+            config,
+            &shared.store,
+            &shared.audit,
+            &shared.metrics,
+            board,
+            stop_rx,
+        )
+        .await,
+    );
+    follow::start(config, &shared.audit, board, stop_rx)
 }
 
 /// With `[events] enabled`, posts the observed audit records as Kubernetes Events on the node;

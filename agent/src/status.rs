@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{converge::probe::ProbeStatus, monitor::Writer, proxy::registry::ListenerCounts};
+use crate::{
+    converge::probe::ProbeStatus, monitor::Writer, propagation::board::SaKeysStatus,
+    proxy::registry::ListenerCounts,
+};
 
 /// The whole status document.
 #[derive(Debug, Serialize, Deserialize)]
@@ -16,6 +19,9 @@ pub(crate) struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// Every probe's latest check.
     pub probes: Vec<ProbeStatus>,
+    /// `[sa_keys]`: the ServiceAccount key identity published and followed (absent when off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sa_keys: Option<SaKeysStatus>,
 }
 
 /// The change monitor.

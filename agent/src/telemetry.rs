@@ -181,6 +181,9 @@ pub(crate) struct Metrics {
     pub probe_served_not_after: Family<ProbeLabel, Gauge>,
     /// Reload actions run, by result.
     pub actions: Family<ActionLabel, Counter>,
+    /// Failed attempts to publish the ServiceAccount key identity (`[sa_keys] publish`; each is
+    /// retried).
+    pub sa_keys_publish_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -201,6 +204,7 @@ impl Default for Metrics {
             probe_seconds_since_change: Family::default(),
             probe_served_not_after: Family::default(),
             actions: Family::default(),
+            sa_keys_publish_failures: Counter::default(),
         }
     }
 }

@@ -81,6 +81,11 @@ impl Exposition {
             "Confirmed file changes, by source",
             m.change_events.clone(),
         );
+        counters.register(
+            "certreload_sa_keys_publish_failures",
+            "Failed attempts to publish the ServiceAccount key identity ConfigMap (each retried)",
+            m.sa_keys_publish_failures.clone(),
+        );
         Exposition { counters }
     }
 

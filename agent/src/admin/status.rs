@@ -8,6 +8,7 @@ use crate::{
     converge::ProbeBoard,
     material::inspect::CertInfo,
     monitor::{ActiveMode, MonitorCounters},
+    propagation::board::SaKeysBoard,
     proxy::registry::Registry,
     reload::{
         board::ChangeBoard,
@@ -41,6 +42,8 @@ pub(crate) struct AgentState {
     pub last_change: ChangeBoard,
     /// Latest probe verdicts.
     pub probes: ProbeBoard,
+    /// `[sa_keys]`: the published and followed key identity (`None`: off).
+    pub sa_keys: Option<SaKeysBoard>,
 }
 
 impl AgentState {
@@ -51,6 +54,7 @@ impl AgentState {
             bundles: self.config.bundles.iter().map(|b| self.bundle(b)).collect(),
             listeners: self.listeners(),
             probes: self.probes.lock_or_recover().values().cloned().collect(),
+            sa_keys: self.sa_keys.as_ref().map(SaKeysBoard::status),
         }
     }
 
@@ -175,6 +179,7 @@ mod tests {
             bundles: Vec::new(),
             listeners: Vec::new(),
             probes: Vec::new(),
+            sa_keys: None,
         };
         let json = serde_json::to_value(&status.monitor).expect("serializes");
         assert_eq!(

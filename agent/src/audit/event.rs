@@ -237,6 +237,55 @@ pub(crate) enum AuditEvent {
         /// The ConfigMap's resourceVersion after the write.
         resource_version: String,
     },
+    /// The key identity of an accepted sa-keys generation is in the ConfigMap every node agent
+    /// follows (`[sa_keys] publish`): written at start and on every accepted generation.
+    SaKeysPublished {
+        /// `namespace/name` of the ConfigMap.
+        configmap: String,
+        /// Accepted key ids, sorted.
+        kids: Vec<String>,
+        /// The key id of the signing key's public half.
+        signing_kid: String,
+        /// SHA-256 (hex) of the signing key's DER public key.
+        signing_key_sha256: Option<String>,
+        /// The bundle's generation published.
+        generation: u64,
+        /// The ConfigMap's resourceVersion after the write.
+        resource_version: String,
+    },
+    /// The follower read a new key identity from the ConfigMap (`[sa_keys] follow`).
+    SaKeysFollowed {
+        /// `namespace/name` of the ConfigMap.
+        configmap: String,
+        /// Published key ids.
+        kids: Vec<String>,
+        /// The published signing key id.
+        signing_kid: String,
+        /// The publisher's generation.
+        generation: u64,
+        /// The node that published it.
+        publisher: String,
+        /// The ConfigMap's resourceVersion read.
+        resource_version: String,
+    },
+    /// The follower's watch of the ConfigMap failed (API server unreachable, refused): the last
+    /// identity followed stays in use, and a change is seen when the watch resumes.
+    SaKeysWatchLost {
+        /// `namespace/name` of the ConfigMap.
+        configmap: String,
+        /// Why, in words.
+        error: String,
+    },
+    /// The follower's watch is back: the ConfigMap was listed again, so a change made while it
+    /// was lost is not missed.
+    SaKeysWatchResumed {
+        /// `namespace/name` of the ConfigMap.
+        configmap: String,
+        /// The last error while it was lost.
+        error: String,
+        /// Seconds from the loss to the resumption.
+        lost_s: f64,
+    },
     /// The audit file was deleted or replaced while the agent ran: the first record of the file
     /// the agent opened in its place. It links to the last record this agent wrote (`seq` and
     /// `prev` continue the chain), so `audit verify` names the discontinuity instead of taking
@@ -300,6 +349,10 @@ impl AuditEvent {
             AuditEvent::LockReleased { .. } => "lock_released",
             AuditEvent::LockNotAcquired { .. } => "lock_not_acquired",
             AuditEvent::WitnessPublished { .. } => "witness_published",
+            AuditEvent::SaKeysPublished { .. } => "sa_keys_published",
+            AuditEvent::SaKeysFollowed { .. } => "sa_keys_followed",
+            AuditEvent::SaKeysWatchLost { .. } => "sa_keys_watch_lost",
+            AuditEvent::SaKeysWatchResumed { .. } => "sa_keys_watch_resumed",
         }
     }
 }

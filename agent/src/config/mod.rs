@@ -18,6 +18,7 @@ mod bundle;
 pub(crate) mod converge;
 pub(crate) mod listener;
 pub mod profile;
+pub(crate) mod sa_keys;
 pub(crate) mod source;
 
 pub(crate) use self::{
@@ -292,6 +293,8 @@ pub struct Config {
     pub(crate) locks: LocksSettings,
     /// `[admin]`: the admin endpoint's connection limits, timeouts and serving certificate.
     pub(crate) admin: admin::AdminSettings,
+    /// `[sa_keys]`: the ServiceAccount key identity published and followed (`None`: neither).
+    pub(crate) sa_keys: Option<sa_keys::SaKeysSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,6 +318,8 @@ struct RawConfig {
     locks: converge::RawLocks,
     #[serde(default)]
     admin: admin::RawAdmin,
+    #[serde(default)]
+    sa_keys: Option<Spanned<sa_keys::RawSaKeys>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +426,10 @@ impl Config {
             None => AuditSettings::default(),
         };
         let bundles = bundle::parse(&src, &raw.bundles)?;
+        let sa_keys = match &raw.sa_keys {
+            Some(t) => Some(sa_keys::parse(&src, t, &bundles)?),
+            None => None,
+        };
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
         let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
@@ -445,6 +454,7 @@ impl Config {
             events,
             locks,
             admin,
+            sa_keys,
         })
     }
 }

@@ -2,4 +2,8 @@
 //! accepted key identity ([`keys`]), every node agent follows it and finds the pods on its node
 //! whose projected token or `ca.crt` is stale.
 
+mod api;
+pub(crate) mod board;
+pub(crate) mod follow;
 pub(crate) mod keys;
+pub(crate) mod publish;
