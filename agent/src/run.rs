@@ -21,6 +21,7 @@ use crate::{
     propagation::{
         board::SaKeysBoard,
         follow::{self, FollowedKeys},
+        tracker::{self, PodTokenBoard},
         publish,
     },
     proxy::{
@@ -93,8 +94,8 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
     post_node_events(&config, events_rx, &stop_rx).await;
     let witness = start_witness(&config, &shared.audit, &stop_rx).await;
     // The token tracker (`[pod_tokens]`) reads the followed key identity from this receiver.
-    let _followed_keys = start_sa_keys(&config, &shared, sa_keys.as_ref(), &stop_rx).await;
-    crate::converge::start(
+    let followed_keys = start_sa_keys(&config, &shared, sa_keys.as_ref(), &stop_rx).await;
+    let convergence = crate::converge::start(
         &config,
         shared.store.clone(),
         shared.audit.clone(),
@@ -102,6 +103,7 @@ pub(crate) async fn run(source: &ConfigSource, options: RunOptions) -> Result<()
         probes,
         stop_rx.clone(),
     );
+    start_pod_tokens(&config, &shared, followed_keys, convergence, &stop_rx);
     // Everything start-up opens is open now: what is left of the limit, less the reserve, is
     // what connections may hold.
     crate::accept::DescriptorBudget::init();
@@ -166,6 +168,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Live connections, by listener (for stale-connection handling and `/status`).
     registry: Arc<Registry>,
+    /// The token tracker's last scan (`[pod_tokens]`), for `/status` and `/metrics`.
+    pod_tokens: PodTokenBoard,
 }
 
 impl Shared {
@@ -185,6 +189,7 @@ impl Shared {
             audit: Arc::new(std::sync::Mutex::new(audit)),
             metrics: Arc::new(Metrics::default()),
             registry: Arc::new(Registry::default()),
+            pod_tokens: PodTokenBoard::default(),
         };
         (shared, events_rx)
     }
@@ -255,7 +260,36 @@ fn agent_state(
         last_change: changes.clone(),
         probes: probes.clone(),
         sa_keys: sa_keys.clone(),
+        pod_tokens: shared.pod_tokens.clone(),
     })
+}
+
+/// With `[pod_tokens]`, the token tracker: it judges the pods' tokens against `keys` (the
+/// followed key identity) and the cluster CA, and reports and notifies through `convergence` as
+/// the pseudo-bundle `pod-tokens`.
+fn start_pod_tokens(
+    config: &Config,
+    shared: &Shared,
+    keys: FollowedKeys,
+    convergence: crate::converge::Convergence,
+    stop_rx: &Shutdown,
+) {
+    let Some(settings) = &config.pod_tokens else {
+        return;
+    };
+    if !config.sa_keys.as_ref().is_some_and(|s| s.follow) {
+        tracing::warn!("[pod_tokens] without [sa_keys] follow: no key identity is followed, so every token stays unknown");
+    }
+    let ctx = tracker::TrackerContext {
+        settings: settings.clone(),
+        keys,
+        store: shared.store.clone(),
+        audit: shared.audit.clone(),
+        feed: convergence.feed,
+        stale: convergence.stale,
+        board: shared.pod_tokens.clone(),
+    };
+    tokio::spawn(tracker::run(ctx, stop_rx.clone()));
 }
 
 /// With `[sa_keys]`, the board its publisher and follower write and `/status` reads.

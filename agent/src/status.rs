@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    converge::probe::ProbeStatus, monitor::Writer, propagation::board::SaKeysStatus,
+    converge::probe::ProbeStatus,
+    monitor::Writer,
+    propagation::{board::SaKeysStatus, tracker::PodTokensStatus},
     proxy::registry::ListenerCounts,
 };
 
@@ -22,6 +24,10 @@ pub(crate) struct Status {
     /// `[sa_keys]`: the ServiceAccount key identity published and followed (absent when off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sa_keys: Option<SaKeysStatus>,
+    /// `[pod_tokens]`: the pods' projected tokens at the tracker's last scan (absent when off or
+    /// before the first scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_tokens: Option<PodTokensStatus>,
 }
 
 /// The change monitor.

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::{
     converge::probe::ProbeStatus,
+    propagation::tracker::PodTokensStatus,
     status::{BundleStatus, LastChange, ListenerStatus, Status},
 };
 
@@ -79,7 +80,49 @@ pub(crate) fn render(status: &Status) -> String {
     render_bundles(&mut out, &status.bundles, now);
     render_listeners(&mut out, &status.listeners);
     render_probes(&mut out, &status.probes);
+    if let Some(t) = &status.pod_tokens {
+        render_pod_tokens(&mut out, t);
+    }
     out
+}
+
+/// The token tracker's last scan: the counts, then one line per token volume (stale ones say why
+/// and for how long).
+fn render_pod_tokens(out: &mut String, t: &PodTokensStatus) {
+    out.push_str(&format!(
+        "\npod tokens in {}: {} current, {} stale, {} unknown (signing kid {}, epoch {}, scanned {})\n",
+        t.pods_dir,
+        t.current,
+        t.stale,
+        t.unknown,
+        t.signing_kid.as_deref().unwrap_or("not published"),
+        t.epoch,
+        t.scanned_at
+    ));
+    if t.tokens.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "{:<40} {:<24} {:<8} {:<16} {}\n",
+        "POD", "VOLUME", "STATE", "KID", "REASON"
+    ));
+    for token in &t.tokens {
+        let pod = match (&token.namespace, &token.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => token.uid.clone(),
+        };
+        let kid: String = token.kid.as_deref().unwrap_or("-").chars().take(12).collect();
+        let reason = match (&token.reason, token.stale_for_s) {
+            (Some(r), Some(s)) => format!("{r} for {}", countdown(s as i64)),
+            (Some(r), None) => r.clone(),
+            (None, _) => "-".into(),
+        };
+        out.push_str(&format!(
+            "{pod:<40} {:<24} {:<8} {kid:<16} {reason}\n",
+            token.volume,
+            if token.state == "stale" { "STALE" } else { token.state.as_str() },
+        ));
+    }
 }
 
 /// `n`, or `-` when there is none.
@@ -167,6 +210,30 @@ fn render_probes(out: &mut String, probes: &[ProbeStatus]) {
             if p.converged { "converged" } else { "STALE" },
             p.observed
         ));
+        if let Some(t) = &p.namespaces {
+            render_namespaces(out, t);
+        }
+    }
+}
+
+/// A `root-ca-configmaps` probe's namespaces: the counts, then each stale one listed.
+fn render_namespaces(out: &mut String, t: &crate::converge::root_ca::NamespaceTally) {
+    out.push_str(&format!(
+        "  namespaces: {} total, {} current, {} stale, {} unknown\n",
+        t.total, t.current, t.stale, t.unknown
+    ));
+    for s in &t.stale_namespaces {
+        out.push_str(&format!(
+            "    STALE {:<40} {}\n",
+            s.namespace,
+            s.reason.as_str()
+        ));
+    }
+    if t.stale > t.stale_namespaces.len() {
+        out.push_str(&format!(
+            "    ... and {} more\n",
+            t.stale - t.stale_namespaces.len()
+        ));
     }
 }
 
@@ -205,7 +272,11 @@ mod tests {
                            "connections": {"live": 3, "stale": 1, "oldest_stale_s": 65.0}}],
             "probes": [{"name": "etcd-client", "endpoint": "127.0.0.1:2379", "bundle": "etcd-server",
                         "generation": 3, "converged": false, "observed": "serves another certificate",
-                        "checked_at": "t"}]
+                        "checked_at": "t"},
+                       {"name": "kube-root-ca-configmaps", "endpoint": "*/kube-root-ca.crt", "bundle": "kubernetes-ca",
+                        "generation": 2, "converged": false, "observed": "1 of 4 namespaces stale: team-a (outdated)",
+                        "checked_at": "t", "namespaces": {"total": 4, "current": 3, "stale": 1, "unknown": 0,
+                        "stale_namespaces": [{"namespace": "team-a", "reason": "outdated"}]}}]
         });
         let doc: Status = serde_json::from_value(doc).expect("a status document");
         let text = render(&doc);
@@ -219,6 +290,41 @@ mod tests {
             text.contains("etcd-client") && text.contains("STALE"),
             "{text}"
         );
+        assert!(
+            text.contains("namespaces: 4 total, 3 current, 1 stale, 0 unknown")
+                && text.contains("STALE team-a"),
+            "{text}"
+        );
         assert_eq!(countdown(-90), "EXPIRED 1m 30s");
+        assert!(!text.contains("pod tokens"), "no [pod_tokens], no section: {text}");
+    }
+
+    #[test]
+    fn renders_the_pod_tokens_section() {
+        let doc = serde_json::json!({
+            "monitor": {"mode": "ebpf", "ringbuf_drops": 0},
+            "bundles": [], "listeners": [], "probes": [],
+            "pod_tokens": {"pods_dir": "/var/lib/kubelet/pods", "scanned_at": "t", "epoch": 2,
+                "signing_kid": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "cluster_ca_generation": 1,
+                "current": 1, "stale": 1, "unknown": 0,
+                "tokens": [
+                    {"namespace": "default", "pod": "web-0", "uid": "u0", "volume": "kube-api-access-x",
+                     "kid": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "age_s": 5, "state": "current",
+                     "reason": null, "stale_for_s": null},
+                    {"namespace": "default", "pod": "web-1", "uid": "u1", "volume": "kube-api-access-y",
+                     "kid": "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210abcdefg", "age_s": 3600, "state": "stale",
+                     "reason": "outgoing_key", "stale_for_s": 75.0}
+                ]}
+        });
+        let doc: Status = serde_json::from_value(doc).expect("a status document");
+        let text = render(&doc);
+        assert!(
+            text.contains("pod tokens in /var/lib/kubelet/pods: 1 current, 1 stale, 0 unknown"),
+            "{text}"
+        );
+        assert!(
+            text.contains("default/web-1") && text.contains("STALE") && text.contains("outgoing_key for 1m 15s"),
+            "{text}"
+        );
     }
 }

@@ -60,6 +60,7 @@ escaped_label_set! {
     ProbeLabel { probe, bundle }
     ActionLabel { action, result }
     FileLabel { filepath }
+    RootCaLabel { probe, state }
 }
 
 /// `{listener}`.
@@ -145,6 +146,15 @@ pub(crate) struct ActionLabel {
     pub action: String,
     /// `success`, `failure` or `timeout`.
     pub result: String,
+}
+
+/// `{probe, state}` of `certreload_root_ca_namespaces`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct RootCaLabel {
+    /// The `root-ca-configmaps` probe.
+    pub probe: String,
+    /// `current`, `stale` or `unknown`.
+    pub state: String,
 }
 
 /// `{filepath}`.

@@ -13,7 +13,7 @@ use prometheus_client::{
 
 use crate::{
     status::Status,
-    telemetry::{BundleLabel, ConnState, FileLabel, Metrics, X509Labels},
+    telemetry::{BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, X509Labels},
 };
 
 /// A gauge family with a fractional value (seconds, Unix times as exported by
@@ -95,6 +95,7 @@ impl Exposition {
         let mut gauges = Registry::default();
         register_audit(&mut gauges);
         register_bundles_and_listeners(&mut gauges, status, unix_now());
+        register_root_ca(&mut gauges, status);
         let mut out = String::new();
         let encoded = encode_registry(&mut out, &self.counters)
             .and_then(|()| encode_registry(&mut out, &gauges))
@@ -111,6 +112,33 @@ fn unix_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// `certreload_root_ca_namespaces{probe, state}`: the namespaces whose `kube-root-ca.crt`
+/// carries the cluster CA bundle (`current`), does not (`stale`) or could not be told
+/// (`unknown`), per `root-ca-configmaps` probe, at its last check.
+fn register_root_ca(registry: &mut Registry, status: &Status) {
+    let namespaces = Family::<RootCaLabel, Gauge>::default();
+    for p in &status.probes {
+        let Some(t) = &p.namespaces else { continue };
+        for (state, n) in [
+            ("current", t.current),
+            ("stale", t.stale),
+            ("unknown", t.unknown),
+        ] {
+            namespaces
+                .get_or_create(&RootCaLabel {
+                    probe: p.name.clone(),
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "certreload_root_ca_namespaces",
+        "Namespaces whose kube-root-ca.crt carries every certificate of the cluster CA bundle (current), lacks one or is missing (stale), or could not be read (unknown)",
+        namespaces,
+    );
 }
 
 /// The audit log's health: failed appends and whether the last one succeeded.
@@ -264,4 +292,30 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
         decode_errors,
     );
     certs.register(registry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_ca_namespaces_are_exported_per_probe_and_state() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "monitor": {"mode": "inotify", "ringbuf_drops": 0},
+            "bundles": [], "listeners": [],
+            "probes": [{"name": "kube-root-ca-configmaps", "endpoint": "*/kube-root-ca.crt",
+                        "bundle": "kubernetes-ca", "generation": 2, "converged": false,
+                        "observed": "2 of 7 namespaces stale", "checked_at": "t",
+                        "namespaces": {"total": 7, "current": 5, "stale": 2, "unknown": 0,
+                                       "stale_namespaces": []}}]
+        }))
+        .expect("a status document");
+        let text = Exposition::new(&Metrics::default()).render(&status);
+        for (state, n) in [("current", 5), ("stale", 2), ("unknown", 0)] {
+            let line = format!(
+                "\ncertreload_root_ca_namespaces{{probe=\"kube-root-ca-configmaps\",state=\"{state}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
 }

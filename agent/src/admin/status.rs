@@ -8,7 +8,7 @@ use crate::{
     converge::ProbeBoard,
     material::inspect::CertInfo,
     monitor::{ActiveMode, MonitorCounters},
-    propagation::board::SaKeysBoard,
+    propagation::{board::SaKeysBoard, tracker::PodTokenBoard},
     proxy::registry::Registry,
     reload::{
         board::ChangeBoard,
@@ -44,6 +44,8 @@ pub(crate) struct AgentState {
     pub probes: ProbeBoard,
     /// `[sa_keys]`: the published and followed key identity (`None`: off).
     pub sa_keys: Option<SaKeysBoard>,
+    /// `[pod_tokens]`: the token tracker's last scan (empty when off).
+    pub pod_tokens: PodTokenBoard,
 }
 
 impl AgentState {
@@ -55,6 +57,7 @@ impl AgentState {
             listeners: self.listeners(),
             probes: self.probes.lock_or_recover().values().cloned().collect(),
             sa_keys: self.sa_keys.as_ref().map(SaKeysBoard::status),
+            pod_tokens: self.pod_tokens.lock_or_recover().clone(),
         }
     }
 
@@ -180,6 +183,7 @@ mod tests {
             listeners: Vec::new(),
             probes: Vec::new(),
             sa_keys: None,
+            pod_tokens: None,
         };
         let json = serde_json::to_value(&status.monitor).expect("serializes");
         assert_eq!(

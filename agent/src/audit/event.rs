@@ -302,6 +302,49 @@ pub(crate) enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         moved_aside: Option<PathBuf>,
     },
+    /// A pod's projected ServiceAccount token (or the `ca.crt` beside it) became stale: signed by
+    /// a key that is no longer the published signing key, or by one not published at all, or
+    /// beside a CA bundle without the current cluster CA. Key ids only, never the token.
+    TokenStale {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name (from the token's claims).
+        pod: String,
+        /// The pod's uid.
+        uid: String,
+        /// The projected volume holding the token.
+        volume: String,
+        /// The key id in the token's header.
+        kid: String,
+        /// `outgoing_key`, `unpublished_key` or `ca`.
+        reason: String,
+        /// Seconds since the token was issued (`iat`).
+        age_s: i64,
+        /// The tracker's epoch (one per new published key set or cluster-CA generation): the
+        /// generation its stale notices and verdicts carry.
+        epoch: u64,
+    },
+    /// A stale token is current again: the kubelet wrote a token signed by the published signing
+    /// key, beside a `ca.crt` holding the cluster CA.
+    TokenRefreshed {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The pod's uid.
+        uid: String,
+        /// The projected volume holding the token.
+        volume: String,
+        /// The key id of the new token.
+        kid: String,
+        /// Why it had been stale.
+        reason: String,
+        /// Seconds from the change that made it stale (the published key set's `published-at`,
+        /// or the cluster CA generation's acceptance) to now; null when that time is unknown.
+        seconds_since_change: Option<f64>,
+        /// Seconds it was seen stale.
+        stale_for_s: f64,
+    },
     /// New material was refused; the current generation stays live.
     MaterialRejected {
         /// The check that failed.
@@ -349,6 +392,8 @@ impl AuditEvent {
             AuditEvent::LockReleased { .. } => "lock_released",
             AuditEvent::LockNotAcquired { .. } => "lock_not_acquired",
             AuditEvent::WitnessPublished { .. } => "witness_published",
+            AuditEvent::TokenStale { .. } => "token_stale",
+            AuditEvent::TokenRefreshed { .. } => "token_refreshed",
             AuditEvent::SaKeysPublished { .. } => "sa_keys_published",
             AuditEvent::SaKeysFollowed { .. } => "sa_keys_followed",
             AuditEvent::SaKeysWatchLost { .. } => "sa_keys_watch_lost",

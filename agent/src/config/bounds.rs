@@ -144,6 +144,12 @@ pub(crate) const LEASE_DURATION: Bounds<Duration> = Bounds {
     max: secs(HOUR),
     why: "the holder renews every third of it, so at least 3s; a node that died holding the lock blocks the others at most an hour",
 };
+/// `[[probe]] concurrency` (`check = "root-ca-configmaps"`).
+pub(crate) const ROOT_CA_CONCURRENCY: Bounds<u64> = Bounds {
+    min: 1,
+    max: 64,
+    why: "0 reads nothing; every read is a request to the API server, so more than 64 at once from one agent loads it for no faster verdict",
+};
 
 /// A duration as a value the config accepts back (`0s`, `100ms`, `5m`, `3650d`): the largest unit
 /// that divides it exactly.

@@ -17,6 +17,7 @@ pub(crate) mod bounds;
 mod bundle;
 pub(crate) mod converge;
 pub(crate) mod listener;
+pub(crate) mod pod_tokens;
 pub mod profile;
 pub(crate) mod sa_keys;
 pub(crate) mod source;
@@ -295,6 +296,8 @@ pub struct Config {
     pub(crate) admin: admin::AdminSettings,
     /// `[sa_keys]`: the ServiceAccount key identity published and followed (`None`: neither).
     pub(crate) sa_keys: Option<sa_keys::SaKeysSettings>,
+    /// `[pod_tokens]`: the node's token tracker (`None`: off).
+    pub(crate) pod_tokens: Option<pod_tokens::PodTokensSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +323,8 @@ struct RawConfig {
     admin: admin::RawAdmin,
     #[serde(default)]
     sa_keys: Option<Spanned<sa_keys::RawSaKeys>>,
+    #[serde(default)]
+    pod_tokens: Option<Spanned<pod_tokens::RawPodTokens>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -426,13 +431,19 @@ impl Config {
             None => AuditSettings::default(),
         };
         let bundles = bundle::parse(&src, &raw.bundles)?;
+        pod_tokens::check_bundle_names(&src, &bundles)?;
+        let pod_tokens = match &raw.pod_tokens {
+            Some(t) => Some(pod_tokens::parse(&src, t, &bundles)?),
+            None => None,
+        };
         let sa_keys = match &raw.sa_keys {
             Some(t) => Some(sa_keys::parse(&src, t, &bundles)?),
             None => None,
         };
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
-        let actions = converge::parse_actions(&src, &raw.actions, &bundles)?;
+        let actions =
+            converge::parse_actions(&src, &raw.actions, &bundles, pod_tokens.is_some())?;
         let events = EventsSettings {
             enabled: raw.events.enabled,
             namespace: raw
@@ -455,6 +466,7 @@ impl Config {
             locks,
             admin,
             sa_keys,
+            pod_tokens,
         })
     }
 }

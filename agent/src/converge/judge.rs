@@ -174,6 +174,8 @@ pub(crate) struct Verdict {
     pub fingerprint: Option<String>,
     /// The served leaf's notAfter.
     pub not_after: Option<i64>,
+    /// `check = "root-ca-configmaps"`: the namespaces counted and the stale ones.
+    pub namespaces: Option<super::root_ca::NamespaceTally>,
 }
 
 impl Verdict {
@@ -190,6 +192,7 @@ impl Verdict {
             observed,
             fingerprint: None,
             not_after: None,
+            namespaces: None,
         }
     }
 }
@@ -229,12 +232,18 @@ pub(crate) fn judge(
             answer,
         ),
         ProbeCheck::Jwks(request) => judge_jwks(target, request, client_refused, answer),
+        // Read through the Kubernetes API (converge::root_ca), never from a handshake.
+        ProbeCheck::RootCaConfigMaps { .. } => (
+            Outcome::Unknown,
+            "unknown: check = \"root-ca-configmaps\" does not judge a TLS endpoint".into(),
+        ),
     };
     Verdict {
         outcome,
         observed,
         fingerprint: Some(leaf_fingerprint),
         not_after,
+        namespaces: None,
     }
 }
 

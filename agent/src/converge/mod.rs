@@ -8,6 +8,7 @@ pub(crate) mod jwks;
 pub(crate) mod lease;
 pub(crate) mod observe;
 pub(crate) mod probe;
+pub(crate) mod root_ca;
 pub(crate) mod settle;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -33,9 +34,21 @@ pub(crate) struct StaleNotice {
     pub generation: u64,
 }
 
+/// What started convergence hands to the other sources of verdicts and stale notices (the token
+/// tracker, `propagation::tracker`): they report like a probe and notify like one.
+#[derive(Clone)]
+pub(crate) struct Convergence {
+    /// Verdicts in, fresh-check requests out.
+    pub feed: settle::ConvergenceFeed,
+    /// Stale notices, routed to the `on = "stale"` actions of their bundle.
+    pub stale: mpsc::Sender<StaleNotice>,
+}
+
 /// Starts every probe and action of `config`; they stop with `shutdown`. Probes report stale
 /// endpoints on one channel; actions run on their trigger (`on = "accepted"`: each newly accepted
-/// generation; `on = "stale"`: each stale notice for their bundle).
+/// generation; `on = "stale"`: each stale notice for their bundle). The feed knows the token
+/// tracker's pseudo-probe `pod-tokens` when `[pod_tokens]` is configured; the returned
+/// [`Convergence`] is how the tracker reports and notifies.
 pub(crate) fn start(
     config: &Config,
     store: Arc<GenerationStore>,
@@ -43,26 +56,31 @@ pub(crate) fn start(
     metrics: Arc<Metrics>,
     board: ProbeBoard,
     shutdown: crate::shutdown::Shutdown,
-) {
+) -> Convergence {
     let (stale_tx, stale_rx) = mpsc::channel::<StaleNotice>(64);
-    let feed = settle::ConvergenceFeed::new(&config.probes);
+    let pod_tokens = config.pod_tokens.as_ref().map(|t| t.deadline);
+    let feed = settle::ConvergenceFeed::with_pod_tokens(&config.probes, pod_tokens);
     let probe_ctx = probe::ProbeContext {
         feed: feed.clone(),
         store: store.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
-        stale: stale_tx,
+        stale: stale_tx.clone(),
         board,
     };
     start_probes(config, &probe_ctx, &shutdown);
     let action_ctx = action::ActionContext {
         audit,
         metrics,
-        feed,
+        feed: feed.clone(),
         leases: Arc::new(leases(config)),
     };
     let on_stale = start_actions(config, &store, &action_ctx, &shutdown);
     tokio::spawn(route_stale(stale_rx, on_stale, shutdown));
+    Convergence {
+        feed,
+        stale: stale_tx,
+    }
 }
 
 /// Spawns one task per probe whose bundle exists (the bundle's kind says how to probe).

@@ -16,11 +16,12 @@ use super::{
     http::BearerToken,
     judge::{judge, Outcome, Verdict},
     observe::observe,
+    root_ca::RootCaReader,
     StaleNotice,
 };
 use crate::{
     audit::{append_shared, AuditEvent, SharedAudit},
-    config::{BundleKind, ProbeConfig},
+    config::{converge::ProbeCheck, BundleKind, ProbeConfig},
     reload::generation::{Generation, GenerationStore},
     sync::{or_pending, LockExt},
     telemetry::{Metrics, ProbeLabel},
@@ -69,6 +70,10 @@ pub(crate) struct ProbeStatus {
     pub served_fingerprint: Option<String>,
     /// When (RFC 3339).
     pub checked_at: String,
+    /// `check = "root-ca-configmaps"`: the namespaces counted and the stale ones (absent for
+    /// every other check, and from an older agent's document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<super::root_ca::NamespaceTally>,
 }
 
 /// A convergence episode: from a new generation (or start-up) until the endpoint reflects it.
@@ -201,6 +206,11 @@ pub(crate) async fn run(
         verdict: None,
         next: Instant::now(),
     };
+    // The namespaces' ConfigMaps are read through the Kubernetes API, not from an endpoint.
+    let root_ca = match config.check {
+        ProbeCheck::RootCaConfigMaps { concurrency } => Some(RootCaReader::new(concurrency)),
+        _ => None,
+    };
     loop {
         match wait(&config, kind, &mut state, &mut wakers, &mut shutdown).await {
             Wake::Stop => return,
@@ -216,7 +226,10 @@ pub(crate) async fn run(
             .as_deref()
             .and_then(|c| ctx.store.current(c));
         let began = Instant::now();
-        let v = check(&config, kind, &target, client.as_deref()).await;
+        let v = match &root_ca {
+            Some(reader) => reader.check(&target).await,
+            None => check(&config, kind, &target, client.as_deref()).await,
+        };
         let seconds = publish(&ctx, &config, &label, &target, &v, began, &state);
         state.advance(&ctx, &config, &target, seconds, &v);
     }
@@ -312,6 +325,7 @@ fn publish(
             observed: v.observed.clone(),
             served_fingerprint: v.fingerprint.clone(),
             checked_at: crate::clock::now_rfc3339(),
+            namespaces: v.namespaces.clone(),
         },
     );
     ctx.metrics

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::{sync::watch, time::Instant};
 
-use crate::{audit::event::ProbeSettled, config::ProbeConfig};
+use crate::{
+    audit::event::ProbeSettled,
+    config::{pod_tokens::PSEUDO_BUNDLE, ProbeConfig},
+};
 
 /// One finished check of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,21 +39,38 @@ pub(crate) struct ConvergenceFeed {
 }
 
 impl ConvergenceFeed {
-    /// A feed for these probes.
+    /// A feed for these probes (the tests' shorthand: the agent builds it with
+    /// [`ConvergenceFeed::with_pod_tokens`]).
+    #[cfg(test)]
     pub(crate) fn new(probes: &[ProbeConfig]) -> ConvergenceFeed {
+        ConvergenceFeed::with_pod_tokens(probes, None)
+    }
+
+    /// A feed for these probes and, with `[pod_tokens]` (its `deadline` given), for the token
+    /// tracker as the pseudo-probe `pod-tokens` of the pseudo-bundle `pod-tokens`: its scans are
+    /// the verdicts an `on = "stale"` action of `pod-tokens` waits for before releasing its lock.
+    pub(crate) fn with_pod_tokens(
+        probes: &[ProbeConfig],
+        pod_tokens: Option<Duration>,
+    ) -> ConvergenceFeed {
         let mut feeds = BTreeMap::new();
         let mut rechecks = BTreeMap::new();
-        for p in probes {
+        let pseudo = pod_tokens.map(|deadline| (PSEUDO_BUNDLE, PSEUDO_BUNDLE, deadline));
+        let probes = probes
+            .iter()
+            .map(|p| (p.name.as_str(), p.bundle.as_str(), p.deadline))
+            .chain(pseudo);
+        for (name, bundle, deadline) in probes {
             feeds.insert(
-                p.name.clone(),
+                name.to_string(),
                 ProbeFeed {
-                    bundle: p.bundle.clone(),
-                    deadline: p.deadline,
+                    bundle: bundle.to_string(),
+                    deadline,
                     checks: watch::channel(None).0,
                 },
             );
             rechecks
-                .entry(p.bundle.clone())
+                .entry(bundle.to_string())
                 .or_insert_with(|| watch::channel(0).0);
         }
         ConvergenceFeed {
@@ -191,6 +211,33 @@ mod tests {
         assert!(by_name["slow"].converged);
         assert!(!by_name["fast"].converged, "{settled:?}");
         assert!(by_name["fast"].seconds >= 0.05, "{settled:?}");
+    }
+
+    #[tokio::test]
+    async fn the_token_tracker_is_the_pseudo_bundles_probe() {
+        let feed = ConvergenceFeed::with_pod_tokens(
+            &[probe("a", "b", 1000)],
+            Some(Duration::from_millis(50)),
+        );
+        let rechecks = feed.rechecks(PSEUDO_BUNDLE).expect("pod-tokens has a probe");
+        feed.request_recheck(PSEUDO_BUNDLE);
+        assert!(rechecks.has_changed().expect("open"));
+        let since = Instant::now();
+        feed.checked(
+            PSEUDO_BUNDLE,
+            Checked {
+                generation: 2,
+                converged: true,
+                began: since,
+            },
+        );
+        let settled = feed.settled(PSEUDO_BUNDLE, 2, since).await;
+        assert_eq!(settled.len(), 1);
+        assert!(settled[0].converged && settled[0].probe == PSEUDO_BUNDLE);
+        // Still stale at the deadline: the lock is given back then.
+        let settled = feed.settled(PSEUDO_BUNDLE, 3, since).await;
+        assert!(!settled[0].converged, "{settled:?}");
+        assert!(ConvergenceFeed::new(&[]).rechecks(PSEUDO_BUNDLE).is_none());
     }
 
     #[tokio::test]

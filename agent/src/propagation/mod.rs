@@ -5,5 +5,8 @@
 mod api;
 pub(crate) mod board;
 pub(crate) mod follow;
+pub(crate) mod jwt;
 pub(crate) mod keys;
+pub(crate) mod pods;
+pub(crate) mod tracker;
 pub(crate) mod publish;

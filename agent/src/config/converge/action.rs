@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::kind_of;
-use crate::config::{bounds, BundleConfig, ConfigError, Source};
+use crate::config::{bounds, pod_tokens::PSEUDO_BUNDLE, BundleConfig, ConfigError, Source};
 
 /// When an action runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -219,14 +219,18 @@ const SIGNALS: [(&str, i32); 6] = [
     ("QUIT", libc::SIGQUIT),
 ];
 
+/// Every `[[action]]`; `pod_tokens`: whether `[pod_tokens]` is configured, which is what makes
+/// the pseudo-bundle `pod-tokens` a bundle actions may name.
 pub(crate) fn parse_actions(
     src: &Source<'_>,
     raw: &[Spanned<RawAction>],
     bundles: &[BundleConfig],
+    pod_tokens: bool,
 ) -> Result<Vec<ActionConfig>, ConfigError> {
     let mut out = Vec::new();
     for spanned in raw {
-        if let Some(action) = parse_action(src, spanned.span().start, spanned.get_ref(), bundles)? {
+        let offset = spanned.span().start;
+        if let Some(action) = parse_action(src, offset, spanned.get_ref(), bundles, pod_tokens)? {
             out.push(action);
         }
     }
@@ -240,14 +244,11 @@ fn parse_action(
     offset: usize,
     a: &RawAction,
     bundles: &[BundleConfig],
+    pod_tokens: bool,
 ) -> Result<Option<ActionConfig>, ConfigError> {
     let field = |f: &str| format!("action[{}].{f}", a.name.as_deref().unwrap_or(&a.bundle));
-    if kind_of(bundles, &a.bundle).is_none() {
-        return Err(src.invalid(
-            offset,
-            field("bundle"),
-            format!("no bundle named {:?}", a.bundle),
-        ));
+    if let Some((f, message)) = bundle_problem(a, bundles, pod_tokens) {
+        return Err(src.invalid(offset, field(f), message));
     }
     let command = parse_command(a).map_err(|(f, m)| src.invalid(offset, field(f), m))?;
     let duration = |v: &Option<Spanned<String>>, name: &str, default, range| {
@@ -296,6 +297,33 @@ fn parse_action(
         line: src.line(offset),
         lock,
     }))
+}
+
+/// Why the action's `bundle` (and, for the pseudo-bundle, its `on`) cannot be used, with the
+/// field at fault; `None` when it can. `pod-tokens` is the token tracker's: it exists only with
+/// `[pod_tokens]`, and it has stale notices but no generations to accept.
+fn bundle_problem(
+    a: &RawAction,
+    bundles: &[BundleConfig],
+    pod_tokens: bool,
+) -> Option<(&'static str, String)> {
+    if a.bundle == PSEUDO_BUNDLE {
+        if !pod_tokens {
+            return Some(("bundle", format!(
+                "{PSEUDO_BUNDLE:?} is the token tracker's pseudo-bundle: it needs a [pod_tokens] section"
+            )));
+        }
+        if a.on != ActionTrigger::Stale {
+            return Some(("on", format!(
+                "{PSEUDO_BUNDLE:?} has no generations to accept: its actions run on = \"stale\""
+            )));
+        }
+        return None;
+    }
+    if kind_of(bundles, &a.bundle).is_none() {
+        return Some(("bundle", format!("no bundle named {:?}", a.bundle)));
+    }
+    None
 }
 
 /// `exec`, or `signal` with its target; else the field at fault and why.

@@ -19,7 +19,8 @@ pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) struct ProbeConfig {
     /// Unique name (records, metrics).
     pub name: String,
-    /// `host:port` to handshake with.
+    /// `host:port` to handshake with; for `check = "root-ca-configmaps"`, which reads through the
+    /// Kubernetes API instead, [`ROOT_CA_ENDPOINT`] (what records and `/status` show).
     pub endpoint: String,
     /// SNI sent in the handshake.
     pub server_name: String,
@@ -35,7 +36,8 @@ pub(crate) struct ProbeConfig {
     pub deadline: Duration,
     /// Steady-state check period (catches "renewed on disk, never reloaded").
     pub interval: Duration,
-    /// What the probe does after the handshake (`check = "tls" | "http" | "jwks"`).
+    /// What the probe does after the handshake (`check = "tls" | "http" | "jwks"`), or instead of
+    /// one (`check = "root-ca-configmaps"`).
     pub check: ProbeCheck,
     /// `bearer_token_file`: a file whose content is sent as `Authorization: Bearer …` with the
     /// probe's HTTP request (`check = "http"` or `"jwks"`). Read again at every check, because a
@@ -63,7 +65,22 @@ pub(crate) enum ProbeCheck {
     /// `check = "jwks"` (sa-keys bundles only): read the API server's JSON Web Key Set and require
     /// every key id of the bundle's current generation in it.
     Jwks(ProbeRequest),
+    /// `check = "root-ca-configmaps"` (ca bundles only): through the Kubernetes API, list the
+    /// namespaces and read `kube-root-ca.crt` in each; converged when every namespace's `ca.crt`
+    /// holds every certificate of the bundle's current generation. kube-controller-manager's
+    /// root-CA publisher writes those ConfigMaps from the `--root-ca-file` it read at start, so
+    /// this is how a CA added on disk is seen to have reached the pods' trust, or not.
+    RootCaConfigMaps {
+        /// How many ConfigMap reads are in flight at once (`concurrency`).
+        concurrency: usize,
+    },
 }
+
+/// The `endpoint` a `root-ca-configmaps` probe shows in records and `/status`: every namespace's
+/// `kube-root-ca.crt`, read through the API server the agent's credentials name.
+pub(crate) const ROOT_CA_ENDPOINT: &str = "*/kube-root-ca.crt";
+/// Default `concurrency` of a `root-ca-configmaps` probe.
+pub(crate) const DEFAULT_ROOT_CA_CONCURRENCY: usize = 8;
 
 impl ProbeCheck {
     /// The configured word (`tls`, `http`, `jwks`), for messages.
@@ -73,13 +90,14 @@ impl ProbeCheck {
             ProbeCheck::Tls => "tls",
             ProbeCheck::Http(_) => "http",
             ProbeCheck::Jwks(_) => "jwks",
+            ProbeCheck::RootCaConfigMaps { .. } => "root-ca-configmaps",
         }
     }
 
     /// The HTTP request the check sends, if any.
     pub(crate) fn request(&self) -> Option<&ProbeRequest> {
         match self {
-            ProbeCheck::Tls => None,
+            ProbeCheck::Tls | ProbeCheck::RootCaConfigMaps { .. } => None,
             ProbeCheck::Http(r) | ProbeCheck::Jwks(r) => Some(r),
         }
     }
@@ -162,7 +180,7 @@ impl std::fmt::Display for ProbeRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProbe {
     name: String,
-    endpoint: String,
+    endpoint: Option<Spanned<String>>,
     server_name: Option<String>,
     bundle: String,
     client_bundle: Option<String>,
@@ -171,6 +189,7 @@ pub(crate) struct RawProbe {
     check: Option<Spanned<String>>,
     request: Option<Spanned<String>>,
     bearer_token_file: Option<Spanned<PathBuf>>,
+    concurrency: Option<Spanned<i64>>,
 }
 
 pub(crate) fn parse_probes(
@@ -199,7 +218,6 @@ fn parse_probe(
     bundles: &[BundleConfig],
     field: &dyn Fn(&str) -> String,
 ) -> Result<ProbeConfig, ConfigError> {
-    let host = endpoint_host(&p.endpoint).map_err(|m| src.invalid(offset, field("endpoint"), m))?;
     let kind = kind_of(bundles, &p.bundle).ok_or_else(|| {
         src.invalid(
             offset,
@@ -208,7 +226,8 @@ fn parse_probe(
         )
     })?;
     let check = parse_check(src, offset, p, kind, field)?;
-    check_client_bundle(p, kind, bundles)
+    let (endpoint, server_name) = parse_endpoint(src, offset, p, &check, field)?;
+    check_client_bundle(p, kind, &check, bundles)
         .map_err(|m| src.invalid(offset, field("client_bundle"), m))?;
     let duration = |v: &Option<Spanned<String>>, name: &str, default, range| {
         src.duration_or(v.as_ref(), &field(name), default, range)
@@ -222,11 +241,8 @@ fn parse_probe(
     let bearer_token_file = parse_bearer(src, p, &check, field)?;
     Ok(ProbeConfig {
         name: p.name.clone(),
-        endpoint: p.endpoint.clone(),
-        server_name: p
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
+        endpoint,
+        server_name,
         bundle: p.bundle.clone(),
         client_bundle: p.client_bundle.clone(),
         deadline: duration(
@@ -241,6 +257,37 @@ fn parse_probe(
     })
 }
 
+/// `endpoint` and `server_name`: required `host:port` (SNI defaulting to its host) for a check over
+/// TLS; absent for `root-ca-configmaps`, which reads through the Kubernetes API.
+fn parse_endpoint(
+    src: &Source<'_>,
+    offset: usize,
+    p: &RawProbe,
+    check: &ProbeCheck,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(String, String), ConfigError> {
+    if let ProbeCheck::RootCaConfigMaps { .. } = check {
+        let why = "check = \"root-ca-configmaps\" reads the ConfigMaps through the Kubernetes API (in-cluster credentials or KUBECONFIG), not from an endpoint";
+        if let Some(e) = &p.endpoint {
+            return Err(src.invalid(e.span().start, field("endpoint"), why));
+        }
+        if p.server_name.is_some() {
+            return Err(src.invalid(offset, field("server_name"), why));
+        }
+        return Ok((ROOT_CA_ENDPOINT.to_string(), String::new()));
+    }
+    let Some(endpoint) = &p.endpoint else {
+        return Err(src.invalid(offset, field("endpoint"), "missing: the host:port to probe"));
+    };
+    let host = endpoint_host(endpoint.get_ref())
+        .map_err(|m| src.invalid(endpoint.span().start, field("endpoint"), m))?;
+    let server_name = p
+        .server_name
+        .clone()
+        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    Ok((endpoint.get_ref().clone(), server_name))
+}
+
 /// The host of a `host:port` endpoint, or what is wrong with it.
 fn endpoint_host(endpoint: &str) -> Result<&str, String> {
     let Some((host, port)) = endpoint.rsplit_once(':') else {
@@ -252,12 +299,20 @@ fn endpoint_host(endpoint: &str) -> Result<&str, String> {
     Ok(host)
 }
 
-/// `client_bundle`: a client (or kubeconfig) bundle, required when the probed bundle is a CA.
+/// `client_bundle`: a client (or kubeconfig) bundle, required when the probed bundle is a CA
+/// (except by `root-ca-configmaps`, which presents none).
 fn check_client_bundle(
     p: &RawProbe,
     kind: BundleKind,
+    check: &ProbeCheck,
     bundles: &[BundleConfig],
 ) -> Result<(), String> {
+    if let ProbeCheck::RootCaConfigMaps { .. } = check {
+        return match p.client_bundle {
+            Some(_) => Err("check = \"root-ca-configmaps\" presents no client certificate: it reads the ConfigMaps with the agent's Kubernetes credentials".into()),
+            None => Ok(()),
+        };
+    }
     if let Some(c) = &p.client_bundle {
         if !matches!(
             kind_of(bundles, c),
@@ -312,28 +367,60 @@ fn parse_check(
             .map_err(|m| src.invalid(r.span().start, field("request"), m)),
         None => Ok(ProbeRequest::parse(default).expect("the default request parses")),
     };
+    let no_request = || match &p.request {
+        Some(r) => Err(src.invalid(
+            r.span().start,
+            field("request"),
+            "a request is sent only by check = \"http\" or \"jwks\"",
+        )),
+        None => Ok(()),
+    };
     let check = match word {
-        "tls" => {
-            if let Some(r) = &p.request {
-                return Err(src.invalid(
-                    r.span().start,
-                    field("request"),
-                    "a request is sent only by check = \"http\" or \"jwks\"",
-                ));
-            }
-            ProbeCheck::Tls
-        }
+        "tls" => no_request().map(|()| ProbeCheck::Tls)?,
         "http" => ProbeCheck::Http(request(DEFAULT_HTTP_REQUEST)?),
         "jwks" => ProbeCheck::Jwks(request(DEFAULT_JWKS_REQUEST)?),
+        "root-ca-configmaps" => {
+            no_request()?;
+            let concurrency = match &p.concurrency {
+                Some(c) => src.count_in(c, &field("concurrency"), &bounds::ROOT_CA_CONCURRENCY)?,
+                None => DEFAULT_ROOT_CA_CONCURRENCY as u64,
+            };
+            ProbeCheck::RootCaConfigMaps {
+                concurrency: usize::try_from(concurrency).expect("bounded far below usize::MAX"),
+            }
+        }
         other => {
             return Err(src.invalid(
                 word_at,
                 field("check"),
-                format!("{other:?} is not one of \"tls\", \"http\", \"jwks\""),
+                format!(
+                    "{other:?} is not one of \"tls\", \"http\", \"jwks\", \"root-ca-configmaps\""
+                ),
             ))
         }
     };
+    if let (Some(c), false) = (
+        &p.concurrency,
+        matches!(check, ProbeCheck::RootCaConfigMaps { .. }),
+    ) {
+        return Err(src.invalid(
+            c.span().start,
+            field("concurrency"),
+            "only check = \"root-ca-configmaps\" makes concurrent requests",
+        ));
+    }
     match (&check, kind) {
+        (ProbeCheck::RootCaConfigMaps { .. }, BundleKind::Ca) => {}
+        (ProbeCheck::RootCaConfigMaps { .. }, _) => {
+            return Err(src.invalid(
+                word_at,
+                field("check"),
+                format!(
+                    "check = \"root-ca-configmaps\" compares the namespaces' kube-root-ca.crt with a ca bundle; {:?} is not one",
+                    p.bundle
+                ),
+            ))
+        }
         (ProbeCheck::Jwks(_), BundleKind::SaKeys) => {}
         (ProbeCheck::Jwks(_), _) => {
             return Err(src.invalid(

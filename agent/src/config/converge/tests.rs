@@ -390,3 +390,84 @@ fn bad_check_and_request_combinations_name_field_and_line() {
         error("[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nchecks = \"http\"\n");
     assert!(e.contains("checks"), "unknown keys stay refused: {e}");
 }
+
+#[test]
+fn a_root_ca_probe_reads_through_the_api_and_its_concurrency_is_bounded() {
+    let c = parse(
+        "[[probe]]\nname = \"roots\"\nbundle = \"ca\"\ncheck = \"root-ca-configmaps\"\n\
+         [[probe]]\nname = \"roots-4\"\nbundle = \"ca\"\ncheck = \"root-ca-configmaps\"\nconcurrency = 4\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.probes[0].check,
+        ProbeCheck::RootCaConfigMaps { concurrency: 8 }
+    );
+    assert_eq!(c.probes[0].endpoint, "*/kube-root-ca.crt");
+    assert_eq!(c.probes[0].client_bundle, None);
+    assert_eq!(
+        c.probes[1].check,
+        ProbeCheck::RootCaConfigMaps { concurrency: 4 }
+    );
+    let probe = |rest: &str| {
+        format!("[[probe]]\nname = \"x\"\nbundle = \"ca\"\ncheck = \"root-ca-configmaps\"\n{rest}")
+    };
+    let cases: [(String, &str, &str, &str); 7] = [
+        (
+            probe("concurrency = 0\n"),
+            "concurrency",
+            "probe[x].concurrency",
+            "outside the allowed range 1 to 64",
+        ),
+        (
+            probe("concurrency = 65\n"),
+            "concurrency",
+            "probe[x].concurrency",
+            "outside the allowed range",
+        ),
+        (
+            probe("endpoint = \"h:1\"\n"),
+            "endpoint",
+            "probe[x].endpoint",
+            "through the Kubernetes API",
+        ),
+        (
+            probe("client_bundle = \"cli\"\n"),
+            "[[probe]]",
+            "probe[x].client_bundle",
+            "presents no client certificate",
+        ),
+        (
+            probe("request = \"GET /\"\n"),
+            "request",
+            "probe[x].request",
+            "only by check",
+        ),
+        (
+            "[[probe]]\nname = \"x\"\nbundle = \"srv\"\ncheck = \"root-ca-configmaps\"\n".into(),
+            "check = ",
+            "probe[x].check",
+            "is not one",
+        ),
+        (
+            "[[probe]]\nname = \"x\"\nendpoint = \"h:1\"\nbundle = \"srv\"\nconcurrency = 2\n"
+                .into(),
+            "concurrency",
+            "probe[x].concurrency",
+            "only check = \"root-ca-configmaps\"",
+        ),
+    ];
+    for (extra, at, field, message) in cases {
+        let e = error(&extra);
+        let line = line_of(&extra, at);
+        assert!(
+            e.starts_with(&format!("t.toml:{line}: {field}: ")) && e.contains(message),
+            "expected t.toml:{line}: {field}: …{message}…, got {e}"
+        );
+    }
+    // Every other check still needs its endpoint.
+    let e = error("[[probe]]\nname = \"x\"\nbundle = \"srv\"\n");
+    assert!(
+        e.contains("probe[x].endpoint") && e.contains("missing"),
+        "{e}"
+    );
+}

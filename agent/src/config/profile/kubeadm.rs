@@ -319,6 +319,29 @@ const JWKS_PROBE: Probe<'static> = Probe {
     bearer: None,
 };
 
+/// Every namespace's `kube-root-ca.crt` carries the cluster CA bundle: kube-controller-manager
+/// publishes it from the `--root-ca-file` (pki/ca.crt) it read at start. Written where the
+/// controller-manager runs (its kubeconfig is on the node), beside the restart action that
+/// repairs it. The deadline covers the publisher's rewrite of every namespace after a restart
+/// (its initial list, then one write per namespace).
+const ROOT_CA_PROBE: Probe<'static> = Probe {
+    name: "kube-root-ca-configmaps",
+    endpoint: "",
+    server_name: "",
+    bundle: "kubernetes-ca",
+    client: None,
+    check: Check::RootCaConfigMaps,
+    deadline: Duration::from_secs(180),
+    bearer: None,
+};
+
+/// The bundle whose presence says kube-controller-manager runs on this node.
+const CONTROLLER_MANAGER_KUBECONFIG: &str = "controller-manager-kubeconfig";
+
+/// kube-controller-manager's static-pod manifest: its `--cluster-signing-cert-file` is what the
+/// restart guard counts certificates in.
+const CONTROLLER_MANAGER_MANIFEST: &str = "etc/kubernetes/manifests/kube-controller-manager.yaml";
+
 /// A control-plane component restarted by stopping its static pod's container.
 #[derive(Debug, Clone, Copy)]
 enum Component {
@@ -371,8 +394,8 @@ const ACTIONS: [Action; 7] = [
     Action {
         name: "kube-controller-manager-restart-on-root-ca",
         bundle: "kubernetes-ca",
-        on: "accepted",
-        why: "kube-controller-manager: --root-ca-file is read once; the kube-root-ca.crt ConfigMaps take a new CA only after a restart",
+        on: "stale",
+        why: "kube-controller-manager: --root-ca-file is read once; the kube-root-ca.crt ConfigMaps take a new CA only after a restart (on the kube-root-ca-configmaps probe's stale verdict; writing them directly is reverted by its root-CA publisher)",
         restart: Component::ControllerManager,
     },
     Action {
@@ -429,6 +452,7 @@ pub(super) fn kubeadm_with(root: &Path, settings: &KubeadmSettings, own_token: &
         Some(Err(line)) => w.skipped.push(line.into()),
         None => {}
     }
+    super::pod_tokens::pod_tokens(&mut w);
     Generated {
         toml: w.out,
         skipped: w.skipped,
@@ -472,6 +496,14 @@ fn probes(w: &mut Writer<'_>, identity: &JwksCredential) {
             ..*probe
         });
     }
+    if w.has(CONTROLLER_MANAGER_KUBECONFIG) {
+        w.probe(&ROOT_CA_PROBE);
+    } else {
+        w.skipped.push(format!(
+            "probe {}: kube-controller-manager does not run on this node (no {CONTROLLER_MANAGER_KUBECONFIG}), skipped",
+            ROOT_CA_PROBE.name
+        ));
+    }
     match identity {
         JwksCredential::OwnToken(token) => w.probe(&Probe {
             bearer: Some(token),
@@ -488,7 +520,7 @@ fn probes(w: &mut Writer<'_>, identity: &JwksCredential) {
 /// Writes the control plane's restart actions (each only where its bundle was written).
 fn control_plane_actions(w: &mut Writer<'_>) {
     let stop_kcm = if w.has("kubernetes-ca") {
-        kcm_stop_guarded(&w.path(CLUSTER_CA))
+        kcm_stop_guarded(w.root, &w.path(CLUSTER_CA))
     } else {
         crictl_stop("kube-controller-manager")
     };
@@ -537,12 +569,20 @@ fn shell_quote(path: &Path) -> String {
 /// [`crictl_stop`] for kube-controller-manager, refused (exit 1, the reason on stderr, both in the
 /// `action_run` record) while its `--cluster-signing-cert-file` holds other than one certificate:
 /// a controller-manager started then fails to start its controllers ("expected 1 certificate"),
-/// so the restart would turn a warning into a crash loop.
-fn kcm_stop_guarded(signing_cert: &Path) -> Vec<String> {
-    let file = shell_quote(signing_cert);
+/// so the restart would turn a warning into a crash loop. The file is the one the manifest names
+/// when the restart runs (`default_cert` when it names none): an operator who rotates the cluster
+/// CA as upstream documents it points `--cluster-signing-cert-file` at the one signing CA and
+/// leaves `--root-ca-file` (ca.crt) with old and new, and then the restart is allowed.
+fn kcm_stop_guarded(root: &Path, default_cert: &Path) -> Vec<String> {
+    let manifest = shell_quote(&root.join(CONTROLLER_MANAGER_MANIFEST));
+    let default = shell_quote(default_cert);
+    // Paths in the manifest are the node's; the agent sees the node under `root`.
+    let prefix = shell_quote(Path::new(
+        root.to_str().unwrap_or_default().trim_end_matches('/'),
+    ));
     let mut argv = crictl_stop("kube-controller-manager");
     argv[2] = format!(
-        "n=$(grep -c -- '-----BEGIN CERTIFICATE-----' {file}); if [ \"$n\" != 1 ]; then echo \"not restarting kube-controller-manager: {file} holds $n certificates and its CSR signer would not start\" >&2; exit 1; fi; {}",
+        "f=$(sed -n 's/^[[:space:]]*-[[:space:]]*--cluster-signing-cert-file=\\([^[:space:]]*\\)[[:space:]]*$/\\1/p' {manifest} 2>/dev/null | head -n 1); if [ -n \"$f\" ]; then f={prefix}\"$f\"; else f={default}; fi; n=$(grep -c -- '-----BEGIN CERTIFICATE-----' \"$f\"); if [ \"$n\" != 1 ]; then echo \"not restarting kube-controller-manager: $f holds $n certificates and its CSR signer would not start\" >&2; exit 1; fi; {}",
         argv[2]
     );
     argv

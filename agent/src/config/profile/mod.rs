@@ -13,6 +13,7 @@
 mod kubeadm;
 mod kubelet;
 mod overlay;
+mod pod_tokens;
 mod writer;
 
 use std::path::{Path, PathBuf};

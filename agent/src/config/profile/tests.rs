@@ -648,11 +648,12 @@ fn restart_actions_for_material_read_once_exist_and_stay_off() {
         .iter()
         .map(|a| (a.id(), a.bundle.clone(), a.on))
         .collect();
-    use crate::config::ActionTrigger::Accepted;
+    use crate::config::ActionTrigger::{Accepted, Stale};
     assert_eq!(
         got,
         [
-            (actions[0].into(), "kubernetes-ca".into(), Accepted),
+            // On the kube-root-ca-configmaps probe's stale verdict.
+            (actions[0].into(), "kubernetes-ca".into(), Stale),
             (
                 actions[1].into(),
                 "controller-manager-kubeconfig".into(),
@@ -734,6 +735,89 @@ fn restart_actions_for_material_read_once_exist_and_stay_off() {
     assert!(!calls.exists(), "crictl must not be called");
     // The scheduler does not sign: its restart is not guarded.
     assert!(run(2).status.success());
+
+    // The rotation as upstream documents it: the manifest points --cluster-signing-cert-file at
+    // the one signing CA, ca.crt (--root-ca-file) holds old and new: the restart is allowed, and
+    // refused again when the file the manifest names holds two.
+    let manifests = root.join("etc/kubernetes/manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(root.join("etc/kubernetes/pki/ca-signing.crt"), &one).expect("write");
+    std::fs::write(
+        manifests.join("kube-controller-manager.yaml"),
+        "spec:\n  containers:\n  - command:\n    - kube-controller-manager\n    - --cluster-signing-cert-file=/etc/kubernetes/pki/ca-signing.crt\n    - --root-ca-file=/etc/kubernetes/pki/ca.crt\n",
+    )
+    .expect("write");
+    let out = run(0);
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::read_to_string(&calls)
+        .expect("crictl called")
+        .contains("stop --timeout 30 c0ffee"));
+    std::fs::remove_file(&calls).expect("rm");
+    std::fs::write(
+        root.join("etc/kubernetes/pki/ca-signing.crt"),
+        format!("{one}{one}"),
+    )
+    .expect("write");
+    let out = run(0);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ca-signing.crt holds 2 certificates"),
+        "{out:?}"
+    );
+    assert!(!calls.exists(), "crictl must not be called");
+}
+
+#[test]
+fn the_root_ca_probe_and_its_restart_action_are_written_where_the_controller_manager_runs() {
+    const PROBE: &str = "kube-root-ca-configmaps";
+    const ACTION: &str = "kube-controller-manager-restart-on-root-ca";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    control_plane(root);
+    let (config, _) = load(Profile::Kubeadm, root, None).expect("profile");
+    let p = config
+        .probes
+        .iter()
+        .find(|p| p.name == PROBE)
+        .expect("the root-CA probe on a control-plane node");
+    assert_eq!(
+        (p.bundle.as_str(), p.check.name(), p.deadline.as_secs()),
+        ("kubernetes-ca", "root-ca-configmaps", 180)
+    );
+    assert_eq!(p.endpoint, "*/kube-root-ca.crt");
+    assert_eq!(p.client_bundle, None);
+    // Enabled by name, it restarts the controller-manager on that probe's stale verdict, one
+    // control-plane node at a time.
+    let file = overlay(
+        root,
+        &format!("[[action]]\nname = \"{ACTION}\"\nenabled = true\n"),
+    );
+    let (config, _) = load(Profile::Kubeadm, root, Some(&file)).expect("profile");
+    let a = &config.actions[0];
+    assert_eq!(
+        (a.id(), a.bundle.as_str(), a.on),
+        (
+            ACTION.to_string(),
+            "kubernetes-ca",
+            crate::config::ActionTrigger::Stale
+        )
+    );
+    assert_eq!(
+        a.lock.as_ref().map(|l| l.name.as_str()),
+        Some("kube-controller-manager")
+    );
+
+    // A worker: the cluster CA is there, the controller-manager's kubeconfig is not.
+    std::fs::remove_file(root.join("etc/kubernetes/controller-manager.conf")).expect("rm");
+    let (config, lines) = load(Profile::Kubeadm, root, None).expect("profile");
+    assert!(config.bundles.iter().any(|b| b.name == "kubernetes-ca"));
+    assert!(!config.probes.iter().any(|p| p.name == PROBE));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("probe {PROBE}:")) && l.contains("does not run")),
+        "{lines:?}"
+    );
 }
 
 #[test]

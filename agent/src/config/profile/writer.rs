@@ -59,6 +59,9 @@ pub(super) enum Check<'a> {
     Http(&'a str),
     /// The API server's JWKS against the sa-keys bundle's key ids.
     Jwks,
+    /// Every namespace's `kube-root-ca.crt` against the ca bundle, through the Kubernetes API
+    /// (no endpoint, no server name, no client certificate).
+    RootCaConfigMaps,
 }
 
 /// One `[[probe]]` of the profile.
@@ -166,10 +169,17 @@ impl<'a> Writer<'a> {
             ));
             return;
         }
-        self.line(format_args!(
-            "\n[[probe]]\nname = \"{}\"\nendpoint = \"{}\"\nserver_name = \"{}\"\nbundle = \"{}\"",
-            p.name, p.endpoint, p.server_name, p.bundle
-        ));
+        if let Check::RootCaConfigMaps = p.check {
+            self.line(format_args!(
+                "\n[[probe]]\nname = \"{}\"\nbundle = \"{}\"",
+                p.name, p.bundle
+            ));
+        } else {
+            self.line(format_args!(
+                "\n[[probe]]\nname = \"{}\"\nendpoint = \"{}\"\nserver_name = \"{}\"\nbundle = \"{}\"",
+                p.name, p.endpoint, p.server_name, p.bundle
+            ));
+        }
         if let Some(c) = p.client {
             self.line(format_args!("client_bundle = \"{c}\""));
         }
@@ -182,6 +192,7 @@ impl<'a> Writer<'a> {
                 self.line(format_args!("check = \"http\"\nrequest = \"{request}\""))
             }
             Check::Jwks => self.line(format_args!("check = \"jwks\"")),
+            Check::RootCaConfigMaps => self.line(format_args!("check = \"root-ca-configmaps\"")),
         }
         self.line(format_args!(
             "deadline = \"{}s\"\ninterval = \"30s\"",
