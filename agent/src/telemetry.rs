@@ -61,6 +61,7 @@ escaped_label_set! {
     ActionLabel { action, result }
     FileLabel { filepath }
     RootCaLabel { probe, state }
+    TokenStateLabel { state }
 }
 
 /// `{listener}`.
@@ -146,6 +147,13 @@ pub(crate) struct ActionLabel {
     pub action: String,
     /// `success`, `failure` or `timeout`.
     pub result: String,
+}
+
+/// `{state}` of `certreload_pod_tokens`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct TokenStateLabel {
+    /// `current`, `stale` or `unknown`.
+    pub state: String,
 }
 
 /// `{probe, state}` of `certreload_root_ca_namespaces`.

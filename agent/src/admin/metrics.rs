@@ -13,7 +13,9 @@ use prometheus_client::{
 
 use crate::{
     status::Status,
-    telemetry::{BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, X509Labels},
+    telemetry::{
+        BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, TokenStateLabel, X509Labels,
+    },
 };
 
 /// A gauge family with a fractional value (seconds, Unix times as exported by
@@ -96,6 +98,7 @@ impl Exposition {
         register_audit(&mut gauges);
         register_bundles_and_listeners(&mut gauges, status, unix_now());
         register_root_ca(&mut gauges, status);
+        register_pod_tokens(&mut gauges, status);
         let mut out = String::new();
         let encoded = encode_registry(&mut out, &self.counters)
             .and_then(|()| encode_registry(&mut out, &gauges))
@@ -138,6 +141,31 @@ fn register_root_ca(registry: &mut Registry, status: &Status) {
         "certreload_root_ca_namespaces",
         "Namespaces whose kube-root-ca.crt carries every certificate of the cluster CA bundle (current), lacks one or is missing (stale), or could not be read (unknown)",
         namespaces,
+    );
+}
+
+/// `certreload_pod_tokens{state}`: the pods' projected tokens at the tracker's last scan
+/// (`[pod_tokens]` only).
+fn register_pod_tokens(registry: &mut Registry, status: &Status) {
+    let Some(t) = &status.pod_tokens else {
+        return;
+    };
+    let tokens = Family::<TokenStateLabel, Gauge>::default();
+    for (state, n) in [
+        ("current", t.current),
+        ("stale", t.stale),
+        ("unknown", t.unknown),
+    ] {
+        tokens
+            .get_or_create(&TokenStateLabel {
+                state: state.into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "certreload_pod_tokens",
+        "Projected ServiceAccount tokens on this node signed by the published signing key beside the cluster CA (current), not (stale), or not judged yet (unknown)",
+        tokens,
     );
 }
 
@@ -315,6 +343,26 @@ mod tests {
             let line = format!(
                 "\ncertreload_root_ca_namespaces{{probe=\"kube-root-ca-configmaps\",state=\"{state}\"}} {n}\n"
             );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn pod_tokens_are_exported_by_state_only_when_tracked() {
+        let mut doc = serde_json::json!({
+            "monitor": {"mode": "inotify", "ringbuf_drops": 0},
+            "bundles": [], "listeners": [], "probes": []
+        });
+        let status: Status = serde_json::from_value(doc.clone()).expect("a status document");
+        let text = Exposition::new(&Metrics::default()).render(&status);
+        assert!(!text.contains("certreload_pod_tokens"), "{text}");
+        doc["pod_tokens"] = serde_json::json!({"pods_dir": "/p", "scanned_at": "t", "epoch": 1,
+            "signing_kid": null, "cluster_ca_generation": null,
+            "current": 3, "stale": 2, "unknown": 1, "tokens": []});
+        let status: Status = serde_json::from_value(doc).expect("a status document");
+        let text = Exposition::new(&Metrics::default()).render(&status);
+        for (state, n) in [("current", 3), ("stale", 2), ("unknown", 1)] {
+            let line = format!("\ncertreload_pod_tokens{{state=\"{state}\"}} {n}\n");
             assert!(text.contains(&line), "{line} in {text}");
         }
     }
