@@ -21,14 +21,19 @@
 //! the root, only what the components hard-code: the kubelet's links in `/var/log/containers`
 //! (removed at stop), containerd 1.6's shim sockets in `/run/containerd/s` (gone with the shims)
 //! and the kubelet's cgroups (`kubepods` under the cgroupfs hierarchies, left for the next run).
+//! The kubelet runs under a service loop (systemd's `Restart=always`): stopping its process
+//! (`ROOT/run/kubelet.pid`) restarts it, so [`Node::restart_kubelet`] and the script
+//! [`Node::restart_script`] (for an agent's action) stand in for `systemctl restart kubelet`.
 //! On drop: the kubelet stops, every container task is killed and deleted (so no shim outlives
 //! the test), containerd stops, and the kubelet's volume mounts under the root are unmounted.
 
 use std::{
     fs::File,
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -81,7 +86,171 @@ pub struct Node {
     kubectl: PathBuf,
     admin: PathBuf,
     containerd: Option<Child>,
-    kubelet: Option<Child>,
+    kubelet: Option<Arc<KubeletService>>,
+}
+
+/// How long the kubelet gets to be healthy again after a restart.
+pub const KUBELET_RESTART_DEADLINE: Duration = Duration::from_secs(60);
+/// A kubelet that exits sooner than this after its start is started again after a pause (the
+/// back-off a service manager applies to a unit that keeps failing); one that ran longer (stopped
+/// by a restart) is started again at once, as `systemctl restart kubelet` does.
+const KUBELET_HEALTHY_RUN: Duration = Duration::from_secs(10);
+const KUBELET_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct ServiceState {
+    pid: Option<u32>,
+    starts: u32,
+    /// Why the latest start failed, or how the latest run ended.
+    last_exit: Option<String>,
+    stopping: bool,
+}
+
+/// The kubelet as systemd runs it on a node (`Restart=always`): a thread starts it, writes
+/// `ROOT/run/kubelet.pid`, waits for it to exit and starts it again (re-reading nothing: the
+/// same command line). So stopping the process is a kubelet restart, as `systemctl restart
+/// kubelet` is on a node; [`Node::restart_script`] is that, for an agent's action.
+struct KubeletService {
+    command: Box<dyn Fn() -> Command + Send + Sync>,
+    log: PathBuf,
+    pidfile: PathBuf,
+    state: Mutex<ServiceState>,
+    changed: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl KubeletService {
+    fn start(
+        command: Box<dyn Fn() -> Command + Send + Sync>,
+        log: PathBuf,
+        pidfile: PathBuf,
+    ) -> Arc<KubeletService> {
+        let s = Arc::new(KubeletService {
+            command,
+            log,
+            pidfile,
+            state: Mutex::new(ServiceState::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        let worker = s.clone();
+        // The kubelet's parent-death signal is tied to the thread that starts it: this one,
+        // which lives as long as the service.
+        let handle = std::thread::Builder::new()
+            .name("kubelet-service".to_string())
+            .spawn(move || worker.run())
+            .expect("a thread starts");
+        *s.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        s
+    }
+
+    fn state(&self) -> MutexGuard<'_, ServiceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn note(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = File::options().create(true).append(true).open(&self.log) {
+            // A diagnostic line in the kubelet's log: a failed write must not stop the service.
+            writeln!(f, "[harness {}] {line}", super::timestamp()).ok();
+        }
+    }
+
+    fn run(self: Arc<Self>) {
+        loop {
+            if self.state().stopping {
+                return;
+            }
+            let began = Instant::now();
+            match spawn_logged(&mut (self.command)(), &self.log) {
+                Ok(mut child) => self.supervise(&mut child),
+                Err(e) => {
+                    self.note(&format!("cannot start the kubelet: {e:#}"));
+                    self.state().last_exit = Some(format!("cannot start: {e:#}"));
+                    self.changed.notify_all();
+                }
+            }
+            let pause = if began.elapsed() >= KUBELET_HEALTHY_RUN {
+                Duration::ZERO
+            } else {
+                KUBELET_BACKOFF
+            };
+            // Only the pause matters (cut short by stop()); `stopping` is read again above.
+            let s = self.state();
+            drop(
+                self.changed
+                    .wait_timeout_while(s, pause, |s| !s.stopping)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
+
+    /// Records the running kubelet (pid file, state), waits for it to exit, records that.
+    fn supervise(&self, child: &mut Child) {
+        let pid = child.id();
+        if let Err(e) = std::fs::write(&self.pidfile, format!("{pid}\n")) {
+            self.note(&format!("cannot write {}: {e}", self.pidfile.display()));
+        }
+        {
+            let mut s = self.state();
+            s.pid = Some(pid);
+            s.starts += 1;
+        }
+        self.changed.notify_all();
+        self.note(&format!("kubelet started, pid {pid}"));
+        let status = child.wait();
+        // Absent only when writing it failed (noted above).
+        std::fs::remove_file(&self.pidfile).ok();
+        {
+            let mut s = self.state();
+            s.pid = None;
+            s.last_exit = Some(format!("pid {pid} exited: {status:?}"));
+        }
+        self.changed.notify_all();
+        self.note(&format!("kubelet pid {pid} exited: {status:?}"));
+    }
+
+    fn wait_for(&self, timeout: Duration, pred: impl Fn(&ServiceState) -> bool) -> bool {
+        let s = self.state();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| !pred(s))
+            .unwrap_or_else(PoisonError::into_inner);
+        pred(&s)
+    }
+
+    /// SIGTERM to the kubelet, SIGKILL after 10 s, the thread joined. Idempotent.
+    fn stop(&self) {
+        let pid = {
+            let mut s = self.state();
+            s.stopping = true;
+            s.pid
+        };
+        self.changed.notify_all();
+        if let Some(pid) = pid {
+            signal(pid, libc::SIGTERM);
+            if !self.wait_for(Duration::from_secs(10), |s| s.pid != Some(pid)) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            // A panic on that thread has printed its message; stop() runs from Drop.
+            h.join().ok();
+        }
+    }
+}
+
+/// Sends `sig` to a process the harness started (read while recorded as running).
+fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) };
+    }
 }
 
 /// Runs `cmd` with its output appended to `log`, SIGKILLed when the test process dies.
@@ -151,30 +320,159 @@ impl Node {
 
         std::fs::write(node.kubelet_config(), node.kubelet_yaml(cp))
             .context("writing the KubeletConfiguration")?;
-        let mut k = Command::new(peers.join("kubelet"));
-        k.arg("--config")
-            .arg(node.kubelet_config())
-            .arg("--kubeconfig")
-            .arg(cp.path("/etc/kubernetes/kubelet.conf"))
-            .arg(format!(
-                "--container-runtime-endpoint=unix://{}",
-                node.socket().display()
-            ))
-            .arg("--root-dir")
-            .arg(node.kubelet_root())
-            .arg("--cert-dir")
-            .arg(node.kubelet_root().join("pki"))
-            .arg("--volume-plugin-dir")
-            .arg(
-                node.root
-                    .join("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
-            )
-            .arg(format!("--hostname-override={NODE_NAME}"))
-            .arg(format!("--node-ip={ADVERTISE_ADDRESS}"))
-            .arg("--v=2");
-        node.kubelet = Some(spawn_logged(&mut k, &node.log("kubelet"))?);
+        let args = node.kubelet_args(cp);
+        let program = peers.join("kubelet");
+        let command = move || {
+            let mut k = Command::new(&program);
+            k.args(&args);
+            k
+        };
+        node.kubelet = Some(KubeletService::start(
+            Box::new(command),
+            node.log("kubelet"),
+            node.kubelet_pidfile(),
+        ));
+        node.write_restart_script()?;
         node.wait_registered()?;
         Ok(node)
+    }
+
+    /// The kubelet's command line (after the program).
+    fn kubelet_args(&self, cp: &ControlPlane) -> Vec<String> {
+        let root = |p: &str| self.root.join(p).display().to_string();
+        vec![
+            "--config".into(),
+            self.kubelet_config().display().to_string(),
+            "--kubeconfig".into(),
+            cp.path("/etc/kubernetes/kubelet.conf")
+                .display()
+                .to_string(),
+            format!(
+                "--container-runtime-endpoint=unix://{}",
+                self.socket().display()
+            ),
+            "--root-dir".into(),
+            self.kubelet_root().display().to_string(),
+            "--cert-dir".into(),
+            self.kubelet_root().join("pki").display().to_string(),
+            "--volume-plugin-dir".into(),
+            root("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
+            format!("--hostname-override={NODE_NAME}"),
+            format!("--node-ip={ADVERTISE_ADDRESS}"),
+            "--v=2".into(),
+        ]
+    }
+
+    /// `ROOT/run/kubelet.pid`: the running kubelet's pid (written by the harness's service loop).
+    pub fn kubelet_pidfile(&self) -> PathBuf {
+        self.root.join("run/kubelet.pid")
+    }
+
+    /// A script that restarts the kubelet and returns once a new kubelet process runs: **the
+    /// stand-in for `systemctl restart kubelet`** in an agent's action (`exec = [script]`). It
+    /// stops the kubelet through its pid file; the harness's service loop (systemd's
+    /// `Restart=always` here) starts it again at once.
+    pub fn restart_script(&self) -> PathBuf {
+        self.root.join("usr/local/bin/restart-kubelet")
+    }
+
+    fn write_restart_script(&self) -> Result<()> {
+        let path = self.restart_script();
+        let dir = path.parent().context("the script's directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pidfile = self.kubelet_pidfile();
+        std::fs::write(
+            &path,
+            format!(
+                r#"#!/bin/sh
+# Stands in for `systemctl restart kubelet` on the test node (tests/src/kube/node.rs): stop the
+# running kubelet; the harness's service loop starts it again at once. Returns once it has.
+pidfile={pidfile}
+old=$(cat "$pidfile") || exit 1
+kill -TERM "$old" || exit 1
+i=0
+while [ $i -lt 600 ]; do
+  new=$(cat "$pidfile" 2>/dev/null || true)
+  if [ -n "$new" ] && [ "$new" != "$old" ]; then
+    echo "kubelet restarted: pid $old -> $new"
+    exit 0
+  fi
+  sleep 0.1
+  i=$((i + 1))
+done
+echo "the kubelet did not start again within 60 s" >&2
+exit 1
+"#,
+                pidfile = pidfile.display()
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", path.display()))
+    }
+
+    /// The running kubelet's pid, if one runs.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().and_then(|k| k.state().pid)
+    }
+
+    /// How many times the kubelet was started (1 before any restart).
+    pub fn kubelet_starts(&self) -> u32 {
+        self.kubelet.as_ref().map_or(0, |k| k.state().starts)
+    }
+
+    /// Restarts the kubelet as `systemctl restart kubelet` does (SIGTERM; the service loop starts
+    /// it again at once) and waits until the new process answers `/healthz` with 200. Returns
+    /// when SIGTERM was sent (the instant a measurement starts from).
+    pub fn restart_kubelet(&self) -> Result<Instant> {
+        let service = self
+            .kubelet
+            .as_ref()
+            .context("the kubelet is not started")?;
+        let (pid, starts) = {
+            let s = service.state();
+            (s.pid.context("the kubelet is not running")?, s.starts)
+        };
+        let sent = Instant::now();
+        signal(pid, libc::SIGTERM);
+        self.wait_kubelet_after(starts)?;
+        Ok(sent)
+    }
+
+    /// Waits until the kubelet has been started more than `starts` times and the running
+    /// process answers `/healthz` (127.0.0.1:10248) with 200.
+    pub fn wait_kubelet_after(&self, starts: u32) -> Result<()> {
+        let service = self
+            .kubelet
+            .as_ref()
+            .context("the kubelet is not started")?;
+        let deadline = Instant::now() + KUBELET_RESTART_DEADLINE;
+        let mut last = String::from("not started again");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "the kubelet is not healthy within {KUBELET_RESTART_DEADLINE:?} of its restart                      ({last}):\n{}",
+                    self.logs(40)
+                );
+            }
+            if service.wait_for(left, |s| s.starts > starts && s.pid.is_some()) {
+                match super::health::get(
+                    "127.0.0.1",
+                    10248,
+                    "/healthz",
+                    false,
+                    "localhost",
+                    Duration::from_secs(2),
+                ) {
+                    Ok(r) if r.status == 200 => return Ok(()),
+                    Ok(r) => last = format!("/healthz {}", r.status),
+                    Err(e) => last = format!("/healthz: {e:#}"),
+                }
+            }
+            // Polling the health endpoint until the deadline, as a service manager's check does.
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The kubelet's root directory (`/var/lib/kubelet` on a node).
@@ -301,17 +599,20 @@ imageGCLowThresholdPercent: 99
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        for (name, child) in [
-            ("containerd", &mut self.containerd),
-            ("kubelet", &mut self.kubelet),
-        ] {
-            if let Some(c) = child {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!(
-                        "{name} exited ({status}):\n{}",
-                        tail(&self.root.join(format!("var/log/{name}.log")), 40)
-                    );
-                }
+        if let Some(c) = &mut self.containerd {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!(
+                    "containerd exited ({status}):\n{}",
+                    tail(&self.log("containerd"), 40)
+                );
+            }
+        }
+        if let Some(k) = &self.kubelet {
+            if let Some(exit) = k.state().last_exit.clone() {
+                bail!(
+                    "the kubelet {exit} while the node came up:\n{}",
+                    tail(&self.log("kubelet"), 40)
+                );
             }
         }
         Ok(())
@@ -380,7 +681,9 @@ imageGCLowThresholdPercent: 99
     /// Stops the kubelet, kills and deletes every container task, stops containerd, and
     /// unmounts what the kubelet mounted under the root. Idempotent.
     pub fn stop(&mut self) {
-        Self::stop_child(&mut self.kubelet);
+        if let Some(k) = self.kubelet.take() {
+            k.stop();
+        }
         if self.containerd.is_some() {
             if let Ok(tasks) = self.ctr(&["tasks", "ls", "-q"], &[]) {
                 for id in tasks.split_whitespace() {
