@@ -185,10 +185,18 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
     locks.extend(reviews.clone());
     let mut events: BTreeSet<Rule> = [rule("events", "", "create")].into();
     events.extend(reviews.clone());
+    // [sa_keys]: the key identity ConfigMap, watched by every agent (list/watch by name: the
+    // watcher's field selector), updated and first created by control-plane agents.
+    let mut sa_keys: BTreeSet<Rule> = [
+        rule("configmaps", "certreload-sa-keys", "get list watch update"),
+        rule("configmaps", "", "create"),
+    ]
+    .into();
+    sa_keys.extend(reviews);
     let expected: [(&str, BTreeSet<Rule>); 3] = [
         ("certreload", locks),
         ("default", events),
-        ("kube-system", reviews.into()),
+        ("kube-system", sa_keys),
     ];
     for (namespace, want) in expected {
         let baseline = can_i_list(&cp, nobody, namespace);
@@ -201,7 +209,7 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
         println!("-n {namespace}: beyond every user's rules, {SERVICE_ACCOUNT} may: {extra:?}");
         assert_eq!(
             extra, want,
-            "-n {namespace}: exactly what the agent uses (Events about its Node in default; lock Leases in certreload)"
+            "-n {namespace}: exactly what the agent uses (Events about its Node in default; lock Leases in certreload; the key identity ConfigMap in kube-system)"
         );
         // What every user has (printed for the record) writes nothing but self reviews.
         println!("-n {namespace}: what every ServiceAccount may: {baseline:?}");
@@ -231,6 +239,15 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
         ("get", "secrets", "certreload"),
         ("create", "events", "certreload"),
         ("get", "nodes", ""),
+        // [sa_keys]: that one ConfigMap, in kube-system only, and never deleted or patched.
+        ("list", "configmaps", "kube-system"),
+        ("watch", "configmaps", "kube-system"),
+        ("get", "configmaps/kubeadm-config", "kube-system"),
+        ("update", "configmaps/kube-proxy", "kube-system"),
+        ("delete", "configmaps/certreload-sa-keys", "kube-system"),
+        ("patch", "configmaps/certreload-sa-keys", "kube-system"),
+        ("get", "configmaps/certreload-sa-keys", "default"),
+        ("create", "configmaps", "default"),
     ] {
         let mut args = vec![
             "auth".to_string(),
@@ -252,6 +269,22 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
             answer.lines().any(|l| l.trim() == "no"),
             "{SERVICE_ACCOUNT} may {verb} {resource} -n {namespace:?}: {answer}"
         );
+    }
+    // And the authorizer's yes for what [sa_keys] does (the watcher lists and watches with
+    // fieldSelector metadata.name, which is authorized as that resource name).
+    for verb in ["get", "list", "watch", "update"] {
+        let answer = cp
+            .kubectl(&[
+                "auth",
+                "can-i",
+                verb,
+                "configmaps/certreload-sa-keys",
+                "-n",
+                "kube-system",
+                &format!("--as={SERVICE_ACCOUNT}"),
+            ])
+            .unwrap_or_else(|e| panic!("{SERVICE_ACCOUNT} may not {verb} the key identity: {e:#}"));
+        assert_eq!(answer.trim(), "yes", "{verb}: {answer}");
     }
 }
 

@@ -47,6 +47,8 @@ struct State {
     /// Why the latest start failed (manifest unreadable, binary missing), if it did.
     error: Option<String>,
     stopping: bool,
+    /// Held stopped by the test ([`Supervised::hold`]): not started again until released.
+    held: bool,
 }
 
 /// One supervised static pod.
@@ -151,6 +153,12 @@ impl Supervised {
     fn run(self: Arc<Self>) {
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // A held component stays down (an outage the test makes) until released or stopped.
+            drop(
+                self.changed
+                    .wait_while(self.state(), |s| s.held && !s.stopping)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
             if self.state().stopping {
                 return;
             }
@@ -214,6 +222,31 @@ impl Supervised {
             .wait_timeout_while(s, timeout, |s| !pred(s.starts, s.pid))
             .unwrap_or_else(PoisonError::into_inner);
         pred(s.starts, s.pid)
+    }
+
+    /// Stops the process (SIGTERM, SIGKILL after the grace period) and keeps it down until
+    /// [`Supervised::release`]: an outage of the component, e.g. the API server, in the middle
+    /// of a test. Returns once no process runs.
+    pub(crate) fn hold(&self) {
+        let pid = {
+            let mut s = self.state();
+            s.held = true;
+            s.pid
+        };
+        self.changed.notify_all();
+        if let Some(pid) = pid {
+            signal(pid, libc::SIGTERM);
+            if !self.wait_for(STOP_GRACE, |_, p| p != Some(pid)) {
+                signal(pid, libc::SIGKILL);
+                self.wait_for(STOP_GRACE, |_, p| p != Some(pid));
+            }
+        }
+    }
+
+    /// Ends a [`Supervised::hold`]: the component is started again at once.
+    pub(crate) fn release(&self) {
+        self.state().held = false;
+        self.changed.notify_all();
     }
 
     /// Stops supervising: SIGTERM to the process, SIGKILL after a grace period, thread joined.
