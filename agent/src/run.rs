@@ -21,8 +21,8 @@ use crate::{
     propagation::{
         board::SaKeysBoard,
         follow::{self, FollowedKeys},
-        tracker::{self, PodTokenBoard},
         publish,
+        tracker::{self, PodTokenBoard},
     },
     proxy::{
         listener::{Listener, ListenerContext},

@@ -111,7 +111,13 @@ fn render_pod_tokens(out: &mut String, t: &PodTokensStatus) {
             (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
             _ => token.uid.clone(),
         };
-        let kid: String = token.kid.as_deref().unwrap_or("-").chars().take(12).collect();
+        let kid: String = token
+            .kid
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(12)
+            .collect();
         let reason = match (&token.reason, token.stale_for_s) {
             (Some(r), Some(s)) => format!("{r} for {}", countdown(s as i64)),
             (Some(r), None) => r.clone(),
@@ -120,7 +126,11 @@ fn render_pod_tokens(out: &mut String, t: &PodTokensStatus) {
         out.push_str(&format!(
             "{pod:<40} {:<24} {:<8} {kid:<16} {reason}\n",
             token.volume,
-            if token.state == "stale" { "STALE" } else { token.state.as_str() },
+            if token.state == "stale" {
+                "STALE"
+            } else {
+                token.state.as_str()
+            },
         ));
     }
 }
@@ -296,7 +306,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(countdown(-90), "EXPIRED 1m 30s");
-        assert!(!text.contains("pod tokens"), "no [pod_tokens], no section: {text}");
+        assert!(
+            !text.contains("pod tokens"),
+            "no [pod_tokens], no section: {text}"
+        );
     }
 
     #[test]
@@ -323,7 +336,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("default/web-1") && text.contains("STALE") && text.contains("outgoing_key for 1m 15s"),
+            text.contains("default/web-1")
+                && text.contains("STALE")
+                && text.contains("outgoing_key for 1m 15s"),
             "{text}"
         );
     }

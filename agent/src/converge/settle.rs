@@ -219,7 +219,9 @@ mod tests {
             &[probe("a", "b", 1000)],
             Some(Duration::from_millis(50)),
         );
-        let rechecks = feed.rechecks(PSEUDO_BUNDLE).expect("pod-tokens has a probe");
+        let rechecks = feed
+            .rechecks(PSEUDO_BUNDLE)
+            .expect("pod-tokens has a probe");
         feed.request_recheck(PSEUDO_BUNDLE);
         assert!(rechecks.has_changed().expect("open"));
         let since = Instant::now();

@@ -299,6 +299,13 @@ fn parse_action(
     }))
 }
 
+/// `bundle = "pod-tokens"` without the tracker.
+const NEEDS_POD_TOKENS: &str =
+    "\"pod-tokens\" is the token tracker's pseudo-bundle: it needs a [pod_tokens] section";
+/// `bundle = "pod-tokens"` with `on = "accepted"`.
+const ONLY_ON_STALE: &str =
+    "\"pod-tokens\" has no generations to accept: its actions run on = \"stale\"";
+
 /// Why the action's `bundle` (and, for the pseudo-bundle, its `on`) cannot be used, with the
 /// field at fault; `None` when it can. `pod-tokens` is the token tracker's: it exists only with
 /// `[pod_tokens]`, and it has stale notices but no generations to accept.
@@ -308,17 +315,13 @@ fn bundle_problem(
     pod_tokens: bool,
 ) -> Option<(&'static str, String)> {
     if a.bundle == PSEUDO_BUNDLE {
-        if !pod_tokens {
-            return Some(("bundle", format!(
-                "{PSEUDO_BUNDLE:?} is the token tracker's pseudo-bundle: it needs a [pod_tokens] section"
-            )));
-        }
-        if a.on != ActionTrigger::Stale {
-            return Some(("on", format!(
-                "{PSEUDO_BUNDLE:?} has no generations to accept: its actions run on = \"stale\""
-            )));
-        }
-        return None;
+        return if !pod_tokens {
+            Some(("bundle", NEEDS_POD_TOKENS.into()))
+        } else if a.on != ActionTrigger::Stale {
+            Some(("on", ONLY_ON_STALE.into()))
+        } else {
+            None
+        };
     }
     if kind_of(bundles, &a.bundle).is_none() {
         return Some(("bundle", format!("no bundle named {:?}", a.bundle)));
