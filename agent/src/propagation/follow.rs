@@ -42,8 +42,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) type FollowedKeys = watch::Receiver<Option<PublishedKeys>>;
 
 /// Starts the follower when `[sa_keys] follow` is on. The receiver sees every new valid content
-/// of the ConfigMap; its sender lives until the agent stops. Without `[sa_keys] follow` (or
-/// without API credentials, logged) the value stays `None`.
+/// of the ConfigMap. Its sender lives until the agent stops in every case, so a reader's
+/// `changed()` never fails early: without `[sa_keys] follow` (or without API credentials,
+/// logged) the value just stays `None`.
 pub(crate) fn start(
     config: &Config,
     audit: &SharedAudit,
@@ -52,6 +53,11 @@ pub(crate) fn start(
 ) -> FollowedKeys {
     let (tx, rx) = watch::channel(None);
     let Some(settings) = config.sa_keys.as_ref().filter(|s| s.follow) else {
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            stop.recv().await;
+            drop(tx);
+        });
         return rx;
     };
     let follower = Follower {
@@ -60,7 +66,6 @@ pub(crate) fn start(
         board: board.clone(),
         keys: tx,
         lost: None,
-        resource_version: String::new(),
     };
     tokio::spawn(follower.run(stop.clone()));
     rx
@@ -75,8 +80,6 @@ struct Follower {
     keys: watch::Sender<Option<PublishedKeys>>,
     /// Since when and why the watch is lost (`None`: connected, or not yet tried).
     lost: Option<(Instant, String)>,
-    /// The resourceVersion of the content last taken.
-    resource_version: String,
 }
 
 /// Why one watcher ended.
@@ -193,7 +196,6 @@ impl Follower {
                 return;
             }
         };
-        self.resource_version.clone_from(&resource_version);
         if self.keys.borrow().as_ref() == Some(&keys) {
             return;
         }
@@ -276,7 +278,6 @@ mod tests {
             board: board.clone(),
             keys: tx,
             lost: None,
-            resource_version: String::new(),
         };
         follower.take(&object(keys(1, 1).to_data(), "10"));
         assert_eq!(rx.borrow().as_ref(), Some(&keys(1, 1)));
