@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::{
     converge::probe::ProbeStatus,
-    propagation::tracker::PodTokensStatus,
+    propagation::{board::SaKeysStatus, tracker::PodTokensStatus},
     status::{BundleStatus, LastChange, ListenerStatus, Status},
 };
 
@@ -80,6 +80,9 @@ pub(crate) fn render(status: &Status) -> String {
     render_bundles(&mut out, &status.bundles, now);
     render_listeners(&mut out, &status.listeners);
     render_probes(&mut out, &status.probes);
+    if let Some(k) = &status.sa_keys {
+        render_sa_keys(&mut out, k);
+    }
     if let Some(t) = &status.pod_tokens {
         render_pod_tokens(&mut out, t);
     }
@@ -131,6 +134,34 @@ fn render_pod_tokens(out: &mut String, t: &PodTokensStatus) {
             } else {
                 token.state.as_str()
             },
+        ));
+    }
+}
+
+/// `[sa_keys]`: what this agent published and what it follows (kids shortened to 12 characters,
+/// as in the pod tokens' table), and whether the follower's watch is connected.
+fn render_sa_keys(out: &mut String, k: &SaKeysStatus) {
+    let watch = match k.watch_connected {
+        Some(true) => "watch connected",
+        Some(false) => "WATCH LOST",
+        None => "not followed",
+    };
+    out.push_str(&format!("\nsa keys ({}): {watch}\n", k.configmap));
+    for (what, o) in [("published", &k.published), ("followed", &k.followed)] {
+        let Some(o) = o else { continue };
+        let short = |kid: &str| kid.chars().take(12).collect::<String>();
+        out.push_str(&format!(
+            "  {what}: generation {} by {} at {} (resourceVersion {}): signing kid {}, kids {}\n",
+            o.generation,
+            o.publisher,
+            o.published_at,
+            o.resource_version,
+            short(&o.signing_kid),
+            o.kids
+                .iter()
+                .map(|k| short(k))
+                .collect::<Vec<_>>()
+                .join(" "),
         ));
     }
 }
@@ -264,6 +295,30 @@ fn countdown(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_sa_keys_section() {
+        let kid = |c: char| std::iter::repeat_n(c, 43).collect::<String>();
+        let object = |generation: u64| {
+            serde_json::json!({"kids": [kid('a'), kid('b')], "signing_kid": kid('b'),
+                "generation": generation, "publisher": "cp-1", "published_at": "t",
+                "resource_version": "42"})
+        };
+        let doc = serde_json::json!({
+            "monitor": {"mode": "ebpf", "ringbuf_drops": 0},
+            "bundles": [], "listeners": [], "probes": [],
+            "sa_keys": {"configmap": "kube-system/certreload-sa-keys", "published": object(3),
+                "followed": object(3), "watch_connected": false}
+        });
+        let doc: Status = serde_json::from_value(doc).expect("a status document");
+        let text = render(&doc);
+        assert!(
+            text.contains("sa keys (kube-system/certreload-sa-keys): WATCH LOST")
+                && text.contains("  published: generation 3 by cp-1")
+                && text.contains("  followed: generation 3 by cp-1 at t (resourceVersion 42): signing kid bbbbbbbbbbbb, kids aaaaaaaaaaaa bbbbbbbbbbbb"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_bundles_and_listeners() {
