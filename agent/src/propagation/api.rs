@@ -59,6 +59,20 @@ impl ApiError {
     }
 }
 
+/// Says, once at start, when the configured ConfigMap is not the default one: deploy/rbac.yaml's
+/// Role grants the agent that one object only, so another needs the Role changed with it (else
+/// every request is refused, 403).
+pub(crate) fn note_rbac(namespace: &str, name: &str) {
+    if (namespace, name) != (super::keys::DEFAULT_NAMESPACE, super::keys::DEFAULT_NAME) {
+        tracing::warn!(
+            configmap = %format!("{namespace}/{name}"),
+            "[sa_keys] configmap is not {}/{}: deploy/rbac.yaml's Role certreload-sa-keys grants that one only; change it to match",
+            super::keys::DEFAULT_NAMESPACE,
+            super::keys::DEFAULT_NAME
+        );
+    }
+}
+
 /// A client with the in-cluster (or KUBECONFIG) credentials.
 pub(crate) async fn client(configmap: &str) -> Result<Client, ApiError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, Client::try_default()).await {

@@ -105,6 +105,7 @@ impl Follower {
             }
         };
         tracing::info!(configmap = %configmap, "following the ServiceAccount key identity");
+        api::note_rbac(&self.settings.namespace, &self.settings.name);
         let api: Api<ConfigMap> = Api::namespaced(client, &self.settings.namespace);
         let mut backoff = FIRST_BACKOFF;
         loop {

@@ -71,6 +71,10 @@ pub(crate) async fn start(
         }
     };
     tracing::info!(configmap = %settings.configmap(), bundle = %bundle, node = %node, "publishing the ServiceAccount key identity");
+    if !settings.follow {
+        // The follower says it otherwise.
+        api::note_rbac(&settings.namespace, &settings.name);
+    }
     let publisher = Publisher {
         api: Api::namespaced(client, &settings.namespace),
         settings: settings.clone(),
