@@ -131,6 +131,8 @@ impl Follower {
             watcher::Config::default().fields(&format!("metadata.name={}", self.settings.name));
         let stream = watcher::watcher(api.clone(), config);
         futures::pin_mut!(stream);
+        // Whether the current (re-)list found the object.
+        let mut listed = false;
         loop {
             let event = tokio::select! {
                 _ = stop.recv() => return Ended::Stopped,
@@ -140,9 +142,19 @@ impl Follower {
                 // The watcher's stream does not end; if it did, make a new one.
                 None => return Ended::Failed("the watch stream ended".into()),
                 Some(Err(e)) => return Ended::Failed(e.to_string()),
-                Some(Ok(Event::Init)) => {}
-                Some(Ok(Event::InitDone)) => self.connected(),
-                Some(Ok(Event::InitApply(object) | Event::Apply(object))) => {
+                Some(Ok(Event::Init)) => listed = false,
+                Some(Ok(Event::InitDone)) => {
+                    self.connected();
+                    if !listed {
+                        tracing::info!(configmap = %self.settings.configmap(), "the key identity ConfigMap does not exist (nothing published yet, or deleted); the last key identity followed, if any, stays in use");
+                    }
+                }
+                Some(Ok(Event::InitApply(object))) => {
+                    listed = true;
+                    self.connected();
+                    self.take(&object);
+                }
+                Some(Ok(Event::Apply(object))) => {
                     self.connected();
                     self.take(&object);
                 }
