@@ -70,7 +70,7 @@ pub(crate) struct RawPodTokens {
     deadline: Option<Spanned<String>>,
 }
 
-/// `[pod_tokens]` at `offset` (its table), checked against the configured `bundles`.
+/// `[pod_tokens]`, each duration range-checked, `cluster_ca` checked against the `bundles`.
 pub(crate) fn parse(
     src: &Source<'_>,
     raw: &Spanned<RawPodTokens>,
