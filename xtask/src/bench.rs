@@ -40,6 +40,9 @@ pub(crate) enum Which {
     },
     /// The TLS front against nginx: handshake rate (also while rotating), proxied throughput, RSS.
     Tls(crate::tls_bench::Params),
+    /// ServiceAccount key propagation on the real test node: key change on disk to the last pod's
+    /// token with the new key id, certreload against stock Kubernetes.
+    Propagation(crate::propagation_bench::Params),
 }
 
 /// Runs the selected benchmark and prints its tables.
@@ -56,6 +59,7 @@ pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
             crate::setup::install(&crate::setup::TLS_BENCH_PACKAGES)?;
             crate::tls_bench::run(&built.agent, &params)
         }
+        Which::Propagation(params) => crate::propagation_bench::run(built, &params),
     }
 }
 

@@ -13,6 +13,7 @@ mod gate_bench;
 mod images;
 mod manifests;
 mod peers;
+mod propagation_bench;
 mod secret_volume;
 mod setup;
 mod tls_bench;
