@@ -452,6 +452,7 @@ pub(super) fn kubeadm_with(root: &Path, settings: &KubeadmSettings, own_token: &
         Some(Err(line)) => w.skipped.push(line.into()),
         None => {}
     }
+    super::sa_keys::sa_keys(&mut w);
     super::pod_tokens::pod_tokens(&mut w);
     Generated {
         toml: w.out,

@@ -14,6 +14,7 @@ mod kubeadm;
 mod kubelet;
 mod overlay;
 mod pod_tokens;
+mod sa_keys;
 mod writer;
 
 use std::path::{Path, PathBuf};
