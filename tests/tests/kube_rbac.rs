@@ -181,6 +181,10 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
     let reviews = [
         rule("tokenreviews.authentication.k8s.io", "", "create"),
         rule("subjectaccessreviews.authorization.k8s.io", "", "create"),
+        // The root-CA probe (ClusterRole certreload-root-ca, so listed in every namespace too):
+        // the namespaces, and kube-root-ca.crt by name in each.
+        rule("namespaces", "", "list"),
+        rule("configmaps", "kube-root-ca.crt", "get"),
     ];
     locks.extend(reviews.clone());
     let mut events: BTreeSet<Rule> = [rule("events", "", "create")].into();
@@ -239,6 +243,19 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
         ("get", "secrets", "certreload"),
         ("create", "events", "certreload"),
         ("get", "nodes", ""),
+        // The root-CA probe: no ConfigMap listed or watched anywhere, no other one read, and a
+        // namespace is listed, never read, watched or changed.
+        ("list", "configmaps", "default"),
+        ("watch", "configmaps", "default"),
+        (
+            "get",
+            "configmaps/extension-apiserver-authentication",
+            "kube-system",
+        ),
+        ("update", "configmaps/kube-root-ca.crt", "default"),
+        ("get", "namespaces/default", ""),
+        ("watch", "namespaces", ""),
+        ("delete", "namespaces/default", ""),
         // [sa_keys]: that one ConfigMap, in kube-system only, and never deleted or patched.
         ("list", "configmaps", "kube-system"),
         ("watch", "configmaps", "kube-system"),
@@ -285,6 +302,22 @@ fn serviceaccount_may_do_exactly_what_the_agent_uses_and_no_more() {
             ])
             .unwrap_or_else(|e| panic!("{SERVICE_ACCOUNT} may not {verb} the key identity: {e:#}"));
         assert_eq!(answer.trim(), "yes", "{verb}: {answer}");
+    }
+    // And the yes for what the root-CA probe does, in a namespace the agent has nothing else in.
+    for (verb, resource, namespace) in [
+        ("list", "namespaces", None),
+        ("get", "configmaps/kube-root-ca.crt", Some("kube-public")),
+        ("get", "configmaps/kube-root-ca.crt", Some("default")),
+    ] {
+        let as_agent = format!("--as={SERVICE_ACCOUNT}");
+        let mut args = vec!["auth", "can-i", verb, resource, as_agent.as_str()];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let answer = cp
+            .kubectl(&args)
+            .unwrap_or_else(|e| panic!("{SERVICE_ACCOUNT} may not {verb} {resource}: {e:#}"));
+        assert_eq!(answer.trim(), "yes", "{verb} {resource}: {answer}");
     }
 }
 
