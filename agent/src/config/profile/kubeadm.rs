@@ -440,6 +440,7 @@ pub(super) fn kubeadm_with(root: &Path, settings: &KubeadmSettings, own_token: &
     w.bundle(&KUBELET_CLIENT_BUNDLE);
 
     probes(&mut w, &jwks_identity);
+    root_ca_probe(&mut w, own_token);
     control_plane_actions(&mut w);
     match kubelet::restart_needed(&kubelet, settings) {
         Some(Ok(why)) => w.action(
@@ -497,14 +498,6 @@ fn probes(w: &mut Writer<'_>, identity: &JwksCredential) {
             ..*probe
         });
     }
-    if w.has(CONTROLLER_MANAGER_KUBECONFIG) {
-        w.probe(&ROOT_CA_PROBE);
-    } else {
-        w.skipped.push(format!(
-            "probe {}: kube-controller-manager does not run on this node (no {CONTROLLER_MANAGER_KUBECONFIG}), skipped",
-            ROOT_CA_PROBE.name
-        ));
-    }
     match identity {
         JwksCredential::OwnToken(token) => w.probe(&Probe {
             bearer: Some(token),
@@ -515,6 +508,44 @@ fn probes(w: &mut Writer<'_>, identity: &JwksCredential) {
             ..JWKS_PROBE
         }),
         JwksCredential::None => {}
+    }
+}
+
+/// Writes the root-CA probe where kube-controller-manager runs and the agent has Kubernetes API
+/// credentials (what its client reads: `KUBECONFIG`, `~/.kube/config`, or its ServiceAccount
+/// token in a pod). Without them every check would be unknown and, at the deadline, a stale
+/// verdict that restarts the controller-manager for nothing.
+fn root_ca_probe(w: &mut Writer<'_>, own_token: &Path) {
+    let name = ROOT_CA_PROBE.name;
+    if !w.has(CONTROLLER_MANAGER_KUBECONFIG) {
+        w.skipped.push(format!(
+            "probe {name}: kube-controller-manager does not run on this node (no {CONTROLLER_MANAGER_KUBECONFIG}), skipped"
+        ));
+        return;
+    }
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .filter(|k| !k.is_empty())
+        .map(|k| format!("KUBECONFIG={}", Path::new(&k).display()))
+        .or_else(|| {
+            let home = PathBuf::from(std::env::var_os("HOME")?).join(".kube/config");
+            home.is_file().then(|| home.display().to_string())
+        });
+    let credentials = kubeconfig.or_else(|| {
+        own_token
+            .is_file()
+            .then(|| format!("the ServiceAccount token {}", own_token.display()))
+    });
+    match credentials {
+        Some(c) => {
+            w.skipped.push(format!(
+                "probe {name}: reads the namespaces' kube-root-ca.crt through the Kubernetes API with {c}"
+            ));
+            w.probe(&ROOT_CA_PROBE);
+        }
+        None => w.skipped.push(format!(
+            "probe {name}: no Kubernetes credentials (no KUBECONFIG, no ~/.kube/config, no ServiceAccount token at {}): nothing can read the namespaces, skipped",
+            own_token.display()
+        )),
     }
 }
 

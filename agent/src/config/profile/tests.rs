@@ -772,14 +772,25 @@ fn the_root_ca_probe_and_its_restart_action_are_written_where_the_controller_man
     const PROBE: &str = "kube-root-ca-configmaps";
     const ACTION: &str = "kube-controller-manager-restart-on-root-ca";
     let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path();
+    let root = &tmp.path().join("host");
     control_plane(root);
-    let (config, _) = load(Profile::Kubeadm, root, None).expect("profile");
+    // In a pod: the agent's own ServiceAccount token is its Kubernetes credential.
+    let token = tmp.path().join("pod/serviceaccount/token");
+    std::fs::create_dir_all(token.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&token, "pod-token").expect("write");
+    let (config, lines) = load_with(Profile::Kubeadm, root, None, &token).expect("profile");
     let p = config
         .probes
         .iter()
         .find(|p| p.name == PROBE)
         .expect("the root-CA probe on a control-plane node");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("probe {PROBE}:"))
+                && l.contains(&token.display().to_string())),
+        "{lines:?}"
+    );
     assert_eq!(
         (p.bundle.as_str(), p.check.name(), p.deadline.as_secs()),
         ("kubernetes-ca", "root-ca-configmaps", 180)
@@ -792,7 +803,7 @@ fn the_root_ca_probe_and_its_restart_action_are_written_where_the_controller_man
         root,
         &format!("[[action]]\nname = \"{ACTION}\"\nenabled = true\n"),
     );
-    let (config, _) = load(Profile::Kubeadm, root, Some(&file)).expect("profile");
+    let (config, _) = load_with(Profile::Kubeadm, root, Some(&file), &token).expect("profile");
     let a = &config.actions[0];
     assert_eq!(
         (a.id(), a.bundle.as_str(), a.on),
@@ -807,9 +818,27 @@ fn the_root_ca_probe_and_its_restart_action_are_written_where_the_controller_man
         Some("kube-controller-manager")
     );
 
+    // No Kubernetes credentials (outside a pod, no kubeconfig): every check would be unknown,
+    // and stale at the deadline, restarting the controller-manager for nothing: left out.
+    let home_config =
+        std::env::var_os("HOME").is_some_and(|h| Path::new(&h).join(".kube/config").is_file());
+    if std::env::var_os("KUBECONFIG").is_none() && !home_config {
+        std::fs::remove_file(&token).expect("rm");
+        let (config, lines) = load_with(Profile::Kubeadm, root, None, &token).expect("profile");
+        assert!(!config.probes.iter().any(|p| p.name == PROBE));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("probe {PROBE}:"))
+                    && l.contains("no Kubernetes credentials")),
+            "{lines:?}"
+        );
+        std::fs::write(&token, "pod-token").expect("write");
+    }
+
     // A worker: the cluster CA is there, the controller-manager's kubeconfig is not.
     std::fs::remove_file(root.join("etc/kubernetes/controller-manager.conf")).expect("rm");
-    let (config, lines) = load(Profile::Kubeadm, root, None).expect("profile");
+    let (config, lines) = load_with(Profile::Kubeadm, root, None, &token).expect("profile");
     assert!(config.bundles.iter().any(|b| b.name == "kubernetes-ca"));
     assert!(!config.probes.iter().any(|p| p.name == PROBE));
     assert!(
