@@ -227,6 +227,14 @@ struct Tracked {
     stale: Option<StaleMark>,
 }
 
+/// What a scan is judged against, and when (`wall`: the same instant as `now`, on the wall
+/// clock).
+struct Moment<'a> {
+    reference: &'a Reference,
+    now: Instant,
+    wall: SystemTime,
+}
+
 /// What one scan produced.
 #[derive(Debug)]
 pub(crate) struct ScanOutcome {
@@ -288,13 +296,18 @@ impl Tracker {
             self.identity = identity;
             self.epoch += 1;
         }
+        let at = Moment {
+            reference,
+            now,
+            wall,
+        };
         let mut events = Vec::new();
         let mut seen = BTreeMap::new();
         for token in scanned {
             let state = judge(&token, reference);
             let previous = self.tokens.remove(&token.volume.dir);
-            let tracked =
-                self.transition(&token, previous, state, reference, now, wall, &mut events);
+            let (tracked, event) = self.transition(&token, previous, state, &at);
+            events.extend(event);
             seen.insert(token.volume.dir, tracked);
         }
         for (dir, gone) in std::mem::replace(&mut self.tokens, seen) {
@@ -315,42 +328,36 @@ impl Tracker {
         }
     }
 
-    /// One token's new state, auditing the transition: to stale (or from one stale reason to
-    /// another), and from stale to current.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one transition's inputs, each used once"
-    )]
+    /// One token's new state, and the record of its transition: to stale (or from one stale
+    /// reason to another), or from stale to current.
     fn transition(
         &self,
         token: &ScannedToken,
         previous: Option<Tracked>,
         state: TokenState,
-        reference: &Reference,
-        now: Instant,
-        wall: SystemTime,
-        events: &mut Vec<AuditEvent>,
-    ) -> Tracked {
+        at: &Moment<'_>,
+    ) -> (Tracked, Option<AuditEvent>) {
         let mut t = tracked(token, previous.as_ref(), state);
         let mark = previous.and_then(|p| p.stale);
+        let mut event = None;
         match (&t.state, mark) {
             (TokenState::Stale(reason), mark) => {
                 if mark.is_none_or(|m| m.reason != *reason) {
-                    events.push(self.stale_event(&t, *reason, wall));
+                    event = Some(self.stale_event(&t, *reason, at.wall));
                 }
                 t.stale = Some(StaleMark {
                     reason: *reason,
-                    since: mark.map_or(now, |m| m.since),
+                    since: mark.map_or(at.now, |m| m.since),
                 });
             }
             (TokenState::Current, Some(m)) => {
-                events.push(refreshed_event(&t, m, reference, now, wall));
+                event = Some(refreshed_event(&t, m, at));
                 t.stale = None;
             }
             (TokenState::Current, None) => t.stale = None,
             (TokenState::Unknown(_), mark) => t.stale = mark,
         }
-        t
+        (t, event)
     }
 
     fn stale_event(&self, t: &Tracked, reason: StaleReason, wall: SystemTime) -> AuditEvent {
@@ -451,13 +458,7 @@ fn tracked(token: &ScannedToken, previous: Option<&Tracked>, state: TokenState) 
     }
 }
 
-fn refreshed_event(
-    t: &Tracked,
-    mark: StaleMark,
-    reference: &Reference,
-    now: Instant,
-    wall: SystemTime,
-) -> AuditEvent {
+fn refreshed_event(t: &Tracked, mark: StaleMark, at: &Moment<'_>) -> AuditEvent {
     AuditEvent::TokenRefreshed {
         namespace: t.namespace.clone().unwrap_or_default(),
         pod: t.pod.clone().unwrap_or_default(),
@@ -465,11 +466,12 @@ fn refreshed_event(
         volume: t.volume.clone(),
         kid: t.kid.clone().unwrap_or_default(),
         reason: mark.reason.as_str().into(),
-        seconds_since_change: reference
+        seconds_since_change: at
+            .reference
             .changed_at(mark.reason)
-            .and_then(|at| wall.duration_since(at).ok())
+            .and_then(|changed| at.wall.duration_since(changed).ok())
             .map(|d| d.as_secs_f64()),
-        stale_for_s: now.saturating_duration_since(mark.since).as_secs_f64(),
+        stale_for_s: at.now.saturating_duration_since(mark.since).as_secs_f64(),
     }
 }
 
