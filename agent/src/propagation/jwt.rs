@@ -160,6 +160,8 @@ fn part<T: serde::de::DeserializeOwned>(text: &str, which: Part) -> Result<T, Jw
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn b64(json: &serde_json::Value) -> String {
@@ -258,6 +260,25 @@ pub(crate) mod tests {
                 !shown.contains(signature) && !shown.contains(claims),
                 "{shown}"
             );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_no_error_quotes_it(
+            text in "[A-Za-z0-9_=.-]{0,400}",
+        ) {
+            // Only a panic fails: any input may be refused, but never quoted.
+            if let Err(e) = decode(&text) {
+                let shown = e.to_string();
+                prop_assert!(text.len() < 12 || !shown.contains(&text), "{}", shown);
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_parts_never_panic(header in ".{0,200}", claims in ".{0,400}") {
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            decode(&format!("{}.{}.c2ln", b64(&header), b64(&claims))).ok();
         }
     }
 }
