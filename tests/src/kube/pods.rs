@@ -14,7 +14,7 @@
 //!   kubelet restart leaves every sandbox and container running.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
-use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
+use rustls::pki_types::{pem::PemObject, CertificateDer, SubjectPublicKeyInfoDer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -258,6 +258,19 @@ impl Workload {
             .collect()
     }
 
+    /// Each pod's `ca.crt` beside its token, as SHA-256 fingerprints of its certificates (`None`
+    /// while it is missing or unreadable).
+    pub fn ca_bundles(&self) -> Vec<Option<BTreeSet<String>>> {
+        self.pods
+            .iter()
+            .map(|p| {
+                let token = token_files(&self.kubelet_root, &p.uid).into_iter().next()?;
+                let pem = std::fs::read_to_string(token.with_file_name("ca.crt")).ok()?;
+                Some(cert_fingerprints(&pem))
+            })
+            .collect()
+    }
+
     /// The set of pod uids, as the agent reports stale pods.
     pub fn uids(&self) -> Vec<String> {
         self.pods.iter().map(|p| p.uid.clone()).collect()
@@ -318,6 +331,14 @@ impl Workload {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// SHA-256 (hex) of every certificate in a PEM text.
+pub fn cert_fingerprints(pem: &str) -> BTreeSet<String> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| crate::sha256_hex(c.as_ref()))
+        .collect()
 }
 
 /// The containers' tasks on the node (sandboxes and containers): id → pid.
