@@ -591,21 +591,6 @@ networking:
         self.wait_ready_after(component, starts)
     }
 
-    /// Stops `component` and keeps it down (the harness does not start it again) until
-    /// [`ControlPlane::resume`]: an outage, e.g. of the API server, in the middle of a test.
-    pub fn pause(&self, component: &str) {
-        self.component(component).hold();
-    }
-
-    /// Ends a [`ControlPlane::pause`]: starts `component` again and waits until it is ready.
-    pub fn resume(&self, component: &str) -> Result<()> {
-        let c = self.component(component);
-        // wait_ready_after compares its argument with the start count: a start after this one.
-        let starts = c.starts();
-        c.release();
-        self.wait_ready_after(component, starts)
-    }
-
     /// Who holds `component`'s leader-election Lease (`kube-system/<component>`) and when it
     /// was last renewed; `None` while there is no such Lease.
     pub fn leader(&self, component: &str) -> Result<Option<Leader>> {
