@@ -337,6 +337,28 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
     replace(&sa_key, &std::fs::read(&new_key).expect("new key"));
     let (p3, f3) = agents.published_and_followed(3, &both, &new_kid, (seq(&p2), seq(&f2)));
     let rv3 = p3["resource_version"].as_str().expect("rv").to_string();
+    // The figures for docs/kubernetes.md: from the publisher's change record of sa.key to its
+    // acceptance, its publication and the follower's record (one clock: both agents run here).
+    let changed = publisher
+        .records()
+        .into_iter()
+        .find(|r| {
+            r["event"] == "change_detected"
+                && r["path"] == sa_key.display().to_string().as_str()
+                && seq(r) > seq(&p2)
+        })
+        .expect("the change of sa.key recorded");
+    let accepted = publisher
+        .records()
+        .into_iter()
+        .find(|r| r["event"] == "material_accepted" && r["new_generation"] == 3)
+        .expect("generation 3 accepted");
+    println!(
+        "sa.key replaced: accepted +{:.0} ms, published +{:.0} ms, followed by the other agent +{:.0} ms (from the change record)",
+        ms_between(&changed, &accepted),
+        ms_between(&changed, &p3),
+        ms_between(&changed, &f3)
+    );
 
     // (c) A private key that is not among the public keys: rejected, nothing published.
     let (stray_key, _) = new_key_pair(d, "sa-stray");
@@ -355,8 +377,20 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
     replace(&sa_key, &std::fs::read(&new_key).expect("new key"));
 
     // (d) The API server goes down: the follower audits the lost watch.
+    let stopping = Instant::now();
     cp.pause(APISERVER);
     let down = Instant::now();
+    // kube-apiserver's graceful shutdown waits for open HTTP/1.1 watches (kube-rs' protocol) up
+    // to its 60 s request timeout: the follower's short watches keep a restart quick.
+    println!(
+        "the API server exited {:.1} s after SIGTERM with the follower watching",
+        (down - stopping).as_secs_f64()
+    );
+    assert!(
+        down - stopping < Duration::from_secs(12),
+        "the follower's watch held the API server's shutdown for {:?} (SIGKILL after 15 s)",
+        down - stopping
+    );
     let lost = agents.follower_record("sa_keys_watch_lost", seq(&f3), WITHIN, |r| {
         r["event"] == "sa_keys_watch_lost"
     });
@@ -521,6 +555,29 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
     assert_eq!(ps["sa_keys"]["published"]["generation"], 1, "{ps}");
     follower.stop();
     publisher.stop();
+}
+
+/// Milliseconds from record `a`'s `ts` to record `b`'s (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC; the
+/// records are seconds apart, so a date change adds a day).
+fn ms_between(a: &Value, b: &Value) -> f64 {
+    let parts = |r: &Value| {
+        let text = r["ts"].as_str().unwrap_or_else(|| panic!("no ts in {r}"));
+        let (date, time) = text
+            .trim_end_matches('Z')
+            .split_once('T')
+            .unwrap_or_else(|| panic!("ts {text:?}"));
+        let seconds: f64 = time
+            .split(':')
+            .map(|f| {
+                f.parse::<f64>()
+                    .unwrap_or_else(|e| panic!("ts {text:?}: {e}"))
+            })
+            .fold(0.0, |acc, f| acc * 60.0 + f);
+        (date.to_string(), seconds)
+    };
+    let ((date_a, a), (date_b, b)) = (parts(a), parts(b));
+    let day = if date_a == date_b { 0.0 } else { 86_400.0 };
+    (b + day - a) * 1000.0
 }
 
 /// Replaces the ConfigMap's data (as the cluster admin): an outdated or foreign publication.

@@ -8,9 +8,9 @@
 //!   made while the watch was lost is seen as soon as the API server answers
 //!   (`sa_keys_watch_resumed`, then `sa_keys_followed` if the content changed).
 //! - Each new content is checked field by field ([`PublishedKeys::from_data`]); a malformed one is
-//!   logged with the check that failed and the last good value stays. A deleted object is logged;
-//!   the last value stays too (no key identity is better than a stale one only if nothing was
-//!   ever published).
+//!   logged with the check that failed and the last good value stays. A deleted object is logged
+//!   and the last value stays too: the keys it named are still the ones the API server accepts
+//!   until a publisher writes others.
 //! - `sa_keys_followed` is audited once per new content (a different key identity, generation or
 //!   publisher), not per resourceVersion.
 
@@ -36,6 +36,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest pause between attempts while the watch is lost: a change made during an API server
 /// outage is seen at most this long after the server answers again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long the API server keeps one watch request open before ending it (the watch's
+/// `timeoutSeconds`; the watcher then watches again from the last resourceVersion, without a new
+/// list). Kept short because kube-rs speaks HTTP/1.1: kube-apiserver's graceful shutdown waits
+/// for an HTTP/1.1 watch to end (HTTP/2 streams are cut after a GOAWAY) up to its 60 s request
+/// timeout unless `--shutdown-watch-termination-grace-period` is set, which kubeadm does not; a
+/// follower holding the default 290 s watch made every API server restart (the SA key rotation's
+/// restart action included) take a minute. One resumed watch per node every 5 s is the same
+/// order of load as the kubelets' Lease renewals.
+const WATCH_TIMEOUT_S: u32 = 5;
 
 /// The key identity the cluster's control plane published, as this node follows it: `None`
 /// until a valid one was read.
@@ -127,8 +137,9 @@ impl Follower {
 
     /// One watcher, from its initial list until it fails or the agent stops.
     async fn watch(&mut self, api: &Api<ConfigMap>, stop: &mut Shutdown) -> Ended {
-        let config =
-            watcher::Config::default().fields(&format!("metadata.name={}", self.settings.name));
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.settings.name))
+            .timeout(WATCH_TIMEOUT_S);
         let stream = watcher::watcher(api.clone(), config);
         futures::pin_mut!(stream);
         // Whether the current (re-)list found the object.
