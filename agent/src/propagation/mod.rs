@@ -8,5 +8,5 @@ pub(crate) mod follow;
 pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod pods;
-pub(crate) mod tracker;
 pub(crate) mod publish;
+pub(crate) mod tracker;
