@@ -51,6 +51,7 @@ use certreload_e2e::{
     },
     Agent,
 };
+use serde_json::Value;
 
 /// The seed's promise: tokens current within 5 minutes of the key change.
 const PROMISE: Duration = Duration::from_secs(300);
@@ -280,13 +281,35 @@ exec = ["/bin/sh", "-c", "kill $(cat {pidfile})"]
     run
 }
 
+/// Prints why each action ran (the stale verdicts and the runs' triggers), for reading the
+/// figures: key ids and namespaces only, never a token.
+fn explain(records: &[Value]) {
+    for r in records {
+        let line = match r["event"].as_str() {
+            Some("endpoint_stale") => format!(
+                "  endpoint_stale probe {} observed {}",
+                r["probe"], r["observed"]
+            ),
+            Some("action_run") => format!(
+                "  action_run {} trigger {} generation {} success {}",
+                r["action"], r["trigger"], r["generation"], r["success"]
+            ),
+            Some("lock_wait" | "lock_acquired") => {
+                format!("  {} {} {}", r["event"], r["action"], r["reason"])
+            }
+            _ => continue,
+        };
+        eprintln!("{line}");
+    }
+}
+
 fn sa_agent(cp: &ControlPlane, node: &Node, n: usize, cap: Duration) -> Measured {
     let work = Workload::start(node, "bench-sa-agent", n).expect("the workload");
     let dir = tempfile::tempdir().expect("tempdir");
     let run = start(cp, node, dir.path(), "");
     let (key, t0, ready) = rotate_sa(cp, dir.path());
     let (per_pod, actions) = watch(&work, t0, cap, Some(&run.agent), has_kid(&key.kid));
-    run.stop();
+    explain(&run.stop());
     work.delete(node).expect("the workload is deleted");
     Measured {
         label: "certreload (kubeadm profile)".to_string(),
@@ -328,7 +351,7 @@ fn ca_agent(
     );
     let (bundle, t0) = rotate_ca(cp);
     let (per_pod, actions) = watch(&work, t0, cap, Some(&run.agent), holds(&bundle));
-    run.stop();
+    explain(&run.stop());
     work.delete(node).expect("the workload is deleted");
     Measured {
         label: deadline.map_or_else(
