@@ -27,7 +27,7 @@
 //!   (it reads `--root-ca-file` once; without the restart no namespace's `kube-root-ca.crt` ever
 //!   changes, tests/tests/kube_root_ca.rs), and the kubelet updates `ca.crt` on its own.
 //! - **certreload**: the same agent, also with `kube-controller-manager-restart-on-root-ca`
-//!   enabled (the profile's `kube-root-ca-configmaps` probe, deadline 180 s, decides when),
+//!   enabled (the profile's `kube-root-ca-configmaps` probe, deadline 60 s, decides when),
 //!   `[pod_tokens] cluster_ca = "kubernetes-ca"` (the profile's), no operator.
 //! - **certreload, probe deadline 20 s**: the same with that probe's deadline shortened, to show
 //!   what the deadline costs.
@@ -57,7 +57,7 @@ use serde_json::Value;
 const PROMISE: Duration = Duration::from_secs(300);
 const KUBELET_ACTION: &str = "kubelet-restart-on-stale-tokens";
 const KCM_ACTION: &str = "kube-controller-manager-restart-on-root-ca";
-/// A shorter deadline for the root-CA probe, measured beside the profile's 180 s.
+/// A shorter deadline for the root-CA probe, measured beside the profile's 60 s.
 const SHORT_DEADLINE_S: u64 = 20;
 /// The controller-manager's CSR signing certificate, apart from `ca.crt` (the old CA alone).
 const SIGNER_CRT: &str = "/etc/kubernetes/pki/ca-signer.crt";
@@ -323,7 +323,7 @@ fn sa_agent(cp: &ControlPlane, node: &Node, n: usize, cap: Duration) -> Measured
 }
 
 /// The root-CA rotation with the agent; `deadline`: the `kube-root-ca-configmaps` probe's
-/// deadline (`None`: the profile's 180 s), after which its stale verdict restarts the
+/// deadline (`None`: the profile's 60 s), after which its stale verdict restarts the
 /// controller-manager.
 fn ca_agent(
     cp: &ControlPlane,

@@ -442,7 +442,8 @@ impl Config {
         };
         let listeners = listener::parse(&src, &raw.listeners, &bundles)?;
         let probes = converge::parse_probes(&src, &raw.probes, &bundles)?;
-        let actions = converge::parse_actions(&src, &raw.actions, &bundles, pod_tokens.is_some())?;
+        let actions =
+            converge::parse_actions(&src, &raw.actions, &bundles, &probes, pod_tokens.is_some())?;
         let events = EventsSettings {
             enabled: raw.events.enabled,
             namespace: raw

@@ -496,6 +496,7 @@ mod tests {
             name: None,
             bundle: "b".into(),
             on: ActionTrigger::Accepted,
+            probe: None,
             command,
             timeout: Duration::from_millis(timeout_ms),
             min_interval: Duration::from_millis(min_interval_ms),

@@ -30,6 +30,8 @@ pub(crate) type ProbeBoard = Arc<std::sync::Mutex<BTreeMap<String, probe::ProbeS
 pub(crate) struct StaleNotice {
     /// The probed bundle.
     pub bundle: String,
+    /// The probe that found it stale (actions with a `probe` filter run only for theirs).
+    pub probe: String,
     /// The generation the endpoint should reflect.
     pub generation: u64,
 }
@@ -120,9 +122,9 @@ fn start_actions(
     store: &GenerationStore,
     ctx: &action::ActionContext,
     shutdown: &crate::shutdown::Shutdown,
-) -> BTreeMap<String, Vec<mpsc::Sender<u64>>> {
+) -> StaleRoutes {
     let mut locks: BTreeMap<String, Arc<Mutex<()>>> = BTreeMap::new();
-    let mut on_stale: BTreeMap<String, Vec<mpsc::Sender<u64>>> = BTreeMap::new();
+    let mut on_stale: StaleRoutes = BTreeMap::new();
     for a in &config.actions {
         let (tx, rx) = mpsc::channel(16);
         let lock = locks.entry(a.bundle.clone()).or_default().clone();
@@ -134,7 +136,10 @@ fn start_actions(
             shutdown.clone(),
         ));
         match a.on {
-            ActionTrigger::Stale => on_stale.entry(a.bundle.clone()).or_default().push(tx),
+            ActionTrigger::Stale => on_stale
+                .entry(a.bundle.clone())
+                .or_default()
+                .push((a.probe.clone(), tx)),
             ActionTrigger::Accepted => {
                 let Some(mut generations) = store.subscribe(&a.bundle) else {
                     continue;
@@ -171,11 +176,15 @@ async fn forward_accepted(
     }
 }
 
+/// The `on = "stale"` actions by bundle: each one's `probe` filter (`None`: every probe of the
+/// bundle) and its trigger.
+type StaleRoutes = BTreeMap<String, Vec<(Option<String>, mpsc::Sender<u64>)>>;
+
 /// Triggers the `on = "stale"` actions of a bundle with the generation each stale notice names,
 /// until `stop`.
 async fn route_stale(
     mut stale_rx: mpsc::Receiver<StaleNotice>,
-    on_stale: BTreeMap<String, Vec<mpsc::Sender<u64>>>,
+    on_stale: StaleRoutes,
     mut stop: crate::shutdown::Shutdown,
 ) {
     loop {
@@ -183,12 +192,62 @@ async fn route_stale(
             _ = stop.recv() => return,
             notice = stale_rx.recv() => {
                 let Some(notice) = notice else { return };
-                for tx in on_stale.get(&notice.bundle).into_iter().flatten() {
+                let routes = on_stale.get(&notice.bundle).into_iter().flatten();
+                for (_, tx) in routes.filter(|(only, _)| only.as_ref().is_none_or(|p| *p == notice.probe)) {
                     // Full: runs are queued, and the action coalesces them to the newest
                     // generation anyway. Closed: the action has stopped.
                     tx.try_send(notice.generation).ok();
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_notice_runs_the_bundles_actions_filtered_on_its_probe() {
+        let (any_tx, mut any_rx) = mpsc::channel(4);
+        let (root_ca_tx, mut root_ca_rx) = mpsc::channel(4);
+        let (other_tx, mut other_rx) = mpsc::channel(4);
+        let routes: StaleRoutes = BTreeMap::from([
+            (
+                "kubernetes-ca".to_string(),
+                vec![
+                    (None, any_tx),
+                    (Some("kube-root-ca-configmaps".to_string()), root_ca_tx),
+                ],
+            ),
+            ("etcd-ca".to_string(), vec![(None, other_tx)]),
+        ]);
+        let (stale_tx, stale_rx) = mpsc::channel(4);
+        let (stop, shutdown) = crate::shutdown::channel();
+        let router = tokio::spawn(route_stale(stale_rx, routes, shutdown));
+        let notice = |probe: &str, generation| StaleNotice {
+            bundle: "kubernetes-ca".into(),
+            probe: probe.into(),
+            generation,
+        };
+        stale_tx
+            .send(notice("kube-apiserver-client-ca", 2))
+            .await
+            .expect("router runs");
+        stale_tx
+            .send(notice("kube-root-ca-configmaps", 3))
+            .await
+            .expect("router runs");
+        assert_eq!(any_rx.recv().await, Some(2));
+        assert_eq!(any_rx.recv().await, Some(3));
+        assert_eq!(
+            root_ca_rx.recv().await,
+            Some(3),
+            "only its own probe's verdict runs the filtered action"
+        );
+        stop.stop();
+        router.await.expect("router stops");
+        assert!(root_ca_rx.try_recv().is_err());
+        assert!(other_rx.try_recv().is_err(), "another bundle's action");
     }
 }

@@ -425,6 +425,7 @@ fn record(
         tracing::warn!(probe = %config.name, endpoint = %config.endpoint, generation = target.number, trigger, seconds, observed = %v.observed, "endpoint stale");
         let notice = StaleNotice {
             bundle: config.bundle.clone(),
+            probe: config.name.clone(),
             generation: target.number,
         };
         if ctx.stale.try_send(notice).is_err() {

@@ -403,6 +403,7 @@ impl Tracker {
         self.last_notice = Some((self.epoch, now));
         Some(StaleNotice {
             bundle: PSEUDO_BUNDLE.into(),
+            probe: PSEUDO_BUNDLE.into(),
             generation: self.epoch,
         })
     }

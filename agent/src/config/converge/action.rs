@@ -7,7 +7,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::kind_of;
-use crate::config::{bounds, pod_tokens::PSEUDO_BUNDLE, BundleConfig, ConfigError, Source};
+use crate::config::{
+    bounds, pod_tokens::PSEUDO_BUNDLE, BundleConfig, ConfigError, ProbeConfig, Source,
+};
 
 /// When an action runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +54,10 @@ pub(crate) struct ActionConfig {
     pub bundle: String,
     /// When.
     pub on: ActionTrigger,
+    /// With `on = "stale"`: only this probe's stale verdicts trigger it (`None`: any probe of the
+    /// bundle). A controller-manager restart meant for stale `kube-root-ca.crt` ConfigMaps must
+    /// not run because a probe of another endpoint of the same CA bundle saw its API server down.
+    pub probe: Option<String>,
     /// What.
     pub command: ActionCommand,
     /// A command still running after this is killed (and recorded as timed out).
@@ -195,6 +201,7 @@ pub(crate) struct RawAction {
     enabled: bool,
     bundle: String,
     on: ActionTrigger,
+    probe: Option<Spanned<String>>,
     exec: Option<Vec<String>>,
     signal: Option<String>,
     pidfile: Option<PathBuf>,
@@ -221,16 +228,29 @@ const SIGNALS: [(&str, i32); 6] = [
 
 /// Every `[[action]]`; `pod_tokens`: whether `[pod_tokens]` is configured, which is what makes
 /// the pseudo-bundle `pod-tokens` a bundle actions may name.
+/// `probes`: the configured probes, which a `probe` filter must name.
 pub(crate) fn parse_actions(
     src: &Source<'_>,
     raw: &[Spanned<RawAction>],
     bundles: &[BundleConfig],
+    probes: &[ProbeConfig],
     pod_tokens: bool,
 ) -> Result<Vec<ActionConfig>, ConfigError> {
     let mut out = Vec::new();
     for spanned in raw {
         let offset = spanned.span().start;
-        if let Some(action) = parse_action(src, offset, spanned.get_ref(), bundles, pod_tokens)? {
+        let action = spanned.get_ref();
+        if let Some(probe) = &action.probe {
+            if let Some(problem) = probe_filter_problem(action, probe.get_ref(), probes) {
+                let name = action.name.as_deref().unwrap_or(&action.bundle);
+                return Err(src.invalid(
+                    probe.span().start,
+                    format!("action[{name}].probe"),
+                    problem,
+                ));
+            }
+        }
+        if let Some(action) = parse_action(src, offset, action, bundles, pod_tokens)? {
             out.push(action);
         }
     }
@@ -281,6 +301,7 @@ fn parse_action(
         name: a.name.clone(),
         bundle: a.bundle.clone(),
         on: a.on,
+        probe: a.probe.as_ref().map(|p| p.get_ref().clone()),
         command,
         timeout: duration(
             &a.timeout,
@@ -297,6 +318,30 @@ fn parse_action(
         line: src.line(offset),
         lock,
     }))
+}
+
+/// Why `probe = "NAME"` cannot filter this action's triggers, or `None`: it goes with
+/// `on = "stale"` and names a configured probe of the action's bundle (the pseudo-bundle's only
+/// verdicts are its own, probe `pod-tokens`).
+fn probe_filter_problem(a: &RawAction, probe: &str, probes: &[ProbeConfig]) -> Option<String> {
+    if a.on != ActionTrigger::Stale {
+        return Some(
+            "probe goes with on = \"stale\" (it names whose stale verdicts run it)".into(),
+        );
+    }
+    if a.bundle == PSEUDO_BUNDLE {
+        return (probe != PSEUDO_BUNDLE).then(|| {
+            format!("{probe:?}: the only probe of {PSEUDO_BUNDLE:?} is {PSEUDO_BUNDLE:?}")
+        });
+    }
+    match probes.iter().find(|p| p.name == probe) {
+        None => Some(format!("no probe named {probe:?}")),
+        Some(p) if p.bundle != a.bundle => Some(format!(
+            "probe {probe:?} checks bundle {:?}, not this action's {:?}",
+            p.bundle, a.bundle
+        )),
+        Some(_) => None,
+    }
 }
 
 /// `bundle = "pod-tokens"` without the tracker.

@@ -471,3 +471,37 @@ fn a_root_ca_probe_reads_through_the_api_and_its_concurrency_is_bounded() {
         "{e}"
     );
 }
+
+#[test]
+fn a_stale_action_may_name_the_one_probe_whose_verdicts_run_it() {
+    let probes = "[[probe]]\nname = \"p-srv\"\nendpoint = \"127.0.0.1:1\"\nbundle = \"srv\"\n[[probe]]\nname = \"p-ca\"\nendpoint = \"127.0.0.1:2\"\nbundle = \"ca\"\nclient_bundle = \"cli\"\n";
+    let action = |on: &str, probe: &str| {
+        format!("{probes}[[action]]\nbundle = \"srv\"\non = \"{on}\"\nprobe = \"{probe}\"\nexec = [\"/bin/true\"]\n")
+    };
+    let config = parse(&action("stale", "p-srv")).expect("valid");
+    assert_eq!(config.actions[0].probe.as_deref(), Some("p-srv"));
+    let without = parse(&format!(
+        "{probes}[[action]]\nbundle = \"srv\"\non = \"stale\"\nexec = [\"/bin/true\"]\n"
+    ))
+    .expect("valid");
+    assert_eq!(without.actions[0].probe, None, "any probe of the bundle");
+    let e = error(&action("stale", "nope"));
+    assert!(
+        e.contains("action[srv].probe") && e.contains("no probe named \"nope\""),
+        "{e}"
+    );
+    let e = error(&action("stale", "p-ca"));
+    assert!(
+        e.contains("checks bundle \"ca\", not this action's \"srv\""),
+        "{e}"
+    );
+    let e = error(&action("accepted", "p-srv"));
+    assert!(e.contains("probe goes with on = \"stale\""), "{e}");
+    assert!(
+        e.contains(&format!(
+            "t.toml:{}",
+            line_of(&action("accepted", "p-srv"), "probe = ")
+        )),
+        "{e}"
+    );
+}

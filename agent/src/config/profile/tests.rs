@@ -642,12 +642,30 @@ fn restart_actions_for_material_read_once_exist_and_stay_off() {
         .map(|a| format!("[[action]]\nname = \"{a}\"\nenabled = true\n"))
         .collect();
     let file = overlay(root, &enable);
-    let (config, _) = load(Profile::Kubeadm, root, Some(&file)).expect("profile");
+    // Without credentials the root-CA probe is not written, nor the restart that runs on it.
+    let (_, lines) = load(Profile::Kubeadm, root, None).expect("profile");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "action {}: runs on probe kube-root-ca-configmaps",
+            actions[0]
+        ))),
+        "{lines:#?}"
+    );
+    // With the agent's own ServiceAccount token (in its pod, outside the host root).
+    let token = tmp.path().join("pod/serviceaccount/token");
+    std::fs::create_dir_all(token.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&token, "pod-token").expect("write");
+    let (config, _) = load_with(Profile::Kubeadm, root, Some(&file), &token).expect("profile");
     let got: Vec<_> = config
         .actions
         .iter()
         .map(|a| (a.id(), a.bundle.clone(), a.on))
         .collect();
+    // Only the root-CA probe's stale verdicts run it, not another kubernetes-ca probe's.
+    assert_eq!(
+        config.actions[0].probe.as_deref(),
+        Some("kube-root-ca-configmaps")
+    );
     use crate::config::ActionTrigger::{Accepted, Stale};
     assert_eq!(
         got,
@@ -793,7 +811,7 @@ fn the_root_ca_probe_and_its_restart_action_are_written_where_the_controller_man
     );
     assert_eq!(
         (p.bundle.as_str(), p.check.name(), p.deadline.as_secs()),
-        ("kubernetes-ca", "root-ca-configmaps", 180)
+        ("kubernetes-ca", "root-ca-configmaps", 60)
     );
     assert_eq!(p.endpoint, "*/kube-root-ca.crt");
     assert_eq!(p.client_bundle, None);

@@ -17,6 +17,19 @@ pub(super) struct Writer<'a> {
     pub(super) skipped: Vec<String>,
     /// The bundles written so far (probes and actions need theirs).
     bundles: Vec<&'static str>,
+    /// The probes written so far (an action filtered on a probe needs it).
+    probes: Vec<String>,
+}
+
+/// What runs a profile's action.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Trigger<'a> {
+    /// Each newly accepted generation of the bundle.
+    Accepted,
+    /// Any probe of the bundle stale at its deadline.
+    Stale,
+    /// This probe of the bundle stale at its deadline (`probe = "NAME"`).
+    StaleProbe(&'a str),
 }
 
 /// One `[[bundle]]`: files relative to the host root, by config field.
@@ -101,6 +114,7 @@ impl<'a> Writer<'a> {
             ),
             skipped: Vec::new(),
             bundles: Vec::new(),
+            probes: Vec::new(),
         }
     }
 
@@ -169,6 +183,7 @@ impl<'a> Writer<'a> {
             ));
             return;
         }
+        self.probes.push(p.name.to_string());
         if let Check::RootCaConfigMaps = p.check {
             self.line(format_args!(
                 "\n[[probe]]\nname = \"{}\"\nbundle = \"{}\"",
@@ -208,15 +223,30 @@ impl<'a> Writer<'a> {
         &mut self,
         name: &str,
         bundle: &str,
-        on: &str,
+        trigger: Trigger<'_>,
         why: &str,
         argv: &[String],
     ) {
         if !self.has(bundle) {
             return;
         }
+        if let Trigger::StaleProbe(probe) = trigger {
+            if !self.probes.iter().any(|p| p == probe) {
+                self.skipped.push(format!(
+                    "action {name}: runs on probe {probe}'s stale verdicts, and that probe is not written here, skipped"
+                ));
+                return;
+            }
+        }
+        let on = match trigger {
+            Trigger::Accepted => "accepted",
+            Trigger::Stale | Trigger::StaleProbe(_) => "stale",
+        };
         self.line(format_args!("\n# {why}\n[[action]]\nname = \"{name}\"\nenabled = false\nbundle = \"{bundle}\"\non = \"{on}\"\nexec = {argv:?}\ntimeout = \"120s\"\nmin_interval = \"10m\""
         ));
+        if let Trigger::StaleProbe(probe) = trigger {
+            self.line(format_args!("probe = \"{probe}\""));
+        }
         if let Some(lock) = CONTROL_PLANE_LOCKS
             .iter()
             .find(|l| name.starts_with(&format!("{l}-")))
