@@ -373,20 +373,27 @@ impl Tracker {
         }
     }
 
-    /// A notice when a token has been stale for `grace`: the first of this epoch, or `deadline`
-    /// after the last notice or action run (an action cycle that did not make it current).
+    /// A notice when a token has been stale for `grace` (`deadline` when only its `ca.crt` is:
+    /// the kubelet copies a new `kube-root-ca.crt` into every pod by itself on its next sync,
+    /// and a restart before the controller-manager published it changes nothing, as bench
+    /// propagation showed): the first of this epoch, or `deadline` after the last notice or
+    /// action run (an action cycle that did not make it current).
     fn notice(&mut self, converged: bool, now: Instant) -> Option<StaleNotice> {
         if converged {
             self.last_notice = None;
             return None;
         }
-        let oldest = self
-            .tokens
-            .values()
-            .filter(|t| matches!(t.state, TokenState::Stale(_)))
-            .filter_map(|t| t.stale.map(|m| m.since))
-            .min()?;
-        if now.saturating_duration_since(oldest) < self.grace {
+        let due_after = |reason: StaleReason| match reason {
+            StaleReason::Ca => self.deadline,
+            StaleReason::OutgoingKey | StaleReason::UnpublishedKey => self.grace,
+        };
+        let ripe = self.tokens.values().any(|t| match (&t.state, t.stale) {
+            (TokenState::Stale(reason), Some(mark)) => {
+                now.saturating_duration_since(mark.since) >= due_after(*reason)
+            }
+            _ => false,
+        });
+        if !ripe {
             return None;
         }
         let due = match self.last_notice {
@@ -901,6 +908,33 @@ mod tests {
         pod(n.dir.path(), "a", 3, &n.ca.pem);
         let out = scan(&mut t, n.dir.path(), &r2, at(402));
         assert!(out.converged && out.notice.is_none());
+    }
+
+    #[test]
+    fn a_ca_only_staleness_waits_for_the_kubelets_own_sync_until_the_deadline() {
+        let n = node();
+        let new_ca = crate::test_pki::ca("cluster-2");
+        pod(n.dir.path(), "a", 2, &n.ca.pem);
+        let mut t = Tracker::new(GRACE, DEADLINE);
+        let r = Reference {
+            keys: Some(published(&[2], 2, n.changed)),
+            cluster_ca: Some(ca_generation(2, &[&n.ca, &new_ca], n.changed)),
+        };
+        let at = |s: u64| n.t0 + Duration::from_secs(s);
+        let out = scan(&mut t, n.dir.path(), &r, at(0));
+        assert_eq!(
+            records(&out.events),
+            [("token_stale", "a".into(), "ca".into())]
+        );
+        assert!(
+            scan(&mut t, n.dir.path(), &r, at(31)).notice.is_none(),
+            "past grace, but a kubelet restart cannot bring a CA the ConfigMap does not hold yet"
+        );
+        assert!(scan(&mut t, n.dir.path(), &r, at(299)).notice.is_none());
+        assert!(
+            scan(&mut t, n.dir.path(), &r, at(300)).notice.is_some(),
+            "still stale at the deadline: the kubelet did not sync it"
+        );
     }
 
     #[test]
