@@ -52,3 +52,66 @@ pub fn file_fingerprint(path: &Path) -> String {
         .expect("x509");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Runs `openssl ARGS` (in `dir` when given, so relative file names in ARGS are under it). The
+/// error carries the arguments and openssl's stderr, which never holds key material.
+pub fn try_run(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<()> {
+    let mut openssl = Command::new("openssl");
+    openssl.args(args);
+    if let Some(dir) = dir {
+        openssl.current_dir(dir);
+    }
+    let out = openssl
+        .output()
+        .map_err(|e| anyhow::anyhow!("openssl runs: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// [`try_run`] in the current directory, as a test step: a failure fails the test.
+pub fn run(args: &[&str]) {
+    try_run(None, args).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// [`try_run`] in `dir`, as a test step: a failure fails the test.
+pub fn run_in(dir: &Path, args: &[&str]) {
+    try_run(Some(dir), args).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Writes the public half of the private key file `key` to `public` (PEM SubjectPublicKeyInfo,
+/// the form of kubeadm's `sa.pub`).
+pub fn write_public_key(key: &Path, public: &Path) -> anyhow::Result<()> {
+    try_run(
+        None,
+        &[
+            "pkey",
+            "-in",
+            &key.display().to_string(),
+            "-pubout",
+            "-out",
+            &public.display().to_string(),
+        ],
+    )
+}
+
+/// A new RSA 2048 key pair, as kubeadm makes `sa.key`/`sa.pub`: the private key to `key`
+/// (PKCS#8 PEM) and its public half to `public`.
+pub fn new_rsa_key_pair(key: &Path, public: &Path) -> anyhow::Result<()> {
+    try_run(
+        None,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &key.display().to_string(),
+        ],
+    )?;
+    write_public_key(key, public)
+}

@@ -6,22 +6,9 @@ use std::{
     process::Command,
 };
 
-use certreload_e2e::openssl::available as have_openssl;
+use certreload_e2e::openssl::{available as have_openssl, run_in as openssl};
 use certreload_e2e::{certreload_bin, skip_unless};
 use serde_json::Value;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A self-signed server certificate for `key` (PEM file in `dir`).
 fn self_signed(dir: &Path, key: &str, cert: &str) {

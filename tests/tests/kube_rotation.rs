@@ -34,28 +34,15 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, leaf_sha256, replace, restart_counts, seq, start_agent},
+        pods::key_ids,
         ControlPlane, ADVERTISE_ADDRESS, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG,
         SCHEDULER,
     },
+    openssl,
     pki::{Leaf, TestCa},
     Agent,
 };
-use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-/// Kubernetes' key id of every public key in a PEM file, computed here independently of the
-/// agent: base64url (unpadded) of the SHA-256 of the DER SubjectPublicKeyInfo
-/// (`keyIDFromPublicKey`, pkg/serviceaccount/jwt.go).
-fn key_ids(pem: &Path) -> Vec<String> {
-    SubjectPublicKeyInfoDer::pem_file_iter(pem)
-        .unwrap_or_else(|e| panic!("{}: {e}", pem.display()))
-        .map(|k| {
-            let spki = k.unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(spki.as_ref()))
-        })
-        .collect()
-}
 
 /// The `kid` in a JWT's header (base64url JSON; the signature is not checked here). The token
 /// itself never appears in a message.
@@ -567,7 +554,7 @@ fn sa_key_rotation_jwks_stale_until_the_restart_action_then_tokens_carry_the_new
         }
     );
     let pki = cp.pki();
-    let old_kids = key_ids(&pki.join("sa.pub"));
+    let old_kids = key_ids(&pki.join("sa.pub")).expect("key ids of a PEM file");
     assert_eq!(old_kids.len(), 1, "kubeadm writes one SA key: {old_kids:?}");
 
     let run = start_agent(
@@ -640,36 +627,11 @@ min_interval = "1s"
     // with the old key stay valid), then sa.key = the new key.
     let new_key = dir.path().join("sa-new.key");
     let new_pub = dir.path().join("sa-new.pub");
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let key_arg = new_key.display().to_string();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &key_arg,
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        &key_arg,
-        "-pubout",
-        "-out",
-        &new_pub.display().to_string(),
-    ]);
-    let new_kid = key_ids(&new_pub).pop().expect("the new key's id");
+    openssl::new_rsa_key_pair(&new_key, &new_pub).expect("openssl makes a key pair");
+    let new_kid = key_ids(&new_pub)
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("the new key's id");
     let old_pub = std::fs::read_to_string(pki.join("sa.pub")).expect("sa.pub");
     let new_pub_pem = std::fs::read_to_string(&new_pub).expect("new public key");
     replace(

@@ -25,7 +25,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -36,13 +35,12 @@ use certreload_e2e::{
         self,
         agent::{await_record_of, replace, seq},
         identity::{apply_identity, token_kubeconfig},
+        pods::key_ids,
         ControlPlane, APISERVER,
     },
-    Agent,
+    openssl, Agent,
 };
-use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const NAMESPACE: &str = "kube-system";
 const NAME: &str = "certreload-sa-keys";
@@ -51,18 +49,6 @@ const FOLLOWER: &str = "cr-sa-keys-follower";
 /// How long an agent gets to react to a change it can see.
 const WITHIN: Duration = Duration::from_secs(60);
 
-/// Kubernetes' key id of every public key in a PEM file, computed here: base64url (unpadded) of
-/// the SHA-256 of the DER SubjectPublicKeyInfo (`keyIDFromPublicKey`, pkg/serviceaccount/jwt.go).
-fn key_ids(pem: &Path) -> Vec<String> {
-    SubjectPublicKeyInfoDer::pem_file_iter(pem)
-        .unwrap_or_else(|e| panic!("{}: {e}", pem.display()))
-        .map(|k| {
-            let spki = k.unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(spki.as_ref()))
-        })
-        .collect()
-}
-
 /// Sorted, as the ConfigMap lists them.
 fn sorted(mut kids: Vec<String>) -> Vec<String> {
     kids.sort();
@@ -70,46 +56,19 @@ fn sorted(mut kids: Vec<String>) -> Vec<String> {
     kids
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The public half of a private key file, as PEM, written into `dir`.
 fn public_of(key: &Path, dir: &Path) -> PathBuf {
     let name = key.file_name().expect("a file").to_string_lossy();
     let public = dir.join(format!("{name}.public.pem"));
-    openssl(&[
-        "pkey",
-        "-in",
-        &key.display().to_string(),
-        "-pubout",
-        "-out",
-        &public.display().to_string(),
-    ]);
+    openssl::write_public_key(key, &public).expect("openssl writes the public key");
     public
 }
 
 /// A new RSA key pair in `dir`: (private key file, public key file).
 fn new_key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &key.display().to_string(),
-    ]);
-    let public = public_of(&key, dir);
+    let public = dir.join(format!("{name}.key.public.pem"));
+    openssl::new_rsa_key_pair(&key, &public).expect("openssl makes a key pair");
     (key, public)
 }
 
@@ -289,8 +248,11 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
         .expect("a token in the kubeconfig");
     let pki = cp.pki();
     let (sa_key, sa_pub) = (pki.join("sa.key"), pki.join("sa.pub"));
-    let old_kids = key_ids(&sa_pub);
-    let old_kid = key_ids(&public_of(&sa_key, d)).pop().expect("sa.key's kid");
+    let old_kids = key_ids(&sa_pub).expect("key ids of a PEM file");
+    let old_kid = key_ids(&public_of(&sa_key, d))
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("sa.key's kid");
     assert_eq!(
         old_kids,
         std::slice::from_ref(&old_kid),
@@ -328,7 +290,10 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
     // (b) The rotation: sa.pub = old + new (generation 2, still signing with the old key), then
     // sa.key = new (generation 3: the new signing kid).
     let (new_key, new_pub) = new_key_pair(d, "sa-new");
-    let new_kid = key_ids(&new_pub).pop().expect("the new kid");
+    let new_kid = key_ids(&new_pub)
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("the new kid");
     let old_pub_pem = std::fs::read_to_string(&sa_pub).expect("sa.pub");
     let new_pub_pem = std::fs::read_to_string(&new_pub).expect("new public key");
     replace(&sa_pub, format!("{old_pub_pem}{new_pub_pem}").as_bytes());
@@ -402,7 +367,10 @@ fn the_key_identity_is_published_on_every_accepted_generation_and_followed_throu
     // A key change while it is down (a third public key; the agents' token, signed with the
     // original key, stays valid after the restart): accepted, not publishable yet.
     let (_, third_pub) = new_key_pair(d, "sa-third");
-    let third_kid = key_ids(&third_pub).pop().expect("the third kid");
+    let third_kid = key_ids(&third_pub)
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("the third kid");
     let third_pem = std::fs::read_to_string(&third_pub).expect("third public key");
     replace(
         &sa_pub,

@@ -35,12 +35,12 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, replace, seq, start_agent},
+        pods::key_ids,
         ControlPlane, APISERVER,
     },
+    openssl,
 };
-use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const NAMESPACE: &str = "default";
 const ACCOUNT: &str = "pod-tokens-e2e";
@@ -49,18 +49,6 @@ const VOLUME: &str = "kube-api-access-e2e";
 const ACTION: &str = "refresh-pod-tokens";
 /// The start of every token kube-apiserver issues: base64url of `{"alg":"RS256","kid":`.
 const JWT_START: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6";
-
-/// Kubernetes' key id of every public key in a PEM file (unpadded base64url of the SHA-256 of
-/// the DER SubjectPublicKeyInfo), computed independently of the agent.
-fn key_ids(pem: &Path) -> Vec<String> {
-    SubjectPublicKeyInfoDer::pem_file_iter(pem)
-        .unwrap_or_else(|e| panic!("{}: {e}", pem.display()))
-        .map(|k| {
-            let spki = k.unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(spki.as_ref()))
-        })
-        .collect()
-}
 
 /// The `kid` of a token file's JWT header (the token never appears in a message).
 fn token_kid(path: &Path) -> String {
@@ -170,40 +158,11 @@ fn authenticates(cp: &ControlPlane, dir: &Path, path: &Path) -> bool {
     user.trim() == format!("true system:serviceaccount:{NAMESPACE}:{ACCOUNT}")
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A new SA key pair in `dir`: (private key file, public key file).
 fn new_sa_key(dir: &Path) -> (PathBuf, PathBuf) {
     let key = dir.join("sa-new.key");
     let public = dir.join("sa-new.pub");
-    let key_arg = key.display().to_string();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &key_arg,
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        &key_arg,
-        "-pubout",
-        "-out",
-        &public.display().to_string(),
-    ]);
+    openssl::new_rsa_key_pair(&key, &public).expect("openssl makes a key pair");
     (key, public)
 }
 
@@ -286,7 +245,10 @@ fn a_key_rotation_makes_exactly_the_old_tokens_stale_until_the_refresh_action_ma
             .join("token")
     };
     let pki = cp.pki();
-    let old_kid = key_ids(&pki.join("sa.pub")).pop().expect("sa.pub's key id");
+    let old_kid = key_ids(&pki.join("sa.pub"))
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("sa.pub's key id");
     for (uid, _) in &uids {
         assert_eq!(
             token_kid(&token_file(uid)),
@@ -355,7 +317,10 @@ lock = "kubelet"
     // The rotation: sa.pub = old + new (tokens of the old key stay valid), then sa.key = new,
     // then the API server restarted (it reads its keys once).
     let (new_key, new_pub) = new_sa_key(dir.path());
-    let new_kid = key_ids(&new_pub).pop().expect("the new key id");
+    let new_kid = key_ids(&new_pub)
+        .expect("key ids of a PEM file")
+        .pop()
+        .expect("the new key id");
     let old_pub = std::fs::read_to_string(pki.join("sa.pub")).expect("sa.pub");
     let both = format!(
         "{old_pub}{}",

@@ -378,29 +378,7 @@ impl SaKey {
     pub fn generate(dir: &Path) -> Result<SaKey> {
         let key = dir.join("sa-new.key");
         let public = dir.join("sa-new.pub");
-        let openssl = |args: &[&str]| -> Result<()> {
-            super::host::run(Command::new("openssl").args(args))
-                .with_context(|| format!("openssl {}", args[0]))
-                .map(drop)
-        };
-        let key_arg = key.display().to_string();
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &key_arg,
-        ])?;
-        openssl(&[
-            "pkey",
-            "-in",
-            &key_arg,
-            "-pubout",
-            "-out",
-            &public.display().to_string(),
-        ])?;
+        crate::openssl::new_rsa_key_pair(&key, &public).context("openssl: the new key pair")?;
         let kid = key_ids(&public)?
             .pop()
             .context("the new public key has no key id")?;
