@@ -34,9 +34,9 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, leaf_sha256, replace, restart_counts, seq, start_agent},
+        identity::token_file_kubeconfig,
         pods::key_ids,
-        ControlPlane, ADVERTISE_ADDRESS, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG,
-        SCHEDULER,
+        ControlPlane, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG, SCHEDULER,
     },
     openssl,
     pki::{Leaf, TestCa},
@@ -465,39 +465,6 @@ fn mint_token(cp: &ControlPlane, sa: &str, duration: &str, path: &Path) {
     write_secret(path, token.trim().as_bytes());
 }
 
-/// A kubeconfig that authenticates with the token in `token_file` (read by kubectl itself, so
-/// the token is never on a command line).
-fn token_kubeconfig(cp: &ControlPlane, dir: &Path, token_file: &Path) -> PathBuf {
-    let path = dir.join("token.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: https://{ADVERTISE_ADDRESS}:6443
-    certificate-authority: {ca}
-users:
-- name: token
-  user:
-    tokenFile: {token}
-contexts:
-- name: e2e
-  context:
-    cluster: e2e
-    user: token
-current-context: e2e
-",
-            ca = cp.pki().join("ca.crt").display(),
-            token = token_file.display(),
-        ),
-    )
-    .expect("write kubeconfig");
-    path
-}
-
 #[test]
 fn sa_key_rotation_jwks_stale_until_the_restart_action_then_tokens_carry_the_new_key_id() {
     let Some(cp) = kube::shared() else { return };
@@ -752,7 +719,7 @@ min_interval = "1s"
         "a token minted after the restart carries the new key id"
     );
     let user = kubectl_as(
-        &token_kubeconfig(&cp, dir.path(), &fresh),
+        &token_file_kubeconfig(&cp, dir.path(), &fresh).expect("write kubeconfig"),
         &[
             "auth",
             "whoami",

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::kube::ControlPlane;
+use crate::kube::{ControlPlane, ADVERTISE_ADDRESS};
 use serde_json::Value;
 
 /// The ServiceAccount the DaemonSet runs as.
@@ -67,6 +67,42 @@ pub fn token_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
     );
     std::fs::write(&path, config).expect("write the ServiceAccount kubeconfig");
     path
+}
+
+/// Writes `dir/token.kubeconfig`, which authenticates with the token in `token_file` through
+/// `tokenFile` (kubectl reads the file itself, so the token is on no command line and in no
+/// output); returns its path. For checking what the API server makes of a pod's projected token.
+pub fn token_file_kubeconfig(
+    cp: &ControlPlane,
+    dir: &Path,
+    token_file: &Path,
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join("token.kubeconfig");
+    let config = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: https://{ADVERTISE_ADDRESS}:6443
+    certificate-authority: {ca}
+users:
+- name: token
+  user:
+    tokenFile: {token}
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: token
+current-context: e2e
+",
+        ca = cp.pki().join("ca.crt").display(),
+        token = token_file.display(),
+    );
+    std::fs::write(&path, config)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// `kubectl get ARGS -o json`, polled until `found` picks something out of it or `within` passes.

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::{
     agent::replace,
     node::{Node, PAUSE_IMAGE},
-    ControlPlane, ADVERTISE_ADDRESS, APISERVER, NODE_NAME,
+    ControlPlane, APISERVER, NODE_NAME,
 };
 
 /// How long pods get to be Running (20 pods on a busy 2-core machine).
@@ -450,33 +450,8 @@ pub fn minted_kid(cp: &ControlPlane, namespace: &str, account: &str) -> Result<S
 /// command line and in no output).
 pub fn whoami(cp: &ControlPlane, token_file: &Path) -> Result<String> {
     let dir = tempfile::tempdir().context("tempdir")?;
-    let kubeconfig = dir.path().join("token.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: https://{ADVERTISE_ADDRESS}:6443
-    certificate-authority: {ca}
-users:
-- name: token
-  user:
-    tokenFile: {token}
-contexts:
-- name: e2e
-  context:
-    cluster: e2e
-    user: token
-current-context: e2e
-",
-            ca = cp.pki().join("ca.crt").display(),
-            token = token_file.display(),
-        ),
-    )
-    .context("writing the token kubeconfig")?;
+    let kubeconfig = super::identity::token_file_kubeconfig(cp, dir.path(), token_file)
+        .context("writing the token kubeconfig")?;
     let peers = PathBuf::from(std::env::var_os(super::PEERS_ENV).context(super::PEERS_ENV)?);
     super::host::run(
         Command::new(peers.join("kubectl"))
