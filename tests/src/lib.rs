@@ -108,6 +108,27 @@ pub fn certreload_bin() -> PathBuf {
     bin
 }
 
+/// Polls `check` every `every` until it returns `Some`, for at most `within`; `None` then. For
+/// waiting on an external component (API server, controller-manager, etcd) to reach a state it
+/// only reports on request.
+pub fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = check() {
+            return Some(t);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        // Waiting for an external component to reach a state it reports on request.
+        std::thread::sleep(every);
+    }
+}
+
 /// SHA-256 hex of `bytes`, as certreload prints it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -46,7 +46,10 @@ use certreload_e2e::{
         agent::{await_record, replace, start_agent, Run},
         identity::{apply_identity, token_kubeconfig},
         node::{self, Node},
-        pods::{cert_fingerprints, p50_max, publish_alongside, switch_signing, SaKey, Workload},
+        pods::{
+            cert_fingerprints, give_the_signer_its_own_certificate, p50_max, publish_alongside,
+            switch_signing, SaKey, Workload,
+        },
         ControlPlane, APISERVER, CONTROLLER_MANAGER,
     },
     Agent,
@@ -59,8 +62,6 @@ const KUBELET_ACTION: &str = "kubelet-restart-on-stale-tokens";
 const KCM_ACTION: &str = "kube-controller-manager-restart-on-root-ca";
 /// A shorter deadline for the root-CA probe, measured beside the profile's 60 s.
 const SHORT_DEADLINE_S: u64 = 20;
-/// The controller-manager's CSR signing certificate, apart from `ca.crt` (the old CA alone).
-const SIGNER_CRT: &str = "/etc/kubernetes/pki/ca-signer.crt";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -103,25 +104,6 @@ fn rotate_ca(cp: &ControlPlane) -> (BTreeSet<String>, Instant) {
     );
     replace(&path, bundle.as_bytes());
     (cert_fingerprints(&bundle), Instant::now())
-}
-
-/// Once per run, before the CA rotations: the controller-manager's CSR signer gets a file of its
-/// own with the old CA (it refuses a bundle), and the controller-manager restarts onto it.
-fn give_the_signer_its_own_certificate(cp: &ControlPlane) {
-    replace(
-        &cp.path(SIGNER_CRT),
-        &std::fs::read(cp.pki().join("ca.crt")).expect("ca.crt"),
-    );
-    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-cert-file", SIGNER_CRT)
-        .expect("edit the manifest");
-    let before = cp.leader(CONTROLLER_MANAGER).ok().flatten();
-    cp.restart(CONTROLLER_MANAGER)
-        .expect("the controller-manager restarts");
-    cp.wait_leading(
-        CONTROLLER_MANAGER,
-        before.as_ref().map(|l| l.holder.as_str()),
-    )
-    .expect("the controller-manager leads on its own signer file");
 }
 
 /// Every 100 ms from t0 until `done` holds for every pod or `cap` passed: per pod, when `done`

@@ -37,9 +37,10 @@ use certreload_e2e::{
         self,
         agent::{await_record, replace, restart_counts, seq, start_agent},
         identity::{apply_identity, token_kubeconfig},
+        pods::give_the_signer_its_own_certificate,
         ControlPlane, CONTROLLER_MANAGER,
     },
-    sha256_hex, Agent,
+    poll, sha256_hex, Agent,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde_json::Value;
@@ -52,8 +53,6 @@ const TEST_NAMESPACES: [&str; 3] = [
     "certreload-root-ca-b",
     "certreload-root-ca-c",
 ];
-/// The controller-manager's CSR signing certificate, apart from `ca.crt` (the old CA alone).
-const SIGNER_CRT: &str = "/etc/kubernetes/pki/ca-signer.crt";
 /// The probe's deadline in this test: long enough for step 3 inside it.
 const DEADLINE_S: u64 = 90;
 
@@ -121,21 +120,6 @@ fn carrying(cp: &ControlPlane, bundle: &BTreeSet<String>) -> BTreeSet<String> {
         .collect()
 }
 
-/// Polls `check` every `every` until it returns `Some`, for at most `within`.
-fn poll<T>(within: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(t) = check() {
-            return Some(t);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        // Waiting for an external component to reach a state it reports on request.
-        std::thread::sleep(every);
-    }
-}
-
 /// The body of an admin endpoint answer.
 fn body(response: &str) -> &str {
     response
@@ -165,26 +149,6 @@ fn namespace_gauge(admin: &str, state: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Step 0, as the upstream manual CA rotation does before a bundle goes into `ca.crt`: the
-/// controller-manager's CSR signer gets a file of its own holding the old CA alone (it refuses a
-/// bundle, "expected 1 certificate"), and the controller-manager is restarted onto it.
-fn give_the_signer_its_own_certificate(cp: &ControlPlane) {
-    replace(
-        &cp.path(SIGNER_CRT),
-        &std::fs::read(cp.pki().join("ca.crt")).expect("ca.crt"),
-    );
-    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-cert-file", SIGNER_CRT)
-        .expect("edit the manifest");
-    let before = cp.leader(CONTROLLER_MANAGER).ok().flatten();
-    cp.restart(CONTROLLER_MANAGER)
-        .expect("the controller-manager restarts");
-    cp.wait_leading(
-        CONTROLLER_MANAGER,
-        before.as_ref().map(|l| l.holder.as_str()),
-    )
-    .expect("the controller-manager leads on its own signer file");
 }
 
 /// Creates the test namespaces and waits until the publisher has put `kube-root-ca.crt` in each.

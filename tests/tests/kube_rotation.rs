@@ -40,7 +40,7 @@ use certreload_e2e::{
     },
     openssl,
     pki::{Leaf, TestCa},
-    Agent,
+    poll, Agent,
 };
 use serde_json::Value;
 
@@ -153,21 +153,6 @@ fn write_secret(path: &Path, bytes: &[u8]) {
         .open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     f.write_all(bytes).expect("write");
-}
-
-/// Polls `check` (every `every`) until it returns `Some`, for at most `within`; `None` then.
-fn poll<T>(within: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(t) = check() {
-            return Some(t);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        // Waiting for a component to reach a state it reports on request: ask again shortly.
-        std::thread::sleep(every);
-    }
 }
 
 /// The API server's `/readyz` status (None when it does not answer).

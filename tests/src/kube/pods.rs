@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::{
     agent::replace,
     node::{Node, PAUSE_IMAGE},
-    ControlPlane, APISERVER, NODE_NAME,
+    ControlPlane, APISERVER, CONTROLLER_MANAGER, NODE_NAME,
 };
 
 /// How long pods get to be Running (20 pods on a busy 2-core machine).
@@ -416,6 +416,30 @@ pub fn retire_others(cp: &ControlPlane, key: &SaKey) -> Result<()> {
     replace(&cp.pki().join("sa.pub"), key.pub_pem.as_bytes());
     cp.restart(APISERVER)
         .context("restarting the API server with the new public key only")
+}
+
+/// The controller-manager's CSR signer certificate during a root-CA rotation: a file of its own,
+/// since `ca.crt` then holds a bundle the signer refuses ("expected 1 certificate").
+pub const SIGNER_CRT: &str = "/etc/kubernetes/pki/ca-signer.crt";
+
+/// Step 0 of a root-CA rotation, as the upstream manual CA rotation does before a bundle goes
+/// into `ca.crt`: the controller-manager's CSR signer gets [`SIGNER_CRT`] holding the old CA
+/// alone, and the controller-manager is restarted onto it (and leads again).
+pub fn give_the_signer_its_own_certificate(cp: &ControlPlane) {
+    replace(
+        &cp.path(SIGNER_CRT),
+        &std::fs::read(cp.pki().join("ca.crt")).expect("ca.crt"),
+    );
+    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-cert-file", SIGNER_CRT)
+        .expect("edit the manifest");
+    let before = cp.leader(CONTROLLER_MANAGER).ok().flatten();
+    cp.restart(CONTROLLER_MANAGER)
+        .expect("the controller-manager restarts");
+    cp.wait_leading(
+        CONTROLLER_MANAGER,
+        before.as_ref().map(|l| l.holder.as_str()),
+    )
+    .expect("the controller-manager leads on its own signer file");
 }
 
 /// The key id of a token the API server mints now for `account` in `namespace` (the token is
