@@ -39,7 +39,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{host::run, ControlPlane, ADVERTISE_ADDRESS, NODE_NAME, PEERS_ENV};
+use super::{
+    host::run,
+    supervisor::{join_quietly, signal, terminate},
+    ControlPlane, ADVERTISE_ADDRESS, NODE_NAME, PEERS_ENV,
+};
 
 /// The image file (an OCI layout in a tar) with the sandbox image, set by `cargo xtask test`.
 pub const PAUSE_IMAGE_ENV: &str = "CERTRELOAD_PAUSE_IMAGE";
@@ -228,28 +232,11 @@ impl KubeletService {
         };
         self.changed.notify_all();
         if let Some(pid) = pid {
-            signal(pid, libc::SIGTERM);
-            if !self.wait_for(Duration::from_secs(10), |s| s.pid != Some(pid)) {
-                signal(pid, libc::SIGKILL);
-            }
+            terminate(pid, Duration::from_secs(10), |within| {
+                self.wait_for(within, |s| s.pid != Some(pid))
+            });
         }
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            // A panic on that thread has printed its message; stop() runs from Drop.
-            h.join().ok();
-        }
-    }
-}
-
-/// Sends `sig` to a process the harness started (read while recorded as running).
-fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, sig) };
+        join_quietly(&self.thread);
     }
 }
 

@@ -235,10 +235,9 @@ impl Supervised {
         };
         self.changed.notify_all();
         if let Some(pid) = pid {
-            signal(pid, libc::SIGTERM);
-            if !self.wait_for(STOP_GRACE, |_, p| p != Some(pid)) {
-                signal(pid, libc::SIGKILL);
-                self.wait_for(STOP_GRACE, |_, p| p != Some(pid));
+            let exited = |within| self.wait_for(within, |_, p| p != Some(pid));
+            if !terminate(pid, STOP_GRACE, exited) {
+                exited(STOP_GRACE);
             }
         }
     }
@@ -259,21 +258,32 @@ impl Supervised {
         };
         self.changed.notify_all();
         if let Some(pid) = pid {
-            signal(pid, libc::SIGTERM);
-            if !self.wait_for(STOP_GRACE, |_, p| p != Some(pid)) {
-                signal(pid, libc::SIGKILL);
-            }
+            terminate(pid, STOP_GRACE, |within| {
+                self.wait_for(within, |_, p| p != Some(pid))
+            });
         }
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            // A panic on that thread has printed its message; stop() runs from Drop and must
-            // not panic in turn.
-            h.join().ok();
-        }
+        join_quietly(&self.thread);
+    }
+}
+
+/// SIGTERM to `pid`, then SIGKILL unless `exited(grace)` (which waits up to `grace` for the
+/// process to be gone) says it went; returns whether it went on SIGTERM. The stop of every
+/// process the harness supervises (components, kubelet).
+pub(super) fn terminate(pid: u32, grace: Duration, exited: impl Fn(Duration) -> bool) -> bool {
+    signal(pid, libc::SIGTERM);
+    if exited(grace) {
+        return true;
+    }
+    signal(pid, libc::SIGKILL);
+    false
+}
+
+/// Joins the supervising thread in `slot`, if any. A panic on that thread has printed its
+/// message; this runs from Drop and must not panic in turn.
+pub(super) fn join_quietly(slot: &Mutex<Option<JoinHandle<()>>>) {
+    let handle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(h) = handle {
+        h.join().ok();
     }
 }
 
