@@ -18,8 +18,7 @@ use std::{
 
 use base64::Engine;
 use certreload_e2e::kube::{
-    self,
-    node::{self, Node, PAUSE_IMAGE},
+    node::{self, PAUSE_IMAGE},
     NODE_NAME,
 };
 use serde_json::Value;
@@ -101,13 +100,9 @@ spec:
 
 #[test]
 fn a_pod_on_the_real_kubelet_holds_a_token_with_the_current_key_id() {
-    if let Some(why) = node::missing() {
-        assert!(!certreload_e2e::ci(), "CI=true: cannot skip: {why}");
-        eprintln!("SKIP: {why}");
+    let Some((cp, node)) = node::shared_with_node() else {
         return;
-    }
-    let Some(cp) = kube::shared() else { return };
-    let node = Node::start(&cp).unwrap_or_else(|e| panic!("the node did not come up: {e:#}"));
+    };
 
     let manifest = cp.root().join("token-holder.yaml");
     std::fs::write(&manifest, pod_manifest()).expect("write the pod manifest");

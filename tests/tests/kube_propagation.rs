@@ -38,7 +38,6 @@ use std::{
 };
 
 use certreload_e2e::kube::{
-    self,
     agent::{await_record, seq, start_agent},
     identity::{apply_identity, token_kubeconfig},
     node::{self, Node},
@@ -129,13 +128,9 @@ fn records_of<'a>(records: &'a [Value], event: &str, after: &Value) -> Vec<&'a V
 
 #[test]
 fn sa_key_rotation_with_pods_running_refreshes_every_token_through_one_kubelet_restart() {
-    if let Some(why) = node::missing() {
-        assert!(!certreload_e2e::ci(), "CI=true: cannot skip: {why}");
-        eprintln!("SKIP: {why}");
+    let Some((cp, node)) = node::shared_with_node() else {
         return;
-    }
-    let Some(cp) = kube::shared() else { return };
-    let node = Node::start(&cp).unwrap_or_else(|e| panic!("the node did not come up: {e:#}"));
+    };
     let work = Workload::start(&node, "propagation", PODS)
         .unwrap_or_else(|e| panic!("the workload did not start: {e:#}"));
     let old_kids = pods::key_ids(&cp.pki().join("sa.pub")).expect("sa.pub");

@@ -28,8 +28,7 @@
 use std::time::{Duration, Instant};
 
 use certreload_e2e::kube::{
-    self,
-    node::{self, Node},
+    self, node,
     pods::{
         self, minted_kid, p50_max, publish_alongside, retire_others, switch_signing, whoami, SaKey,
         Tasks, Workload,
@@ -57,13 +56,9 @@ fn fmt_s(d: Option<f64>) -> String {
 
 #[test]
 fn a_kubelet_restart_refreshes_every_token_in_place_and_nothing_else_does() {
-    if let Some(why) = node::missing() {
-        assert!(!certreload_e2e::ci(), "CI=true: cannot skip: {why}");
-        eprintln!("SKIP: {why}");
+    let Some((cp, node)) = node::shared_with_node() else {
         return;
-    }
-    let Some(cp) = kube::shared() else { return };
-    let node = Node::start(&cp).unwrap_or_else(|e| panic!("the node did not come up: {e:#}"));
+    };
     let n = pods_wanted();
     let work = Workload::start(&node, "token-refresh", n)
         .unwrap_or_else(|e| panic!("the workload did not start: {e:#}"));

@@ -63,6 +63,21 @@ const TOOLS: [&str; 4] = [
     "/usr/sbin/runc",
 ];
 
+/// The shared control plane ([`super::shared`]) with the real node started on it, for a test:
+/// `None`, with a SKIP line, when the node's tools or the control plane's prerequisites are
+/// missing outside CI; under `CI=true` a missing piece fails the test, as does a node that does
+/// not come up. Bind both (`let Some((cp, node)) = ...`): the node stops before the turn ends.
+pub fn shared_with_node() -> Option<(super::Shared, Node)> {
+    if let Some(why) = missing() {
+        assert!(!crate::ci(), "CI=true: cannot skip: {why}");
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let cp = super::shared()?;
+    let node = Node::start(&cp).unwrap_or_else(|e| panic!("the node did not come up: {e:#}"));
+    Some((cp, node))
+}
+
 /// What is missing for a node on this machine, if anything (the caller fails under CI, else skips).
 pub fn missing() -> Option<String> {
     for tool in TOOLS {
