@@ -39,7 +39,7 @@ use std::{
 
 use certreload_e2e::kube::{
     agent::{await_record, seq, start_agent},
-    identity::{apply_identity, token_kubeconfig},
+    identity::{apply_identity, ensure_namespace, token_kubeconfig},
     node::{self, Node},
     pods::{
         self, publish_alongside, retire_others, switch_signing, whoami, SaKey, Tasks, Workload,
@@ -107,16 +107,6 @@ fn published_signing_kid(cp: &ControlPlane) -> String {
     .unwrap_or_else(|e| panic!("reading {}/{}: {e:#}", CONFIGMAP.0, CONFIGMAP.1))
     .trim()
     .to_string()
-}
-
-fn ensure_namespace(cp: &ControlPlane, name: &str) {
-    let found = cp
-        .kubectl(&["get", "namespace", name, "--ignore-not-found", "-o", "name"])
-        .unwrap_or_else(|e| panic!("kubectl get namespace {name}: {e:#}"));
-    if found.trim().is_empty() {
-        cp.kubectl(&["create", "namespace", name])
-            .unwrap_or_else(|e| panic!("kubectl create namespace {name}: {e:#}"));
-    }
 }
 
 fn records_of<'a>(records: &'a [Value], event: &str, after: &Value) -> Vec<&'a Value> {

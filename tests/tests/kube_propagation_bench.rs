@@ -44,7 +44,7 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, replace, start_agent, Run},
-        identity::{apply_identity, token_kubeconfig},
+        identity::{apply_identity, ensure_namespace, token_kubeconfig},
         node::{self, Node},
         pods::{
             cert_fingerprints, give_the_signer_its_own_certificate, p50_max, publish_alongside,
@@ -202,22 +202,7 @@ fn ca_stock(cp: &ControlPlane, node: &Node, n: usize, cap: Duration) -> Measured
 /// controller-manager through its pid file, the harness starting it again).
 fn start(cp: &ControlPlane, node: &Node, dir: &Path, extra: &str) -> Run {
     apply_identity(cp);
-    if cp
-        .kubectl(&[
-            "get",
-            "namespace",
-            "certreload",
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ])
-        .expect("kubectl get namespace")
-        .trim()
-        .is_empty()
-    {
-        cp.kubectl(&["create", "namespace", "certreload"])
-            .expect("the Leases' namespace");
-    }
+    ensure_namespace(cp, "certreload");
     let kubeconfig = token_kubeconfig(cp, dir);
     let overlay = format!(
         r#"

@@ -34,7 +34,7 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, leaf_sha256, replace, restart_counts, seq, start_agent},
-        identity::token_file_kubeconfig,
+        identity::{ensure_namespace, token_file_kubeconfig},
         pods::key_ids,
         ControlPlane, APISERVER, CONTROLLER_MANAGER, ETCD, KUBEADM_CONFIG, SCHEDULER,
     },
@@ -62,30 +62,13 @@ fn jwt_kid(token: &str) -> String {
 /// through a Lease (an agent without Kubernetes credentials waits for it, never runs unlocked):
 /// `KUBECONFIG` = admin.conf (cluster-admin here), and the Leases' namespace created.
 fn lock_env(cp: &ControlPlane) -> Vec<String> {
-    lock_namespace(cp);
+    ensure_namespace(cp, LOCK_NAMESPACE);
     vec![format!("KUBECONFIG={}", cp.admin_kubeconfig().display())]
 }
 
 /// The namespace of the actions' Leases (`[locks] namespace`, default `certreload`), created
 /// when missing.
 const LOCK_NAMESPACE: &str = "certreload";
-
-fn lock_namespace(cp: &ControlPlane) {
-    let found = cp
-        .kubectl(&[
-            "get",
-            "namespace",
-            LOCK_NAMESPACE,
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ])
-        .unwrap_or_else(|e| panic!("kubectl get namespace {LOCK_NAMESPACE}: {e:#}"));
-    if found.trim().is_empty() {
-        cp.kubectl(&["create", "namespace", LOCK_NAMESPACE])
-            .unwrap_or_else(|e| panic!("kubectl create namespace {LOCK_NAMESPACE}: {e:#}"));
-    }
-}
 
 /// Asserts that `action` (an `action_run` record) ran inside its hold of `lock`: a
 /// `lock_acquired` of the same action and generation before it and a `lock_released` after it

@@ -35,6 +35,7 @@ use certreload_e2e::{
     kube::{
         self,
         agent::{await_record, replace, seq, start_agent},
+        identity::ensure_namespace,
         pods::key_ids,
         ControlPlane, APISERVER,
     },
@@ -174,23 +175,6 @@ fn pod_tokens_status(admin: &str) -> Value {
     status["pod_tokens"].clone()
 }
 
-fn lock_namespace(cp: &ControlPlane) {
-    let found = cp
-        .kubectl(&[
-            "get",
-            "namespace",
-            "certreload",
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ])
-        .expect("kubectl get namespace");
-    if found.trim().is_empty() {
-        cp.kubectl(&["create", "namespace", "certreload"])
-            .expect("kubectl create namespace");
-    }
-}
-
 #[test]
 fn a_key_rotation_makes_exactly_the_old_tokens_stale_until_the_refresh_action_makes_them_current() {
     let Some(cp) = kube::shared() else { return };
@@ -261,7 +245,7 @@ fn a_key_rotation_makes_exactly_the_old_tokens_stale_until_the_refresh_action_ma
         .map(|(uid, _)| std::fs::read_to_string(token_file(uid)).expect("token"))
         .collect();
 
-    lock_namespace(&cp);
+    ensure_namespace(&cp, "certreload");
     let run = start_agent(
         &cp,
         &format!(

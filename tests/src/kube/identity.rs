@@ -105,6 +105,18 @@ current-context: e2e
     Ok(path)
 }
 
+/// Creates namespace `name` unless it exists (the actions' Lease namespace, `certreload`, when a
+/// test runs without deploy/'s identity, or after another test deleted it).
+pub fn ensure_namespace(cp: &ControlPlane, name: &str) {
+    let found = cp
+        .kubectl(&["get", "namespace", name, "--ignore-not-found", "-o", "name"])
+        .unwrap_or_else(|e| panic!("kubectl get namespace {name}: {e:#}"));
+    if found.trim().is_empty() {
+        cp.kubectl(&["create", "namespace", name])
+            .unwrap_or_else(|e| panic!("kubectl create namespace {name}: {e:#}"));
+    }
+}
+
 /// `kubectl get ARGS -o json`, polled until `found` picks something out of it or `within` passes.
 pub fn poll_json<T>(
     cp: &ControlPlane,
