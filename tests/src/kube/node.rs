@@ -41,7 +41,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     host::run,
-    supervisor::{join_quietly, signal, terminate},
+    supervisor::{join_quietly, signal, spawn_into, terminate},
     ControlPlane, ADVERTISE_ADDRESS, NODE_NAME, PEERS_ENV,
 };
 
@@ -155,11 +155,9 @@ impl KubeletService {
         let worker = s.clone();
         // The kubelet's parent-death signal is tied to the thread that starts it: this one,
         // which lives as long as the service.
-        let handle = std::thread::Builder::new()
-            .name("kubelet-service".to_string())
-            .spawn(move || worker.run())
-            .expect("a thread starts");
-        *s.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        spawn_into(&s.thread, "kubelet-service".to_string(), move || {
+            worker.run()
+        });
         s
     }
 

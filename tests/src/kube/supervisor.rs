@@ -74,11 +74,9 @@ impl Supervised {
             thread: Mutex::new(None),
         });
         let worker = s.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("kubelet-standin-{name}"))
-            .spawn(move || worker.run())
-            .expect("a thread starts");
-        *s.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        spawn_into(&s.thread, format!("kubelet-standin-{name}"), move || {
+            worker.run()
+        });
         s
     }
 
@@ -276,6 +274,20 @@ pub(super) fn terminate(pid: u32, grace: Duration, exited: impl Fn(Duration) -> 
     }
     signal(pid, libc::SIGKILL);
     false
+}
+
+/// Starts the supervising thread `name` running `work`, its handle kept in `slot` (for
+/// [`join_quietly`]).
+pub(super) fn spawn_into(
+    slot: &Mutex<Option<JoinHandle<()>>>,
+    name: String,
+    work: impl FnOnce() + Send + 'static,
+) {
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(work)
+        .expect("a thread starts");
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
 }
 
 /// Joins the supervising thread in `slot`, if any. A panic on that thread has printed its
