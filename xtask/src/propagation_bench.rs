@@ -2,9 +2,10 @@
 //! Debian containerd and runc, registered to the kubeadm control plane the end-to-end tests use),
 //! a careful ServiceAccount key rotation, and the time from `sa.key` switched on disk to the last
 //! pod holding a token with the new key id, with certreload and with stock Kubernetes in the
-//! same run. The measurement is the tests crate's ignored test `kube_propagation_bench` (it reuses
-//! `certreload_e2e::kube`: control plane, node, pods, rotation); this runs it with the peers, the
-//! pause image and the release agent, and the test prints the table.
+//! same run. The measurement is the tests crate's bench target `propagation` (`harness = false`, so
+//! `cargo test` never runs it; it reuses `certreload_e2e::kube`: control plane, node, pods,
+//! rotation); this runs it (`cargo test --bench propagation`: the harness-less binary, built like the
+//! tests) with the peers, the pause image and the release agent, and it prints the table.
 
 use anyhow::{Context, Result};
 
@@ -34,12 +35,8 @@ pub(crate) fn run(built: &Built, params: &Params) -> Result<()> {
             "test",
             "--package",
             "certreload-e2e",
-            "--test",
-            "kube_propagation_bench",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
+            "--bench",
+            "propagation",
         ])
         .current_dir(cmd::workspace_root())
         .env("CI", "true")
