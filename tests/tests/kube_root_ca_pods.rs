@@ -41,7 +41,7 @@ use certreload_e2e::{
         agent::{await_record, replace, seq, start_agent},
         identity::{apply_identity, token_kubeconfig},
         node::{self, Node},
-        pods::{cert_fingerprints, Workload},
+        pods::{cert_fingerprints, give_the_signer_its_own_certificate, Workload},
         ControlPlane, CONTROLLER_MANAGER,
     },
     Agent,
@@ -58,8 +58,6 @@ const DEADLINE_S: u64 = 20;
 const GRACE_S: u64 = 5;
 /// The test namespaces and their pods (3 in all).
 const WORKLOADS: [(&str, usize); 2] = [("root-ca-pods-a", 2), ("root-ca-pods-b", 1)];
-/// The controller-manager's CSR signing certificate, apart from `ca.crt` (the old CA alone).
-const SIGNER_CRT: &str = "/etc/kubernetes/pki/ca-signer.crt";
 /// How long after the CA change every pod's ca.crt must hold it (the promise).
 const PROMISE: Duration = Duration::from_secs(300);
 
@@ -122,25 +120,6 @@ fn probe_status(admin: &str) -> Value {
         .find(|p| p["name"] == PROBE)
         .cloned()
         .unwrap_or_else(|| panic!("no probe {PROBE} in /status: {status}"))
-}
-
-/// As the upstream manual CA rotation does before a bundle goes into `ca.crt`: the
-/// controller-manager's CSR signer gets a file of its own holding the old CA alone.
-fn give_the_signer_its_own_certificate(cp: &ControlPlane) {
-    replace(
-        &cp.path(SIGNER_CRT),
-        &std::fs::read(cp.pki().join("ca.crt")).expect("ca.crt"),
-    );
-    cp.set_flag(CONTROLLER_MANAGER, "cluster-signing-cert-file", SIGNER_CRT)
-        .expect("edit the manifest");
-    let before = cp.leader(CONTROLLER_MANAGER).ok().flatten();
-    cp.restart(CONTROLLER_MANAGER)
-        .expect("the controller-manager restarts");
-    cp.wait_leading(
-        CONTROLLER_MANAGER,
-        before.as_ref().map(|l| l.holder.as_str()),
-    )
-    .expect("the controller-manager leads on its own signer file");
 }
 
 /// The agent: the kubeadm profile with the propagation tables and both refresh actions enabled.
