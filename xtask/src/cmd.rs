@@ -72,3 +72,22 @@ fn show(command: &Command) -> String {
         args.join(" ")
     )
 }
+
+/// Bytes an unprivileged writer can still use on the filesystem holding `path`: the test suite's
+/// build writes several GiB under target/, and running out half-way fails with a bare ENOSPC
+/// naming a temp dir, so xtask checks first and says what it found.
+pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} contains a NUL byte", path.display()))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: c_path is a NUL-terminated string alive for the call; stats is a writable statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", path.display()));
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stats = unsafe { stats.assume_init() };
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}

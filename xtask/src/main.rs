@@ -120,9 +120,37 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// What a clean `cargo xtask test` writes at most, measured on a clean clone (target/ with the
+/// test binaries, the release build for the benches' helpers, the fuzz build), with a margin.
+const TEST_DISK_BYTES: u64 = 16 << 30;
+
+/// Says up front when the disk cannot hold the suite's build, instead of a bare ENOSPC minutes in.
+fn disk_preflight() -> Result<()> {
+    let root = cmd::workspace_root();
+    let free = cmd::free_bytes(&root)?;
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    eprintln!(
+        "xtask: {:.1} GiB free under {} (a clean test build needs up to {:.0} GiB)",
+        gib(free),
+        root.display(),
+        gib(TEST_DISK_BYTES)
+    );
+    if free < TEST_DISK_BYTES {
+        eprintln!(
+            "xtask: WARNING: {:.1} GiB free under {} is less than the {:.0} GiB a clean test build may write; \
+             the build may fail with ENOSPC (No space left on device)",
+            gib(free),
+            root.display(),
+            gib(TEST_DISK_BYTES)
+        );
+    }
+    Ok(())
+}
+
 /// What CI runs. Under `CI=true` a missing eBPF toolchain is an error, never a silent skip.
 fn test() -> Result<()> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    disk_preflight()?;
     let nightly = match setup::toolchain() {
         Ok(()) => true,
         Err(e) if ci => return Err(e.context("CI=true: the eBPF toolchain is required")),
