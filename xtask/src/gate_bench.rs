@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
+use crate::{
+    bench_pki::BenchPki,
+    report::{BenchOut, Chart, Samples, Series},
+    secret_volume::SecretVolume,
+};
 
 /// Runs the benchmark and prints its table.
 pub(crate) fn run(bin: &Path, rotations: usize) -> Result<()> {
@@ -24,8 +28,29 @@ pub(crate) fn run(bin: &Path, rotations: usize) -> Result<()> {
         "{:<10} {:>9} {:>9} {:>9}",
         "mode", "p50 ms", "p99 ms", "max ms"
     );
+    let out = BenchOut::new("gate")?;
+    let mut rows = Vec::new();
+    let mut samples = Vec::new();
+    let mut series = Vec::new();
     for mode in ["ebpf", "inotify"] {
         let mut ms = measure(bin, mode, &ca_pem, &pairs)?;
+        rows.extend(
+            ms.iter()
+                .enumerate()
+                .map(|(i, v)| vec![mode.to_string(), (i + 1).to_string(), format!("{v:.4}")]),
+        );
+        series.push(Series {
+            name: mode.to_string(),
+            points: ms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ((i + 1) as f64, *v))
+                .collect(),
+        });
+        samples.push(Samples {
+            name: mode.to_string(),
+            values: ms.clone(),
+        });
         ms.sort_by(f64::total_cmp);
         let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
         println!(
@@ -35,6 +60,30 @@ pub(crate) fn run(bin: &Path, rotations: usize) -> Result<()> {
             ms[ms.len() - 1]
         );
     }
+    let csv = out.csv("change-to-swap", &["mode", "rotation", "ms"], &rows)?;
+    let chart = Chart {
+        title: format!("change on disk -> generation accepted and durable ({rotations} rotations)"),
+        x_label: "ms (log)".into(),
+        y_label: "% of rotations at or below".into(),
+        log_x: true,
+        log_y: false,
+    };
+    let svg = out.distribution("change-to-swap", &chart, &samples)?;
+    // In rotation order: a drift (a growing audit log, a leak) shows as a slope.
+    let by_rotation = Chart {
+        title: "change on disk -> generation accepted and durable, in rotation order".into(),
+        x_label: "rotation".into(),
+        y_label: "ms (log)".into(),
+        log_x: false,
+        log_y: true,
+    };
+    out.curves("change-to-swap-by-rotation", &by_rotation, &series)?;
+    println!(
+        "samples: {}; distribution: {}; charts and CSV in {}",
+        csv.display(),
+        svg.display(),
+        out.dir().display()
+    );
     Ok(())
 }
 

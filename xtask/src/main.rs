@@ -14,6 +14,7 @@ mod images;
 mod manifests;
 mod peers;
 mod propagation_bench;
+mod report;
 mod secret_volume;
 mod setup;
 mod tls_bench;
