@@ -43,6 +43,9 @@ pub(crate) enum Which {
     /// ServiceAccount key propagation on the real test node: key change on disk to the last pod's
     /// token with the new key id, certreload against stock Kubernetes.
     Propagation(crate::propagation_bench::Params),
+    /// Cost curves as the work grows: watched paths, bundles, live TLS connections through one
+    /// listener, with the agent's RSS and CPU.
+    Scale(crate::scale_bench::Params),
 }
 
 /// Runs the selected benchmark and prints its tables.
@@ -60,6 +63,7 @@ pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
             crate::tls_bench::run(&built.agent, &params)
         }
         Which::Propagation(params) => crate::propagation_bench::run(built, &params),
+        Which::Scale(params) => crate::scale_bench::run(&built.agent, &params),
     }
 }
 
