@@ -39,13 +39,15 @@ const PACKAGES: [(&str, &str); 9] = [
     ),
 ];
 
-/// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module.
-pub(crate) const TLS_BENCH_PACKAGES: [(&str, &str); 2] = [
+/// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module, HAProxy
+/// in TCP mode.
+pub(crate) const TLS_BENCH_PACKAGES: [(&str, &str); 3] = [
     ("nginx", "/usr/sbin/nginx"),
     (
         "libnginx-mod-stream",
         "/usr/lib/nginx/modules/ngx_stream_module.so",
     ),
+    ("haproxy", crate::haproxy::HAPROXY),
 ];
 
 /// Cache for tools built by xtask, outside the repository (survives `cargo clean`).

@@ -1,33 +1,30 @@
-//! `cargo xtask bench tls`: certreload's TLS front against nginx terminating TLS in its stream
-//! module, with the same ECDSA P-256 certificate, the same upstream and the same client, in the
-//! same run, measurements interleaved round by round.
+//! `cargo xtask bench tls`: certreload's TLS front against nginx (stream module) and HAProxy (TCP
+//! mode), all terminating TLS with the same ECDSA P-256 certificate in front of the same upstream,
+//! driven by the same client (xtask/src/tls_load.rs), in the same run, measurements interleaved
+//! round by round; each front also rotated by its own hitless mechanism during a run.
 //!
-//! The client and the upstream live in this process (tokio + rustls, session resumption off, so
-//! every connection is a full handshake); both proxies see exactly the same load.
+//! The same run measures the crypto ceiling (xtask/src/tls_ceiling.rs): rustls handshakes in
+//! memory, ring against aws-lc-rs, and each front's server CPU per handshake (from /proc) as a
+//! multiple of the in-memory server's.
 
 use std::{
     fs,
-    io::BufRead,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use rustls::{client::Resumption, ClientConfig, RootCertStore};
-use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
-    net::{TcpListener, TcpStream},
-};
 use tokio_rustls::TlsConnector;
 
-use crate::{bench_pki::BenchPki, secret_volume::SecretVolume};
+use crate::{
+    bench_pki::BenchPki,
+    haproxy::Haproxy,
+    nginx::Nginx,
+    tls_ceiling::{self, Pem, Provider},
+    tls_fronts::{cpu_ticks, rotate_every, rss_kib, ticks_per_second, Agent, Front},
+    tls_load,
+};
 
 /// What to measure and how long.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,86 +50,69 @@ pub(crate) struct Params {
     /// Rotation period of the "while rotating" handshake measurement, milliseconds.
     #[arg(long, default_value_t = 100)]
     pub rotate_ms: u64,
+    /// In-memory handshakes per provider per round (the crypto ceiling).
+    #[arg(long, default_value_t = 2000)]
+    pub ceiling_handshakes: u64,
 }
+
+/// The fronts, in table order: certreload, nginx, HAProxy.
+const FRONTS: usize = 3;
 
 /// Runs the benchmark and prints its tables.
 pub(crate) fn run(bin: &Path, params: &Params) -> Result<()> {
-    raise_nofile_limit();
+    tls_load::raise_nofile_limit();
+    let ceiling = Ceiling::build();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(bin, params))
+    runtime.block_on(bench(bin, &ceiling, params))
 }
 
-/// Material of one run: a CA and server certificates for `localhost`, all ECDSA P-256.
-struct Material {
-    ca_pem: String,
-    leaves: Vec<(String, String)>,
-}
-
-impl Material {
-    fn generate(leaves: usize) -> Result<Material> {
-        let BenchPki { ca_pem, leaves } = BenchPki::generate("localhost", leaves)?;
-        Ok(Material { ca_pem, leaves })
-    }
-
-    /// A client that trusts the CA and never resumes: every connection is a full handshake.
-    fn connector(&self) -> Result<TlsConnector> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert?)?;
-        }
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.resumption = Resumption::disabled();
-        Ok(TlsConnector::from(Arc::new(config)))
-    }
-}
-
-/// Runs the whole comparison: both proxies started on the same material and upstream, each
-/// measure taken in turn, then the table. Fails if any handshake failed, so a broken run is not
-/// mistaken for a slow one.
-async fn bench(bin: &Path, params: &Params) -> Result<()> {
+/// Runs the whole comparison: the fronts started on the same material and upstream, each
+/// measure taken in turn, then the tables. Fails if a certreload handshake failed, so a broken
+/// run is not mistaken for a slow one (a peer's failures are a result, printed).
+async fn bench(bin: &Path, ceiling: &Ceiling, params: &Params) -> Result<()> {
     let dir = scratch_dir();
     let _cleanup = RemoveOnDrop(dir.clone());
     fs::create_dir_all(&dir)?;
-    let material = Material::generate(12)?;
-    let connector = material.connector()?;
-    let upstream = spawn_upstream().await?;
+    let BenchPki { ca_pem, leaves } = BenchPki::generate("localhost", 12)?;
+    let connector = tls_load::connector(&ca_pem)?;
+    let upstream = tls_load::spawn_upstream().await?;
+    ceiling.write_material(&dir, &ca_pem, &leaves[0])?;
 
-    let agent = Agent::start(bin, &dir, &material, upstream)?;
-    let nginx = Nginx::start(&dir, &material, upstream)?;
-    wait_until_accepting(agent.addr).await?;
-    wait_until_accepting(nginx.addr).await?;
-    let targets = [("certreload", agent.addr), ("nginx", nginx.addr)];
-    for (name, addr) in targets {
-        let suite = probe(&connector, addr).await?;
-        println!("{name:<10} on {addr}: {suite}");
+    let agent = Agent::start(bin, &dir, &ca_pem, &leaves[0], upstream)?;
+    let nginx = Nginx::start(&dir, &leaves[0], upstream)?;
+    let haproxy = Haproxy::start(&dir, &leaves[0], upstream)?;
+    let fronts: [&dyn Front; FRONTS] = [&agent, &nginx, &haproxy];
+    for front in fronts {
+        tls_load::wait_until_accepting(front.addr()).await?;
+        let suite = tls_load::probe(&connector, front.addr()).await?;
+        println!("{:<10} on {}: {suite}", front.name(), front.addr());
     }
 
     // Memory first, on fresh processes.
-    let memory = measure_memory(&connector, &agent, &nginx, params).await?;
-    let handshakes = measure_handshakes(&connector, &agent, &nginx, &material, params).await?;
+    let memory = measure_memory(&connector, &fronts, params).await?;
+    let handshakes =
+        measure_handshakes(&connector, &fronts, &leaves, ceiling, &dir, params).await?;
     let published = agent.generations_published();
-    let s_time = measure_s_time(&targets, &dir, params)?;
-    let (single, parallel) = measure_bulk(&connector, &targets, params).await?;
+    let s_time = measure_s_time(&fronts, &dir, params)?;
+    let (single, parallel) = measure_bulk(&connector, &fronts, params).await?;
 
     print_table(params, &handshakes, &s_time, &single, &parallel, &memory);
+    print_ceiling(&handshakes, ceiling);
     print_rotation(params, &handshakes, published);
+    write_csv(&handshakes)?;
     agent.stop();
-    drop(nginx);
-    let failures = handshakes.failures;
+    drop((nginx, haproxy));
+    let failures = handshakes.failures[0];
     if failures.iter().any(|&f| f > 0) {
-        bail!("handshakes failed during the benchmark: {failures:?}");
+        bail!("certreload handshakes failed during the benchmark: {failures:?} (static, rotating)");
     }
     Ok(())
 }
 
-/// Where the proxies' files go: /dev/shm where there is one, so that disk I/O does not enter
+/// Where the fronts' files go: /dev/shm where there is one, so that disk I/O does not enter
 /// the figures.
 fn scratch_dir() -> PathBuf {
     let base = if Path::new("/dev/shm").is_dir() {
@@ -143,32 +123,34 @@ fn scratch_dir() -> PathBuf {
     base.join(format!("certreload-tls-bench-{}", std::process::id()))
 }
 
-/// Resident memory of certreload (index 0) and nginx (index 1), in KiB when idle and per 1,000
-/// idle TLS connections.
+/// Resident memory per front, in KiB when idle and per 1,000 idle TLS connections.
 struct Memory {
-    idle_rss: [u64; 2],
-    per_1000: [f64; 2],
+    idle_rss: [u64; FRONTS],
+    per_1000: [f64; FRONTS],
 }
 
-/// Memory idle and per connection, each proxy in turn holding `params.idle` connections: the
+/// Memory idle and per connection, each front in turn holding `params.idle` connections: the
 /// growth while they are held, so the baseline each process starts with cancels.
 async fn measure_memory(
     connector: &TlsConnector,
-    agent: &Agent,
-    nginx: &Nginx,
+    fronts: &[&dyn Front; FRONTS],
     params: &Params,
 ) -> Result<Memory> {
-    let idle_rss = [rss_kib(&agent.pids()), rss_kib(&nginx.pids())];
-    let mut per_1000 = [0.0; 2];
-    let targets = [("certreload", agent.addr), ("nginx", nginx.addr)];
-    for (i, (name, addr)) in targets.iter().enumerate() {
-        let pids = if i == 0 { agent.pids() } else { nginx.pids() };
-        let before = rss_kib(&pids);
-        let held = hold(connector, *addr, params.idle)
+    let idle_rss = fronts.map(|f| rss_kib(&f.pids()));
+    let mut per_1000 = [0.0; FRONTS];
+    for (i, front) in fronts.iter().enumerate() {
+        let before = rss_kib(&front.pids());
+        let held = tls_load::hold(connector, front.addr(), params.idle)
             .await
-            .with_context(|| format!("holding {} idle connections on {name}", params.idle))?;
+            .with_context(|| {
+                format!(
+                    "holding {} idle connections on {}",
+                    params.idle,
+                    front.name()
+                )
+            })?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = rss_kib(&pids);
+        let after = rss_kib(&front.pids());
         per_1000[i] = (after as f64 - before as f64) / params.idle as f64 * 1000.0;
         drop(held);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -176,64 +158,106 @@ async fn measure_memory(
     Ok(Memory { idle_rss, per_1000 })
 }
 
-/// Handshake rates per round for the three slots (certreload, nginx, certreload while rotating),
-/// the failures in each, and how many rotations the rotating slot made.
+/// Index of the static run and of the rotating run in [`Handshakes`]' per-front pairs.
+const STATIC: usize = 0;
+const ROTATING: usize = 1;
+
+/// Per front, per run (static, rotating): the handshake rate and the front's CPU per handshake
+/// of each round, the failures, the rotations made; and the in-memory ceiling of each round.
 struct Handshakes {
-    rates: [Vec<f64>; 3],
-    failures: [u64; 3],
-    rotations: usize,
+    rates: [[Vec<f64>; 2]; FRONTS],
+    cpu_us: [[Vec<f64>; 2]; FRONTS],
+    failures: [[u64; 2]; FRONTS],
+    rotations: [usize; FRONTS],
+    names: [&'static str; FRONTS],
+    ceiling: Vec<Vec<CeilingFigure>>,
 }
 
-/// Handshake rate: certreload, nginx, certreload while rotating; interleaved, the two certreload
-/// slots swapping order every round so neither always follows nginx.
+/// Handshake rate of every front, static then rotating, interleaved: each round starts with the
+/// in-memory ceiling, then the six runs, in reverse order every other round so no run always
+/// follows the same one.
 async fn measure_handshakes(
     connector: &TlsConnector,
-    agent: &Agent,
-    nginx: &Nginx,
-    material: &Material,
+    fronts: &[&dyn Front; FRONTS],
+    leaves: &[(String, String)],
+    ceiling: &Ceiling,
+    dir: &Path,
     params: &Params,
 ) -> Result<Handshakes> {
-    let mut rates: [Vec<f64>; 3] = Default::default();
-    let mut failures = [0u64; 3];
-    let mut rotations = 0usize;
+    let mut h = Handshakes {
+        rates: Default::default(),
+        cpu_us: Default::default(),
+        failures: [[0; 2]; FRONTS],
+        rotations: [0; FRONTS],
+        names: fronts.map(|f| f.name()),
+        ceiling: Vec::new(),
+    };
+    let mut runs: Vec<(usize, usize)> = (0..FRONTS)
+        .flat_map(|f| [(f, STATIC), (f, ROTATING)])
+        .collect();
     for round in 0..params.rounds {
-        let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        for slot in order {
-            let addr = if slot == 1 { nginx.addr } else { agent.addr };
-            let rotating = (slot == 2).then(|| agent.rotate_every(params.rotate_ms, material));
-            let sample = handshakes(connector, addr, params.concurrency, params.seconds).await;
-            if let Some(rotator) = rotating {
-                rotations += rotator.stop()?;
+        h.ceiling
+            .push(ceiling.measure(dir, round, params.ceiling_handshakes)?);
+        for &(f, run) in &runs {
+            let front = fronts[f];
+            let rotator = (run == ROTATING).then(|| {
+                let period = Duration::from_millis(params.rotate_ms);
+                rotate_every(front.rotation(), period, leaves)
+            });
+            let ticks = cpu_ticks(&front.pids());
+            let sample =
+                tls_load::handshakes(connector, front.addr(), params.concurrency, params.seconds)
+                    .await;
+            let spent = cpu_ticks(&front.pids()).saturating_sub(ticks) as f64;
+            if let Some(rotator) = rotator {
+                h.rotations[f] += rotator
+                    .stop()
+                    .with_context(|| format!("rotating {}", front.name()))?;
             }
-            rates[slot].push(sample.per_second);
-            failures[slot] += sample.failures;
+            let per_handshake = spent / ticks_per_second() * 1e6 / sample.connections.max(1) as f64;
+            h.rates[f][run].push(sample.per_second);
+            h.cpu_us[f][run].push(per_handshake);
+            h.failures[f][run] += sample.failures;
         }
-        eprintln!(
-            "xtask: round {}: handshakes/s certreload {:.0}, nginx {:.0}, certreload rotating {:.0}",
-            round + 1,
-            rates[0][round],
-            rates[1][round],
-            rates[2][round]
-        );
+        runs.reverse();
+        print_round(round, &h);
     }
-    Ok(Handshakes {
-        rates,
-        failures,
-        rotations,
-    })
+    Ok(h)
+}
+
+/// One progress line per round, on stderr.
+fn print_round(round: usize, h: &Handshakes) {
+    let runs: Vec<String> = (0..FRONTS)
+        .map(|f| {
+            format!(
+                "{} {:.0} (rotating {:.0})",
+                h.names[f], h.rates[f][STATIC][round], h.rates[f][ROTATING][round]
+            )
+        })
+        .collect();
+    let ceiling: Vec<String> = h.ceiling[round]
+        .iter()
+        .map(|c| format!("{} {:.0} us", c.provider, c.server_us))
+        .collect();
+    eprintln!(
+        "xtask: round {}: handshakes/s {}; in-memory server CPU {}",
+        round + 1,
+        runs.join(", "),
+        ceiling.join(", ")
+    );
 }
 
 /// openssl s_time: a second, independent client (one sequential connection at a time), so the
 /// rate does not rest on our own client alone.
 fn measure_s_time(
-    targets: &[(&str, SocketAddr); 2],
+    fronts: &[&dyn Front; FRONTS],
     dir: &Path,
     params: &Params,
-) -> Result<[Vec<f64>; 2]> {
-    let mut s_time = [Vec::new(), Vec::new()];
+) -> Result<[Vec<f64>; FRONTS]> {
+    let mut s_time: [Vec<f64>; FRONTS] = Default::default();
     for _ in 0..params.rounds {
-        for (i, (_, addr)) in targets.iter().enumerate() {
-            s_time[i].push(openssl_s_time(*addr, dir, params.seconds)?);
+        for (i, front) in fronts.iter().enumerate() {
+            s_time[i].push(tls_load::openssl_s_time(front.addr(), dir, params.seconds)?);
         }
     }
     Ok(s_time)
@@ -243,15 +267,17 @@ fn measure_s_time(
 /// path once the handshake is paid.
 async fn measure_bulk(
     connector: &TlsConnector,
-    targets: &[(&str, SocketAddr); 2],
+    fronts: &[&dyn Front; FRONTS],
     params: &Params,
-) -> Result<([Vec<f64>; 2], [Vec<f64>; 2])> {
-    let mut single = [Vec::new(), Vec::new()];
-    let mut parallel = [Vec::new(), Vec::new()];
+) -> Result<([Vec<f64>; FRONTS], [Vec<f64>; FRONTS])> {
+    let mut single: [Vec<f64>; FRONTS] = Default::default();
+    let mut parallel: [Vec<f64>; FRONTS] = Default::default();
     for _ in 0..params.rounds {
-        for (i, (_, addr)) in targets.iter().enumerate() {
-            single[i].push(bulk(connector, *addr, 1, params.bulk_bytes).await?);
-            parallel[i].push(bulk(connector, *addr, params.parallel, params.bulk_bytes).await?);
+        for (i, front) in fronts.iter().enumerate() {
+            let addr = front.addr();
+            single[i].push(tls_load::bulk(connector, addr, 1, params.bulk_bytes).await?);
+            parallel[i]
+                .push(tls_load::bulk(connector, addr, params.parallel, params.bulk_bytes).await?);
         }
     }
     Ok((single, parallel))
@@ -261,360 +287,353 @@ async fn measure_bulk(
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The side-by-side table: each measure for certreload and nginx and their ratio.
+/// The side-by-side table: each measure for every front and certreload's as a multiple of each
+/// peer's.
 fn print_table(
     params: &Params,
-    handshakes: &Handshakes,
-    s_time: &[Vec<f64>; 2],
-    single: &[Vec<f64>; 2],
-    parallel: &[Vec<f64>; 2],
+    h: &Handshakes,
+    s_time: &[Vec<f64>; FRONTS],
+    single: &[Vec<f64>; FRONTS],
+    parallel: &[Vec<f64>; FRONTS],
     memory: &Memory,
 ) {
-    let rates = &handshakes.rates;
     println!();
     println!(
         "certreload bench tls: ECDSA P-256, TLS 1.3, no resumption, same upstream, {} rounds interleaved, median",
         params.rounds
     );
     println!(
-        "{:<52} {:>12} {:>12} {:>8}",
-        "measure", "certreload", "nginx", "ratio"
+        "{:<52} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "measure", h.names[0], h.names[1], h.names[2], "/nginx", "/haproxy"
     );
-    let row = |what: &str, a: &[f64], n: &[f64]| print_row(what, median(a), median(n));
-    row(
+    let per_run =
+        |run: usize| -> [f64; FRONTS] { std::array::from_fn(|f| median(&h.rates[f][run])) };
+    let clients = format!("{} clients, {} s", params.concurrency, params.seconds);
+    print_row(&format!("handshakes/s ({clients})"), per_run(STATIC), 0);
+    print_row(
         &format!(
-            "handshakes/s ({} clients, {} s)",
-            params.concurrency, params.seconds
+            "handshakes/s rotating every {} ms ({clients})",
+            params.rotate_ms
         ),
-        &rates[0],
-        &rates[1],
+        per_run(ROTATING),
+        0,
     );
-    row(
+    let cpu = std::array::from_fn(|f| median(&h.cpu_us[f][STATIC]));
+    print_row("server CPU per handshake, us (/proc, static run)", cpu, 1);
+    let medians =
+        |v: &[Vec<f64>; FRONTS]| -> [f64; FRONTS] { std::array::from_fn(|f| median(&v[f])) };
+    print_row(
         "handshakes/s (openssl s_time -new, 1 client)",
-        &s_time[0],
-        &s_time[1],
+        medians(s_time),
+        0,
     );
     let gib = params.bulk_bytes as f64 / (1u64 << 30) as f64;
-    row(
+    print_row(
         &format!("MiB/s, {gib:.2} GiB over 1 connection"),
-        &single[0],
-        &single[1],
+        medians(single),
+        0,
     );
-    row(
+    print_row(
         &format!("MiB/s, {gib:.2} GiB over {} connections", params.parallel),
-        &parallel[0],
-        &parallel[1],
+        medians(parallel),
+        0,
     );
     print_memory(params, memory);
     println!();
 }
 
-/// One row of the table: the two figures and certreload's as a multiple of nginx's.
-fn print_row(what: &str, a: f64, n: f64) {
+/// One row: every front's figure (with `decimals`) and certreload's as a multiple of each peer's.
+fn print_row(what: &str, v: [f64; FRONTS], decimals: usize) {
     println!(
-        "{what:<52} {:>12} {:>12} {:>7.3}x",
-        format!("{a:.0}"),
-        format!("{n:.0}"),
-        a / n
+        "{what:<52} {:>11} {:>11} {:>11} {:>8.3}x {:>8.3}x",
+        format!("{:.decimals$}", v[0]),
+        format!("{:.decimals$}", v[1]),
+        format!("{:.decimals$}", v[2]),
+        v[0] / v[1],
+        v[0] / v[2]
     );
 }
 
 /// The memory rows, in MiB (no ratio: a per-connection growth near zero makes one meaningless).
 fn print_memory(params: &Params, memory: &Memory) {
+    let mib = |kib: f64| format!("{:.1} MiB", kib / 1024.0);
     let Memory { idle_rss, per_1000 } = memory;
     println!(
-        "{:<52} {:>12} {:>12}",
+        "{:<52} {:>11} {:>11} {:>11}",
         "RSS idle",
-        format!("{:.1} MiB", idle_rss[0] as f64 / 1024.0),
-        format!("{:.1} MiB", idle_rss[1] as f64 / 1024.0)
+        mib(idle_rss[0] as f64),
+        mib(idle_rss[1] as f64),
+        mib(idle_rss[2] as f64)
     );
     println!(
-        "{:<52} {:>12} {:>12}",
+        "{:<52} {:>11} {:>11} {:>11}",
         format!("RSS per 1,000 idle TLS connections ({} held)", params.idle),
-        format!("{:.1} MiB", per_1000[0] / 1024.0),
-        format!("{:.1} MiB", per_1000[1] / 1024.0)
+        mib(per_1000[0]),
+        mib(per_1000[1]),
+        mib(per_1000[2])
     );
 }
 
-/// What rotating costs: the median of the per-round ratios (adjacent samples, so drift cancels),
-/// and the failures of every slot (a reload must not fail a handshake).
-fn print_rotation(params: &Params, handshakes: &Handshakes, published: u64) {
-    let Handshakes {
-        rates,
-        failures,
-        rotations,
-    } = handshakes;
-    let paired: Vec<f64> = rates[2].iter().zip(&rates[0]).map(|(r, s)| r / s).collect();
+/// The crypto ceiling: the in-memory handshake's CPU per provider, and each front's CPU per
+/// handshake over the in-memory rustls server's (ring, the agent's provider; goal for certreload
+/// <= 1.3x).
+fn print_ceiling(h: &Handshakes, ceiling: &Ceiling) {
+    let providers: Vec<String> = h
+        .ceiling
+        .first()
+        .map(|r| r.iter().map(|c| c.provider.clone()).collect())
+        .unwrap_or_default();
+    let of = |provider: &str, pick: fn(&CeilingFigure) -> f64| -> Vec<f64> {
+        h.ceiling
+            .iter()
+            .filter_map(|r| r.iter().find(|c| c.provider == provider).map(pick))
+            .collect()
+    };
     println!(
-        "certreload handshakes/s while rotating every {} ms: {:.0} vs {:.0} without; per-round ratio median {:+.1} % (rounds: {}); {rotations} rotations, {published} generations published",
-        params.rotate_ms,
-        median(&rates[2]),
-        median(&rates[0]),
-        (median(&paired) - 1.0) * 100.0,
-        paired.iter().map(|r| format!("{:+.1}", (r - 1.0) * 100.0)).collect::<Vec<_>>().join(" ")
+        "crypto ceiling: full rustls handshakes in memory (no sockets), same certificate and server settings, one thread, CPU per handshake, median of {} rounds{}",
+        h.ceiling.len(),
+        ceiling.note()
     );
+    for provider in &providers {
+        println!(
+            "  {provider:<10} server {:>7.1} us   client {:>7.1} us",
+            median(&of(provider, |c| c.server_us)),
+            median(&of(provider, |c| c.client_us))
+        );
+    }
+    if providers.iter().any(|p| p == "aws-lc-rs") {
+        let paired: Vec<f64> = of("aws-lc-rs", |c| c.server_us)
+            .iter()
+            .zip(of("ring", |c| c.server_us))
+            .map(|(a, r)| a / r)
+            .collect();
+        println!(
+            "  aws-lc-rs / ring server CPU: {:.3}x (per-round ratio median; rounds: {})",
+            median(&paired),
+            list(&paired)
+        );
+    }
+    let ring = of("ring", |c| c.server_us);
+    for f in 0..FRONTS {
+        let paired: Vec<f64> = h.cpu_us[f][STATIC]
+            .iter()
+            .zip(&ring)
+            .map(|(cpu, r)| cpu / r)
+            .collect();
+        let goal = if f == 0 { " (goal <= 1.3x)" } else { "" };
+        println!(
+            "  {:<10} server CPU per handshake / in-memory rustls (ring) server: {:.2}x{goal} (rounds: {})",
+            h.names[f],
+            median(&paired),
+            list(&paired)
+        );
+    }
+}
+
+/// Ratios of the rounds, for the reader to see the spread.
+fn list(ratios: &[f64]) -> String {
+    let items: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    items.join(" ")
+}
+
+/// What rotating costs each front: the median of the per-round ratios (adjacent samples, so
+/// drift cancels), and the failures of every run (a reload must not fail a handshake).
+fn print_rotation(params: &Params, h: &Handshakes, published: u64) {
     println!(
-        "failed handshakes: certreload {}, nginx {}, certreload while rotating {}",
-        failures[0], failures[1], failures[2]
+        "handshakes/s while rotating every {} ms vs without (per-round ratio median):",
+        params.rotate_ms
     );
-}
-
-/// The upstream both proxies forward to. One line in: `bytes N` → N bytes then close;
-/// `hold` → `held\n`, then wait for the client to go; anything else → `ok\n` then close.
-async fn spawn_upstream() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                // A proxy that hangs up ends the connection; the load side counts failures.
-                serve_upstream(stream).await.ok();
-            });
-        }
-    });
-    Ok(addr)
-}
-
-async fn serve_upstream(stream: TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut stream = AsyncBufReader::new(stream);
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    let line = line.trim();
-    if let Some(n) = line.strip_prefix("bytes ") {
-        let mut left: u64 = n.parse().unwrap_or(0);
-        let chunk = vec![0x5au8; 64 * 1024];
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            stream.write_all(&chunk[..n]).await?;
-            left -= n as u64;
-        }
-    } else if line == "hold" {
-        stream.write_all(b"held\n").await?;
-        let mut sink = [0u8; 64];
-        while stream.read(&mut sink).await? > 0 {}
-        return Ok(());
-    } else {
-        stream.write_all(b"ok\n").await?;
+    for f in 0..FRONTS {
+        let paired: Vec<f64> = h.rates[f][ROTATING]
+            .iter()
+            .zip(&h.rates[f][STATIC])
+            .map(|(r, s)| (r / s - 1.0) * 100.0)
+            .collect();
+        let rounds: Vec<String> = paired.iter().map(|p| format!("{p:+.1}")).collect();
+        let how = match f {
+            0 => format!("Secret-volume swap; {published} generations published"),
+            1 => "files replaced + SIGHUP".to_string(),
+            _ => "runtime API set/commit ssl cert".to_string(),
+        };
+        println!(
+            "  {:<10} {:+.1} % (rounds: {}); {} rotations ({how}); failed handshakes: {} static, {} rotating",
+            h.names[f],
+            median(&paired),
+            rounds.join(" "),
+            h.rotations[f],
+            h.failures[f][STATIC],
+            h.failures[f][ROTATING]
+        );
     }
-    stream.shutdown().await
 }
 
-fn server_name() -> ServerName<'static> {
-    ServerName::try_from("localhost").expect("valid DNS name")
-}
-
-/// Negotiated protocol and suite, so the table says what was compared.
-async fn probe(connector: &TlsConnector, addr: SocketAddr) -> Result<String> {
-    let tcp = TcpStream::connect(addr).await?;
-    let tls = connector.connect(server_name(), tcp).await?;
-    let conn = tls.get_ref().1;
-    Ok(format!(
-        "{:?}, {:?}, key exchange {:?}",
-        conn.protocol_version().context("no version")?,
-        conn.negotiated_cipher_suite().context("no suite")?.suite(),
-        conn.negotiated_key_exchange_group().map(|g| g.name())
-    ))
-}
-
-/// One full connection: handshake, a request through the proxy, its response, close.
-async fn one_connection(connector: &TlsConnector, addr: SocketAddr) -> Result<()> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let mut tls = connector.connect(server_name(), tcp).await?;
-    tls.write_all(b"ping\n").await?;
-    let mut got = Vec::with_capacity(4);
-    let mut buf = [0u8; 16];
-    loop {
-        match tls.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            // A peer closing TCP right after the response without close_notify still answered.
-            Err(e) if got == b"ok\n" && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        }
-        if got.len() >= 3 {
-            break;
+/// Every sample as CSV under target/bench/tls/: the socket runs and the in-memory rounds.
+fn write_csv(h: &Handshakes) -> Result<()> {
+    let out = crate::report::BenchOut::new("tls")?;
+    let mut rows = Vec::new();
+    for f in 0..FRONTS {
+        for (run, label) in [(STATIC, "static"), (ROTATING, "rotating")] {
+            for (round, (rate, cpu)) in h.rates[f][run].iter().zip(&h.cpu_us[f][run]).enumerate() {
+                rows.push(vec![
+                    (round + 1).to_string(),
+                    h.names[f].to_string(),
+                    label.to_string(),
+                    format!("{rate:.1}"),
+                    format!("{cpu:.2}"),
+                ]);
+            }
         }
     }
-    if got != b"ok\n" {
-        bail!("unexpected response {got:?}");
-    }
+    let header = [
+        "round",
+        "front",
+        "run",
+        "handshakes_per_s",
+        "server_cpu_us_per_handshake",
+    ];
+    let runs = out.csv("handshakes", &header, &rows)?;
+    let rows: Vec<Vec<String>> = h
+        .ceiling
+        .iter()
+        .enumerate()
+        .flat_map(|(round, figures)| {
+            figures.iter().map(move |c| {
+                vec![
+                    (round + 1).to_string(),
+                    c.provider.clone(),
+                    format!("{:.2}", c.server_us),
+                    format!("{:.2}", c.client_us),
+                ]
+            })
+        })
+        .collect();
+    let header = ["round", "provider", "server_cpu_us", "client_cpu_us"];
+    let ceiling = out.csv("ceiling", &header, &rows)?;
+    println!("samples: {} {}", runs.display(), ceiling.display());
     Ok(())
 }
 
-struct Sample {
-    per_second: f64,
-    failures: u64,
+/// One provider's in-memory figures of one round.
+struct CeilingFigure {
+    provider: String,
+    server_us: f64,
+    client_us: f64,
 }
 
-/// `concurrency` clients doing full connections back to back for `seconds`.
-async fn handshakes(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    concurrency: usize,
-    seconds: u64,
-) -> Sample {
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (connector, done, failed, stop) = (
-                connector.clone(),
-                done.clone(),
-                failed.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match one_connection(&connector, addr).await {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                                eprintln!("xtask: connection to {addr} failed: {e:#}");
-                            }
-                            0
-                        }
-                    };
+/// How the in-memory handshakes are run: the `tls-ceiling` binary (ring and aws-lc-rs), or, when
+/// it could not be built, ring in this process (why is printed with the table).
+enum Ceiling {
+    Binary(PathBuf),
+    InProcess { why: String },
+}
+
+impl Ceiling {
+    /// Builds `tls-ceiling` in release mode with the aws-lc-rs provider (a C library: the
+    /// first build takes minutes); falls back to ring in this process if that fails.
+    fn build() -> Ceiling {
+        let built = crate::cmd::run(
+            crate::cmd::cargo()
+                .args(["build", "--release", "-p", "xtask", "--bin", "tls-ceiling"])
+                .args(["--features", "aws-lc"])
+                .current_dir(crate::cmd::workspace_root()),
+        );
+        match built {
+            Ok(()) => {
+                Ceiling::Binary(crate::cmd::workspace_root().join("target/release/tls-ceiling"))
+            }
+            Err(e) => {
+                eprintln!("xtask: WARNING: tls-ceiling (aws-lc-rs) did not build: {e:#}; ring only, in process");
+                Ceiling::InProcess {
+                    why: format!("{e:#}"),
                 }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        // A connection's failure is counted in `failed`; a panic is a bug that leaves the
-        // counts incomplete, so no rate is printed from them.
-        t.await.expect("a load task panicked");
-    }
-    Sample {
-        per_second: done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
-        failures: failed.load(Ordering::Relaxed),
-    }
-}
-
-/// Opens `n` connections that complete the handshake and reach the upstream, then sit idle.
-async fn hold(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    n: usize,
-) -> Result<Vec<tokio_rustls::client::TlsStream<TcpStream>>> {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let tcp = TcpStream::connect(addr).await?;
-        let mut tls = connector.connect(server_name(), tcp).await?;
-        tls.write_all(b"hold\n").await?;
-        let mut buf = [0u8; 5];
-        tls.read_exact(&mut buf).await?;
-        if &buf != b"held\n" {
-            bail!("unexpected reply {buf:?}");
+            }
         }
-        held.push(tls);
     }
-    Ok(held)
-}
 
-/// Downloads `total` bytes through `addr` over `connections` connections; MiB/s.
-async fn bulk(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    connections: usize,
-    total: u64,
-) -> Result<f64> {
-    let each = total / connections as u64;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let connector = connector.clone();
-            tokio::spawn(async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let mut tls = connector.connect(server_name(), tcp).await?;
-                tls.write_all(format!("bytes {each}\n").as_bytes()).await?;
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0u64;
-                while got < each {
-                    match tls.read(&mut buf).await? {
-                        0 => break,
-                        n => got += n as u64,
-                    }
-                }
-                if got != each {
-                    bail!("received {got} of {each} bytes");
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
+    /// The PEM files the binary reads.
+    fn write_material(&self, dir: &Path, ca_pem: &str, leaf: &(String, String)) -> Result<()> {
+        let dir = dir.join("ceiling");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("ca.pem"), ca_pem)?;
+        fs::write(dir.join("cert.pem"), &leaf.0)?;
+        fs::write(dir.join("key.pem"), &leaf.1)?;
+        Ok(())
     }
-    Ok((each * connections as u64) as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+
+    /// One round: `handshakes` in-memory handshakes per provider.
+    fn measure(&self, dir: &Path, round: usize, handshakes: u64) -> Result<Vec<CeilingFigure>> {
+        let dir = dir.join("ceiling");
+        match self {
+            Ceiling::Binary(bin) => {
+                let out = crate::cmd::output(
+                    Command::new(bin)
+                        .arg("--cert")
+                        .arg(dir.join("cert.pem"))
+                        .arg("--key")
+                        .arg(dir.join("key.pem"))
+                        .arg("--ca")
+                        .arg(dir.join("ca.pem"))
+                        .args(["--handshakes", &handshakes.to_string()])
+                        .args(["--round", &round.to_string()]),
+                )?;
+                out.lines()
+                    .filter(|l| l.starts_with("ceiling "))
+                    .map(parse_line)
+                    .collect()
+            }
+            Ceiling::InProcess { .. } => {
+                let read = |name: &str| fs::read_to_string(dir.join(name));
+                let (cert, key, ca) = (read("cert.pem")?, read("key.pem")?, read("ca.pem")?);
+                let pem = Pem {
+                    cert: &cert,
+                    key: &key,
+                    ca: &ca,
+                };
+                let s = tls_ceiling::measure(Provider::Ring, &pem, handshakes)?;
+                Ok(vec![CeilingFigure {
+                    provider: s.provider.to_string(),
+                    server_us: s.server_us(),
+                    client_us: s.client_us(),
+                }])
+            }
+        }
+    }
+
+    /// What the ceiling's heading says about how it was measured.
+    fn note(&self) -> String {
+        match self {
+            Ceiling::Binary(_) => String::new(),
+            Ceiling::InProcess { why } => {
+                format!(" (ring only, in xtask: aws-lc-rs not built: {why})")
+            }
+        }
+    }
 }
 
-/// `openssl s_time -new`: sequential full handshakes for `seconds`; connections per second.
-fn openssl_s_time(addr: SocketAddr, dir: &Path, seconds: u64) -> Result<f64> {
-    let start = Instant::now();
-    let out = Command::new("openssl")
-        .args(["s_time", "-new", "-connect", &addr.to_string(), "-time"])
-        .arg(seconds.to_string())
-        .arg("-CAfile")
-        .arg(dir.join("ca.crt"))
-        .stderr(Stdio::null())
-        .output()
-        .context("running openssl s_time")?;
-    let wall = start.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let count: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split_once(" connections in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("openssl s_time printed no count: {text}"))?;
-    Ok(count / wall)
-}
-
-/// Raises RLIMIT_NOFILE to its hard limit: this process and its children hold thousands of sockets.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// `ceiling PROVIDER HANDSHAKES SERVER_NS CLIENT_NS`, as `tls-ceiling` prints it.
+fn parse_line(line: &str) -> Result<CeilingFigure> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [_, provider, handshakes, server_ns, client_ns] = fields[..] else {
+        bail!("tls-ceiling printed {line:?}");
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Resident set size of `pids` together, KiB.
-fn rss_kib(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
-async fn wait_until_accepting(addr: SocketAddr) -> Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("nothing accepts on {addr}")
+    let n: f64 = handshakes
+        .parse()
+        .with_context(|| format!("tls-ceiling: {line:?}"))?;
+    let us = |ns: &str| -> Result<f64> {
+        Ok(ns
+            .parse::<f64>()
+            .with_context(|| format!("tls-ceiling: {line:?}"))?
+            / n
+            / 1000.0)
+    };
+    Ok(CeilingFigure {
+        provider: provider.to_string(),
+        server_us: us(server_ns)?,
+        client_us: us(client_ns)?,
+    })
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -624,229 +643,4 @@ impl Drop for RemoveOnDrop {
         // Best effort from a Drop: a scratch directory left behind changes no result.
         fs::remove_dir_all(&self.0).ok();
     }
-}
-
-/// certreload fronting the upstream, its certificate in a Secret-style volume.
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-    volume: Arc<std::sync::Mutex<SecretVolume>>,
-    published: Arc<AtomicU64>,
-}
-
-impl Agent {
-    fn start(bin: &Path, dir: &Path, material: &Material, upstream: SocketAddr) -> Result<Agent> {
-        fs::write(dir.join("ca.crt"), &material.ca_pem)?;
-        let volume = SecretVolume::create(
-            &dir.join("vol"),
-            &material.leaves[0].0,
-            &material.leaves[0].1,
-        )?;
-        let config = dir.join("certreload.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"[agent]
-admin = "127.0.0.1:0"
-[audit]
-path = "{audit}"
-[[bundle]]
-name = "bench"
-kind = "server"
-cert = "{cert}"
-key = "{key}"
-ca = "{ca}"
-[[listener]]
-name = "bench"
-listen = "127.0.0.1:0"
-bundle = "bench"
-upstream = "tcp://{upstream}"
-max_connections = 100000
-idle_timeout = "1h"
-"#,
-                audit = dir.join("audit.jsonl").display(),
-                cert = volume.cert().display(),
-                key = volume.key().display(),
-                ca = dir.join("ca.crt").display(),
-            ),
-        )?;
-        let crate::agent_proc::Started {
-            child,
-            stderr,
-            startup,
-        } = crate::agent_proc::start(
-            bin,
-            &[],
-            &config,
-            "warn,certreload::run=info,certreload::reload=info",
-        )?;
-        let addr: Option<SocketAddr> =
-            startup
-                .iter()
-                .filter(|l| l.contains("listening"))
-                .find_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("address="))
-                        .and_then(|a| a.parse().ok())
-                });
-        let addr = addr.context("certreload printed no listening address")?;
-        let published = Arc::new(AtomicU64::new(0));
-        let counter = published.clone();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if line.contains("generation published") {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Ok(Agent {
-            child,
-            addr,
-            volume: Arc::new(std::sync::Mutex::new(volume)),
-            published,
-        })
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        vec![self.child.id()]
-    }
-
-    fn generations_published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
-    }
-
-    /// Rotates the certificate every `period_ms` on a thread until the rotator is stopped,
-    /// cycling through the material's leaves (each differs from the one before).
-    fn rotate_every(&self, period_ms: u64, material: &Material) -> Rotator {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (volume, flag) = (self.volume.clone(), stop.clone());
-        let leaves = material.leaves.clone();
-        let thread = std::thread::spawn(move || -> Result<usize> {
-            let mut n = 0;
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(period_ms));
-                n += 1;
-                let (cert, key) = &leaves[n % leaves.len()];
-                volume
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("volume lock poisoned"))?
-                    .rotate(cert, key)?;
-            }
-            Ok(n)
-        });
-        Rotator { stop, thread }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        // Reaps it; its exit status is not part of the measurement.
-        self.child.wait().ok();
-    }
-}
-
-struct Rotator {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<usize>>,
-}
-
-impl Rotator {
-    fn stop(self) -> Result<usize> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("rotation thread panicked"))?
-    }
-}
-
-/// nginx terminating TLS in the stream module, configured like the agent: same certificate,
-/// no session cache or tickets, one worker per CPU, forwarding to the same upstream.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Nginx {
-    fn start(dir: &Path, material: &Material, upstream: SocketAddr) -> Result<Nginx> {
-        let nginx_dir = dir.join("nginx");
-        fs::create_dir_all(nginx_dir.join("logs"))?;
-        fs::write(nginx_dir.join("cert.pem"), &material.leaves[0].0)?;
-        fs::write(nginx_dir.join("key.pem"), &material.leaves[0].1)?;
-        let addr = free_port()?;
-        fs::write(
-            nginx_dir.join("nginx.conf"),
-            format!(
-                r#"load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes auto;
-worker_rlimit_nofile 65536;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-events {{ worker_connections 16384; }}
-stream {{
-    server {{
-        listen {addr} ssl;
-        ssl_certificate {dir}/cert.pem;
-        ssl_certificate_key {dir}/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache off;
-        ssl_session_tickets off;
-        proxy_pass {upstream};
-    }}
-}}
-"#,
-                dir = nginx_dir.display()
-            ),
-        )?;
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(&nginx_dir)
-            .arg("-e")
-            .arg(nginx_dir.join("logs/error.log"))
-            .arg("-c")
-            .arg(nginx_dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting nginx (installed by `cargo xtask setup`)")?;
-        Ok(Nginx { child, addr })
-    }
-
-    /// The master and its workers.
-    fn pids(&self) -> Vec<u32> {
-        let master = self.child.id();
-        let mut pids = vec![master];
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                // Fields after the parenthesised comm: state, ppid, ...
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if ppid == Some(master) {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child; SIGQUIT is nginx's graceful stop.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        // Reaps it; its exit status is not part of the measurement.
-        self.child.wait().ok();
-    }
-}
-
-fn free_port() -> Result<SocketAddr> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(probe.local_addr()?)
 }
