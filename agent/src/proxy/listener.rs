@@ -35,7 +35,8 @@ const TO_UPSTREAM_BUFFER: usize = 16 * 1024;
 
 /// Upstream → client copy buffer. Large reads become full 16 KiB TLS records (an 8 KiB buffer
 /// halves the record size and cost 0.79x nginx on a single bulk stream; 64 KiB: 1.36x, `cargo
-/// xtask bench tls`). Idle connections never touch its pages, so they do not cost resident memory.
+/// xtask bench tls`). Both buffers are borrowed only while bytes are in flight
+/// ([`super::copy`]): an idle connection holds neither.
 const TO_CLIENT_BUFFER: usize = 64 * 1024;
 
 /// Everything a listener shares with the rest of the agent.
@@ -285,6 +286,11 @@ fn revoke_untrusted(
 }
 
 /// With `stale_grace`: closes the connections stale for longer than the grace, and audits each.
+///
+/// The records are written on the blocking pool: each is fsync'd on its own, and a drain of tens
+/// of thousands of connections written from here held a runtime worker for seconds, which new
+/// handshakes waited behind (`cargo xtask bench scale`: handshake p99 11.9x the idle one while
+/// 5,000 connections drained).
 fn drain_stale(config: &ListenerConfig, slot: &TlsSlot, ctx: &ListenerContext) {
     let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else {
         return;
@@ -292,18 +298,28 @@ fn drain_stale(config: &ListenerConfig, slot: &TlsSlot, ctx: &ListenerContext) {
     let stale = ctx
         .registry
         .drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e));
-    for (info, stale_for_s) in stale {
-        ctx.metrics.connections_drained.inc();
-        let event = AuditEvent::ConnectionDrained {
-            listener: config.name.clone(),
-            peer: info.peer.to_string(),
-            generation: info.server_generation,
-            stale_for_s,
-        };
-        if let Err(e) = append_shared(&ctx.audit, Some(&config.bundle), &event) {
-            tracing::error!(error = %e, "cannot audit a drained connection");
-        }
+    if stale.is_empty() {
+        return;
     }
+    ctx.metrics.connections_drained.inc_by(stale.len() as u64);
+    let (audit, listener, bundle) = (
+        ctx.audit.clone(),
+        config.name.clone(),
+        config.bundle.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        for (info, stale_for_s) in stale {
+            let event = AuditEvent::ConnectionDrained {
+                listener: listener.clone(),
+                peer: info.peer.to_string(),
+                generation: info.server_generation,
+                stale_for_s,
+            };
+            if let Err(e) = append_shared(&audit, Some(&bundle), &event) {
+                tracing::error!(error = %e, "cannot audit a drained connection");
+            }
+        }
+    });
 }
 
 /// One connection: handshake with the current epoch, connect the upstream, register, forward.
@@ -430,7 +446,7 @@ async fn forward(
     let activity = Activity::new();
     let mut tls = Tracked::new(tls, activity.clone());
     tokio::select! {
-        result = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut upstream, TO_UPSTREAM_BUFFER, TO_CLIENT_BUFFER) => {
+        result = super::copy::copy_bidirectional(&mut tls, &mut upstream, TO_UPSTREAM_BUFFER, TO_CLIENT_BUFFER) => {
             if let Err(e) = result {
                 tracing::debug!(listener = %config.name, %peer, error = %e, "connection ended with an error");
             }
