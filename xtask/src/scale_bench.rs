@@ -21,9 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use crate::report::{BenchOut, Chart, Series};
+use crate::{
+    report::{BenchOut, Chart, Series},
+    secret_volume::SecretVolume,
+};
 
 /// What to measure and how large.
 #[derive(Debug, Clone, clap::Args)]
@@ -199,6 +202,81 @@ pub(crate) fn lines_with(
         }
     });
     rx
+}
+
+/// A Secret-style volume (as [`SecretVolume`] lays it out) rotated by a child shell with the
+/// kubelet's steps (a new `..tsN` directory, `..data_tmp` symlink, `mv -T` over `..data`), not by
+/// this process. The agent's monitor looks at the writing process's open descriptors, and in the
+/// connections curve this process holds two sockets per connection: rotating from here would
+/// measure the writer's descriptor table, not the agent's connections.
+pub(crate) struct ShellRotatedVolume {
+    volume: SecretVolume,
+    dir: PathBuf,
+    leaves: PathBuf,
+    version: usize,
+}
+
+impl ShellRotatedVolume {
+    /// The volume in `dir` holding `leaves[0]`; every leaf also written beside it (under names no
+    /// watched path has) for the shell to copy in.
+    pub(crate) fn create(dir: &Path, leaves: &[(String, String)]) -> Result<Self> {
+        let (cert, key) = leaves.first().context("at least one leaf")?;
+        let volume = SecretVolume::create(dir, cert, key)?;
+        let store = dir.with_extension("leaves");
+        fs::create_dir_all(&store)?;
+        for (i, (cert, key)) in leaves.iter().enumerate() {
+            fs::write(store.join(format!("leaf-{i}.crt")), cert)?;
+            fs::write(store.join(format!("leaf-{i}.pem")), key)?;
+        }
+        Ok(ShellRotatedVolume {
+            volume,
+            dir: dir.to_path_buf(),
+            leaves: store,
+            // SecretVolume::create wrote `..ts1`.
+            version: 1,
+        })
+    }
+
+    /// The certificate path the agent watches.
+    pub(crate) fn cert(&self) -> PathBuf {
+        self.volume.cert()
+    }
+
+    /// The key path the agent watches.
+    pub(crate) fn key(&self) -> PathBuf {
+        self.volume.key()
+    }
+
+    /// Rotates to leaf `i` (modulo the number written). Returns when the shell was about to run
+    /// `mv -T` (it says so on its stdout just before): the instant rotation latencies count from,
+    /// so the shell's own start (which grows with this process's descriptor table) is not in them.
+    pub(crate) fn rotate_to(&mut self, i: usize, count: usize) -> Result<Instant> {
+        let (old, new) = (self.version, self.version + 1);
+        let leaf = i % count;
+        let script = format!(
+            "set -e; cd '{dir}'; mkdir ..ts{new}; cp '{leaves}/leaf-{leaf}.crt' ..ts{new}/tls.crt; \
+             cp '{leaves}/leaf-{leaf}.pem' ..ts{new}/tls.key; ln -s ..ts{new} ..data_tmp; \
+             echo swap; mv -T ..data_tmp ..data; rm -rf ..ts{old}",
+            dir = self.dir.display(),
+            leaves = self.leaves.display(),
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("running the rotating shell")?;
+        let mut said = String::new();
+        std::io::BufReader::new(child.stdout.take().context("the shell's stdout")?)
+            .read_line(&mut said)?;
+        let swap = Instant::now();
+        let status = child.wait()?;
+        anyhow::ensure!(
+            status.success() && said.trim() == "swap",
+            "the rotating shell failed: {status}"
+        );
+        self.version = new;
+        Ok(swap)
+    }
 }
 
 /// Where a curve's files go: /dev/shm where there is one, so disk latency stays out of the

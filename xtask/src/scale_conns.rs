@@ -38,8 +38,8 @@ use crate::{
     report::{BenchOut, Series},
     scale_bench::{
         cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, Params, RemoveOnDrop,
+        ShellRotatedVolume,
     },
-    secret_volume::SecretVolume,
 };
 
 /// Connections per loopback source address (below the ~28,000 ephemeral ports of one).
@@ -103,7 +103,7 @@ async fn level(bin: &Path, n: usize, index: usize, params: &Params) -> Result<Le
     let mut agent = ListenerAgent::start(bin, &dir, &pki, &upstream, grace)?;
     let net = 10 + index as u8;
 
-    let (publish_idle_ms, publish_cpu_idle_ms) = agent.rotations(&pki, 1..=rotations)?;
+    let (publish_idle_ms, publish_cpu_idle_ms, _) = agent.rotations(&pki, 1..=rotations)?;
     let rss_before_kib = rss_kib(agent.pid());
     let (cpu0, t0) = (cpu_time(agent.pid()), Instant::now());
     let held = Held::open(&connector, agent.addr, n, net).await?;
@@ -117,12 +117,11 @@ async fn level(bin: &Path, n: usize, index: usize, params: &Params) -> Result<Le
     let handshake_idle_ms = probe_until(&connector, agent.addr, net, || false, probe_for).await?;
 
     // The first of these rotations makes every held connection stale: the drain is due
-    // `grace` after it (the listener checks every 250 ms).
-    let first = Instant::now();
-    let (publish_loaded_ms, publish_cpu_loaded_ms) =
+    // `grace` after its publication (the listener checks every 250 ms).
+    let (publish_loaded_ms, publish_cpu_loaded_ms, first) =
         agent.rotations(&pki, rotations + 1..=2 * rotations)?;
     let drain_cpu0 = cpu_time(agent.pid());
-    let due = first + grace;
+    let due = first.context("no rotation")? + grace;
     tokio::time::sleep_until((due - Duration::from_millis(200)).into()).await;
     let closed = held.closed.clone();
     let handshake_drain_ms = probe_until(
@@ -340,7 +339,7 @@ async fn serve_upstream(mut stream: UnixStream) -> std::io::Result<()> {
 struct ListenerAgent {
     child: Child,
     addr: SocketAddr,
-    volume: SecretVolume,
+    volume: ShellRotatedVolume,
     published: mpsc::Receiver<Instant>,
 }
 
@@ -353,8 +352,7 @@ impl ListenerAgent {
         grace: Duration,
     ) -> Result<ListenerAgent> {
         fs::write(dir.join("ca.crt"), &pki.ca_pem)?;
-        let (cert, key) = &pki.leaves[0];
-        let volume = SecretVolume::create(&dir.join("vol"), cert, key)?;
+        let volume = ShellRotatedVolume::create(&dir.join("vol"), &pki.leaves)?;
         let config = dir.join("certreload.toml");
         fs::write(
             &config,
@@ -389,29 +387,28 @@ impl ListenerAgent {
         self.child.id()
     }
 
-    /// Rotates to each of `leaves` in turn, timing each from the `..data` swap to the
-    /// "generation published" line: wall ms and agent CPU ms.
+    /// Rotates to each of `leaves` in turn, timing each from the rotating shell's `mv -T` to the
+    /// "generation published" line: wall ms and agent CPU ms, and when the first was published.
     fn rotations(
         &mut self,
         pki: &BenchPki,
         leaves: std::ops::RangeInclusive<usize>,
-    ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    ) -> Result<(Vec<f64>, Vec<f64>, Option<Instant>)> {
+        let (mut wall, mut cpu, mut first) = (Vec::new(), Vec::new(), None);
         for i in leaves {
             while self.published.try_recv().is_ok() {}
-            let (cert, key) = &pki.leaves[i % pki.leaves.len()];
             let cpu0 = cpu_time(self.pid());
-            let t0 = Instant::now();
-            self.volume.rotate(cert, key)?;
+            let t0 = self.volume.rotate_to(i, pki.leaves.len())?;
             let at = self
                 .published
                 .recv_timeout(Duration::from_secs(10))
                 .context("no generation published within 10 s of a rotation")?;
+            first.get_or_insert(at);
             wall.push(at.saturating_duration_since(t0).as_secs_f64() * 1e3);
             cpu.push((cpu_time(self.pid()) - cpu0).as_secs_f64() * 1e3);
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok((wall, cpu))
+        Ok((wall, cpu, first))
     }
 
     fn stop(mut self) {
@@ -422,7 +419,12 @@ impl ListenerAgent {
     }
 }
 
-fn listener_config(dir: &Path, volume: &SecretVolume, upstream: &Path, grace_s: u64) -> String {
+fn listener_config(
+    dir: &Path,
+    volume: &ShellRotatedVolume,
+    upstream: &Path,
+    grace_s: u64,
+) -> String {
     format!(
         r#"[agent]
 admin = "127.0.0.1:0"
@@ -487,7 +489,7 @@ fn median(v: &[f64]) -> f64 {
 /// The table: per size, then the growth exponents and the goals.
 fn print(levels: &[Level], params: &Params) {
     println!(
-        "\nLive idle TLS connections through one listener (ECDSA P-256, TLS 1.3, Unix-socket upstream; publish: median of {} rotations, `..data` swap -> \"generation published\")",
+        "\nLive idle TLS connections through one listener (ECDSA P-256, TLS 1.3, Unix-socket upstream; publish: median of {} rotations, a shell's mv -T over ..data -> \"generation published\"; publish CPU: the agent's, over that time)",
         params.rotations()
     );
     println!(

@@ -8,7 +8,7 @@
 //!
 //! Bundles: `certreload run` with N server bundles (each its own certificate and key, one CA): the
 //! time from spawn to "agent ready" (every bundle validated at start), the CPU it took, RSS, and
-//! the rotation latency of one bundle (a `..data` swap → its "generation published") while the
+//! the rotation latency of one bundle (a shell's `..data` swap → its "generation published") while the
 //! others are idle.
 
 use std::{
@@ -27,8 +27,8 @@ use crate::{
     report::{BenchOut, Series},
     scale_bench::{
         cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, Params, RemoveOnDrop,
+        ShellRotatedVolume,
     },
-    secret_volume::SecretVolume,
 };
 
 /// Files per directory of the paths curve.
@@ -396,9 +396,7 @@ fn bundles_level(bin: &Path, n: usize, params: &Params) -> Result<BundlesLevel> 
     let mut rotation_ms = Vec::with_capacity(rotations);
     for r in 0..rotations {
         while published.try_recv().is_ok() {}
-        let (cert, key) = &pki.leaves[n + r];
-        let t = Instant::now();
-        volume.rotate(cert, key)?;
+        let t = volume.rotate_to(1 + r, 1 + rotations)?;
         let at = published
             .recv_timeout(Duration::from_secs(10))
             .context("bundle 0 published no generation within 10 s of a rotation")?;
@@ -420,9 +418,12 @@ fn bundles_level(bin: &Path, n: usize, params: &Params) -> Result<BundlesLevel> 
 
 /// Writes every bundle's files (bundle 0 in a Secret-style volume, rotated; the others plain
 /// files) and the configuration naming them; returns the configuration's path and the volume.
-fn bundles_config(dir: &Path, pki: &BenchPki, n: usize) -> Result<(PathBuf, SecretVolume)> {
-    let (cert, key) = &pki.leaves[0];
-    let volume = SecretVolume::create(&dir.join("b0"), cert, key)?;
+fn bundles_config(dir: &Path, pki: &BenchPki, n: usize) -> Result<(PathBuf, ShellRotatedVolume)> {
+    // Bundle 0 starts on leaf 0 and rotates through the leaves after the n bundles' own.
+    let rotating: Vec<(String, String)> = std::iter::once(pki.leaves[0].clone())
+        .chain(pki.leaves[n..].iter().cloned())
+        .collect();
+    let volume = ShellRotatedVolume::create(&dir.join("b0"), &rotating)?;
     let ca = dir.join("ca.crt");
     fs::write(&ca, &pki.ca_pem)?;
     let mut config = format!(
@@ -453,7 +454,7 @@ fn bundles_config(dir: &Path, pki: &BenchPki, n: usize) -> Result<(PathBuf, Secr
 }
 
 fn print_bundles(levels: &[BundlesLevel]) {
-    println!("\nBundles (certreload run, server bundles sharing one CA, files on tmpfs; rotation: `..data` swap of one bundle -> its \"generation published\")");
+    println!("\nBundles (certreload run, server bundles sharing one CA, files on tmpfs; rotation: a shell's mv -T over one bundle's ..data -> its \"generation published\")");
     println!(
         "{:>8} {:>11} {:>13} {:>9} {:>11} {:>12} {:>12}",
         "bundles", "start ms", "start CPU ms", "RSS MiB", "KiB/bundle", "rot p50 ms", "rot p99 ms"
