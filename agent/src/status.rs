@@ -41,6 +41,14 @@ pub(crate) struct MonitorStatus {
     /// Absent from an older agent's document, hence the default.
     #[serde(default)]
     pub decode_errors: u64,
+    /// The strategy in use: `fentry`, `tracepoints`, `raw-syscalls` or `inotify` (empty from an
+    /// older agent).
+    #[serde(default)]
+    pub strategy: String,
+    /// Why that one: the refusal of each cheaper strategy, word for word (`--hook auto`), or that
+    /// it was requested (empty from an older agent).
+    #[serde(default)]
+    pub strategy_reason: String,
 }
 
 /// One bundle.

@@ -74,9 +74,16 @@ pub(crate) fn render(status: &Status) -> String {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut out = format!(
-        "monitor: {} (ring-buffer drops: {})\n\n",
+        "monitor: {} (ring-buffer drops: {})\n",
         status.monitor.mode, status.monitor.ringbuf_drops
     );
+    if !status.monitor.strategy.is_empty() {
+        out.push_str(&format!(
+            "hook strategy: {} ({})\n",
+            status.monitor.strategy, status.monitor.strategy_reason
+        ));
+    }
+    out.push('\n');
     render_bundles(&mut out, &status.bundles, now);
     render_listeners(&mut out, &status.listeners);
     render_probes(&mut out, &status.probes);

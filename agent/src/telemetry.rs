@@ -62,6 +62,15 @@ escaped_label_set! {
     FileLabel { filepath }
     RootCaLabel { probe, state }
     TokenStateLabel { state }
+    StrategyLabel { strategy }
+}
+
+/// `{strategy}`: the change monitor's hook strategy (`fentry`, `tracepoints`, `raw-syscalls`,
+/// `inotify`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct StrategyLabel {
+    /// Strategy name.
+    pub strategy: String,
 }
 
 /// `{listener}`.

@@ -14,7 +14,8 @@ use prometheus_client::{
 use crate::{
     status::Status,
     telemetry::{
-        BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, TokenStateLabel, X509Labels,
+        BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, StrategyLabel, TokenStateLabel,
+        X509Labels,
     },
 };
 
@@ -299,6 +300,12 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
     drops.inc_by(status.monitor.ringbuf_drops);
     let decode_errors = Counter::<u64>::default();
     decode_errors.inc_by(status.monitor.decode_errors);
+    let strategy = Family::<StrategyLabel, Gauge>::default();
+    strategy
+        .get_or_create(&StrategyLabel {
+            strategy: status.monitor.strategy.clone(),
+        })
+        .set(1);
     registry.register(
         "certreload_bundle_generation",
         "Current generation of each bundle",
@@ -318,6 +325,11 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
         "certreload_ringbuf_decode_errors",
         "eBPF ring-buffer records the agent could not decode (eBPF object and agent do not match)",
         decode_errors,
+    );
+    registry.register(
+        "certreload_monitor_strategy_info",
+        "The change monitor's hook strategy (why: /status monitor.strategy_reason)",
+        strategy,
     );
     certs.register(registry);
 }

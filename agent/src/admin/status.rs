@@ -163,6 +163,8 @@ fn monitor_status(mode: &ActiveMode, counters: &MonitorCounters) -> MonitorStatu
         mode: mode.to_string(),
         ringbuf_drops: counters.ringbuf_drops(),
         decode_errors: counters.decode_errors(),
+        strategy: mode.strategy().to_string(),
+        strategy_reason: mode.strategy_reason(),
     }
 }
 
@@ -176,6 +178,7 @@ mod tests {
         let counters = MonitorCounters::with_counts(2, 3);
         let mode = ActiveMode::Ebpf {
             hook: HookStrategy::Tracepoints,
+            strategy_reason: "fentry: not built; tracepoints: the kernel allows it".into(),
         };
         let status = Status {
             monitor: monitor_status(&mode, &counters),
@@ -188,11 +191,17 @@ mod tests {
         let json = serde_json::to_value(&status.monitor).expect("serializes");
         assert_eq!(
             json,
-            serde_json::json!({"mode": "ebpf", "ringbuf_drops": 2, "decode_errors": 3})
+            serde_json::json!({"mode": "ebpf", "ringbuf_drops": 2, "decode_errors": 3,
+                "strategy": "tracepoints",
+                "strategy_reason": "fentry: not built; tracepoints: the kernel allows it"})
         );
         let text = Exposition::new(&Metrics::default()).render(&status);
         assert!(
             text.contains("\ncertreload_ringbuf_decode_errors_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ncertreload_monitor_strategy_info{strategy=\"tracepoints\"} 1\n"),
             "{text}"
         );
         assert!(

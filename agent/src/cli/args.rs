@@ -26,7 +26,8 @@ pub(crate) struct MonitorArgs {
     /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeRequest,
-    /// How the eBPF syscall hooks are attached (see the README's "Hook choice").
+    /// How the kernel hooks are attached: `auto` (the cheapest the kernel allows: fentry, then
+    /// syscall tracepoints), or one strategy (see the README's "Hook choice").
     #[arg(long, value_enum, default_value_t = HookStrategy::default_for_host())]
     pub hook: HookStrategy,
     /// Content resync period (seconds), the backstop for what hooks cannot see.
@@ -92,7 +93,7 @@ pub(crate) enum Command {
         /// Change source: eBPF (falling back to inotify), eBPF only, or inotify only.
         #[arg(long, value_enum, default_value = "auto")]
         mode: ModeRequest,
-        /// How the eBPF syscall hooks are attached.
+        /// How the kernel hooks are attached (`auto`: the cheapest the kernel allows).
         #[arg(long, value_enum, default_value_t = HookStrategy::default_for_host())]
         hook: HookStrategy,
     },

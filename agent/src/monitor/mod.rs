@@ -81,8 +81,10 @@ pub(crate) struct MonitorConfig {
 pub(crate) enum ActiveMode {
     /// Kernel hooks.
     Ebpf {
-        /// Attachment strategy.
+        /// Attachment strategy (the one chosen, never `auto`).
         hook: HookStrategy,
+        /// Why this strategy: the refusal of each cheaper one (`--hook auto`), or "requested".
+        strategy_reason: String,
     },
     /// inotify fallback.
     Inotify {
@@ -99,6 +101,30 @@ impl std::fmt::Display for ActiveMode {
             ActiveMode::Ebpf { .. } => f.write_str("ebpf"),
             ActiveMode::Inotify { reason: Some(r) } => write!(f, "inotify (eBPF unavailable: {r})"),
             ActiveMode::Inotify { reason: None } => f.write_str("inotify"),
+        }
+    }
+}
+
+impl ActiveMode {
+    /// The strategy in use in one word, as `/status` (`monitor.strategy`) and the
+    /// `certreload_monitor_info` metric show it: `fentry`, `tracepoints`, `raw-syscalls` or
+    /// `inotify`.
+    pub(crate) fn strategy(&self) -> &'static str {
+        match self {
+            ActiveMode::Ebpf { hook, .. } => hook.name(),
+            ActiveMode::Inotify { .. } => "inotify",
+        }
+    }
+
+    /// Why that strategy (`monitor.strategy_reason`): the refusal of each cheaper one, word for
+    /// word, or that it was requested.
+    pub(crate) fn strategy_reason(&self) -> String {
+        match self {
+            ActiveMode::Ebpf {
+                strategy_reason, ..
+            } => strategy_reason.clone(),
+            ActiveMode::Inotify { reason: Some(r) } => format!("eBPF unavailable: {r}"),
+            ActiveMode::Inotify { reason: None } => "requested (--mode inotify)".to_string(),
         }
     }
 }
@@ -221,15 +247,12 @@ impl Monitor {
                 Active::Inotify(InotifySource::start(&watch.directories())?),
                 ActiveMode::Inotify { reason: None },
             ),
-            ModeRequest::Ebpf => (
-                Active::Kernel(Box::new(start_kernel(config, &watch, &counters)?)),
-                ActiveMode::Ebpf { hook: config.hook },
-            ),
+            ModeRequest::Ebpf => {
+                let (k, mode) = start_kernel(config, &watch, &counters)?;
+                (Active::Kernel(Box::new(k)), mode)
+            }
             ModeRequest::Auto => match start_kernel(config, &watch, &counters) {
-                Ok(k) => (
-                    Active::Kernel(Box::new(k)),
-                    ActiveMode::Ebpf { hook: config.hook },
-                ),
+                Ok((k, mode)) => (Active::Kernel(Box::new(k)), mode),
                 Err(e) => {
                     tracing::warn!(
                         reason = %e,
@@ -253,6 +276,13 @@ impl Monitor {
             confirmed: 0,
             resyncs: 0,
         };
+        if let ActiveMode::Ebpf {
+            hook,
+            strategy_reason,
+        } = &mode
+        {
+            tracing::info!(strategy = %hook, reason = %strategy_reason, "hook strategy chosen");
+        }
         tracing::info!(mode = ?mode, paths = watch.paths().len(), names = watch.all_names().len(), "monitor ready");
         Ok(Monitor {
             files: Arc::new(Mutex::new(Files { watch, confirmer })),
@@ -438,20 +468,26 @@ impl Files {
     }
 }
 
+/// Starts the kernel source with the strategy `config.hook` asks for (`auto`: the cheapest the
+/// kernel allows) and loads the filter; the mode says which strategy and why.
 fn start_kernel(
     config: &MonitorConfig,
     watch: &WatchSet,
     counters: &MonitorCounters,
-) -> Result<KernelSource, MonitorError> {
+) -> Result<(KernelSource, ActiveMode), MonitorError> {
     let names = watch.all_names();
-    let mut kernel = KernelSource::start(
+    let (mut kernel, choice) = KernelSource::choose(
         config.hook,
         config.profile_hooks,
         names.len(),
         counters.clone(),
     )?;
     kernel.hooks_mut().set_names(&names)?;
-    Ok(kernel)
+    let mode = ActiveMode::Ebpf {
+        hook: choice.strategy,
+        strategy_reason: choice.reason,
+    };
+    Ok((kernel, mode))
 }
 
 async fn next_hints(active: &mut Active) -> Option<Vec<Hint>> {

@@ -41,6 +41,11 @@ pub mod maps {
     pub const TRACKED_FDS: &str = "TRACKED_FDS";
     /// `u32` tgid → `u32` number of its tracked fds, so process exit and exec are checked in O(1).
     pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+    /// `u32` tgid → `u8` (1): processes with a write-open (or an fcntl dup of a tracked fd)
+    /// reported at syscall entry whose new fd the agent has not resolved yet. The kernel reports
+    /// every fd syscall of theirs; the agent removes the mark once it has found the fd in
+    /// `/proc/<tgid>/fd` and put it in [`TRACKED_FDS`].
+    pub const UNRESOLVED_TGIDS: &str = "UNRESOLVED_TGIDS";
     /// Per-CPU `u64` counters indexed by [`super::stats`].
     pub const STATS: &str = "STATS";
 }
@@ -127,7 +132,9 @@ macro_rules! event_kinds {
 }
 
 event_kinds! {
-    /// open/openat/openat2/creat with write intent on a watched name succeeded; `fd` is the new fd.
+    /// open/openat/openat2/creat with write intent on a watched name: with the raw strategy it
+    /// succeeded and `fd` is the new fd; with the tracepoint strategy it is reported at entry and
+    /// `fd` is -1 (the agent resolves it from `/proc/<tgid>/fd`).
     OPEN_WRITE = 1, OpenWrite, "open";
     /// A tracked fd was closed: writing through it is finished.
     CLOSE = 2, Close, "close";
@@ -147,7 +154,8 @@ event_kinds! {
     TRUNCATE = 9, Truncate, "truncate";
     /// ftruncate on a tracked fd.
     FTRUNCATE = 10, Ftruncate, "ftruncate";
-    /// dup/dup2/dup3/fcntl(F_DUPFD*) involving a tracked fd: `fd` is the old fd, `fd2` the new one.
+    /// dup/dup2/dup3/fcntl(F_DUPFD*) involving a tracked fd: `fd` is the old fd, `fd2` the new one
+    /// (-1 for an fcntl reported at entry by the tracepoint strategy: the agent resolves it).
     DUP = 11, Dup, "dup";
     /// close_range over a process that holds tracked fds: `fd`..=`fd2` are closed.
     CLOSE_RANGE = 12, CloseRange, "close_range";

@@ -69,18 +69,20 @@ pub const RAW_PROGRAMS: [(&str, &str); 4] = [
 /// Classic `syscalls` tracepoint programs for the per-syscall strategy: (program name, syscall,
 /// needs the exit hook). Each is attached to `syscalls:sys_enter_<syscall>`; `cr_tp_exit` is
 /// attached to `syscalls:sys_exit_<syscall>` where the third field says so. close, close_range and
-/// ftruncate emit at entry: one hook less on the host's most frequent file syscall.
+/// ftruncate emit at entry: one hook less on the host's most frequent file syscall. The opens and
+/// fcntl emit at entry too and leave the new fd to the agent (`/proc/<tgid>/fd`): an unrelated
+/// write-open, the most frequent hooked syscall after close, then runs one program, not two.
 pub const TRACEPOINT_PROGRAMS: [(&str, &str, bool); 21] = [
-    ("cr_tp_open", "open", true),
-    ("cr_tp_openat", "openat", true),
-    ("cr_tp_openat2", "openat2", true),
-    ("cr_tp_creat", "creat", true),
+    ("cr_tp_open", "open", false),
+    ("cr_tp_openat", "openat", false),
+    ("cr_tp_openat2", "openat2", false),
+    ("cr_tp_creat", "creat", false),
     ("cr_tp_close", "close", false),
     ("cr_tp_close_range", "close_range", false),
     ("cr_tp_dup", "dup", true),
     ("cr_tp_dup2", "dup2", true),
     ("cr_tp_dup3", "dup3", true),
-    ("cr_tp_fcntl", "fcntl", true),
+    ("cr_tp_fcntl", "fcntl", false),
     ("cr_tp_rename", "rename", true),
     ("cr_tp_renameat", "renameat", true),
     ("cr_tp_renameat2", "renameat2", true),

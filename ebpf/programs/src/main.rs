@@ -10,6 +10,11 @@
 //!    result is attached, fd tracking is updated and the event goes out on the ring buffer. Events are
 //!    emitted at exit so the agent never re-reads a file before the syscall has taken effect.
 //!
+//! Exceptions that emit at entry and so need no exit hook in the tracepoint strategy: close,
+//! close_range and ftruncate (the bytes written are in place already), and write-opens and fcntl
+//! dups (no change is reported for them: they only start tracking, and the agent resolves the new
+//! fd from `/proc/<tgid>/fd`, see `track_unresolved`).
+//!
 //! Every `unsafe` block says why it is sound. Three reasons recur: a map value pointer
 //! (`get_ptr_mut`, `get`) points into memory the kernel keeps valid for the whole program run, even
 //! if the entry is deleted meanwhile (hash-map elements are freed only after an RCU grace period
@@ -55,6 +60,8 @@ static SUFFIX_BITS: Array<u64> = Array::with_max_entries(SUFFIX_WORDS, 0);
 static TRACKED_FDS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static TRACKED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED, 0);
+#[map]
+static UNRESOLVED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static PENDING: HashMap<u64, RawEvent> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
@@ -206,8 +213,8 @@ fn park(ev: &mut RawEvent, event_kind: u32, syscall_flags: u64) {
 /// Emits at syscall entry, for operations whose effect does not depend on the syscall completing
 /// (closing an fd: the bytes written through it are already in place). Saves the exit hook.
 #[inline(always)]
-fn emit_now(ev: &mut RawEvent, event_kind: u32) {
-    fill_task(ev, event_kind, 0);
+fn emit_now(ev: &mut RawEvent, event_kind: u32, syscall_flags: u64) {
+    fill_task(ev, event_kind, syscall_flags);
     ev.ret = 0;
     // SAFETY: the helper takes no argument and only reads the monotonic clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -269,6 +276,38 @@ fn untrack(tgid: u32, fd: i64) {
     }
 }
 
+/// A write-open (or an fcntl dup of a tracked fd) reported at syscall entry, whose fd only the agent
+/// can resolve (from `/proc/<tgid>/fd`): the process is counted as holding one more tracked fd (the
+/// agent's entry for the fd it finds takes that count over, and its close or the exit gives it
+/// back), and it is marked in `UNRESOLVED_TGIDS`, so its fd syscalls are reported until the agent
+/// has resolved the fd and removes the mark. This is what lets opens and fcntl run no exit hook.
+#[inline(always)]
+fn track_unresolved(tgid: u32) {
+    // The gate first: from here on, fd syscalls look at the maps below.
+    gate_add(gates::TRACKED_FDS, 1);
+    match TRACKED_TGIDS.get_ptr_mut(tgid) {
+        Some(p) => {
+            // SAFETY: as in `track`: an aligned u32 value of TRACKED_TGIDS, valid for the run;
+            // the add is atomic.
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, 1) };
+        }
+        None => {
+            // Two threads inserting at once: one insert wins and one count is lost, which only
+            // over-counts the gate (the exit subtracts the map's count): never an event lost.
+            TRACKED_TGIDS.insert(tgid, 1, BPF_ANY as u64).ok();
+        }
+    }
+    if UNRESOLVED_TGIDS.insert(tgid, 1, BPF_ANY as u64).is_err() {
+        count(stats::TRACK_LOST);
+    }
+}
+
+#[inline(always)]
+fn is_unresolved(tgid: u32) -> bool {
+    // SAFETY: only whether the entry exists is used; the value is never read.
+    unsafe { UNRESOLVED_TGIDS.get(tgid) }.is_some()
+}
+
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -278,9 +317,12 @@ fn current_tgid() -> u32 {
 // Syscall entry logic, shared by both attachment strategies. Arguments arrive as raw u64s.
 // ---------------------------------------------------------------------------------------------
 
-/// open/openat/creat: only opens that may write are looked at.
+/// open/openat/creat: only opens that may write are looked at. `at_entry` (the tracepoint
+/// strategy, which runs no exit hook on opens): the event goes out now, without the fd, and the
+/// process is marked for the agent to resolve it ([`track_unresolved`]); otherwise (the raw
+/// strategy, whose exit program runs on every syscall anyway) it is parked until the fd is known.
 #[inline(always)]
-fn enter_open(path: u64, open_flags: u64) {
+fn enter_open(path: u64, open_flags: u64, at_entry: bool) {
     if open_flags & OPEN_WRITE_INTENT == 0 {
         return;
     }
@@ -298,16 +340,21 @@ fn enter_open(path: u64, open_flags: u64) {
     }
     ev.fd = -1;
     ev.fd2 = -1;
-    park(ev, kind::OPEN_WRITE, open_flags);
+    if at_entry {
+        track_unresolved(current_tgid());
+        emit_now(ev, kind::OPEN_WRITE, open_flags);
+    } else {
+        park(ev, kind::OPEN_WRITE, open_flags);
+    }
 }
 
 /// openat2: the flags live in user memory (`struct open_how`, `flags` first).
 #[inline(always)]
-fn enter_openat2(path: u64, how: u64) {
+fn enter_openat2(path: u64, how: u64, at_entry: bool) {
     // SAFETY: `how` is the syscall's user pointer, possibly bogus: the helper checks the address
     // and returns an error (then no flags: the open is ignored) instead of faulting.
     let open_flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    enter_open(path, open_flags);
+    enter_open(path, open_flags, at_entry);
 }
 
 /// unlink/truncate: one path.
@@ -357,8 +404,9 @@ fn enter_two_paths(event_kind: u32, from: u64, to: u64, syscall_flags: u64, matc
     park(ev, event_kind, syscall_flags);
 }
 
-/// close/ftruncate/dup*/fcntl: only fds that are tracked matter; when none is tracked anywhere
-/// (the normal state) this is a single array load.
+/// close/ftruncate/dup*/fcntl: only fds that are tracked matter, and every fd of a process whose
+/// write-open the agent has not resolved yet; when none is tracked anywhere (the normal state) this
+/// is a single array load.
 #[inline(always)]
 fn enter_fd(event_kind: u32, fd: u64, fd2: i64) {
     if gate(gates::TRACKED_FDS) == 0 {
@@ -367,7 +415,7 @@ fn enter_fd(event_kind: u32, fd: u64, fd2: i64) {
     let tgid = current_tgid();
     let fd = fd as i64;
     // dup2/dup3 onto a tracked fd closes it implicitly, so either side may matter.
-    if !is_tracked(tgid, fd) && !(fd2 >= 0 && is_tracked(tgid, fd2)) {
+    if !is_tracked(tgid, fd) && !(fd2 >= 0 && is_tracked(tgid, fd2)) && !is_unresolved(tgid) {
         return;
     }
     let Some(ev) = scratch() else { return };
@@ -380,18 +428,40 @@ fn enter_fd(event_kind: u32, fd: u64, fd2: i64) {
         kind::CLOSE => {
             // Linux releases the fd even when close reports an error.
             untrack(tgid, fd);
-            emit_now(ev, event_kind);
+            emit_now(ev, event_kind, 0);
         }
-        kind::FTRUNCATE => emit_now(ev, event_kind),
+        kind::FTRUNCATE => emit_now(ev, event_kind, 0),
         _ => park(ev, event_kind, 0),
     }
 }
 
+/// fcntl: only F_DUPFD*. `at_entry` (the tracepoint strategy, no exit hook on fcntl): a dup of a
+/// tracked fd goes out now without the new fd (`fd2` = -1), which the agent resolves from
+/// `/proc/<tgid>/fd` as it does for opens ([`track_unresolved`]).
 #[inline(always)]
-fn enter_fcntl(fd: u64, cmd: u64) {
-    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
-        enter_fd(kind::DUP, fd, -1);
+fn enter_fcntl(fd: u64, cmd: u64, at_entry: bool) {
+    if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+        return;
     }
+    if !at_entry {
+        enter_fd(kind::DUP, fd, -1);
+        return;
+    }
+    if gate(gates::TRACKED_FDS) == 0 {
+        return;
+    }
+    let tgid = current_tgid();
+    if !is_tracked(tgid, fd as i64) {
+        return;
+    }
+    let Some(ev) = scratch() else { return };
+    ev.event_flags = 0;
+    ev.name[0] = 0;
+    ev.name2[0] = 0;
+    ev.fd = fd as i32;
+    ev.fd2 = -1;
+    track_unresolved(tgid);
+    emit_now(ev, kind::DUP, cmd);
 }
 
 #[inline(always)]
@@ -410,7 +480,7 @@ fn enter_close_range(first: u64, last: u64) {
     ev.name2[0] = 0;
     ev.fd = first.min(i32::MAX as u64) as i32;
     ev.fd2 = last.min(i32::MAX as u64) as i32;
-    emit_now(ev, kind::CLOSE_RANGE);
+    emit_now(ev, kind::CLOSE_RANGE, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,6 +567,8 @@ fn process_exit() {
     };
     // An error means a last untrack removed it first: it is gone either way.
     TRACKED_TGIDS.remove(tgid).ok();
+    // Absent unless a write-open of the process was still unresolved.
+    UNRESOLVED_TGIDS.remove(tgid).ok();
     // The agent deletes this process's TRACKED_FDS entries; the gate is corrected here.
     gate_add(gates::TRACKED_FDS, (held as u64).wrapping_neg());
     emit_task_event(kind::EXIT);
@@ -524,7 +596,7 @@ fn emit_task_event(event_kind: u32) {
     ev.fd2 = -1;
     ev.name[0] = 0;
     ev.name2[0] = 0;
-    emit_now(ev, event_kind);
+    emit_now(ev, event_kind, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,14 +622,14 @@ fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
     let a = |n| regs_arg(regs, n);
     match id {
         nr::CLOSE => enter_fd(kind::CLOSE, a(0), -1),
-        nr::OPENAT => enter_open(a(1), a(2)),
-        nr::OPEN => enter_open(a(0), a(1)),
-        nr::CREAT => enter_open(a(0), open_flags::CREAT),
-        nr::OPENAT2 => enter_openat2(a(1), a(2)),
+        nr::OPENAT => enter_open(a(1), a(2), false),
+        nr::OPEN => enter_open(a(0), a(1), false),
+        nr::CREAT => enter_open(a(0), open_flags::CREAT, false),
+        nr::OPENAT2 => enter_openat2(a(1), a(2), false),
         nr::DUP => enter_fd(kind::DUP, a(0), -1),
         nr::DUP2 => enter_fd(kind::DUP, a(0), a(1) as i64),
         nr::DUP3 => enter_fd(kind::DUP, a(0), a(1) as i64),
-        nr::FCNTL => enter_fcntl(a(0), a(1)),
+        nr::FCNTL => enter_fcntl(a(0), a(1), false),
         nr::CLOSE_RANGE => enter_close_range(a(0), a(1)),
         nr::FTRUNCATE => enter_fd(kind::FTRUNCATE, a(0), -1),
         nr::RENAME => enter_two_paths(kind::RENAME, a(0), a(1), 0, true),
@@ -628,16 +700,16 @@ macro_rules! syscall_tracepoint {
     };
 }
 
-syscall_tracepoint!(cr_tp_open, |a| enter_open(a(0), a(1)));
-syscall_tracepoint!(cr_tp_openat, |a| enter_open(a(1), a(2)));
-syscall_tracepoint!(cr_tp_openat2, |a| enter_openat2(a(1), a(2)));
-syscall_tracepoint!(cr_tp_creat, |a| enter_open(a(0), open_flags::CREAT));
+syscall_tracepoint!(cr_tp_open, |a| enter_open(a(0), a(1), true));
+syscall_tracepoint!(cr_tp_openat, |a| enter_open(a(1), a(2), true));
+syscall_tracepoint!(cr_tp_openat2, |a| enter_openat2(a(1), a(2), true));
+syscall_tracepoint!(cr_tp_creat, |a| enter_open(a(0), open_flags::CREAT, true));
 syscall_tracepoint!(cr_tp_close, |a| enter_fd(kind::CLOSE, a(0), -1));
 syscall_tracepoint!(cr_tp_close_range, |a| enter_close_range(a(0), a(1)));
 syscall_tracepoint!(cr_tp_dup, |a| enter_fd(kind::DUP, a(0), -1));
 syscall_tracepoint!(cr_tp_dup2, |a| enter_fd(kind::DUP, a(0), a(1) as i64));
 syscall_tracepoint!(cr_tp_dup3, |a| enter_fd(kind::DUP, a(0), a(1) as i64));
-syscall_tracepoint!(cr_tp_fcntl, |a| enter_fcntl(a(0), a(1)));
+syscall_tracepoint!(cr_tp_fcntl, |a| enter_fcntl(a(0), a(1), true));
 syscall_tracepoint!(cr_tp_rename, |a| enter_two_paths(
     kind::RENAME,
     a(0),

@@ -64,6 +64,13 @@ pub enum Operation {
         /// The new fd: writing through it ends at its last close.
         fd: i32,
     },
+    /// A watched name was opened with write intent, reported at the open's entry (the tracepoint
+    /// strategy runs no exit hook on opens): the new fd, if the open succeeds, is found by the
+    /// agent in `/proc/<tgid>/fd` (see [`crate::monitor::ebpf::writers`]).
+    OpenWriteUnresolved {
+        /// The path opened.
+        name: OsString,
+    },
     /// A tracked fd was closed.
     Close {
         /// The fd closed.
@@ -117,6 +124,12 @@ pub enum Operation {
         /// The fd that now refers to the same file.
         new: i32,
     },
+    /// `fcntl(F_DUPFD*)` of a tracked fd, reported at entry (no exit hook on fcntl): the new fd is
+    /// found by the agent in `/proc/<tgid>/fd`, as for [`Operation::OpenWriteUnresolved`].
+    DupUnresolved {
+        /// The fd duplicated.
+        old: i32,
+    },
     /// A process holding tracked fds closed a range of fds at once.
     CloseRange {
         /// The first fd closed.
@@ -133,6 +146,7 @@ impl Operation {
         let name = || path(&raw.name);
         let name2 = || path(&raw.name2);
         match kind {
+            EventKind::OpenWrite if raw.fd < 0 => Self::OpenWriteUnresolved { name: name() },
             EventKind::OpenWrite => Self::OpenWrite {
                 name: name(),
                 fd: raw.fd,
@@ -155,6 +169,7 @@ impl Operation {
             EventKind::Unlink => Self::Unlink { name: name() },
             EventKind::Truncate => Self::Truncate { name: name() },
             EventKind::Ftruncate => Self::Ftruncate { fd: raw.fd },
+            EventKind::Dup if raw.fd2 < 0 => Self::DupUnresolved { old: raw.fd },
             EventKind::Dup => Self::Dup {
                 old: raw.fd,
                 new: raw.fd2,
@@ -169,7 +184,7 @@ impl Operation {
     /// The kind this operation was decoded from.
     pub fn kind(&self) -> EventKind {
         match self {
-            Self::OpenWrite { .. } => EventKind::OpenWrite,
+            Self::OpenWrite { .. } | Self::OpenWriteUnresolved { .. } => EventKind::OpenWrite,
             Self::Close { .. } => EventKind::Close,
             Self::Exit => EventKind::Exit,
             Self::Exec => EventKind::Exec,
@@ -179,7 +194,7 @@ impl Operation {
             Self::Unlink { .. } => EventKind::Unlink,
             Self::Truncate { .. } => EventKind::Truncate,
             Self::Ftruncate { .. } => EventKind::Ftruncate,
-            Self::Dup { .. } => EventKind::Dup,
+            Self::Dup { .. } | Self::DupUnresolved { .. } => EventKind::Dup,
             Self::CloseRange { .. } => EventKind::CloseRange,
         }
     }
@@ -293,6 +308,31 @@ mod tests {
         raw.kind = kind::DUP;
         let dup = decode(&bytes_of(&raw)).expect("decodes").op;
         assert_eq!(dup, Operation::Dup { old: 3, new: 9 });
+        raw.kind = kind::OPEN_WRITE;
+        let open = decode(&bytes_of(&raw)).expect("decodes").op;
+        assert_eq!(
+            open,
+            Operation::OpenWrite {
+                name: "target".into(),
+                fd: 3
+            }
+        );
+        // Reported at entry (tracepoint strategy): no fd yet.
+        raw.fd2 = -1;
+        raw.kind = kind::DUP;
+        let dup = decode(&bytes_of(&raw)).expect("decodes").op;
+        assert_eq!(dup, Operation::DupUnresolved { old: 3 });
+        raw.fd = -1;
+        raw.kind = kind::OPEN_WRITE;
+        let open = decode(&bytes_of(&raw)).expect("decodes").op;
+        assert_eq!(
+            open,
+            Operation::OpenWriteUnresolved {
+                name: "target".into()
+            }
+        );
+        raw.fd = 3;
+        raw.fd2 = 9;
         raw.kind = kind::CLOSE_RANGE;
         let range = decode(&bytes_of(&raw)).expect("decodes").op;
         assert_eq!(range, Operation::CloseRange { first: 3, last: 9 });

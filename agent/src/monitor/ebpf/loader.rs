@@ -14,13 +14,21 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// The eBPF object built by `cargo xtask build`; empty when the agent was built without it.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/certreload.bpf.o"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/certreload.bpf.o"));
 
-/// How the syscall hooks are attached. Both are measured by `cargo xtask bench monitor`; see the
-/// README ("Hook choice") for the figures behind the default.
+/// How the kernel hooks are attached. Each is measured by `cargo xtask bench monitor`; see the
+/// README ("Hook choice") for the figures behind the order `auto` tries them in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum HookStrategy {
+    /// The cheapest the kernel allows, tried in order: `fentry` (only the hooked kernel functions
+    /// pay), then `tracepoints` (then, with `--mode auto`, inotify). The choice and the refusal of
+    /// each cheaper one are logged and shown in `/status`.
+    Auto,
+    /// fentry/fexit and BPF-LSM programs on the VFS functions: no syscall tracepoint at all, so no
+    /// other syscall of the node pays. Needs BTF, and a kernel that allows BPF trampolines.
+    Fentry,
     /// One classic `syscalls:sys_enter_<name>` tracepoint per hooked syscall, plus their
     /// `sys_exit_<name>`: only hooked syscalls run a program. Architecture-independent.
     Tracepoints,
@@ -34,9 +42,38 @@ pub(crate) enum HookStrategy {
 }
 
 impl HookStrategy {
-    /// The default for this machine: see the README's "Hook choice".
+    /// The default: [`HookStrategy::Auto`], the cheapest strategy the kernel allows (see the
+    /// README's "Hook choice").
     pub(crate) fn default_for_host() -> Self {
-        HookStrategy::Tracepoints
+        HookStrategy::Auto
+    }
+
+    /// The concrete strategies to try for this request, cheapest first.
+    pub(crate) fn candidates(self) -> &'static [HookStrategy] {
+        match self {
+            HookStrategy::Auto => &[HookStrategy::Fentry, HookStrategy::Tracepoints],
+            HookStrategy::Fentry => &[HookStrategy::Fentry],
+            HookStrategy::Tracepoints => &[HookStrategy::Tracepoints],
+            HookStrategy::RawSyscalls => &[HookStrategy::RawSyscalls],
+            HookStrategy::Noop => &[HookStrategy::Noop],
+        }
+    }
+
+    /// The name as `--hook` takes it and `/status` shows it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            HookStrategy::Auto => "auto",
+            HookStrategy::Fentry => "fentry",
+            HookStrategy::Tracepoints => "tracepoints",
+            HookStrategy::RawSyscalls => "raw-syscalls",
+            HookStrategy::Noop => "noop",
+        }
+    }
+}
+
+impl std::fmt::Display for HookStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -75,6 +112,12 @@ pub(crate) enum EbpfUnavailable {
     /// The raw strategy only knows x86_64 syscall numbers.
     #[error("the raw sys_enter strategy needs x86_64 syscall numbers; this is {0}")]
     Arch(&'static str),
+    /// The strategy has no programs feeding the monitor in this build.
+    #[error("not built: {0}")]
+    NotBuilt(&'static str),
+    /// `--hook auto`: every strategy tried was refused; each refusal in order.
+    #[error("no hook strategy can be used: {0}")]
+    AllRefused(String),
 }
 
 /// Cost of one attached program, from the kernel's BPF run-time statistics (only counted while
@@ -126,6 +169,7 @@ pub(crate) struct KernelHooks {
     names: HashMap<MapData, u64, u8>,
     suffix_bits: Array<MapData, u64>,
     tracked: HashMap<MapData, u64, u64>,
+    unresolved: HashMap<MapData, u32, u8>,
     stats: PerCpuArray<MapData, u64>,
     loaded_names: BTreeSet<u64>,
     names_capacity: u32,
@@ -156,8 +200,17 @@ impl KernelHooks {
         } else {
             None
         };
-        if strategy == HookStrategy::RawSyscalls && !cfg!(target_arch = "x86_64") {
-            return Err(EbpfUnavailable::Arch(std::env::consts::ARCH));
+        match strategy {
+            HookStrategy::RawSyscalls if !cfg!(target_arch = "x86_64") => {
+                return Err(EbpfUnavailable::Arch(std::env::consts::ARCH));
+            }
+            HookStrategy::Fentry => return Err(fentry_unavailable()),
+            HookStrategy::Auto => {
+                return Err(EbpfUnavailable::NotBuilt(
+                    "`auto` is a choice among strategies, made by KernelSource::choose",
+                ))
+            }
+            _ => {}
         }
         raise_memlock_limit();
         if strategy != HookStrategy::RawSyscalls {
@@ -174,6 +227,7 @@ impl KernelHooks {
             names: typed_map(&mut ebpf, maps::WATCHED_NAMES)?,
             suffix_bits: typed_map(&mut ebpf, maps::SUFFIX_BITS)?,
             tracked: typed_map(&mut ebpf, maps::TRACKED_FDS)?,
+            unresolved: typed_map(&mut ebpf, maps::UNRESOLVED_TGIDS)?,
             stats: typed_map(&mut ebpf, maps::STATS)?,
             ebpf,
             _profiling: profiling,
@@ -238,12 +292,32 @@ impl KernelHooks {
         }
     }
 
+    /// Has the kernel report the close of `tgid`'s fd `fd`, found in `/proc` for an open the kernel
+    /// reported at entry (it counted that fd when it saw the open: the count is not touched here).
+    pub(crate) fn track_fd(&mut self, tgid: u32, fd: i32, name_hash: u64) {
+        if let Err(e) = self.tracked.insert(fd_key(tgid, fd), name_hash, 0) {
+            // The close is then found through the exit or the writer-hold bound instead.
+            tracing::debug!(tgid, fd, error = %e, "cannot track a resolved fd in the kernel");
+        }
+    }
+
+    /// Keeps the kernel reporting every fd syscall of `tgid` (an open of it is still unresolved).
+    pub(crate) fn unresolved(&mut self, tgid: u32) {
+        if let Err(e) = self.unresolved.insert(tgid, 1, 0) {
+            tracing::debug!(tgid, error = %e, "cannot mark a process unresolved in the kernel");
+        }
+    }
+
+    /// Stops the kernel reporting every fd syscall of `tgid` (none of its opens is unresolved).
+    pub(crate) fn resolved(&mut self, tgid: u32) {
+        // Absent when the kernel never marked it, or the exit removed it: nothing to do.
+        self.unresolved.remove(&tgid).ok();
+    }
+
     /// Removes the kernel's record of one fd (vanished at exec or in a close_range).
     pub(crate) fn forget_fd(&mut self, tgid: u32, fd: i32) {
         // Gone already if the kernel removed it at the close; nothing else can fail here.
-        self.tracked
-            .remove(&(((tgid as u64) << 32) | fd as u32 as u64))
-            .ok();
+        self.tracked.remove(&fd_key(tgid, fd)).ok();
     }
 
     /// Reads the kernel counters.
@@ -275,6 +349,11 @@ impl KernelHooks {
                 .collect(),
         }
     }
+}
+
+/// The kernel's `TRACKED_FDS` key of `tgid`'s fd `fd`.
+fn fd_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | fd as u32 as u64
 }
 
 /// Takes map `name` out of the object as the typed handle the agent uses.
@@ -320,12 +399,21 @@ fn program_error(program: &str, target: &str) -> impl FnOnce(ProgramError) -> Eb
     }
 }
 
+/// Why the `fentry` strategy cannot run. Its slot in the choice: the fentry/fexit and BPF-LSM
+/// programs (`ebpf/programs/src/vfs_hooks.rs`) do not feed the monitor's ring buffer yet, so it is
+/// refused as not built, and `auto` goes on to the syscall tracepoints.
+fn fentry_unavailable() -> EbpfUnavailable {
+    EbpfUnavailable::NotBuilt(
+        "the fentry/BPF-LSM programs do not feed the change monitor in this build",
+    )
+}
+
 fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable> {
     let raw: &[(&str, &str)] = match strategy {
         HookStrategy::RawSyscalls => &syscalls::RAW_PROGRAMS,
         // Process exit and exec are not syscall tracepoints: raw tracepoints in both strategies.
         HookStrategy::Tracepoints => &syscalls::RAW_PROGRAMS[2..],
-        HookStrategy::Noop => &[],
+        HookStrategy::Noop | HookStrategy::Auto | HookStrategy::Fentry => &[],
     };
     for &(name, tp) in raw {
         let prog: &mut RawTracePoint = program(ebpf, name, tp)?;

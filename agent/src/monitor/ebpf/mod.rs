@@ -1,5 +1,12 @@
 //! The eBPF source: kernel events from the ring buffer, turned into hints with attribution.
 
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the fexit rename hook's offsets (step 3 of issue 13 part 4) are read by nothing yet outside its tests"
+    )
+)]
 pub mod decode;
 pub(crate) mod loader;
 pub mod writers;
@@ -12,12 +19,22 @@ use tokio::io::unix::AsyncFd;
 use self::{
     decode::{decode, KernelEvent, Operation},
     loader::{EbpfUnavailable, HookStrategy, KernelHooks, KernelStats},
-    writers::{OpenForWrite, OpenWriters},
+    writers::{FoundFd, OpenForWrite, OpenWriters},
 };
 use super::{
     hint::{Hint, Scope, Source},
     MonitorCounters,
 };
+
+/// The strategy [`KernelSource::choose`] started, and why: the refusal of each cheaper strategy
+/// (`fentry: not built: …; tracepoints: the kernel allows it`), or that it was requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StrategyChoice {
+    /// The strategy in use (never `auto`).
+    pub strategy: HookStrategy,
+    /// Why this one.
+    pub reason: String,
+}
 
 /// The attached kernel programs, their ring buffer, and the write-tracking state.
 pub(crate) struct KernelSource {
@@ -54,6 +71,34 @@ impl KernelSource {
         })
     }
 
+    /// Starts the first strategy of `requested`'s candidates the kernel allows (`auto`: fentry,
+    /// then tracepoints), and says which and why: the refusal of each cheaper one, word for word.
+    pub(crate) fn choose(
+        requested: HookStrategy,
+        profile: bool,
+        names: usize,
+        counters: MonitorCounters,
+    ) -> Result<(Self, StrategyChoice), EbpfUnavailable> {
+        let mut refusals = Vec::new();
+        let candidates = requested.candidates();
+        for &strategy in candidates {
+            match Self::start(strategy, profile, names, counters.clone()) {
+                Ok(source) => {
+                    let reason = if requested == HookStrategy::Auto {
+                        refusals.push(format!("{strategy}: the kernel allows it"));
+                        refusals.join("; ")
+                    } else {
+                        format!("requested (--hook {strategy})")
+                    };
+                    return Ok((source, StrategyChoice { strategy, reason }));
+                }
+                Err(e) if candidates.len() == 1 => return Err(e),
+                Err(e) => refusals.push(format!("{strategy}: {e}")),
+            }
+        }
+        Err(EbpfUnavailable::AllRefused(refusals.join("; ")))
+    }
+
     /// The kernel filter and counters.
     pub(crate) fn hooks_mut(&mut self) -> &mut KernelHooks {
         &mut self.hooks
@@ -88,53 +133,126 @@ impl KernelSource {
 
     /// Turns a batch of kernel events into hints, in order, updating write tracking: an operation
     /// on a path is a hint at once; a write through an fd is one when the writing ends (last close,
-    /// the dup2 that replaced the fd, close_range, exit or exec).
+    /// the dup2 that replaced the fd, close_range, exit or exec). Opens reported without their fd
+    /// are then resolved from `/proc` ([`OpenWriters::reconcile`]).
     pub(crate) fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
         let mut hints = Vec::new();
         for (i, ev) in batch.iter().enumerate() {
-            let tgid = ev.header.writer.tgid;
-            let finished: Vec<OpenForWrite> = match &ev.op {
-                Operation::OpenWrite { name, fd } => {
-                    let still_open = !closed_later(tgid, &batch[i + 1..]);
-                    let writer = ev.header.writer.clone();
-                    self.writers
-                        .opened(tgid, *fd, name.clone(), writer, still_open);
-                    Vec::new()
-                }
-                Operation::Close { fd } => self.writers.closed(tgid, *fd).into_iter().collect(),
-                Operation::Dup { old, new } => self
-                    .writers
-                    .duplicated(tgid, *old, *new)
-                    .into_iter()
-                    .collect(),
-                Operation::CloseRange { first, last } => self.closed_range(tgid, *first, *last),
-                Operation::Exit => {
-                    self.hooks.forget_process(tgid);
-                    self.writers.exited(tgid)
-                }
-                Operation::Exec => self.executed(tgid),
-                // Content changes through a still-open fd: the close will report it.
-                Operation::Ftruncate { .. } => Vec::new(),
-                Operation::Rename { from, to } => {
-                    hints.push(hint(ev, [from, to]));
-                    Vec::new()
-                }
-                Operation::Link { existing, link } => {
-                    hints.push(hint(ev, [existing, link]));
-                    Vec::new()
-                }
-                Operation::Symlink { target: _, link } => {
-                    hints.push(hint(ev, [link]));
-                    Vec::new()
-                }
-                Operation::Unlink { name } | Operation::Truncate { name } => {
-                    hints.push(hint(ev, [name]));
-                    Vec::new()
-                }
-            };
+            self.note_fd_syscall(ev);
+            let finished = self.apply(ev, &batch[i + 1..], &mut hints);
             hints.extend(finished.iter().map(|done| hint(ev, [&done.name])));
         }
+        for tgid in self.writers.unresolved_processes() {
+            self.reconcile(tgid, &mut hints);
+        }
         hints
+    }
+
+    /// Tells the unresolved opens of the event's process that it made an fd syscall.
+    fn note_fd_syscall(&mut self, ev: &KernelEvent) {
+        let (closed, made) = match ev.op {
+            Operation::Close { fd } => (Some((fd, fd)), None),
+            Operation::CloseRange { first, last } => (Some((first, last)), None),
+            Operation::Dup { new, .. } => (None, Some(new)),
+            Operation::DupUnresolved { .. } | Operation::Ftruncate { .. } | Operation::Exec => {
+                (None, None)
+            }
+            _ => return,
+        };
+        let w = &ev.header.writer;
+        self.writers
+            .saw_fd_syscall(w.tgid, w.pid, ev.header.ts_ns, ev.op.as_str(), closed, made);
+    }
+
+    /// Applies one event to write tracking; returns the writes it finished (path operations push
+    /// their hint at once).
+    fn apply(
+        &mut self,
+        ev: &KernelEvent,
+        later: &[KernelEvent],
+        hints: &mut Vec<Hint>,
+    ) -> Vec<OpenForWrite> {
+        let tgid = ev.header.writer.tgid;
+        match &ev.op {
+            Operation::OpenWrite { name, fd } => {
+                let still_open = !closed_later(tgid, later);
+                let writer = ev.header.writer.clone();
+                self.writers
+                    .opened(tgid, *fd, name.clone(), writer, still_open);
+                Vec::new()
+            }
+            Operation::OpenWriteUnresolved { name } => {
+                let writer = ev.header.writer.clone();
+                self.writers.opened_unresolved(tgid, name.clone(), writer);
+                Vec::new()
+            }
+            Operation::DupUnresolved { old } => {
+                let writer = ev.header.writer.clone();
+                self.writers.duplicated_unresolved(tgid, *old, writer);
+                Vec::new()
+            }
+            Operation::Close { fd } => self.writers.closed(tgid, *fd).into_iter().collect(),
+            Operation::Dup { old, new } => self
+                .writers
+                .duplicated(tgid, *old, *new)
+                .into_iter()
+                .collect(),
+            Operation::CloseRange { first, last } => self.closed_range(tgid, *first, *last),
+            Operation::Exit => {
+                self.hooks.forget_process(tgid);
+                self.hooks.resolved(tgid);
+                self.writers.exited(tgid)
+            }
+            Operation::Exec => self.executed(tgid),
+            // Content changes through a still-open fd: the close will report it.
+            Operation::Ftruncate { .. } => Vec::new(),
+            Operation::Rename { from, to } => {
+                hints.push(hint(ev, [from, to]));
+                Vec::new()
+            }
+            Operation::Link { existing, link } => {
+                hints.push(hint(ev, [existing, link]));
+                Vec::new()
+            }
+            Operation::Symlink { target: _, link } => {
+                hints.push(hint(ev, [link]));
+                Vec::new()
+            }
+            Operation::Unlink { name } | Operation::Truncate { name } => {
+                hints.push(hint(ev, [name]));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Resolves `tgid`'s unresolved opens from `/proc`: the fds found are handed to the kernel (so
+    /// their close is reported) and checked again afterwards, since the process may have closed
+    /// them in between; finished writes become hints. The kernel stops reporting every fd syscall
+    /// of the process once none is left unresolved.
+    fn reconcile(&mut self, tgid: u32, hints: &mut Vec<Hint>) {
+        let out = self.writers.reconcile(tgid);
+        for FoundFd {
+            fd,
+            name_hash,
+            file,
+        } in out.found
+        {
+            self.hooks.track_fd(tgid, fd, name_hash);
+            if OpenWriters::gone_since_found(tgid, fd, file) {
+                self.hooks.forget_fd(tgid, fd);
+                if let Some(done) = self.writers.closed(tgid, fd) {
+                    hints.push(finished_hint(done, None));
+                }
+            }
+        }
+        for (done, progressed) in out.finished {
+            hints.push(finished_hint(done, progressed));
+        }
+        if out.still_unresolved {
+            self.hooks.unresolved(tgid);
+        } else {
+            self.hooks.resolved(tgid);
+        }
     }
 
     /// close_range: the writes finished in the range, and the kernel's table forgets its fds
@@ -160,6 +278,18 @@ impl KernelSource {
     /// Files still open for writing; a watched path resolving to one of them is not re-read yet.
     pub(crate) fn busy_files(&self) -> HashSet<(u64, u64)> {
         self.writers.busy_files()
+    }
+}
+
+/// The hint for a write found finished while resolving opens from `/proc`: the operation that
+/// showed it (the thread's next fd syscall) when known.
+fn finished_hint(done: OpenForWrite, progressed: Option<(u64, &'static str)>) -> Hint {
+    Hint {
+        scope: Scope::Names(vec![done.name]),
+        source: Source::Ebpf,
+        writer: Some(done.writer),
+        kernel_ts_ns: progressed.map(|(ts, _)| ts),
+        operation: progressed.map_or("close", |(_, op)| op),
     }
 }
 
