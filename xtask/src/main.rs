@@ -12,6 +12,7 @@ mod fuzz;
 mod gate_bench;
 mod haproxy;
 mod images;
+mod initramfs;
 mod manifests;
 mod nginx;
 mod peers;
@@ -26,6 +27,8 @@ mod tls_bench;
 mod tls_ceiling;
 mod tls_fronts;
 mod tls_load;
+mod vm;
+mod vm_debian;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -80,6 +83,9 @@ enum Command {
         #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
         seconds: u64,
     },
+    /// The monitor's kernel cases on Debian's kernels (bookworm, bookworm-backports) under qemu,
+    /// with an initramfs holding the agent and the test programs.
+    Vm(vm::Options),
     /// Benchmarks; prints tables with the peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -120,6 +126,10 @@ fn main() -> Result<()> {
             };
             fuzz::run(&targets, seconds)?;
         }
+        Command::Vm(options) => {
+            let built = build::all(false)?;
+            vm::run(&options, &built)?;
+        }
         Command::Bench { which } => {
             setup::packages()?;
             let built = build::all(true)?;
@@ -154,6 +164,27 @@ fn disk_preflight() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cargo xtask vm` for both kernels, from `test`: needs the eBPF object (the nightly); outside
+/// CI a failure is a warning (a developer machine may lack qemu or the network to Debian).
+fn vm_cases(ci: bool, nightly: bool, built: &build::Built) -> Result<()> {
+    let options = vm::Options {
+        kernel: None,
+        accel: vm::Accel::Auto,
+    };
+    if !nightly {
+        eprintln!("xtask: WARNING: no eBPF object (no nightly); the VM cases are skipped");
+        return Ok(());
+    }
+    match vm::run(&options, built) {
+        Ok(()) => Ok(()),
+        Err(e) if ci => Err(e.context("CI=true: the VM cases must pass")),
+        Err(e) => {
+            eprintln!("xtask: WARNING: VM cases: {e:#}");
+            Ok(())
+        }
+    }
 }
 
 /// What CI runs. Under `CI=true` a missing eBPF toolchain is an error, never a silent skip.
@@ -230,6 +261,10 @@ fn test() -> Result<()> {
         tests.env("CERTRELOAD_PAUSE_IMAGE", tarball);
     }
     cmd::run(&mut tests)?;
+    // The monitor's kernel cases on Debian's kernels under qemu (fentry/fexit and BPF-LSM, which
+    // this host refuses, and the tracepoint strategy on other kernels). Under CI=true a guest
+    // that does not boot fails the run like a failed case.
+    vm_cases(ci, nightly, &built)?;
     // Every parser of untrusted bytes replays its seeds and past finds, then mutates briefly.
     if nightly {
         fuzz::run(&fuzz::TARGETS, fuzz::SMOKE_SECONDS)?;

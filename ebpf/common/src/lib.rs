@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod syscalls;
+pub mod vfs_hooks;
 
 /// Bytes kept of each path argument, NUL included. Paths longer than this are truncated in the
 /// kernel; the event then carries [`flags::NAME_TRUNCATED`] and the agent treats it as "could be any

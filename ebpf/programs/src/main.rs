@@ -29,6 +29,8 @@
 )]
 #![feature(core_intrinsics)]
 
+mod vfs_hooks;
+
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
