@@ -1,5 +1,7 @@
 //! `cargo xtask bench monitor`: detection latency, hook overhead and idle memory, with "no agent"
-//! and the inotify fallback measured in the same run, configurations interleaved round by round.
+//! and the inotify fallback measured in the same run, configurations interleaved round by round;
+//! with `--baseline BIN`, an older agent's tracepoint strategy beside this one (before/after in one
+//! run). Every sample goes to `target/bench/monitor/*.csv`, the latency distributions to SVG.
 
 use std::{
     fs,
@@ -12,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::Built;
+use crate::{
+    build::Built,
+    report::{BenchOut, Chart, Samples},
+};
 
 /// Which benchmark to run.
 #[derive(Debug, clap::Subcommand)]
@@ -31,6 +36,10 @@ pub(crate) enum Which {
         /// Renames for the latency measurement.
         #[arg(long, default_value_t = 1000)]
         renames: usize,
+        /// Another certreload binary (e.g. built from the commit before a change) whose
+        /// tracepoint strategy is measured beside this build's, interleaved: before/after in one run.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<PathBuf>,
     },
     /// The reload pipeline: Secret-volume rotation (`..data` swap) to accepted generation.
     Gate {
@@ -56,7 +65,17 @@ pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
             syscalls,
             rounds,
             renames,
-        } => monitor(built, ops, syscalls, rounds, renames),
+            baseline,
+        } => monitor(
+            built,
+            &MonitorParams {
+                ops,
+                syscalls,
+                rounds,
+                renames,
+                baseline,
+            },
+        ),
         Which::Gate { rotations } => crate::gate_bench::run(&built.agent, rotations),
         Which::Tls(params) => {
             crate::setup::install(&crate::setup::TLS_BENCH_PACKAGES)?;
@@ -67,29 +86,48 @@ pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
     }
 }
 
+/// What `bench monitor` measures, as given on the command line.
+struct MonitorParams {
+    ops: u64,
+    syscalls: u64,
+    rounds: usize,
+    renames: usize,
+    baseline: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Config {
     NoAgent,
     Floor,
     EbpfTracepoints,
+    /// The `--baseline` binary's tracepoint strategy.
+    Baseline,
     EbpfRaw,
     Inotify,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
-        Config::NoAgent,
-        Config::Floor,
-        Config::EbpfTracepoints,
-        Config::EbpfRaw,
-        Config::Inotify,
-    ];
+    /// The configurations of a run: the baseline only when one is given.
+    fn all(baseline: bool) -> Vec<Config> {
+        [
+            Config::NoAgent,
+            Config::Floor,
+            Config::EbpfTracepoints,
+            Config::Baseline,
+            Config::EbpfRaw,
+            Config::Inotify,
+        ]
+        .into_iter()
+        .filter(|c| baseline || *c != Config::Baseline)
+        .collect()
+    }
 
     fn label(self) -> &'static str {
         match self {
             Config::NoAgent => "no agent",
             Config::Floor => "floor: 1 empty syscall tracepoint",
             Config::EbpfTracepoints => "eBPF, sys_enter_* tracepoints",
+            Config::Baseline => "baseline binary, tracepoints",
             Config::EbpfRaw => "eBPF, raw sys_enter/sys_exit",
             Config::Inotify => "inotify fallback",
         }
@@ -99,9 +137,19 @@ impl Config {
         match self {
             Config::NoAgent => None,
             Config::Floor => Some(["--mode", "ebpf", "--hook", "noop"]),
-            Config::EbpfTracepoints => Some(["--mode", "ebpf", "--hook", "tracepoints"]),
+            Config::EbpfTracepoints | Config::Baseline => {
+                Some(["--mode", "ebpf", "--hook", "tracepoints"])
+            }
             Config::EbpfRaw => Some(["--mode", "ebpf", "--hook", "raw-syscalls"]),
             Config::Inotify => Some(["--mode", "inotify", "--hook", "tracepoints"]),
+        }
+    }
+
+    /// The agent binary this configuration runs.
+    fn bin<'a>(self, built: &'a Path, baseline: Option<&'a Path>) -> &'a Path {
+        match (self, baseline) {
+            (Config::Baseline, Some(b)) => b,
+            _ => built,
         }
     }
 }
@@ -188,18 +236,40 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Measures the monitor in each configuration: how fast a replacement is seen, what the hooks
 /// cost unrelated file operations and syscalls, and what each program costs.
-fn monitor(built: &Built, ops: u64, syscalls: u64, rounds: usize, renames: usize) -> Result<()> {
+fn monitor(built: &Built, params: &MonitorParams) -> Result<()> {
     let scratch = Scratch::create()?;
+    let out = BenchOut::new("monitor")?;
     let bin = &built.agent;
+    let baseline = params.baseline.as_deref();
     println!(
-        "certreload bench monitor: kernel {}, {} CPUs",
-        kernel_release(),
-        cpus()
+        "certreload bench monitor: {}",
+        crate::scale_bench::machine()
     );
-    detection_latency(bin, &scratch, renames)?;
-    let overhead = Overhead::measure(bin, &scratch, ops, syscalls, rounds)?;
-    overhead.print(ops, syscalls, rounds);
-    hook_costs(bin, &scratch.paths, &scratch.noise_dir, ops)?;
+    if let Some(b) = baseline {
+        println!("baseline binary: {}", b.display());
+    }
+    detection_latency(bin, &scratch, params.renames, &out)?;
+    let configs = Config::all(baseline.is_some());
+    let overhead = Overhead::measure(bin, baseline, &configs, &scratch, params)?;
+    overhead.write_csv(&out)?;
+    overhead.print(params);
+    let mut costs = Vec::new();
+    for (name, b) in
+        std::iter::once(("this build", bin.as_path())).chain(baseline.map(|b| ("baseline", b)))
+    {
+        costs.extend(hook_costs(
+            name,
+            b,
+            &scratch.paths,
+            &scratch.noise_dir,
+            params.ops,
+        )?);
+    }
+    out.csv("hooks", &["binary", "program", "runs", "run_ns"], &costs)?;
+    println!(
+        "\nsamples (CSV) and distributions (SVG): {}",
+        out.dir().display()
+    );
     // Best effort: the results are printed; a scratch directory left behind changes none.
     fs::remove_dir_all(&scratch.dir).ok();
     Ok(())
@@ -244,15 +314,35 @@ impl Scratch {
 }
 
 /// Detection latency per monitor mode: from the rename's return to the change line a client
-/// reads, with what the agent itself reports beside it.
-fn detection_latency(bin: &Path, scratch: &Scratch, renames: usize) -> Result<()> {
+/// reads, with what the agent itself reports beside it; every sample in `detection.csv`, their
+/// distributions in `detection.svg`.
+fn detection_latency(bin: &Path, scratch: &Scratch, renames: usize, out: &BenchOut) -> Result<()> {
     println!("\nDetection latency: {renames} replacements by rename(2); syscall return -> change line read by a client");
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>22}",
         "mode", "p50 us", "p99 us", "max us", "agent-reported p50 us"
     );
+    let (mut rows, mut distributions) = (Vec::new(), Vec::new());
     for config in [Config::EbpfTracepoints, Config::EbpfRaw, Config::Inotify] {
         let (client, mut reported) = replacements(bin, config, scratch, renames)?;
+        rows.extend(client.iter().enumerate().map(|(i, us)| {
+            let agent = reported
+                .get(i)
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_default();
+            vec![
+                config.label().to_string(),
+                i.to_string(),
+                format!("{us:.1}"),
+                agent,
+            ]
+        }));
+        distributions.push(Samples {
+            name: config.label().to_string(),
+            values: client.clone(),
+        });
+        let mut client = client;
+        client.sort_by(f64::total_cmp);
         let agent_p50 = if reported.is_empty() {
             "n/a".to_string()
         } else {
@@ -267,11 +357,24 @@ fn detection_latency(bin: &Path, scratch: &Scratch, renames: usize) -> Result<()
             agent_p50
         );
     }
+    out.csv(
+        "detection",
+        &["mode", "sample", "client_us", "agent_reported_us"],
+        &rows,
+    )?;
+    let chart = Chart {
+        title: format!("Detection latency, {renames} replacements by rename(2)"),
+        x_label: "syscall return -> change line read by a client, us (log)".into(),
+        y_label: "% of replacements at or below".into(),
+        log_x: true,
+        log_y: false,
+    };
+    out.distribution("detection", &chart, &distributions)?;
     Ok(())
 }
 
 /// `renames` replacements of one watched file under `config`: the latencies the client saw
-/// (sorted, µs) and those the agent reported.
+/// (in order, µs) and those the agent reported.
 fn replacements(
     bin: &Path,
     config: Config,
@@ -296,13 +399,13 @@ fn replacements(
         }
     }
     agent.stop();
-    client.sort_by(f64::total_cmp);
     Ok((client, reported))
 }
 
-/// Samples per configuration (indexed as `Config::ALL`): ns per file operation, ns per
-/// getppid, and the agent's idle RSS in KiB (none without an agent).
+/// Samples per configuration (indexed as `configs`): ns per file operation, ns per getppid, and
+/// the agent's idle RSS in KiB (none without an agent).
 struct Overhead {
+    configs: Vec<Config>,
     file_ns: Vec<Vec<f64>>,
     sys_ns: Vec<Vec<f64>>,
     rss: Vec<Vec<f64>>,
@@ -314,31 +417,38 @@ impl Overhead {
     /// shown.
     fn measure(
         bin: &Path,
+        baseline: Option<&Path>,
+        configs: &[Config],
         scratch: &Scratch,
-        ops: u64,
-        syscalls: u64,
-        rounds: usize,
+        params: &MonitorParams,
     ) -> Result<Self> {
-        let n = Config::ALL.len();
+        let n = configs.len();
         let mut samples = Overhead {
+            configs: configs.to_vec(),
             file_ns: vec![Vec::new(); n],
             sys_ns: vec![Vec::new(); n],
             rss: vec![Vec::new(); n],
         };
+        let rounds = params.rounds;
         for round in 0..rounds {
             eprintln!("xtask: overhead round {}/{rounds}", round + 1);
             for k in 0..n {
                 let c = (k + round) % n;
-                let agent = match Config::ALL[c].args() {
-                    Some(args) => Some(Agent::start(bin, &args, &scratch.paths)?),
+                let config = configs[c];
+                let agent = match config.args() {
+                    Some(args) => Some(Agent::start(
+                        config.bin(bin, baseline),
+                        &args,
+                        &scratch.paths,
+                    )?),
                     None => None,
                 };
                 if let Some(a) = &agent {
                     std::thread::sleep(Duration::from_millis(300));
                     samples.rss[c].push(a.rss_kib() as f64);
                 }
-                samples.file_ns[c].push(file_ops(&scratch.noise_dir, ops)?);
-                samples.sys_ns[c].push(perf_syscall(syscalls)?);
+                samples.file_ns[c].push(file_ops(&scratch.noise_dir, params.ops)?);
+                samples.sys_ns[c].push(perf_syscall(params.syscalls)?);
                 if let Some(a) = agent {
                     a.stop();
                 }
@@ -347,21 +457,51 @@ impl Overhead {
         Ok(samples)
     }
 
-    /// The overhead table: each configuration's median (best) and its ratio to the first
-    /// configuration, the baseline without an agent.
-    fn print(mut self, ops: u64, syscalls: u64, rounds: usize) {
+    /// `overhead.csv`: every sample, by round and configuration.
+    fn write_csv(&self, out: &BenchOut) -> Result<()> {
+        let mut rows = Vec::new();
+        for (c, config) in self.configs.iter().enumerate() {
+            for (round, (f, s)) in self.file_ns[c].iter().zip(&self.sys_ns[c]).enumerate() {
+                let rss = self.rss[c].get(round).map(|r| format!("{r:.0}"));
+                rows.push(vec![
+                    round.to_string(),
+                    config.label().to_string(),
+                    format!("{f:.1}"),
+                    format!("{s:.2}"),
+                    rss.unwrap_or_default(),
+                ]);
+            }
+        }
+        let header = [
+            "round",
+            "configuration",
+            "file_op_ns",
+            "getppid_ns",
+            "idle_rss_kib",
+        ];
+        out.csv("overhead", &header, &rows)?;
+        Ok(())
+    }
+
+    /// The overhead table: each configuration's median (best), its ratio to the first
+    /// configuration (the baseline without an agent), and for file operations its ratio to the
+    /// floor (one empty syscall tracepoint: what any syscall tracepoint costs).
+    fn print(mut self, params: &MonitorParams) {
         println!(
-            "\nHook overhead: {ops} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and \
-             `perf bench syscall basic` ({syscalls} getppid); {rounds} interleaved rounds, median (best)"
+            "\nHook overhead: {} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and \
+             `perf bench syscall basic` ({} getppid); {} interleaved rounds, median (best)",
+            params.ops, params.syscalls, params.rounds
         );
         println!(
-            "{:<36} {:>18} {:>16} {:>18} {:>16} {:>10}",
-            "configuration", "file op ns", "ratio", "getppid ns", "ratio", "idle RSS"
+            "{:<36} {:>18} {:>16} {:>9} {:>18} {:>16} {:>10}",
+            "configuration", "file op ns", "ratio", "vs floor", "getppid ns", "ratio", "idle RSS"
         );
         let stats = |v: &mut Vec<f64>| (median(v), v.iter().copied().fold(f64::INFINITY, f64::min));
         let (base_file, base_file_min) = stats(&mut self.file_ns[0]);
         let (base_sys, base_sys_min) = stats(&mut self.sys_ns[0]);
-        for (c, config) in Config::ALL.iter().enumerate() {
+        let floor = self.configs.iter().position(|c| *c == Config::Floor);
+        let floor_file = floor.map(|i| median(&mut self.file_ns[i]));
+        for (c, config) in self.configs.iter().enumerate() {
             let (f, f_min) = stats(&mut self.file_ns[c]);
             let (s, s_min) = stats(&mut self.sys_ns[c]);
             let r = if self.rss[c].is_empty() {
@@ -369,11 +509,13 @@ impl Overhead {
             } else {
                 format!("{:.1} MiB", median(&mut self.rss[c]) / 1024.0)
             };
+            let vs_floor = floor_file.map_or("-".into(), |fl| format!("{:.3}x", f / fl));
             println!(
-                "{:<36} {:>18} {:>16} {:>18} {:>16} {:>10}",
+                "{:<36} {:>18} {:>16} {:>9} {:>18} {:>16} {:>10}",
                 config.label(),
                 format!("{f:.0} ({f_min:.0})"),
                 format!("{:.3}x ({:.3}x)", f / base_file, f_min / base_file_min),
+                vs_floor,
                 format!("{s:.1} ({s_min:.1})"),
                 format!("{:.3}x ({:.3}x)", s / base_sys, s_min / base_sys_min),
                 r
@@ -382,14 +524,22 @@ impl Overhead {
     }
 }
 
-/// One profiled pass of the file workload under the default strategy: what each program costs.
-fn hook_costs(bin: &Path, paths: &[PathBuf], noise_dir: &Path, ops: u64) -> Result<()> {
-    let agent = Agent::start(bin, &["--mode", "ebpf", "--profile-hooks"], paths)?;
+/// One profiled pass of the file workload under the tracepoint strategy of `bin` (`name`: this
+/// build or the baseline): what each program costs. Returns the CSV rows.
+fn hook_costs(
+    name: &str,
+    bin: &Path,
+    paths: &[PathBuf],
+    noise_dir: &Path,
+    ops: u64,
+) -> Result<Vec<Vec<String>>> {
+    let args = ["--mode", "ebpf", "--hook", "tracepoints", "--profile-hooks"];
+    let agent = Agent::start(bin, &args, paths)?;
     file_ops(noise_dir, ops)?;
     let stats = agent
         .stop()
         .context("the profiled agent printed no monitor_stats")?;
-    println!("\nPer-hook cost (default strategy, kernel BPF run-time statistics on, {ops} file ops; statistics add their own clock reads)");
+    println!("\nPer-hook cost, {name} (tracepoint strategy, kernel BPF run-time statistics on, {ops} file ops; statistics add their own clock reads)");
     println!(
         "{:<24} {:>12} {:>10} {:>14}",
         "program", "runs", "ns/run", "ns per file op"
@@ -399,20 +549,34 @@ fn hook_costs(bin: &Path, paths: &[PathBuf], noise_dir: &Path, ops: u64) -> Resu
         .cloned()
         .unwrap_or_default();
     programs.sort_by_key(|p| std::cmp::Reverse(p["run_ns"].as_u64().unwrap_or(0)));
+    let mut rows = Vec::new();
+    let (mut total_runs, mut total_ns) = (0, 0);
     for p in programs {
+        let program = p["name"].as_str().unwrap_or("?");
         let (runs, ns) = (
             p["runs"].as_u64().unwrap_or(0),
             p["run_ns"].as_u64().unwrap_or(0),
         );
+        (total_runs, total_ns) = (total_runs + runs, total_ns + ns);
         println!(
-            "{:<24} {:>12} {:>10.1} {:>14.1}",
-            p["name"].as_str().unwrap_or("?"),
-            runs,
+            "{program:<24} {runs:>12} {:>10.1} {:>14.1}",
             ns as f64 / runs.max(1) as f64,
             ns as f64 / ops as f64
         );
+        rows.push(vec![
+            name.into(),
+            program.into(),
+            runs.to_string(),
+            ns.to_string(),
+        ]);
     }
-    Ok(())
+    println!(
+        "{:<24} {total_runs:>12} {:>10} {:>14.1}",
+        "all programs",
+        "",
+        total_ns as f64 / ops as f64
+    );
+    Ok(rows)
 }
 
 /// Reads stdout lines until a change record arrives.
@@ -467,16 +631,4 @@ fn perf_syscall(loops: u64) -> Result<f64> {
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("unexpected perf output: {text}"))?;
     Ok(usecs * 1000.0)
-}
-
-fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
