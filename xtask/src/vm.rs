@@ -202,10 +202,15 @@ fn cases() -> Vec<GuestCase> {
     vec![
         GuestCase {
             name: "vfs-hooks",
-            what: "fexit (vfs_rename) and BPF-LSM (inode_rename) load, attach and run",
+            what: "fexit (vfs_rename) and BPF-LSM (inode_rename) load, attach and run; the fexit reads the new name via BTF offsets",
             command: format!(
                 "CERTRELOAD_EXPECT_VFS_HOOKS=1 /tests/agent-units --nocapture --exact {VFS_HOOKS_TEST}"
             ),
+        },
+        GuestCase {
+            name: "btf-offsets",
+            what: "the rename hook's struct offsets resolve from this kernel's BTF",
+            command: "/tests/agent-units monitor::ebpf::btf_offsets".to_owned(),
         },
         GuestCase {
             name: "watch",
