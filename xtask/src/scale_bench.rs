@@ -41,6 +41,10 @@ pub(crate) struct Params {
     /// Rotations timed per size (the p99 of rotation latency, the median of publish time).
     #[arg(long, default_value_t = 30)]
     pub rotations: usize,
+    /// Measure this agent binary instead of the release build (a before/after comparison: keep
+    /// a copy of the binary before the change); its files go to target/bench/scale-<file name>.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
 }
 
 impl Params {
@@ -59,10 +63,20 @@ impl Params {
 }
 
 /// Runs the selected curves, prints their tables and writes the CSV and SVG files.
-pub(crate) fn run(bin: &Path, params: &Params) -> Result<()> {
+pub(crate) fn run(built: &Path, params: &Params) -> Result<()> {
     crate::scale_conns::raise_nofile_limit();
-    let out = BenchOut::new("scale")?;
-    println!("certreload bench scale: {}", machine());
+    let bin = params.agent.as_deref().unwrap_or(built);
+    // Another binary's figures go beside the release build's, not over them.
+    let name = match (&params.agent, bin.file_name()) {
+        (Some(_), Some(file)) => format!("scale-{}", file.to_string_lossy()),
+        _ => "scale".to_string(),
+    };
+    let out = BenchOut::new(&name)?;
+    println!(
+        "certreload bench scale: {}, agent {}",
+        machine(),
+        bin.display()
+    );
     if params.wants("paths") {
         let sizes: &[usize] = if params.quick {
             &[10, 100, 1000]

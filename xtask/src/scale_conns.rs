@@ -55,6 +55,7 @@ pub(crate) fn run(bin: &Path, sizes: &[usize], params: &Params, out: &BenchOut) 
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let sizes = feasible(sizes);
     let mut levels = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
         eprintln!("xtask: scale connections: {n} idle TLS connections");
@@ -62,6 +63,35 @@ pub(crate) fn run(bin: &Path, sizes: &[usize], params: &Params, out: &BenchOut) 
     }
     print(&levels, params);
     write(&levels, out)
+}
+
+/// Descriptors kept aside (in this process and in the agent) beside two per connection.
+const SPARE_FDS: u64 = 2000;
+
+/// The sizes this machine's `RLIMIT_NOFILE` allows: the agent and this process each hold two
+/// descriptors per connection, so a size above (hard limit - spare) / 2 cannot be held. Without
+/// `CAP_SYS_RESOURCE` the hard limit cannot be raised: such sizes are replaced by the largest
+/// that fits, and the table says so.
+fn feasible(sizes: &[usize]) -> Vec<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        0
+    };
+    let most = (hard.saturating_sub(SPARE_FDS) / 2) as usize;
+    let mut fit: Vec<usize> = sizes.iter().copied().filter(|&n| n <= most).collect();
+    if fit.len() < sizes.len() {
+        fit.push(most);
+        println!(
+            "\nconnections: RLIMIT_NOFILE's hard limit here is {hard} (raising it needs CAP_SYS_RESOURCE): at most {most} connections fit; {fit:?} measured instead of {sizes:?}"
+        );
+    }
+    fit
 }
 
 /// Everything measured at one size.
