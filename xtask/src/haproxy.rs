@@ -21,6 +21,10 @@ use crate::tls_fronts::{free_port, Front, Rotate};
 /// The binary `cargo xtask setup` installs (Debian's haproxy package).
 pub(crate) const HAPROXY: &str = "/usr/sbin/haproxy";
 
+/// Connections HAProxy is configured for: it refuses to start unless the file-descriptor limit
+/// covers two per connection (client and server side), and machines commonly cap that at 20,000.
+const MAXCONN: u32 = 8192;
+
 /// A running HAProxy (one process, one thread per CPU).
 pub(crate) struct Haproxy {
     child: Child,
@@ -52,7 +56,7 @@ impl Haproxy {
             format!(
                 r#"global
     nbthread {threads}
-    maxconn 65536
+    maxconn {maxconn}
     stats socket {socket} mode 600 level admin
     tune.ssl.cachesize 0
     ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
@@ -72,6 +76,7 @@ backend upstream
 "#,
                 socket = socket.display(),
                 crt = crt.display(),
+                maxconn = MAXCONN,
             ),
         )?;
         let log = fs::File::create(dir.join("haproxy.log"))?;
@@ -158,7 +163,7 @@ impl Rotate for RuntimeApiRotation {
         // The payload follows `<<` and ends at the first empty line (PEM has none).
         let set = command(
             &self.socket,
-            &format!("set ssl cert {} <<\n{}\n", self.crt, pem.trim_end()),
+            &format!("set ssl cert {} <<\n{}\n\n", self.crt, pem.trim_end()),
         )?;
         if !set.contains("Transaction created") && !set.contains("Transaction updated") {
             bail!("haproxy set ssl cert {}: {}", self.crt, set.trim());
