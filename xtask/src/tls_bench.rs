@@ -305,6 +305,7 @@ fn print_table(
         "certreload bench tls: ECDSA P-256, TLS 1.3, no resumption, same upstream, {} rounds interleaved, median",
         params.rounds
     );
+    println!("{}", crate::scale_bench::machine());
     println!(
         "{:<52} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "measure", h.names[0], h.names[1], h.names[2], "/nginx", "/haproxy"
