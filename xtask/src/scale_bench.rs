@@ -304,6 +304,17 @@ pub(crate) fn scratch_dir(what: &str) -> PathBuf {
     base.join(format!("certreload-scale-{what}-{}", std::process::id()))
 }
 
+/// Stops an agent this bench started when it goes out of scope, also when a curve fails half-way
+/// (SIGTERM, then reaped; nothing is signalled once it has been reaped).
+pub(crate) fn stop_agent(child: &mut std::process::Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        // SAFETY: kill(2) on our own child, which has not been reaped (its pid is still ours).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // Reaps it; its exit status is not part of the measurement.
+        child.wait().ok();
+    }
+}
+
 /// Removes a scratch directory when the curve ends (also on an error).
 pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 

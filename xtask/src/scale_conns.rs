@@ -37,8 +37,8 @@ use crate::{
     bench_pki::BenchPki,
     report::{BenchOut, Series},
     scale_bench::{
-        cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, Params, RemoveOnDrop,
-        ShellRotatedVolume,
+        cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, stop_agent, Params,
+        RemoveOnDrop, ShellRotatedVolume,
     },
 };
 
@@ -442,10 +442,13 @@ impl ListenerAgent {
     }
 
     fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        // Reaps it; its exit status is not part of the measurement.
-        self.child.wait().ok();
+        stop_agent(&mut self.child);
+    }
+}
+
+impl Drop for ListenerAgent {
+    fn drop(&mut self) {
+        stop_agent(&mut self.child);
     }
 }
 

@@ -26,8 +26,8 @@ use crate::{
     bench_pki::BenchPki,
     report::{BenchOut, Series},
     scale_bench::{
-        cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, Params, RemoveOnDrop,
-        ShellRotatedVolume,
+        cpu_time, draw, growths, lines_with, quantile, rss_kib, scratch_dir, stop_agent, Params,
+        RemoveOnDrop, ShellRotatedVolume,
     },
 };
 
@@ -127,6 +127,12 @@ struct WatchAgent {
     mode: String,
 }
 
+impl Drop for WatchAgent {
+    fn drop(&mut self) {
+        stop_agent(&mut self.child);
+    }
+}
+
 impl WatchAgent {
     fn start(bin: &Path, files: &[PathBuf], resync_s: u64) -> Result<WatchAgent> {
         let mut child = Command::new(bin)
@@ -190,10 +196,7 @@ impl WatchAgent {
 
     /// Stops the agent; the resync passes its final `monitor_stats` counted.
     fn stop(mut self) -> Option<u64> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        // Reaps it; what matters is its monitor_stats below, not its exit status.
-        self.child.wait().ok();
+        stop_agent(&mut self.child);
         self.stats
             .try_iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
@@ -393,20 +396,20 @@ fn bundles_level(bin: &Path, n: usize, params: &Params) -> Result<BundlesLevel> 
     let bundle0 = format!("bundle={}", bundle_name(0));
     let published = lines_with(started.stderr, &["generation published", &bundle0]);
     let mut child = started.child;
-    let mut rotation_ms = Vec::with_capacity(rotations);
-    for r in 0..rotations {
-        while published.try_recv().is_ok() {}
-        let t = volume.rotate_to(1 + r, 1 + rotations)?;
-        let at = published
-            .recv_timeout(Duration::from_secs(10))
-            .context("bundle 0 published no generation within 10 s of a rotation")?;
-        rotation_ms.push(at.saturating_duration_since(t).as_secs_f64() * 1e3);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    // Reaps it; its exit status is not part of the measurement.
-    child.wait().ok();
+    let timed = (0..rotations)
+        .map(|r| {
+            while published.try_recv().is_ok() {}
+            let t = volume.rotate_to(1 + r, 1 + rotations)?;
+            let at = published
+                .recv_timeout(Duration::from_secs(10))
+                .context("bundle 0 published no generation within 10 s of a rotation")?;
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(at.saturating_duration_since(t).as_secs_f64() * 1e3)
+        })
+        .collect::<Result<Vec<f64>>>();
+    // Stopped whether or not every rotation was seen.
+    stop_agent(&mut child);
+    let rotation_ms = timed?;
     Ok(BundlesLevel {
         bundles: n,
         startup_ms,
