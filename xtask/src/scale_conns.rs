@@ -24,8 +24,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use rustls::{client::Resumption, ClientConfig, RootCertStore};
-use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, UnixListener, UnixStream},
@@ -126,7 +125,7 @@ async fn level(bin: &Path, n: usize, index: usize, params: &Params) -> Result<Le
     fs::create_dir_all(&dir)?;
     let rotations = params.rotations();
     let pki = BenchPki::generate("localhost", rotations * 2 + 2)?;
-    let connector = connector(&pki.ca_pem)?;
+    let connector = crate::tls_load::connector(&pki.ca_pem)?;
     let upstream = dir.join("upstream.sock");
     spawn_upstream(&upstream)?;
     let grace = Duration::from_secs(if params.quick { 3 } else { 5 });
@@ -181,21 +180,6 @@ async fn level(bin: &Path, n: usize, index: usize, params: &Params) -> Result<Le
         handshake_idle_ms,
         handshake_drain_ms,
     })
-}
-
-/// A client that trusts the CA and never resumes: every connection is a full handshake.
-fn connector(ca_pem: &str) -> Result<TlsConnector> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.resumption = Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The held connections: each a task waiting for the agent to close its socket.
