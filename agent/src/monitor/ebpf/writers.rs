@@ -365,9 +365,14 @@ fn fd_identity(tgid: u32, fd: i32) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Every fd of `tgid` with the identity of its file (`None`: the process is gone). Fds that are
-/// not files (sockets, pipes) have identities no watched file has.
+/// Every fd of `tgid` with the identity of its file (`None`: the process is gone or exiting). Fds
+/// that are not files (sockets, pipes) have identities no watched file has.
 fn open_fds(tgid: u32) -> Option<Vec<(i32, (u64, u64))>> {
+    if exiting(tgid) {
+        // Its fd table is already released, so /proc lists none: that is not "closed by its last
+        // fd syscall"; the exit event, still on its way, ends the write.
+        return None;
+    }
     let dir = std::fs::read_dir(format!("/proc/{tgid}/fd")).ok()?;
     Some(
         dir.filter_map(Result::ok)
@@ -375,6 +380,18 @@ fn open_fds(tgid: u32) -> Option<Vec<(i32, (u64, u64))>> {
             .filter_map(|fd| Some((fd, fd_identity(tgid, fd)?)))
             .collect(),
     )
+}
+
+/// True when `tgid` is a zombie or dead (state `Z` or `X` in `/proc/<tgid>/stat`, the field after
+/// the command name's closing parenthesis), or its stat cannot be read.
+fn exiting(tgid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
 }
 
 /// Device and inode of the file `name` (an open's path argument) names for process `tgid`: looked
@@ -533,5 +550,31 @@ mod tests {
         w.opened(7, 9, "b".into(), writer(), false);
         assert_eq!(w.closed_range(7, 0, 5).len(), 1);
         assert_eq!(w.len(), 1);
+    }
+
+    /// A zombie lists no fds in /proc; it must read as exiting (its exit event ends the write), not
+    /// as a live process that closed the file (CI saw a shell's write ended by "close").
+    #[test]
+    fn a_zombie_is_exiting_and_lists_no_fds() {
+        assert!(!exiting(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !exiting(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            open_fds(pid),
+            None,
+            "an exiting process is left to its exit event"
+        );
+        child.wait().expect("reap");
+        assert!(exiting(pid), "a reaped process is gone");
     }
 }
