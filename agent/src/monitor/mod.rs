@@ -426,7 +426,22 @@ impl Files {
             Pass::Overdue => self.confirmer.check_overdue(&self.watch),
             Pass::Hints(hints) => self.confirm_hints(hints, busy),
         };
-        let names_changed = !out.is_empty() && self.watch.refresh();
+        if out.is_empty() {
+            return (out, false);
+        }
+        let names_changed = match pass {
+            Pass::Hints(hints) if !hints.iter().any(|h| matches!(h.scope, Scope::All)) => {
+                let mut touched: Vec<usize> = hints
+                    .iter()
+                    .flat_map(|h| self.watch.resolve(&h.scope))
+                    .collect();
+                touched.sort_unstable();
+                touched.dedup();
+                self.watch.refresh_paths(&touched)
+            }
+            // The resync and the writer-hold bound look at every path anyway.
+            _ => self.watch.refresh(),
+        };
         (out, names_changed)
     }
 
