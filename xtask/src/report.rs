@@ -138,6 +138,15 @@ impl BenchOut {
         let root = SVGBackend::new(&path, SIZE).into_drawing_area();
         let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("draw {}: {e}", path.display());
         root.fill(&WHITE).map_err(|e| failed(&e))?;
+        // On a log axis, one label per decade (plotters would otherwise put some at 10^0.5).
+        let labels = |range: &std::ops::Range<f64>, log: bool| {
+            if log {
+                ((range.end - range.start).ceil() as usize + 1).clamp(2, 12)
+            } else {
+                10
+            }
+        };
+        let (x_labels, y_labels) = (labels(&x_range, chart.log_x), labels(&y_range, chart.log_y));
         let mut ctx = ChartBuilder::on(&root)
             .caption(&chart.title, ("sans-serif", 20))
             .margin(14)
@@ -149,6 +158,8 @@ impl BenchOut {
         ctx.configure_mesh()
             .x_desc(&chart.x_label)
             .y_desc(&chart.y_label)
+            .x_labels(x_labels)
+            .y_labels(y_labels)
             .x_label_formatter(&|v| tick(*v, log_x))
             .y_label_formatter(&|v| tick(*v, log_y))
             .draw()
