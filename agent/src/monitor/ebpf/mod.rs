@@ -2,6 +2,7 @@
 
 mod btf_offsets;
 pub mod decode;
+mod fd_resolve;
 pub(crate) mod loader;
 #[cfg_attr(
     not(test),
