@@ -3,9 +3,11 @@
 //! Each subcommand is idempotent and prints what it does. Nothing here is needed at run time.
 
 mod agent_proc;
+mod alerts;
 mod bench;
 mod bench_pki;
 mod build;
+mod chart;
 mod cmd;
 mod dist;
 mod fuzz;
@@ -68,6 +70,13 @@ enum Command {
     /// Setup, build, then format/lint checks, the deploy/ manifests against the Kubernetes schema,
     /// and every test (unit and privileged end-to-end).
     Test,
+    /// Writes deploy/*.yaml (the Helm chart's default rendering) and deploy/alerts/ (the chart's
+    /// alert rules) from deploy/helm/certreload; `test` fails when they are not current.
+    Manifests {
+        /// Only check: the chart with the real Helm, deploy/ current, the schema, promtool.
+        #[arg(long)]
+        check: bool,
+    },
     /// Release binary, Kubernetes manifests and Containerfile in one folder.
     Dist {
         /// Output folder (default target/dist).
@@ -115,6 +124,8 @@ fn main() -> Result<()> {
             cmd::exec(&built.agent, &args)?;
         }
         Command::Test => test()?,
+        Command::Manifests { check: false } => manifests::write(&cmd::workspace_root())?,
+        Command::Manifests { check: true } => manifests::check(&cmd::workspace_root())?,
         Command::Dist { out } => {
             manifests::check(&cmd::workspace_root())?;
             dist::run(out)?;

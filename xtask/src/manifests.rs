@@ -1,7 +1,9 @@
 //! Checking `deploy/` against the Kubernetes API schema: `kubernetes-validate` (PyPI; it bundles
 //! the OpenAPI schemas of every Kubernetes release) in a virtualenv cached outside the repository,
 //! in strict mode (unknown fields are errors). Where it cannot be installed, structural checks run
-//! instead and say so.
+//! instead and say so. The same check runs on the Helm chart's rendering with every toggle on
+//! ([`crate::chart`]: deploy/*.yaml are the chart's default rendering), and the alert rules go
+//! through promtool ([`crate::alerts`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, setup};
+use crate::{alerts, chart, cmd, setup};
 
 /// The validator release used (pinned: its schemas decide what passes).
 const VALIDATOR: &str = "kubernetes-validate==1.37.0";
@@ -43,22 +45,57 @@ fn validator() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Validates the manifests (strict schema), or falls back to structural checks.
+/// `cargo xtask manifests`: deploy/*.yaml and deploy/alerts/ from the chart.
+pub(crate) fn write(root: &Path) -> Result<()> {
+    chart::write(root)?;
+    alerts::write(root)
+}
+
+/// The chart (lint, deploy/ current, its every-toggle rendering through the schema check), the
+/// alerts (promtool), and deploy/*.yaml against the schema. Without Helm (not built) the chart and
+/// alert checks are skipped with a warning, except under CI=true.
 pub(crate) fn check(root: &Path) -> Result<()> {
-    let files = files(root)?;
+    match chart::helm() {
+        Ok(helm) => check_chart(root, &helm)?,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            return Err(e.context("CI=true: the chart must be checked with the real Helm"))
+        }
+        Err(e) => eprintln!("xtask: WARNING: {e:#}; the chart and alert checks are skipped"),
+    }
+    validate(&files(root)?)
+}
+
+/// The chart's checks, then its every-toggle rendering (less the PrometheusRule, a CRD the schema
+/// check does not know: promtool checks its rules) through the schema check.
+fn check_chart(root: &Path, helm: &Path) -> Result<()> {
+    let rendered = chart::check(root, helm)?;
+    let (objects, rules) = chart::split_kind(&rendered, "PrometheusRule");
+    let [rule] = rules.as_slice() else {
+        bail!("the chart rendered {} PrometheusRules, not 1", rules.len());
+    };
+    alerts::check(root, rule)?;
+    let scratch = root.join("target/xtask-chart");
+    std::fs::create_dir_all(&scratch)?;
+    let every_toggle = scratch.join("every-toggle.yaml");
+    std::fs::write(&every_toggle, objects.join("\n---\n"))?;
+    validate(&[every_toggle])
+}
+
+/// Validates the manifests (strict schema), or falls back to structural checks.
+fn validate(files: &[PathBuf]) -> Result<()> {
     match validator() {
         Ok(bin) => {
             eprintln!("xtask: validating deploy/ with {VALIDATOR} (strict, Kubernetes {KUBERNETES_VERSION})");
             cmd::run(
                 Command::new(bin)
                     .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
-                    .args(&files),
+                    .args(files),
             )
             .context("deploy/ does not validate against the Kubernetes schema")
         }
         Err(e) => {
             eprintln!("xtask: WARNING: no schema validator ({e:#}); structural checks only");
-            structural(&files)
+            structural(files)
         }
     }
 }

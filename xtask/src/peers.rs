@@ -1,5 +1,6 @@
 //! Real peers for the end-to-end tests, built from pinned Go modules: the Kubernetes control plane
-//! (kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm, kubectl, kubelet) and etcd.
+//! (kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm, kubectl, kubelet), etcd, and
+//! Helm (the chart's `helm lint`, `helm template` and `helm install --dry-run=server`).
 //!
 //! The recipes are `peers/*/go.mod` (+ `go.sum`) in the repository; the binaries go to
 //! `<cache>/peers/<recipe>-<hash>/bin`, keyed by the recipe's bytes and the Go version, and are reused
@@ -50,6 +51,12 @@ const ETCD: Recipe = Recipe {
     versioned: "go.etcd.io/etcd/server/v3",
 };
 
+const HELM: Recipe = Recipe {
+    dir: "helm",
+    binaries: &[("helm.sh/helm/v3/cmd/helm", "helm")],
+    versioned: "helm.sh/helm/v3",
+};
+
 /// Where the tests find every peer binary.
 pub(crate) fn bin_dir() -> PathBuf {
     setup::cache_dir().join("peers/bin")
@@ -61,7 +68,7 @@ pub(crate) fn build() -> Result<PathBuf> {
     let go = go_version()?;
     let links = bin_dir();
     std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
-    for recipe in [&KUBERNETES, &ETCD] {
+    for recipe in [&KUBERNETES, &ETCD, &HELM] {
         let built = build_recipe(&root.join("peers").join(recipe.dir), recipe, &go)?;
         for (_, name) in recipe.binaries {
             let link = links.join(name);
@@ -102,7 +109,7 @@ fn build_recipe(dir: &Path, recipe: &Recipe, go: &str) -> Result<PathBuf> {
         .with_context(|| format!("reading {}/go.sum", dir.display()))?;
     let version = required_version(&go_mod, recipe.versioned)
         .with_context(|| format!("{}/go.mod requires no {}", dir.display(), recipe.versioned))?;
-    let ldflags = ldflags(recipe, &version)?;
+    let ldflags = ldflags(recipe, &version, &go_mod)?;
     let mut key = Sha256::new();
     for part in [
         go_mod.as_bytes(),
@@ -169,8 +176,11 @@ fn build_recipe(dir: &Path, recipe: &Recipe, go: &str) -> Result<PathBuf> {
 
 /// Linker flags: stripped binaries, and for Kubernetes the version stamp its release build sets
 /// (hack/lib/version.sh), since kubeadm compares its own version with the control plane's.
-fn ldflags(recipe: &Recipe, version: &str) -> Result<String> {
+fn ldflags(recipe: &Recipe, version: &str, go_mod: &str) -> Result<String> {
     let mut flags = String::from("-s -w");
+    if recipe.versioned == HELM.versioned {
+        flags.push_str(&helm_ldflags(version, go_mod)?);
+    }
     if recipe.versioned == "k8s.io/kubernetes" {
         let Some((major, minor)) = version
             .strip_prefix('v')
@@ -192,6 +202,30 @@ fn ldflags(recipe: &Recipe, version: &str) -> Result<String> {
                 flags.push_str(&format!(" -X {package}.{var}={value}"));
             }
         }
+    }
+    Ok(flags)
+}
+
+/// What Helm's Makefile stamps: its version, and the Kubernetes version `helm template` and
+/// `helm lint` assume (client-go v0.N is Kubernetes 1.N; unstamped, Helm assumes 1.20 and refuses
+/// a chart that requires a newer one).
+fn helm_ldflags(version: &str, go_mod: &str) -> Result<String> {
+    let client_go = required_version(go_mod, "k8s.io/client-go")
+        .context("peers/helm/go.mod requires no k8s.io/client-go")?;
+    let Some(minor) = client_go
+        .strip_prefix("v0.")
+        .and_then(|rest| rest.split('.').next())
+    else {
+        bail!("cannot read the Kubernetes minor version from k8s.io/client-go {client_go}");
+    };
+    let mut flags = format!(" -X helm.sh/helm/v3/internal/version.version={version}");
+    for package in [
+        "helm.sh/helm/v3/pkg/lint/rules",
+        "helm.sh/helm/v3/pkg/chartutil",
+    ] {
+        flags.push_str(&format!(
+            " -X {package}.k8sVersionMajor=1 -X {package}.k8sVersionMinor={minor}"
+        ));
     }
     Ok(flags)
 }
@@ -220,9 +254,19 @@ mod tests {
 
     #[test]
     fn kubernetes_binaries_are_stamped_with_their_version() {
-        let flags = ldflags(&KUBERNETES, "v1.37.2").expect("valid version");
+        let flags = ldflags(&KUBERNETES, "v1.37.2", "").expect("valid version");
         assert!(flags.contains("-X k8s.io/component-base/version.gitVersion=v1.37.2"));
         assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMinor=37"));
-        assert_eq!(ldflags(&ETCD, "v3.7.0").expect("etcd"), "-s -w");
+        assert_eq!(ldflags(&ETCD, "v3.7.0", "").expect("etcd"), "-s -w");
+    }
+
+    #[test]
+    fn helm_is_stamped_with_the_kubernetes_version_of_its_client_go() {
+        let go_mod = "module x\n\nrequire (\n\tk8s.io/client-go v0.37.0 // indirect\n)\n";
+        let flags = ldflags(&HELM, "v3.22.0", go_mod).expect("helm");
+        assert!(flags.contains("-X helm.sh/helm/v3/internal/version.version=v3.22.0"));
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"));
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1"));
+        assert!(ldflags(&HELM, "v3.22.0", "module x\n").is_err());
     }
 }

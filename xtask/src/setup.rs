@@ -20,7 +20,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
 /// binary on PATH, or an absolute path.
-const PACKAGES: [(&str, &str); 9] = [
+const PACKAGES: [(&str, &str); 10] = [
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
@@ -37,6 +37,8 @@ const PACKAGES: [(&str, &str); 9] = [
         "python3-prometheus-client",
         "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
     ),
+    // promtool: `promtool check rules` and `promtool test rules` on deploy/alerts/.
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 /// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module, HAProxy
