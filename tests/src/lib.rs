@@ -181,6 +181,10 @@ impl Mode {
     }
 }
 
+/// Set (e.g. `fentry`) where the kernel is known to allow a hook strategy (`cargo xtask vm`'s
+/// guests): every eBPF-mode [`Watch`] must then have run with it.
+pub const EXPECT_HOOK: &str = "CERTRELOAD_EXPECT_HOOK";
+
 /// A running `certreload watch --output json`.
 pub struct Watch {
     child: Child,
@@ -298,6 +302,12 @@ impl Watch {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find_map(|v| v.get("monitor_stats").cloned())
             .unwrap_or_else(|| panic!("no monitor_stats line in:\n{log}"));
+        if let (Mode::Ebpf, Ok(want)) = (self.mode, std::env::var(EXPECT_HOOK)) {
+            assert_eq!(
+                stats["hook"], want,
+                "{EXPECT_HOOK}: the hook strategy --hook auto chose: {stats:#}"
+            );
+        }
         (self.seen, stats)
     }
 }

@@ -74,6 +74,7 @@ pub(crate) fn run(which: Which, built: &Built) -> Result<()> {
                 rounds,
                 renames,
                 baseline,
+                getppid_in_process: false,
             },
         ),
         Which::Gate { rotations } => crate::gate_bench::run(&built.agent, rotations),
@@ -93,6 +94,9 @@ struct MonitorParams {
     rounds: usize,
     renames: usize,
     baseline: Option<PathBuf>,
+    /// Time getppid() in this process instead of with `perf bench syscall basic` (the VM guests
+    /// have no perf).
+    getppid_in_process: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -104,6 +108,8 @@ enum Config {
     Baseline,
     EbpfRaw,
     Inotify,
+    /// fentry/fexit and BPF-LSM programs (only where the kernel allows them: the VM guests).
+    EbpfFentry,
 }
 
 impl Config {
@@ -130,6 +136,7 @@ impl Config {
             Config::Baseline => "baseline binary, tracepoints",
             Config::EbpfRaw => "eBPF, raw sys_enter/sys_exit",
             Config::Inotify => "inotify fallback",
+            Config::EbpfFentry => "eBPF, fentry/fexit + BPF-LSM",
         }
     }
 
@@ -142,6 +149,7 @@ impl Config {
             }
             Config::EbpfRaw => Some(["--mode", "ebpf", "--hook", "raw-syscalls"]),
             Config::Inotify => Some(["--mode", "inotify", "--hook", "tracepoints"]),
+            Config::EbpfFentry => Some(["--mode", "ebpf", "--hook", "fentry"]),
         }
     }
 
@@ -260,6 +268,7 @@ fn monitor(built: &Built, params: &MonitorParams) -> Result<()> {
         costs.extend(hook_costs(
             name,
             b,
+            "tracepoints",
             &scratch.paths,
             &scratch.noise_dir,
             params.ops,
@@ -448,7 +457,11 @@ impl Overhead {
                     samples.rss[c].push(a.rss_kib() as f64);
                 }
                 samples.file_ns[c].push(file_ops(&scratch.noise_dir, params.ops)?);
-                samples.sys_ns[c].push(perf_syscall(params.syscalls)?);
+                samples.sys_ns[c].push(if params.getppid_in_process {
+                    getppid_ns(params.syscalls)
+                } else {
+                    perf_syscall(params.syscalls)?
+                });
                 if let Some(a) = agent {
                     a.stop();
                 }
@@ -524,22 +537,23 @@ impl Overhead {
     }
 }
 
-/// One profiled pass of the file workload under the tracepoint strategy of `bin` (`name`: this
-/// build or the baseline): what each program costs. Returns the CSV rows.
+/// One profiled pass of the file workload under the `hook` strategy of `bin` (`name`: this build
+/// or the baseline): what each program costs. Returns the CSV rows.
 fn hook_costs(
     name: &str,
     bin: &Path,
+    hook: &str,
     paths: &[PathBuf],
     noise_dir: &Path,
     ops: u64,
 ) -> Result<Vec<Vec<String>>> {
-    let args = ["--mode", "ebpf", "--hook", "tracepoints", "--profile-hooks"];
+    let args = ["--mode", "ebpf", "--hook", hook, "--profile-hooks"];
     let agent = Agent::start(bin, &args, paths)?;
     file_ops(noise_dir, ops)?;
     let stats = agent
         .stop()
         .context("the profiled agent printed no monitor_stats")?;
-    println!("\nPer-hook cost, {name} (tracepoint strategy, kernel BPF run-time statistics on, {ops} file ops; statistics add their own clock reads)");
+    println!("\nPer-hook cost, {name} ({hook} strategy, kernel BPF run-time statistics on, {ops} file ops; statistics add their own clock reads)");
     println!(
         "{:<24} {:>12} {:>10} {:>14}",
         "program", "runs", "ns/run", "ns per file op"
@@ -615,6 +629,63 @@ fn file_ops(dir: &Path, ops: u64) -> Result<f64> {
         fs::rename(tmp, dst)?;
     }
     Ok(start.elapsed().as_nanos() as f64 / ops as f64)
+}
+
+/// ns per getppid() timed in this process: what `perf bench syscall basic` measures, for where
+/// perf is absent (the VM guests).
+fn getppid_ns(loops: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..loops {
+        // SAFETY: getppid(2) takes nothing and cannot fail.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed().as_nanos() as f64 / loops.max(1) as f64
+}
+
+/// `bench monitor` inside a `cargo xtask vm --bench monitor` guest: no agent, then each strategy
+/// the kernel allows there (fentry, tracepoints, inotify), interleaved round by round, with the
+/// per-hook cost of both eBPF strategies. Under software emulation the absolute figures are not
+/// a machine's, so the table's ratios to "no agent" in the same guest are what counts. Writes the
+/// CSVs under `target/bench/monitor-vm/` in the guest, which the host reads back.
+pub(crate) fn guest_monitor(agent: &Path, ops: u64, syscalls: u64, rounds: usize) -> Result<()> {
+    let params = MonitorParams {
+        ops,
+        syscalls,
+        rounds,
+        renames: 0,
+        baseline: None,
+        getppid_in_process: true,
+    };
+    let scratch = Scratch::create()?;
+    let out = BenchOut::new("monitor-vm")?;
+    println!(
+        "certreload bench monitor (VM guest): {}",
+        crate::scale_bench::machine()
+    );
+    let configs = [
+        Config::NoAgent,
+        Config::EbpfFentry,
+        Config::EbpfTracepoints,
+        Config::Inotify,
+    ];
+    let overhead = Overhead::measure(agent, None, &configs, &scratch, &params)?;
+    overhead.write_csv(&out)?;
+    overhead.print(&params);
+    let mut costs = Vec::new();
+    for hook in ["fentry", "tracepoints"] {
+        costs.extend(hook_costs(
+            hook,
+            agent,
+            hook,
+            &scratch.paths,
+            &scratch.noise_dir,
+            params.ops,
+        )?);
+    }
+    out.csv("hooks", &["binary", "program", "runs", "run_ns"], &costs)?;
+    // Best effort, as in `monitor`.
+    fs::remove_dir_all(&scratch.dir).ok();
+    Ok(())
 }
 
 /// ns per getppid() from `perf bench syscall basic`.

@@ -30,6 +30,7 @@ mod tls_ceiling;
 mod tls_fronts;
 mod tls_load;
 mod vm;
+mod vm_bench;
 mod vm_debian;
 
 use anyhow::Result;
@@ -95,6 +96,20 @@ enum Command {
     /// The monitor's kernel cases on Debian's kernels (bookworm, bookworm-backports) under qemu,
     /// with an initramfs holding the agent and the test programs.
     Vm(vm::Options),
+    /// Inside a `cargo xtask vm --bench monitor` guest only: `bench monitor` against the agent at
+    /// /bin/certreload, every strategy the guest's kernel allows.
+    #[command(hide = true)]
+    VmGuestBench {
+        /// File operations per overhead sample.
+        #[arg(long)]
+        ops: u64,
+        /// getppid() calls per sample.
+        #[arg(long)]
+        syscalls: u64,
+        /// Interleaved rounds.
+        #[arg(long)]
+        rounds: usize,
+    },
     /// Benchmarks; prints tables with the peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -138,8 +153,16 @@ fn main() -> Result<()> {
             fuzz::run(&targets, seconds)?;
         }
         Command::Vm(options) => {
-            let built = build::all(false)?;
+            let built = build::all(options.bench.is_some())?;
             vm::run(&options, &built)?;
+        }
+        Command::VmGuestBench {
+            ops,
+            syscalls,
+            rounds,
+        } => {
+            let agent = std::path::Path::new("/bin/certreload");
+            bench::guest_monitor(agent, ops, syscalls, rounds)?;
         }
         Command::Bench { which } => {
             setup::packages()?;
@@ -183,6 +206,7 @@ fn vm_cases(ci: bool, nightly: bool, built: &build::Built) -> Result<()> {
     let options = vm::Options {
         kernel: None,
         accel: vm::Accel::Auto,
+        bench: None,
     };
     if !nightly {
         eprintln!("xtask: WARNING: no eBPF object (no nightly); the VM cases are skipped");

@@ -21,7 +21,7 @@ use crate::{
     build::Built,
     cmd,
     initramfs::Initramfs,
-    setup,
+    setup, vm_bench,
     vm_debian::{self, GuestKernel, Suite},
 };
 
@@ -49,9 +49,9 @@ const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(20);
 /// The console line each case ends with; [`verdicts`] parses it.
 const CASE_MARK: &str = "certreload-vm: case ";
 
-/// The agent's unit test that loads, attaches and runs the fexit and BPF-LSM programs.
-const VFS_HOOKS_TEST: &str =
-    "monitor::ebpf::vfs_hooks::tests::vfs_hooks_attach_and_run_or_the_kernel_refusal_is_named";
+/// The agent's unit test that loads and attaches the `fentry` strategy (fentry/fexit and BPF-LSM
+/// programs) and decodes the records they write for each watched operation.
+const VFS_HOOKS_TEST: &str = "monitor::ebpf::vfs_hooks::tests::fentry_strategy_reports_watched_operations_or_the_kernel_refusal_is_named";
 
 /// The console line `/init` prints last.
 const DONE_MARK: &str = "certreload-vm: done";
@@ -76,16 +76,20 @@ pub(crate) struct Options {
     /// How qemu runs the guest.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Run a benchmark in each guest instead of the test cases (see `vm_bench`); the agent is
+    /// built in release.
+    #[arg(long, value_enum)]
+    pub bench: Option<vm_bench::VmBench>,
 }
 
 /// One program the guest runs, with its arguments and extra environment.
-struct GuestCase {
+pub(crate) struct GuestCase {
     /// Name in the console marks and the table.
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// What the case proves, for the table.
-    what: &'static str,
+    pub(crate) what: &'static str,
     /// The guest command line (busybox sh).
-    command: String,
+    pub(crate) command: String,
 }
 
 /// A case's outcome in one guest.
@@ -112,8 +116,17 @@ pub(crate) struct KernelRun {
 /// Builds what the guest needs, boots each kernel, prints the table, fails when a case failed or a
 /// guest did not finish.
 pub(crate) fn run(options: &Options, built: &Built) -> Result<()> {
-    let runs = run_all(options, built)?;
-    print_table(&runs);
+    let cases = match options.bench {
+        Some(vm_bench::VmBench::Monitor) => vm_bench::cases(),
+        None => cases(),
+    };
+    let runs = run_all(options, built, &cases)?;
+    print_table(&runs, &cases);
+    if options.bench.is_some() {
+        for run in &runs {
+            vm_bench::collect(run.kernel.suite.label(), &run.console)?;
+        }
+    }
     let failed: Vec<String> = runs
         .iter()
         .flat_map(|r| {
@@ -139,7 +152,7 @@ pub(crate) fn run(options: &Options, built: &Built) -> Result<()> {
     Ok(())
 }
 
-fn run_all(options: &Options, built: &Built) -> Result<Vec<KernelRun>> {
+fn run_all(options: &Options, built: &Built, cases: &[GuestCase]) -> Result<Vec<KernelRun>> {
     setup::install(&PACKAGES)?;
     let busybox = vm_debian::busybox()?;
     let suites: Vec<Suite> = options.kernel.map_or(Suite::ALL.to_vec(), |s| vec![s]);
@@ -149,10 +162,12 @@ fn run_all(options: &Options, built: &Built) -> Result<Vec<KernelRun>> {
         .collect::<Result<Vec<_>>>()?;
     let out = cmd::workspace_root().join("target/vm");
     std::fs::create_dir_all(&out)?;
-    let programs = guest_programs(built)?;
-    let cases = cases();
+    let programs = match options.bench {
+        Some(_) => vec![vm_bench::guest_program()?],
+        None => guest_programs(built)?,
+    };
     let image = out.join("initramfs.cpio");
-    write_initramfs(&image, &busybox, built, &programs, &cases)?;
+    write_initramfs(&image, &busybox, built, &programs, cases)?;
     let accel = choose_accel(options.accel, &kernels[0], &busybox, &out)?;
     kernels
         .into_iter()
@@ -204,7 +219,7 @@ fn cases() -> Vec<GuestCase> {
     vec![
         GuestCase {
             name: "vfs-hooks",
-            what: "fexit (vfs_rename) and BPF-LSM (inode_rename) load, attach and run; the fexit reads the new name via BTF offsets",
+            what: "the fentry strategy (fentry/fexit on vfs_rename, fexit on vfs_unlink, vfs_link, vfs_symlink, vfs_truncate, fd_install; BPF-LSM on file_free_security) attaches and reports each watched operation once, names read via BTF offsets",
             command: format!(
                 "CERTRELOAD_EXPECT_VFS_HOOKS=1 /tests/agent-units --nocapture --exact {VFS_HOOKS_TEST}"
             ),
@@ -216,14 +231,15 @@ fn cases() -> Vec<GuestCase> {
         },
         GuestCase {
             name: "watch",
-            what: "tests/tests/watch.rs, eBPF (tracepoints) and inotify modes",
+            what: "tests/tests/watch.rs, eBPF (--hook auto must choose fentry) and inotify modes",
             // Two left out. falls_back_to_inotify_…: its setpriv options are util-linux's, busybox's
             // setpriv has fewer. ebpf::resync_catches_mmap_writes: it writes through the mapping
             // 100 ms after closing the fd and expects the agent to have handled the close by
             // then; under emulation the close is handled later, the agent reads the mapped bytes
             // and reports them as the close's change (correct content, source ebpf), so the
             // resync finds nothing new.
-            command: "/tests/watch --test-threads=2 --skip falls_back_to_inotify_with_one_warning \
+            command: "CERTRELOAD_EXPECT_HOOK=fentry /tests/watch --test-threads=2 \
+                      --skip falls_back_to_inotify_with_one_warning \
                       --skip ebpf::resync_catches_mmap_writes"
                 .to_owned(),
         },
@@ -441,8 +457,7 @@ fn verdicts(log: &str) -> Vec<Verdict> {
     out
 }
 
-fn print_table(runs: &[KernelRun]) {
-    let cases = cases();
+fn print_table(runs: &[KernelRun], cases: &[GuestCase]) {
     println!("\nVM cases ({})", chrono_free_date());
     println!("| kernel | package, version | accel | case | result | guest run |");
     println!("| --- | --- | --- | --- | --- | --- |");

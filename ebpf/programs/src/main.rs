@@ -134,6 +134,19 @@ fn read_name(ptr: u64, buf: &mut [u8; NAME_LEN], truncated_flag: u32, ev_flags: 
             return false;
         }
     };
+    watched_name(buf, len, truncated_flag, ev_flags)
+}
+
+/// Whether the name in `buf` (`len` bytes before its NUL) has a watched basename, by the two
+/// stages [`read_name`] describes; a name cut at [`NAME_LEN`] is let through with `truncated_flag`
+/// set. The fentry strategy (`vfs_hooks`) filters the dentry names it reads with it.
+#[inline(always)]
+fn watched_name(
+    buf: &[u8; NAME_LEN],
+    len: usize,
+    truncated_flag: u32,
+    ev_flags: &mut u32,
+) -> bool {
     if len >= NAME_LEN - 1 {
         // The basename is beyond what we kept: let userspace decide.
         *ev_flags |= truncated_flag;

@@ -115,6 +115,33 @@ pub(crate) enum EbpfUnavailable {
     /// The strategy has no programs feeding the monitor in this build.
     #[error("not built: {0}")]
     NotBuilt(&'static str),
+    /// The kernel refused to load or attach one program of the `fentry` strategy
+    /// ([`super::vfs_hooks`]).
+    #[error("{kind} program {program} on {target}: {stage} failed: {detail}")]
+    Refused {
+        /// How it attaches (`fentry`, `fexit`, `BPF-LSM`).
+        kind: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// Kernel function or LSM hook.
+        target: &'static str,
+        /// "find", "load" or "attach".
+        stage: &'static str,
+        /// The loader's error with its causes (the errno is in the innermost).
+        detail: String,
+        /// The loader's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// fentry/fexit and LSM programs are typed against the running kernel's BTF.
+    #[error("the running kernel's BTF (/sys/kernel/btf/vmlinux) cannot be read: {0}")]
+    Btf(#[source] Box<aya::BtfError>),
+    /// `/sys/kernel/btf/vmlinux` cannot be read for the struct offsets.
+    #[error("reading /sys/kernel/btf/vmlinux: {0}")]
+    BtfFile(#[source] std::io::Error),
+    /// A struct member the `fentry` strategy's programs read is not where BTF can say.
+    #[error("resolving the VFS hooks' struct offsets from the kernel's BTF: {0}")]
+    Offsets(#[source] super::btf_offsets::BtfOffsetError),
     /// `--hook auto`: every strategy tried was refused; each refusal in order.
     #[error("no hook strategy can be used: {0}")]
     AllRefused(String),
@@ -204,7 +231,6 @@ impl KernelHooks {
             HookStrategy::RawSyscalls if !cfg!(target_arch = "x86_64") => {
                 return Err(EbpfUnavailable::Arch(std::env::consts::ARCH));
             }
-            HookStrategy::Fentry => return Err(fentry_unavailable()),
             HookStrategy::Auto => {
                 return Err(EbpfUnavailable::NotBuilt(
                     "`auto` is a choice among strategies, made by KernelSource::choose",
@@ -213,7 +239,7 @@ impl KernelHooks {
             _ => {}
         }
         raise_memlock_limit();
-        if strategy != HookStrategy::RawSyscalls {
+        if matches!(strategy, HookStrategy::Tracepoints | HookStrategy::Noop) {
             ensure_tracefs();
         }
         let names_capacity = watched_names_capacity(names);
@@ -399,16 +425,10 @@ fn program_error(program: &str, target: &str) -> impl FnOnce(ProgramError) -> Eb
     }
 }
 
-/// Why the `fentry` strategy cannot run. Its slot in the choice: the fentry/fexit and BPF-LSM
-/// programs (`ebpf/programs/src/vfs_hooks.rs`) do not feed the monitor's ring buffer yet, so it is
-/// refused as not built, and `auto` goes on to the syscall tracepoints.
-fn fentry_unavailable() -> EbpfUnavailable {
-    EbpfUnavailable::NotBuilt(
-        "the fentry/BPF-LSM programs do not feed the change monitor in this build",
-    )
-}
-
 fn attach(ebpf: &mut Ebpf, strategy: HookStrategy) -> Result<(), EbpfUnavailable> {
+    if strategy == HookStrategy::Fentry {
+        return super::vfs_hooks::attach_all(ebpf);
+    }
     let raw: &[(&str, &str)] = match strategy {
         HookStrategy::RawSyscalls => &syscalls::RAW_PROGRAMS,
         // Process exit and exec are not syscall tracepoints: raw tracepoints in both strategies.

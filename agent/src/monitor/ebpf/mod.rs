@@ -4,13 +4,6 @@ mod btf_offsets;
 pub mod decode;
 mod fd_resolve;
 pub(crate) mod loader;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the strategy choice (--hook auto, monitor::ebpf::loader) calls attach_all; until then only the VM probe test uses it"
-    )
-)]
 pub(crate) mod vfs_hooks;
 pub mod writers;
 

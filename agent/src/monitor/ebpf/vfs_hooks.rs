@@ -1,161 +1,84 @@
-//! Attaching the fentry/fexit and BPF-LSM programs (`ebpf/programs/src/vfs_hooks.rs`): hooks that
-//! only the hooked kernel function pays for, where a syscall tracepoint slows every syscall of the
-//! node. Many kernels refuse them (EPERM on these CI machines; BPF-LSM also needs `bpf` in the
-//! `lsm=` list); the refusal is returned word for word, so the strategy choice can say why it fell
-//! back to tracepoints. Debian's bookworm and backports kernels accept them (`cargo xtask vm`).
+//! Attaching the `fentry` strategy's programs (`ebpf/programs/src/vfs_hooks.rs`): fentry/fexit
+//! trampolines on the VFS functions and BPF-LSM programs, which only the hooked kernel function
+//! pays for, where a syscall tracepoint slows every syscall of the node. They feed the same ring
+//! buffer with the same records as the syscall programs. Many kernels refuse them (EPERM on these
+//! CI machines; BPF-LSM also needs `bpf` in the `lsm=` list); the refusal is returned word for
+//! word, so the strategy choice can say why it fell back to tracepoints. Debian's bookworm and
+//! backports kernels accept them (`cargo xtask vm`).
 
 use aya::{
-    maps::{Array, MapError, PerCpuArray},
-    programs::{FExit, Lsm, ProgramError},
-    Btf, BtfError, Ebpf,
+    maps::Array,
+    programs::{FEntry, FExit, Lsm, ProgramError},
+    Btf, Ebpf,
 };
-use certreload_common::vfs_hooks::{self as names, offsets};
-use thiserror::Error;
+use certreload_common::vfs_hooks::{offsets, Hook, HookKind, HOOKS, OFFSETS_MAP};
 
-use super::btf_offsets::{BtfOffsetError, KernelBtf};
+use super::{btf_offsets::KernelBtf, loader::EbpfUnavailable};
 
-/// How a hook attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HookKind {
-    /// A BPF trampoline after a kernel function returns (`BPF_PROG_TYPE_TRACING`, fexit).
-    Fexit,
-    /// A BPF-LSM program on a security hook (`BPF_PROG_TYPE_LSM`).
-    Lsm,
-}
-
-impl std::fmt::Display for HookKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HookKind::Fexit => "fexit",
-            HookKind::Lsm => "BPF-LSM",
-        })
+/// How `kind` is named in logs and refusals.
+pub(crate) fn kind_name(kind: HookKind) -> &'static str {
+    match kind {
+        HookKind::Fentry => "fentry",
+        HookKind::Fexit => "fexit",
+        HookKind::Lsm => "BPF-LSM",
     }
 }
 
-/// One program of the object, what it attaches to, and its counter slot.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct VfsHook {
-    /// The program's name in the object.
-    pub program: &'static str,
-    /// The kernel function or LSM hook.
-    pub target: &'static str,
-    /// How it attaches.
-    pub kind: HookKind,
-    /// Its slot in the hits map.
-    pub slot: u32,
-}
-
-/// Every VFS hook of the object, in the order they are tried.
-pub(crate) const HOOKS: [VfsHook; 2] = [
-    VfsHook {
-        program: names::FEXIT_VFS_RENAME,
-        target: names::FEXIT_VFS_RENAME_TARGET,
-        kind: HookKind::Fexit,
-        slot: names::FEXIT_VFS_RENAME_SLOT,
-    },
-    VfsHook {
-        program: names::LSM_INODE_RENAME,
-        target: names::LSM_INODE_RENAME_TARGET,
-        kind: HookKind::Lsm,
-        slot: names::LSM_INODE_RENAME_SLOT,
-    },
-];
-
-/// Why a VFS hook is not in place.
-#[derive(Debug, Error)]
-pub(crate) enum VfsHookError {
-    /// fentry/fexit and LSM programs are typed against the running kernel's BTF.
-    #[error("the running kernel's BTF (/sys/kernel/btf/vmlinux) cannot be read: {0}")]
-    Btf(#[source] Box<BtfError>),
-    /// The object lacks the program or map (an agent built from an older object).
-    #[error("the eBPF object has no program or map {0}")]
-    Missing(&'static str),
-    /// The kernel refused to load or attach it.
-    #[error("{kind} program {program} on {target}: {stage} failed: {detail}")]
-    Refused {
-        /// How it attaches.
-        kind: HookKind,
-        /// Program name.
-        program: &'static str,
-        /// Kernel function or LSM hook.
-        target: &'static str,
-        /// "load" or "attach".
-        stage: &'static str,
-        /// The loader's error with its causes (the errno is in the innermost).
-        detail: String,
-        /// The loader's error.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A map of the VFS hooks is missing, of the wrong type, or refused an update.
-    #[error("eBPF map {name}: {source}")]
-    Map {
-        /// Map name.
-        name: &'static str,
-        /// The loader's error.
-        #[source]
-        source: Box<MapError>,
-    },
-    /// `/sys/kernel/btf/vmlinux` cannot be read.
-    #[error("reading /sys/kernel/btf/vmlinux: {0}")]
-    BtfFile(#[source] std::io::Error),
-    /// A member the programs read is not where BTF can say.
-    #[error("resolving the rename hook's struct offsets from the kernel's BTF: {0}")]
-    Offsets(#[source] BtfOffsetError),
-}
-
-fn map_error(name: &'static str) -> impl FnOnce(MapError) -> VfsHookError {
-    move |e| VfsHookError::Map {
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfUnavailable {
+    move |e| EbpfUnavailable::Map {
         name,
         source: Box::new(e),
     }
 }
 
-/// The struct member offsets the rename hook reads with, resolved from the running kernel's BTF
+/// The struct member offsets the programs read with, resolved from the running kernel's BTF
 /// (slot, byte offset), in the order of [`offsets::MEMBERS`].
-pub(crate) fn resolve_offsets() -> Result<Vec<(u32, u32)>, VfsHookError> {
-    let blob = std::fs::read("/sys/kernel/btf/vmlinux").map_err(VfsHookError::BtfFile)?;
-    let btf = KernelBtf::parse(&blob).map_err(VfsHookError::Offsets)?;
+pub(crate) fn resolve_offsets() -> Result<Vec<(u32, u32)>, EbpfUnavailable> {
+    let blob = std::fs::read("/sys/kernel/btf/vmlinux").map_err(EbpfUnavailable::BtfFile)?;
+    let btf = KernelBtf::parse(&blob).map_err(EbpfUnavailable::Offsets)?;
     offsets::MEMBERS
         .iter()
         .map(|(slot, strukt, member)| {
             btf.member_offset(strukt, member)
                 .map(|at| (*slot, at))
-                .map_err(VfsHookError::Offsets)
+                .map_err(EbpfUnavailable::Offsets)
         })
         .collect()
 }
 
 /// Resolves the offsets ([`resolve_offsets`]) and writes them into the object's offsets map, then
 /// marks it ready: the programs read no kernel memory before.
-pub(crate) fn write_offsets(ebpf: &mut Ebpf) -> Result<Vec<(u32, u32)>, VfsHookError> {
+pub(crate) fn write_offsets(ebpf: &mut Ebpf) -> Result<Vec<(u32, u32)>, EbpfUnavailable> {
     let resolved = resolve_offsets()?;
     let map = ebpf
-        .map_mut(names::OFFSETS_MAP)
-        .ok_or(VfsHookError::Missing(names::OFFSETS_MAP))?;
-    let mut array = Array::<_, u32>::try_from(map).map_err(map_error(names::OFFSETS_MAP))?;
+        .map_mut(OFFSETS_MAP)
+        .ok_or_else(|| EbpfUnavailable::Map {
+            name: OFFSETS_MAP,
+            source: Box::new(aya::maps::MapError::InvalidName {
+                name: OFFSETS_MAP.to_owned(),
+            }),
+        })?;
+    let mut array = Array::<_, u32>::try_from(map).map_err(map_error(OFFSETS_MAP))?;
     for (slot, at) in &resolved {
-        array
-            .set(*slot, at, 0)
-            .map_err(map_error(names::OFFSETS_MAP))?;
+        array.set(*slot, at, 0).map_err(map_error(OFFSETS_MAP))?;
     }
     array
         .set(offsets::READY, 1, 0)
-        .map_err(map_error(names::OFFSETS_MAP))?;
+        .map_err(map_error(OFFSETS_MAP))?;
     Ok(resolved)
 }
 
-/// The running kernel's BTF, needed to load any of [`HOOKS`].
-pub(crate) fn kernel_btf() -> Result<Btf, VfsHookError> {
-    Btf::from_sys_fs().map_err(|e| VfsHookError::Btf(Box::new(e)))
+/// The running kernel's BTF, which every program of [`HOOKS`] is typed against.
+pub(crate) fn kernel_btf() -> Result<Btf, EbpfUnavailable> {
+    Btf::from_sys_fs().map_err(|e| EbpfUnavailable::Btf(Box::new(e)))
 }
 
 /// Loads and attaches `hook` from `ebpf` (the agent's object, loaded); the link lives as long as
 /// `ebpf`.
-pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &VfsHook) -> Result<(), VfsHookError> {
+pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<(), EbpfUnavailable> {
     let refused = |stage: &'static str| {
-        move |source: ProgramError| VfsHookError::Refused {
-            kind: hook.kind,
+        move |source: ProgramError| EbpfUnavailable::Refused {
+            kind: kind_name(hook.kind),
             program: hook.program,
             target: hook.target,
             stage,
@@ -165,8 +88,14 @@ pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &VfsHook) -> Result<(), V
     };
     let program = ebpf
         .program_mut(hook.program)
-        .ok_or(VfsHookError::Missing(hook.program))?;
+        .ok_or(ProgramError::UnexpectedProgramType)
+        .map_err(refused("find"))?;
     match hook.kind {
+        HookKind::Fentry => {
+            let fentry: &mut FEntry = program.try_into().map_err(refused("load"))?;
+            fentry.load(hook.target, btf).map_err(refused("load"))?;
+            fentry.attach().map_err(refused("attach"))?;
+        }
         HookKind::Fexit => {
             let fexit: &mut FExit = program.try_into().map_err(refused("load"))?;
             fexit.load(hook.target, btf).map_err(refused("load"))?;
@@ -181,37 +110,12 @@ pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &VfsHook) -> Result<(), V
     Ok(())
 }
 
-/// Writes the offsets, then attaches every hook of [`HOOKS`], stopping at the first refusal
-/// (which names the program).
-#[cfg_attr(
-    test,
-    expect(dead_code, reason = "called by the strategy choice outside tests")
-)]
-pub(crate) fn attach_all(ebpf: &mut Ebpf) -> Result<(), VfsHookError> {
+/// Writes the offsets, then attaches every hook of [`HOOKS`] in order, stopping at the first
+/// refusal (which names the program and the kernel's answer).
+pub(crate) fn attach_all(ebpf: &mut Ebpf) -> Result<(), EbpfUnavailable> {
     let btf = kernel_btf()?;
     write_offsets(ebpf)?;
     HOOKS.iter().try_for_each(|hook| attach(ebpf, &btf, hook))
-}
-
-/// How many times `hook` ran since it was attached, summed over CPUs.
-pub(crate) fn runs(ebpf: &Ebpf, hook: &VfsHook) -> Result<u64, VfsHookError> {
-    hits(ebpf, hook.slot)
-}
-
-/// The hits map's `slot`, summed over CPUs.
-fn hits(ebpf: &Ebpf, slot: u32) -> Result<u64, VfsHookError> {
-    let map = ebpf
-        .map(names::HITS_MAP)
-        .ok_or(VfsHookError::Missing(names::HITS_MAP))?;
-    let hits = PerCpuArray::<_, u64>::try_from(map).map_err(map_error(names::HITS_MAP))?;
-    let per_cpu = hits.get(&slot, 0).map_err(map_error(names::HITS_MAP))?;
-    Ok(per_cpu.iter().sum())
-}
-
-/// Successful renames onto a watched basename the fexit on `vfs_rename` saw, reading the new
-/// name through the BTF offsets.
-pub(crate) fn watched_renames(ebpf: &Ebpf) -> Result<u64, VfsHookError> {
-    hits(ebpf, names::WATCHED_RENAME_SLOT)
 }
 
 /// `error: cause: cause`, so the errno the kernel returned is in the message.
@@ -228,18 +132,80 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![expect(
+        unsafe_code,
+        reason = "truncate(2) by path has no std equivalent (File::set_len is ftruncate)"
+    )]
+
+    use std::{
+        collections::BTreeSet,
+        ffi::{CString, OsString},
+        os::unix::ffi::OsStrExt,
+        path::Path,
+    };
+
+    use super::super::{
+        decode::{decode, Operation},
+        loader::{EbpfUnavailable, HookStrategy, KernelHooks},
+    };
 
     /// What `cargo xtask vm` sets in the guests, whose kernels must accept the hooks.
     const EXPECT: &str = "CERTRELOAD_EXPECT_VFS_HOOKS";
 
-    /// On any kernel: each hook either attaches and then runs on a rename (the fexit also matching
-    /// the one rename onto a watched name, read through offsets from the kernel's BTF), or is
-    /// refused by the kernel with the program named (never missing from the object, never a BTF
-    /// failure where the kernel has BTF). With `CERTRELOAD_EXPECT_VFS_HOOKS=1` (the Debian kernels under
-    /// `cargo xtask vm`) every hook must attach and run.
+    fn truncate_by_path(path: &Path) {
+        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a temp path");
+        // SAFETY: `c` is a NUL-terminated path that lives across the call; truncate only reads it.
+        let rc = unsafe { libc::truncate(c.as_ptr(), 0) };
+        assert_eq!(rc, 0, "truncate {}", path.display());
+    }
+
+    /// Every operation the strategy reports, on watched names, plus the same on unwatched ones
+    /// (which must be filtered in the kernel); returns the operations expected, in order.
+    fn operate(dir: &Path, watched: &[String; 3]) -> Vec<Operation> {
+        let [w, link, sym] = watched;
+        let p = |name: &str| dir.join(name);
+        std::fs::write(p("unwatched"), "x").expect("write");
+        std::fs::rename(p("unwatched"), p("unwatched.2")).expect("rename");
+        std::fs::write(p("incoming"), "y").expect("write");
+        std::fs::rename(p("incoming"), p(w)).expect("rename");
+        std::fs::write(p(w), "z").expect("write");
+        std::fs::hard_link(p(w), p(link)).expect("link");
+        truncate_by_path(&p(link));
+        std::os::unix::fs::symlink("target-text", p(sym)).expect("symlink");
+        std::fs::remove_file(p(w)).expect("unlink");
+        std::fs::remove_file(p("unwatched.2")).expect("unlink");
+        let name = |n: &str| OsString::from(n);
+        vec![
+            Operation::Rename {
+                from: name("incoming"),
+                to: name(w),
+            },
+            // The fd is checked apart (whatever the runtime got).
+            Operation::OpenWrite {
+                name: name(w),
+                fd: -1,
+            },
+            Operation::Close { fd: -1 },
+            Operation::Link {
+                existing: name(w),
+                link: name(link),
+            },
+            Operation::Truncate { name: name(link) },
+            Operation::Symlink {
+                target: name("target-text"),
+                link: name(sym),
+            },
+            Operation::Unlink { name: name(w) },
+        ]
+    }
+
+    /// On any kernel: the `fentry` strategy either loads, attaches, and reports each watched
+    /// operation once, in order, as the syscall strategies' records (names from dentries through
+    /// offsets from the kernel's BTF; unwatched names filtered in the kernel), or is refused by
+    /// the kernel with the program named. With `CERTRELOAD_EXPECT_VFS_HOOKS=1` (the Debian
+    /// kernels under `cargo xtask vm`) it must attach and report.
     #[test]
-    fn vfs_hooks_attach_and_run_or_the_kernel_refusal_is_named() {
+    fn fentry_strategy_reports_watched_operations_or_the_kernel_refusal_is_named() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         let expect = std::env::var(EXPECT).is_ok_and(|v| v == "1");
         let root = crate::sys::process::effective_uid() == 0;
@@ -248,66 +214,67 @@ mod tests {
             eprintln!("SKIP: needs root and an agent built with the eBPF object");
             return;
         }
-        let mut ebpf = aya::EbpfLoader::new()
-            .load(super::super::loader::OBJECT)
-            .expect("the object loads (maps)");
-        let btf = kernel_btf().expect("the kernel has BTF (/sys/kernel/btf/vmlinux)");
-        let resolved = write_offsets(&mut ebpf).expect("offsets from the kernel's BTF");
-        eprintln!("vfs-hook offsets (slot, bytes) from the kernel's BTF: {resolved:?}");
-        let watched = format!("watched-{}.crt", std::process::id());
-        let mut names_map: aya::maps::HashMap<_, u64, u8> = aya::maps::HashMap::try_from(
-            ebpf.map_mut(certreload_common::maps::WATCHED_NAMES)
-                .expect("WATCHED_NAMES"),
-        )
-        .expect("a hash map");
-        names_map
-            .insert(certreload_common::basename_hash(watched.as_bytes()), 1, 0)
-            .expect("insert the watched name");
-        let outcomes: Vec<(VfsHook, Result<(), VfsHookError>)> = HOOKS
-            .iter()
-            .map(|hook| (*hook, attach(&mut ebpf, &btf, hook)))
-            .collect();
+        let (mut hooks, mut ring) = match KernelHooks::load(HookStrategy::Fentry, false, 4) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("fentry strategy refused: {e}");
+                assert!(!expect, "{EXPECT}=1: {e}");
+                assert!(
+                    matches!(e, EbpfUnavailable::Refused { .. }),
+                    "not a kernel refusal: {e}"
+                );
+                return;
+            }
+        };
+        eprintln!("offsets (slot, bytes): {:?}", super::resolve_offsets());
+        let id = std::process::id();
+        let watched = [
+            format!("w-{id}.crt"),
+            format!("w-{id}.link"),
+            format!("w-{id}.sym"),
+        ];
+        let names: BTreeSet<OsString> = watched.iter().map(OsString::from).collect();
+        hooks.set_names(&names).expect("load the watched names");
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a"), "x").expect("write");
-        std::fs::rename(dir.path().join("a"), dir.path().join("b")).expect("rename");
-        std::fs::write(dir.path().join("c"), "y").expect("write");
-        std::fs::rename(dir.path().join("c"), dir.path().join(&watched)).expect("rename");
-        for (hook, outcome) in &outcomes {
-            match outcome {
-                Ok(()) => {
-                    let runs = runs(&ebpf, hook).expect("hits map");
-                    eprintln!(
-                        "vfs-hook {} {} on {}: attached, {runs} run(s) after two renames",
-                        hook.kind, hook.program, hook.target
-                    );
-                    assert!(runs >= 1, "{} attached but did not run", hook.program);
-                    if hook.kind == HookKind::Fexit {
-                        // Two renames, one onto the watched name: the name read through the
-                        // BTF offsets matched exactly once.
-                        let matched = watched_renames(&ebpf).expect("hits map");
-                        eprintln!(
-                            "vfs-hook {}: {matched} rename(s) onto a watched name",
-                            hook.program
-                        );
-                        assert_eq!(
-                            matched, 1,
-                            "renames onto {watched} seen by {}",
-                            hook.program
-                        );
-                    }
-                }
-                Err(e) => {
-                    eprintln!(
-                        "vfs-hook {} {} on {}: refused: {e}",
-                        hook.kind, hook.program, hook.target
-                    );
-                    assert!(!expect, "{EXPECT}=1: {e}");
-                    assert!(
-                        matches!(e, VfsHookError::Refused { program, .. } if *program == hook.program),
-                        "not a kernel refusal: {e}"
-                    );
-                }
+        let expected = operate(dir.path(), &watched);
+        let mut seen = Vec::new();
+        while let Some(item) = ring.next() {
+            let ev = decode(&item).expect("a record the agent decodes");
+            if ev.header.writer.tgid == id {
+                seen.push(ev);
             }
         }
+        for ev in &seen {
+            eprintln!("{:?} by {:?}", ev.op, ev.header.writer.comm);
+        }
+        let ops: Vec<Operation> = seen
+            .iter()
+            .map(|ev| match &ev.op {
+                Operation::OpenWrite { name, .. } => Operation::OpenWrite {
+                    name: name.clone(),
+                    fd: -1,
+                },
+                Operation::Close { .. } => Operation::Close { fd: -1 },
+                other => other.clone(),
+            })
+            .collect();
+        assert_eq!(ops, expected, "the watched operations, once each, in order");
+        let fds: Vec<i32> = seen
+            .iter()
+            .filter_map(|ev| match ev.op {
+                Operation::OpenWrite { fd, .. } | Operation::Close { fd } => Some(fd),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            fds.len() == 2 && fds[0] >= 0 && fds[0] == fds[1],
+            "the close names the fd the open got: {fds:?}"
+        );
+        let stats = hooks.stats();
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        assert!(
+            stats.filtered >= 4,
+            "unwatched writes, renames and unlinks are filtered in the kernel: {stats:?}"
+        );
     }
 }
