@@ -23,6 +23,7 @@ mod report;
 mod scale_bench;
 mod scale_conns;
 mod scale_files;
+mod scale_writers;
 mod secret_volume;
 mod setup;
 mod tls_bench;

@@ -7,7 +7,9 @@
 //!   the others are idle ([`crate::scale_files`]);
 //! - live idle TLS connections through one listener (1,000 → 50,000): RSS per connection, time and
 //!   CPU to publish a rotation, drain time after `stale_grace`, handshake p99 during the drain
-//!   ([`crate::scale_conns`]).
+//!   ([`crate::scale_conns`]);
+//! - fds held by a writer (10 → 10,000): detection of its in-place write, of a rename right after
+//!   it, agent CPU per write ([`crate::scale_writers`]).
 //!
 //! "Linear or better" is read off the growth exponent between two sizes: log(cost ratio) /
 //! log(input ratio), 1.0 linear, 0 constant. Every sample goes to `target/bench/scale/*.csv`, the
@@ -35,7 +37,7 @@ pub(crate) struct Params {
     /// the whole run in about a minute, for development.
     #[arg(long)]
     pub quick: bool,
-    /// Only these curves (paths, bundles, connections); all of them when omitted.
+    /// Only these curves (paths, bundles, connections, writer-fds); all of them when omitted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rotations timed per size (the p99 of rotation latency, the median of publish time).
@@ -100,6 +102,14 @@ pub(crate) fn run(built: &Path, params: &Params) -> Result<()> {
             &[1000, 10_000, 50_000]
         };
         crate::scale_conns::run(bin, sizes, params, &out)?;
+    }
+    if params.wants("writer-fds") {
+        let sizes: &[usize] = if params.quick {
+            &[10, 1000]
+        } else {
+            &[10, 100, 1000, 10_000]
+        };
+        crate::scale_writers::run(bin, sizes, params, &out)?;
     }
     println!("raw samples and curves: {}", out.dir().display());
     Ok(())

@@ -119,12 +119,14 @@ fn paths_level(bin: &Path, n: usize, params: &Params) -> Result<PathsLevel> {
     })
 }
 
-/// A running `certreload watch` on the files, ready.
-struct WatchAgent {
+/// A running `certreload watch` on the files, ready (also the writer-fds curve's agent,
+/// [`crate::scale_writers`]).
+pub(crate) struct WatchAgent {
     child: Child,
     stdout: BufReader<ChildStdout>,
     stats: mpsc::Receiver<String>,
-    mode: String,
+    /// The monitor's mode, from its "monitor ready" line (`ebpf`, `inotify`).
+    pub(crate) mode: String,
 }
 
 impl Drop for WatchAgent {
@@ -134,7 +136,8 @@ impl Drop for WatchAgent {
 }
 
 impl WatchAgent {
-    fn start(bin: &Path, files: &[PathBuf], resync_s: u64) -> Result<WatchAgent> {
+    /// Starts `certreload watch --output json` on `files` and waits for "monitor ready".
+    pub(crate) fn start(bin: &Path, files: &[PathBuf], resync_s: u64) -> Result<WatchAgent> {
         let mut child = Command::new(bin)
             .args(["watch", "--mode", "auto", "--output", "json", "--resync"])
             .arg(resync_s.to_string())
@@ -181,17 +184,18 @@ impl WatchAgent {
         })
     }
 
-    fn pid(&self) -> u32 {
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Reads the next change line.
-    fn next_change(&mut self) -> Result<()> {
+    /// Reads the next change line (one JSON object).
+    pub(crate) fn next_change(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
             bail!("certreload watch ended");
         }
-        Ok(())
+        Ok(line)
     }
 
     /// Stops the agent; the resync passes its final `monitor_stats` counted.

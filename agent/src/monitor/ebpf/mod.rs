@@ -14,8 +14,9 @@ use tokio::io::unix::AsyncFd;
 
 use self::{
     decode::{decode, KernelEvent, Operation},
+    fd_resolve::{FdScan, Scans},
     loader::{EbpfUnavailable, HookStrategy, KernelHooks, KernelStats},
-    writers::{FoundFd, OpenForWrite, OpenWriters},
+    writers::{FoundFd, OpenForWrite, OpenWriters, Reconciled},
 };
 use super::{
     hint::{Hint, Scope, Source},
@@ -37,6 +38,10 @@ pub(crate) struct KernelSource {
     hooks: KernelHooks,
     ring: AsyncFd<RingBuf<MapData>>,
     writers: OpenWriters,
+    /// Searches of `/proc` for unresolved opens' fds, off the monitor's thread, and those
+    /// finished but not applied yet.
+    scans: Scans,
+    finished_scans: Vec<FdScan>,
     counters: MonitorCounters,
 }
 
@@ -63,6 +68,8 @@ impl KernelSource {
             hooks,
             ring,
             writers: OpenWriters::default(),
+            scans: Scans::default(),
+            finished_scans: Vec::new(),
             counters,
         })
     }
@@ -105,10 +112,17 @@ impl KernelSource {
         self.hooks.stats()
     }
 
-    /// Waits for the ring buffer and drains everything in it.
+    /// Waits for the ring buffer and drains everything in it; an empty batch when a search for
+    /// unresolved opens' fds finished first ([`Self::hints`] applies it).
     pub(crate) async fn next_batch(&mut self) -> io::Result<Vec<KernelEvent>> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
+            let mut guard = tokio::select! {
+                ready = self.ring.readable_mut() => ready?,
+                Some(scan) = self.scans.finished() => {
+                    self.finished_scans.push(scan);
+                    return Ok(Vec::new());
+                }
+            };
             let ring = guard.get_inner_mut();
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {
@@ -130,7 +144,8 @@ impl KernelSource {
     /// Turns a batch of kernel events into hints, in order, updating write tracking: an operation
     /// on a path is a hint at once; a write through an fd is one when the writing ends (last close,
     /// the dup2 that replaced the fd, close_range, exit or exec). Opens reported without their fd
-    /// are then resolved from `/proc` ([`OpenWriters::reconcile`]).
+    /// are looked for in `/proc` off this thread ([`Scans`]); a finished search is applied here,
+    /// after the events that came before it.
     pub(crate) fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
         let mut hints = Vec::new();
         for (i, ev) in batch.iter().enumerate() {
@@ -138,10 +153,45 @@ impl KernelSource {
             let finished = self.apply(ev, &batch[i + 1..], &mut hints);
             hints.extend(finished.iter().map(|done| hint(ev, [&done.name])));
         }
-        for tgid in self.writers.unresolved_processes() {
-            self.reconcile(tgid, &mut hints);
+        let search_again = self.apply_finished_scans(&mut hints);
+        // Each batch of events is a reason to look again (the kernel reports every fd syscall
+        // of a process with unresolved opens), as is a search that events overtook.
+        if batch.is_empty() {
+            self.start_scans(search_again);
+        } else {
+            self.start_scans(self.writers.unresolved_processes());
         }
         hints
+    }
+
+    /// Applies the searches of `/proc` that finished; returns the processes whose search the
+    /// events overtook.
+    fn apply_finished_scans(&mut self, hints: &mut Vec<Hint>) -> Vec<u32> {
+        while let Some(scan) = self.scans.try_finished() {
+            self.finished_scans.push(scan);
+        }
+        let mut search_again = Vec::new();
+        for scan in std::mem::take(&mut self.finished_scans) {
+            let tgid = scan.request.tgid;
+            let out = self.writers.apply_scan(scan);
+            if out.search_again {
+                search_again.push(tgid);
+            }
+            self.reconciled(tgid, out, hints);
+        }
+        search_again
+    }
+
+    /// Starts a search for each of `tgids`' unresolved opens, unless one runs already (it is
+    /// started again when it finishes, if events overtook it).
+    fn start_scans(&mut self, tgids: Vec<u32>) {
+        for tgid in tgids {
+            if !self.scans.in_flight(tgid) {
+                if let Some(request) = self.writers.scan_request(tgid) {
+                    self.scans.start(request);
+                }
+            }
+        }
     }
 
     /// Tells the unresolved opens of the event's process that it made an fd syscall.
@@ -221,12 +271,11 @@ impl KernelSource {
         }
     }
 
-    /// Resolves `tgid`'s unresolved opens from `/proc`: the fds found are handed to the kernel (so
-    /// their close is reported) and checked again afterwards, since the process may have closed
-    /// them in between; finished writes become hints. The kernel stops reporting every fd syscall
-    /// of the process once none is left unresolved.
-    fn reconcile(&mut self, tgid: u32, hints: &mut Vec<Hint>) {
-        let out = self.writers.reconcile(tgid);
+    /// Acts on a search of `/proc` for `tgid`'s unresolved opens: the fds found are handed to the
+    /// kernel (so their close is reported) and checked again afterwards, since the process may
+    /// have closed them in between; finished writes become hints. The kernel stops reporting
+    /// every fd syscall of the process once none is left unresolved.
+    fn reconciled(&mut self, tgid: u32, out: Reconciled, hints: &mut Vec<Hint>) {
         for FoundFd {
             fd,
             name_hash,

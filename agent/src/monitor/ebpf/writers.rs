@@ -19,7 +19,7 @@ use std::{
     os::unix::ffi::OsStrExt,
 };
 
-use super::fd_resolve::{fd_identity, fd_is_open, name_identity, open_fds};
+use super::fd_resolve::{fd_identity, fd_is_open, name_identity, FdQuery, FdScan, ScanRequest};
 use crate::monitor::hint::Writer;
 
 /// A write-opened watched file in one process.
@@ -83,6 +83,10 @@ pub struct Reconciled {
     pub finished: Vec<(OpenForWrite, Option<(u64, &'static str)>)>,
     /// Whether the process still has unresolved opens (the kernel keeps reporting its fd syscalls).
     pub still_unresolved: bool,
+    /// Whether what happened since the search started calls for another search now (the opening
+    /// thread went on, a found fd was closed meanwhile, or opens came after it) rather than at
+    /// the process's next fd syscall.
+    pub search_again: bool,
 }
 
 /// All write-opened watched files, keyed by `(tgid, fd)`, and the opens whose fd is not known yet.
@@ -165,51 +169,105 @@ impl OpenWriters {
         self.unresolved.keys().copied().collect()
     }
 
-    /// Looks for the fds of `tgid`'s unresolved opens in `/proc/<tgid>/fd`: a found fd becomes an
-    /// ordinary entry; an open none holds after its thread went on is finished. A process that is
-    /// gone is left to its exit event.
+    /// What a search of `/proc/<tgid>/fd` must look for: `tgid`'s unresolved opens as known now
+    /// (`None`: it has none). The file each open's name leads to is looked up here, on the
+    /// caller's thread (one stat each): the exit may finish the write before the search does.
+    pub(super) fn scan_request(&mut self, tgid: u32) -> Option<ScanRequest> {
+        let pending = self.unresolved.get_mut(&tgid)?;
+        for u in pending.iter_mut().filter(|u| u.file.is_none()) {
+            u.file = name_identity(tgid, &u.name);
+        }
+        let queries = pending
+            .iter()
+            .map(|u| FdQuery {
+                name: u.name.clone(),
+                file: u.file,
+                closed_since: u.closed_since.clone(),
+                reopened_since: u.reopened_since.clone(),
+                returned: u.progressed.is_some(),
+            })
+            .collect();
+        let tracked = self
+            .by_fd
+            .keys()
+            .filter(|&&(t, _)| t == tgid)
+            .map(|&(_, fd)| fd)
+            .collect();
+        Some(ScanRequest {
+            tgid,
+            queries,
+            tracked,
+        })
+    }
+
+    /// Looks for the fds of `tgid`'s unresolved opens in `/proc/<tgid>/fd` now and applies the
+    /// answer ([`Self::apply_scan`]): the tests' synchronous search (the monitor's runs on the
+    /// blocking pool).
+    #[cfg(test)]
     pub fn reconcile(&mut self, tgid: u32) -> Reconciled {
+        match self.scan_request(tgid) {
+            Some(request) => self.apply_scan(super::fd_resolve::scan(request)),
+            None => Reconciled::default(),
+        }
+    }
+
+    /// Applies a search's answer: a found fd becomes an ordinary entry; an open none held after
+    /// its thread went on (both as of the search's start) is finished; a process that is gone is
+    /// left to its exit event. Events applied since the search started win: an fd closed since
+    /// is not taken, and the open waits for another search ([`Reconciled::search_again`]).
+    pub(super) fn apply_scan(&mut self, scan: FdScan) -> Reconciled {
         let mut out = Reconciled::default();
-        let Some(pending) = self.unresolved.remove(&tgid) else {
+        let tgid = scan.request.tgid;
+        let Some(mut pending) = self.unresolved.remove(&tgid) else {
             return out;
         };
-        let Some(fds) = open_fds(tgid) else {
+        let asked = &scan.request.queries;
+        let same_opens = pending.len() >= asked.len()
+            && pending.iter().zip(asked).all(|(u, q)| u.name == q.name);
+        let Some(answers) = scan.answers.filter(|_| same_opens) else {
+            // Exiting, or the opens are not those asked about (the process exited and its id
+            // was reused): nothing is decided.
             out.still_unresolved = true;
+            out.search_again = !same_opens;
             self.unresolved.insert(tgid, pending);
             return out;
         };
+        let later = pending.split_off(answers.len());
         let mut kept = Vec::new();
-        for mut u in pending {
-            u.file = u.file.or_else(|| name_identity(tgid, &u.name));
-            let holders: Vec<i32> = fds
-                .iter()
-                .filter(|&&(fd, file)| {
-                    Some(file) == u.file
-                        && !u.closed_since(fd)
-                        && !self.by_fd.contains_key(&(tgid, fd))
-                })
-                .map(|&(fd, _)| fd)
-                .collect();
-            if let Some(&first) = holders.first() {
-                self.resolve(tgid, &u, &holders);
-                out.found.push(FoundFd {
-                    fd: first,
-                    name_hash: certreload_common::basename_hash(u.name.as_bytes()),
-                    file: u.file,
-                });
-            } else if u.progressed.is_some() {
-                let done = OpenForWrite {
-                    name: u.name,
-                    file: u.file,
-                    writer: u.writer,
-                };
-                if !self.held_by_other_fd(tgid, &done) {
-                    out.finished.push((done, u.progressed));
+        for ((mut u, q), answer) in pending.into_iter().zip(asked).zip(answers) {
+            u.file = u.file.or(answer.file);
+            match answer.fd {
+                Some(fd) if !u.closed_since(fd) && !self.by_fd.contains_key(&(tgid, fd)) => {
+                    self.resolve(tgid, &u, fd);
+                    out.found.push(FoundFd {
+                        fd,
+                        name_hash: certreload_common::basename_hash(u.name.as_bytes()),
+                        file: u.file,
+                    });
                 }
-            } else {
-                kept.push(u);
+                // Closed since the search started: another search decides.
+                Some(_) => {
+                    out.search_again = true;
+                    kept.push(u);
+                }
+                None if q.returned => {
+                    let done = OpenForWrite {
+                        name: u.name,
+                        file: u.file,
+                        writer: u.writer,
+                    };
+                    if !self.held_by_other_fd(tgid, &done) {
+                        out.finished.push((done, u.progressed));
+                    }
+                }
+                None => {
+                    out.search_again |= u.progressed.is_some();
+                    kept.push(u);
+                }
             }
         }
+        out.search_again |= !later.is_empty();
+        kept.extend(later);
         out.still_unresolved = !kept.is_empty();
         if !kept.is_empty() {
             self.unresolved.insert(tgid, kept);
@@ -217,19 +275,17 @@ impl OpenWriters {
         out
     }
 
-    /// Every fd found holding `u`'s file becomes an entry (only the first is handed to the kernel:
-    /// it counted one tracked fd for the open).
-    fn resolve(&mut self, tgid: u32, u: &Unresolved, holders: &[i32]) {
-        for &fd in holders {
-            self.by_fd.insert(
-                (tgid, fd),
-                OpenForWrite {
-                    name: u.name.clone(),
-                    file: u.file,
-                    writer: u.writer.clone(),
-                },
-            );
-        }
+    /// The fd found holding `u`'s file becomes an entry (only that one: the kernel counted one
+    /// tracked fd for the open).
+    fn resolve(&mut self, tgid: u32, u: &Unresolved, fd: i32) {
+        self.by_fd.insert(
+            (tgid, fd),
+            OpenForWrite {
+                name: u.name.clone(),
+                file: u.file,
+                writer: u.writer.clone(),
+            },
+        );
     }
 
     /// True when `fd` of `tgid` no longer holds `file` (closed between the `/proc` scan and now).
@@ -357,7 +413,33 @@ fn same_file(a: &OpenForWrite, b: &OpenForWrite) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+
     use super::*;
+
+    /// A file this test process holds open for writing: the process is the writer, so `/proc`
+    /// really lists its fd.
+    struct HeldFile {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        file: File,
+        fd: i32,
+        tgid: u32,
+    }
+
+    fn held_file() -> HeldFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tls.crt");
+        let file = File::create(&path).expect("create");
+        let fd = file.as_raw_fd();
+        HeldFile {
+            _dir: dir,
+            path,
+            file,
+            fd,
+            tgid: std::process::id(),
+        }
+    }
 
     fn writer() -> Writer {
         Writer {
@@ -399,11 +481,13 @@ mod tests {
     #[test]
     fn an_open_reported_at_entry_is_resolved_from_proc() {
         // This test process is the writer: its fd is found in /proc/self/fd by the file's identity.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tls.crt");
-        let file = std::fs::File::create(&path).expect("create");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let tgid = std::process::id();
+        let HeldFile {
+            _dir,
+            path,
+            file,
+            fd,
+            tgid,
+        } = held_file();
         let mut w = OpenWriters::default();
         w.opened_unresolved(tgid, path.clone().into_os_string(), writer());
         let out = w.reconcile(tgid);
@@ -449,11 +533,13 @@ mod tests {
     #[test]
     fn an_fd_closed_after_the_open_is_not_taken_for_its_holder() {
         // The close is reported at its entry: /proc may still show the fd when the agent looks.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tls.crt");
-        let file = std::fs::File::create(&path).expect("create");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let tgid = std::process::id();
+        let HeldFile {
+            _dir,
+            path,
+            file,
+            fd,
+            tgid,
+        } = held_file();
         let mut w = OpenWriters::default();
         w.opened_unresolved(tgid, path.into_os_string(), writer());
         w.saw_fd_syscall(tgid, 1, 30, "close", Some((fd, fd)), None);
@@ -465,16 +551,18 @@ mod tests {
 
     #[test]
     fn an_fcntl_dup_reported_at_entry_keeps_the_write_open_after_the_original_closes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tls.crt");
-        let file = std::fs::File::create(&path).expect("create");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let tgid = std::process::id();
+        let HeldFile {
+            _dir,
+            path,
+            file,
+            fd,
+            tgid,
+        } = held_file();
         let mut w = OpenWriters::default();
         w.opened(tgid, fd, path.into_os_string(), writer(), true);
         w.duplicated_unresolved(tgid, fd, writer());
         let copy = file.try_clone().expect("dup");
-        let copy_fd = std::os::fd::AsRawFd::as_raw_fd(&copy);
+        let copy_fd = copy.as_raw_fd();
         drop(file);
         w.saw_fd_syscall(tgid, 1, 40, "close", Some((fd, fd)), None);
         assert!(w.closed(tgid, fd).is_none(), "the dup still holds the file");
@@ -489,6 +577,53 @@ mod tests {
             "the last close finishes it"
         );
         assert!(w.is_empty());
+    }
+
+    /// The search runs off the monitor's thread: an fd closed while it ran is not taken, and the
+    /// open is searched for again rather than finished.
+    #[test]
+    fn an_fd_found_but_closed_while_the_search_ran_is_searched_again() {
+        let held = held_file();
+        let mut w = OpenWriters::default();
+        w.opened_unresolved(held.tgid, held.path.into_os_string(), writer());
+        let request = w.scan_request(held.tgid).expect("an unresolved open");
+        let scan = super::super::fd_resolve::scan(request);
+        w.saw_fd_syscall(held.tgid, 1, 50, "close", Some((held.fd, held.fd)), None);
+        let out = w.apply_scan(scan);
+        assert!(out.found.is_empty() && out.finished.is_empty(), "{out:?}");
+        assert!(out.still_unresolved && out.search_again);
+        drop(held.file);
+        let out = w.reconcile(held.tgid);
+        assert_eq!(
+            out.finished.len(),
+            1,
+            "the next search finishes it: {out:?}"
+        );
+        assert!(w.is_empty());
+    }
+
+    /// The opening thread went on only after the search started: that search saw no fd (the open
+    /// may not have returned yet), which proves nothing; another search decides.
+    #[test]
+    fn a_search_started_before_the_open_returned_finishes_nothing() {
+        let held = held_file();
+        let mut w = OpenWriters::default();
+        let other = held.path.with_file_name("other.crt");
+        w.opened_unresolved(held.tgid, other.clone().into_os_string(), writer());
+        let scan = super::super::fd_resolve::scan(w.scan_request(held.tgid).expect("unresolved"));
+        std::fs::write(&other, "written and closed").expect("write");
+        w.saw_fd_syscall(
+            held.tgid,
+            1,
+            60,
+            "close",
+            Some((held.fd + 1, held.fd + 1)),
+            None,
+        );
+        let out = w.apply_scan(scan);
+        assert!(out.finished.is_empty() && out.still_unresolved && out.search_again);
+        let out = w.reconcile(held.tgid);
+        assert_eq!(out.finished.len(), 1, "{out:?}");
     }
 
     #[test]
