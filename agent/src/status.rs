@@ -122,6 +122,9 @@ pub(crate) struct ListenerStatus {
     pub upstream_client_generation: Option<u64>,
     /// Connection counts.
     pub connections: ListenerCounts,
+    /// `stale_grace` in seconds, when set (connections stale longer are closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_grace_s: Option<f64>,
 }
 
 /// The document as the endpoint serves it: compact JSON, fields in declaration order (what

@@ -206,6 +206,9 @@ pub(crate) struct Metrics {
     pub probe_seconds_since_change: Family<ProbeLabel, Gauge<f64, AtomicU64>>,
     /// notAfter (Unix seconds) of the leaf the endpoint served at the last check.
     pub probe_served_not_after: Family<ProbeLabel, Gauge>,
+    /// 1 while the probe's verdict is stale (endpoint_stale: not converged by the deadline, or
+    /// back to the old material after converging); 0 otherwise.
+    pub probe_stale: Family<ProbeLabel, Gauge>,
     /// Reload actions run, by result.
     pub actions: Family<ActionLabel, Counter>,
     /// Failed attempts to publish the ServiceAccount key identity (`[sa_keys] publish`; each is
@@ -230,6 +233,7 @@ impl Default for Metrics {
             probe_converged: Family::default(),
             probe_seconds_since_change: Family::default(),
             probe_served_not_after: Family::default(),
+            probe_stale: Family::default(),
             actions: Family::default(),
             sa_keys_publish_failures: Counter::default(),
         }

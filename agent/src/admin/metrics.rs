@@ -14,8 +14,8 @@ use prometheus_client::{
 use crate::{
     status::Status,
     telemetry::{
-        BundleLabel, ConnState, FileLabel, Metrics, RootCaLabel, StrategyLabel, TokenStateLabel,
-        X509Labels,
+        BundleLabel, ConnState, FileLabel, ListenerLabel, Metrics, RootCaLabel, StrategyLabel,
+        TokenStateLabel, X509Labels,
     },
 };
 
@@ -34,6 +34,11 @@ impl Exposition {
     pub(crate) fn new(metrics: &Metrics) -> Self {
         let mut counters = Registry::default();
         let m = metrics;
+        counters.register(
+            "certreload_change_to_swap_seconds",
+            "Seconds from a confirmed change reaching the reload pipeline to the new generation being published (validation and the fsync'd audit record included)",
+            m.change_to_swap.clone(),
+        );
         counters.register(
             "certreload_handshake_failures",
             "Failed TLS handshakes",
@@ -63,6 +68,11 @@ impl Exposition {
             "certreload_probe_served_not_after",
             "notAfter (Unix seconds) of the leaf the endpoint served",
             m.probe_served_not_after.clone(),
+        );
+        counters.register(
+            "certreload_probe_stale",
+            "1 while the probe's verdict is stale (not converged by its deadline, or back to old material)",
+            m.probe_stale.clone(),
         );
         counters.register(
             "certreload_actions",
@@ -250,6 +260,34 @@ impl CertGauges {
     }
 }
 
+/// How long the oldest connection on stale material has been stale (0 when none), and the
+/// listener's `stale_grace` where set: an alert compares them (a drain that does not close them).
+fn register_stale_ages(registry: &mut Registry, status: &Status) {
+    let oldest = FloatGauges::<ListenerLabel>::default();
+    let grace = FloatGauges::<ListenerLabel>::default();
+    for l in &status.listeners {
+        let label = ListenerLabel {
+            listener: l.name.clone(),
+        };
+        oldest
+            .get_or_create(&label)
+            .set(l.connections.oldest_stale_s.unwrap_or(0.0));
+        if let Some(g) = l.stale_grace_s {
+            grace.get_or_create(&label).set(g);
+        }
+    }
+    registry.register(
+        "certreload_listener_oldest_stale_seconds",
+        "Seconds the oldest connection on stale material has been stale (0 when none)",
+        oldest,
+    );
+    registry.register(
+        "certreload_listener_stale_grace_seconds",
+        "The listener's stale_grace: stale connections older than this are closed",
+        grace,
+    );
+}
+
 /// Generations, certificates, connections, ring-buffer drops and decode errors, as `status` shows
 /// them.
 fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now: i64) {
@@ -316,6 +354,7 @@ fn register_bundles_and_listeners(registry: &mut Registry, status: &Status, now:
         "Live connections, current or on stale material",
         connections,
     );
+    register_stale_ages(registry, status);
     registry.register(
         "certreload_ringbuf_drops",
         "eBPF events lost to a full ring buffer",

@@ -99,6 +99,7 @@ impl AgentState {
             connections: self
                 .registry
                 .counts(&l.name, epoch, client_generation, |e| slot.epoch_started(e)),
+            stale_grace_s: l.stale_grace.map(|g| g.as_secs_f64()),
         }
     }
 }

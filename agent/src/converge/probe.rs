@@ -232,6 +232,12 @@ pub(crate) async fn run(
         };
         let seconds = publish(&ctx, &config, &label, &target, &v, began, &state);
         state.advance(&ctx, &config, &target, seconds, &v);
+        // The probe's verdict as the audit and the Events give it (stale past the deadline, or
+        // back to stale after converging), for alerts that must not fire within the deadline.
+        ctx.metrics
+            .probe_stale
+            .get_or_create(&label)
+            .set(i64::from(state.verdict == Some(false)));
     }
 }
 
