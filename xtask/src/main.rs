@@ -13,8 +13,10 @@ mod dist;
 mod fuzz;
 mod gate_bench;
 mod haproxy;
+mod image;
 mod images;
 mod initramfs;
+mod install;
 mod manifests;
 mod nginx;
 mod peers;
@@ -79,6 +81,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The agent's container image from deploy/Containerfile, built with buildah (no daemon, no
+    /// registry) into target/image/certreload.tar (OCI archive), checked with skopeo.
+    Image(image::Options),
     /// Release binary, Kubernetes manifests and Containerfile in one folder.
     Dist {
         /// Output folder (default target/dist).
@@ -140,6 +145,14 @@ fn main() -> Result<()> {
             cmd::exec(&built.agent, &args)?;
         }
         Command::Test => test()?,
+        Command::Image(options) => {
+            let built = build::all(!options.debug)?;
+            if options.context_only {
+                image::context(&built.agent)?;
+            } else {
+                image::build(&built.agent)?;
+            }
+        }
         Command::Manifests { check: false } => manifests::write(&cmd::workspace_root())?,
         Command::Manifests { check: true } => manifests::check(&cmd::workspace_root())?,
         Command::Dist { out } => {
@@ -295,6 +308,22 @@ fn test() -> Result<()> {
     }
     if let Some(tarball) = pause {
         tests.env("CERTRELOAD_PAUSE_IMAGE", tarball);
+    }
+    // The agent's image (tests/tests/image.rs runs it from its root filesystem) and the agent as
+    // `cargo install` installs it (tests/tests/cli_install.rs); under CI=true both must build.
+    for (variable, made) in [
+        ("CERTRELOAD_IMAGE", image::build(&built.agent)),
+        ("CERTRELOAD_INSTALLED_BIN", install::check(&built)),
+    ] {
+        match made {
+            Ok(path) => {
+                tests.env(variable, path);
+            }
+            Err(e) if ci => return Err(e.context(format!("CI=true: {variable} is required"))),
+            Err(e) => {
+                eprintln!("xtask: WARNING: {e:#}\nxtask: the tests that need {variable} will skip")
+            }
+        }
     }
     cmd::run(&mut tests)?;
     // The monitor's kernel cases on Debian's kernels under qemu (fentry/fexit and BPF-LSM, which

@@ -20,7 +20,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests and benchmarks use, with what proves each present: a
 /// binary on PATH, or an absolute path.
-const PACKAGES: [(&str, &str); 10] = [
+const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare"),
     ("coreutils", "truncate"),
     ("linux-perf", "perf"),
@@ -39,6 +39,14 @@ const PACKAGES: [(&str, &str); 10] = [
     ),
     // promtool: `promtool check rules` and `promtool test rules` on deploy/alerts/.
     ("prometheus", "/usr/bin/promtool"),
+    // The agent's image (xtask/src/image.rs, tests/tests/image.rs): buildah builds
+    // deploy/Containerfile without a daemon, skopeo and umoci read the OCI archive back.
+    ("buildah", "/usr/bin/buildah"),
+    ("skopeo", "/usr/bin/skopeo"),
+    ("umoci", "/usr/bin/umoci"),
+    // `certreload man` rendered by tests/tests/cli_install.rs.
+    ("man-db", "/usr/bin/man"),
+    ("groff-base", "/usr/bin/groff"),
 ];
 
 /// Extra peers for `cargo xtask bench tls`: nginx terminating TLS in its stream module, HAProxy
@@ -204,7 +212,7 @@ fn find_libllvm(lib: &Path, major: u32) -> Result<PathBuf> {
 
 /// Installs the Debian packages tests and benchmarks use, when missing (root and apt-get needed).
 pub(crate) fn packages() -> Result<()> {
-    install(&PACKAGES)
+    install(PACKAGES)
 }
 
 /// Installs those of `wanted` (package, binary or absolute path proving it) that are missing.

@@ -411,7 +411,9 @@ impl AuditLog {
         }
         self.head = head;
         self.size += bytes.len() as u64;
-        tracing::info!(target: "certreload::audit", event = event.name(), bundle = bundle.unwrap_or("-"), seq, "{line}");
+        // The record once, as its JSON line (the message): repeating its event, bundle and seq
+        // as fields printed each record twice over in `kubectl logs` (issue 14).
+        tracing::info!(target: "certreload::audit", "{line}");
         if let Some(tx) = &self.observer {
             // Best effort: the observer may have stopped before the log (at shutdown).
             tx.send(Observed {

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use super::logging::LogFormat;
 use crate::{
     config::profile::Profile,
     monitor::{HookStrategy, ModeRequest, DEFAULT_RESYNC},
@@ -18,6 +19,10 @@ pub(crate) struct Cli {
     /// What to do; without a command, the built-in demo runs.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// How the log on stderr is written: `text` for a person, `json` (one object per line) for a
+    /// log collector. Audit records appear in it once each, as their JSON line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::default())]
+    pub log_format: LogFormat,
 }
 
 /// Options shared by every command that runs the monitor.
@@ -163,6 +168,20 @@ pub(crate) enum Command {
         /// Change source.
         #[arg(long, value_enum, default_value = "auto")]
         mode: ModeRequest,
+    },
+    /// Print a shell completion script on stdout, generated from this binary's own arguments
+    /// (e.g. `certreload completions bash > /etc/bash_completion.d/certreload`).
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout (`certreload man | man -l -`), or with `--dir`
+    /// write it and one page per command (`certreload-run.1`, ...) into a man1 directory.
+    Man {
+        /// Write `certreload.1` and a page per command here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -4,12 +4,13 @@
 //! `CommandError` that [`run`] prints and turns into exit status 2 (usage) or 1 (failure).
 
 mod args;
+mod logging;
 mod report;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 pub(crate) use args::{AuditCommand, Cli, Command, DemoAction, MonitorArgs};
 
@@ -76,9 +77,12 @@ impl CommandError {
     }
 }
 
-/// Parses the command line (clap exits 2 on a usage error) and runs the command.
+/// Parses the command line (clap exits 2 on a usage error), sets up the log in the format asked
+/// for, and runs the command.
 pub async fn run() -> ExitCode {
-    match dispatch(Cli::parse()).await {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => e.report(),
     }
@@ -155,8 +159,35 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
                     witness,
                 },
         }) => audit_verify(&files, witness.as_deref(), output).await,
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "certreload",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man { dir }) => man(dir),
         None => run_default().await,
     }
+}
+
+/// `certreload man [--dir DIR]`: the pages are rendered from the parser itself, so every option
+/// the binary takes is in them.
+fn man(dir: Option<PathBuf>) -> Result<ExitCode, CommandError> {
+    let page = clap_mangen::Man::new(Cli::command());
+    match dir {
+        None => page
+            .render(&mut std::io::stdout())
+            .context("writing the manual page")?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn monitor_config(paths: Vec<PathBuf>, args: &MonitorArgs) -> MonitorConfig {

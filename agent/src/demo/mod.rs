@@ -7,6 +7,7 @@
 //! nothing in it is followed or trusted blindly ([`dir`]), and the agent gets the configuration
 //! the demo generated as text, never by re-reading a file ([`run`]).
 
+pub(crate) mod cheat_sheet;
 pub(crate) mod dir;
 pub(crate) mod state;
 pub(crate) mod upstream;

@@ -360,33 +360,16 @@ interval = "30s"
         Ok((self.config(), text))
     }
 
-    /// Commands to try from another shell.
+    /// Commands to try from another shell, each naming this binary by its path.
     pub(crate) fn cheat_sheet(&self, listen: SocketAddr, admin: SocketAddr) -> String {
-        let d = self.dir().display();
-        let port = listen.port();
-        let admin_flag = if admin.to_string() == crate::config::DEFAULT_ADMIN {
-            String::new()
-        } else {
-            format!(" --admin {admin}")
-        };
-        format!(
-            "certreload demo: TLS on https://localhost:{port}/ in front of a built-in upstream; admin on http://{admin}/ ; state in {d}\n\
-             In another shell:\n\
-             \x20 curl --cacert {d}/ca.crt https://localhost:{port}/          # through the listener\n\
-             \x20 certreload status{admin_flag}                                   # bundles, expiry, listeners, stale connections\n\
-             \x20 certreload demo rotate{dir_flag}            # new certificate from the demo CA, swapped in like a Secret volume\n\
-             \x20 openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial   # the served serial\n\
-             \x20 echo garbage > {d}/tls/..data/tls.crt      # rejected: the last good certificate stays served\n\
-             \x20 tail -n 4 {d}/audit.jsonl                  # change_detected, material_rejected / material_accepted, endpoint_converged\n\
-             \x20 certreload audit verify {d}/audit.jsonl    # the tamper-evident chain\n\
-             \x20 curl -s http://{admin}/metrics | grep -E '^(x509_cert_not_after|certreload_bundle_generation)'\n\
-             Stop with Ctrl-C.\n",
-            dir_flag = if self.dir() == DemoState::default_dir() {
-                String::new()
-            } else {
-                format!(" --dir {d}")
-            },
-        )
+        super::cheat_sheet::CheatSheet {
+            dir: self.dir(),
+            default_dir: self.dir() == DemoState::default_dir(),
+            listen,
+            admin,
+            program: &super::cheat_sheet::program(),
+        }
+        .render()
     }
 }
 
