@@ -1,11 +1,11 @@
 //! `cargo xtask dist`: what a release ships, in one folder: the release binary (eBPF object
-//! embedded), the Kubernetes manifests and the Containerfile.
+//! embedded), the Kubernetes manifests, the Containerfile and its build context.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{build, cmd, manifests};
+use crate::{build, cmd, image, manifests};
 
 /// Builds and assembles the folder; returns it.
 pub(crate) fn run(out: Option<PathBuf>) -> Result<PathBuf> {
@@ -23,6 +23,8 @@ pub(crate) fn run(out: Option<PathBuf>) -> Result<PathBuf> {
         &root.join("deploy/Containerfile"),
         &out.join("deploy/Containerfile"),
     )?;
+    // What deploy/Containerfile builds from: `docker build -f deploy/Containerfile image-context`.
+    image::context_at(&built.agent, &out.join("image-context"))?;
     eprintln!("xtask: dist in {}", out.display());
     Ok(out)
 }

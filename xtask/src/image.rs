@@ -46,8 +46,14 @@ fn image_dir() -> PathBuf {
 /// Writes the build context for `agent` into `target/image/context` and returns it.
 pub(crate) fn context(agent: &Path) -> Result<PathBuf> {
     let context = image_dir().join("context");
+    context_at(agent, &context)?;
+    Ok(context)
+}
+
+/// Writes the build context for `agent` into `context` (replacing what is there).
+pub(crate) fn context_at(agent: &Path, context: &Path) -> Result<()> {
     if context.exists() {
-        std::fs::remove_dir_all(&context)
+        std::fs::remove_dir_all(context)
             .with_context(|| format!("removing the old {}", context.display()))?;
     }
     let rootfs = context.join("rootfs");
@@ -62,7 +68,7 @@ pub(crate) fn context(agent: &Path) -> Result<PathBuf> {
     }
     set_mode(&rootfs.join("tmp"), 0o1777)?;
     eprintln!("xtask: image context in {}", context.display());
-    Ok(context)
+    Ok(())
 }
 
 /// Builds the image from `deploy/Containerfile` with the context for `agent`, checks it with
