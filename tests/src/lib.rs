@@ -338,12 +338,14 @@ pub fn assert_writer(mode: Mode, change: &Value, comm: &str, pid: Option<u32>) {
                 "eBPF changes carry a latency: {change:#}"
             );
             assert_eq!(change["source"], "ebpf");
+            assert_eq!(change["attribution"], "proven", "{change:#}");
         }
         Mode::Inotify => {
             assert!(
                 change["writer"].is_null(),
                 "inotify cannot attribute: {change:#}"
             );
+            assert_eq!(change["attribution"], "unseen", "{change:#}");
             assert_eq!(change["source"], "inotify");
         }
     }

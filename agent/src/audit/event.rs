@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     material::validate::{Check, CheckResult},
-    monitor::{ChangeKind, Source, Writer},
+    monitor::{attribution::Attribution, ChangeKind, Source, Writer},
 };
 
 /// One audited step. Serialised flat into the record, with `event` naming the variant.
@@ -35,10 +35,16 @@ pub(crate) enum AuditEvent {
         source: Source,
         /// `modified`, `replaced`, `created` or `removed` ([`ChangeKind::as_str`]).
         kind: ChangeKind,
-        /// Who made it, when known.
+        /// Who made it: only when the kernel's events prove it (`monitor::attribution`).
         writer: Option<Writer>,
         /// SHA-256 of the new content (null when removed).
         sha256: Option<String>,
+        /// `proven`, `unseen` or `ambiguous`: why `writer` is what it is. Absent from records
+        /// written before it existed.
+        attribution: Attribution,
+        /// Who may have made it, when `attribution` is `ambiguous`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        writers: Vec<Writer>,
     },
     /// The resync found a change no hook reported.
     ResyncFoundChange { path: PathBuf },
@@ -423,10 +429,13 @@ mod tests {
                 cgroup_id: 1,
             }),
             sha256: None,
+            attribution: Attribution::Proven,
+            writers: Vec::new(),
         };
+        // The fields of issue 15 come last: every earlier field prints as it did.
         assert_eq!(
             serde_json::to_string(&event).expect("serialise"),
-            r#"{"event":"change_detected","path":"/etc/tls/tls.crt","source":"ebpf","kind":"replaced","writer":{"pid":7,"tgid":7,"comm":"mv","uid":0,"gid":0,"cgroup_id":1},"sha256":null}"#
+            r#"{"event":"change_detected","path":"/etc/tls/tls.crt","source":"ebpf","kind":"replaced","writer":{"pid":7,"tgid":7,"comm":"mv","uid":0,"gid":0,"cgroup_id":1},"sha256":null,"attribution":"proven"}"#
         );
     }
 }

@@ -4,7 +4,10 @@ use std::{fmt, path::PathBuf};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::hint::{Source, Writer};
+use super::{
+    attribution::Attribution,
+    hint::{Source, Writer},
+};
 
 /// How a watched path changed between two observations. The name ([`ChangeKind::as_str`]) is what
 /// audit records and `--output text` show, so `Serialize` and `Display` are built on it;
@@ -58,8 +61,16 @@ pub(crate) struct ConfirmedChange {
     pub kind: ChangeKind,
     /// Which monitor saw it.
     pub source: Source,
-    /// Who did it; `null` when unknown (inotify, resync).
+    /// Who did it: only when the kernel's events prove it (see `monitor::attribution`); `null`
+    /// otherwise, and `attribution` says why.
     pub writer: Option<Writer>,
+    /// `proven` (`writer` names who), `unseen` (no operation seen touched the path's chain:
+    /// inotify, resync, mmap, a same-named file elsewhere) or `ambiguous` (`writers` names who
+    /// may have).
+    pub attribution: Attribution,
+    /// The writers that may have made it, when `attribution` is `ambiguous`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<Writer>,
     /// SHA-256 (hex) of the new content; `null` when removed or unreadable.
     pub sha256: Option<String>,
     /// Why the path cannot be read (a directory, a symlink loop, no permission); absent when it
@@ -70,8 +81,13 @@ pub(crate) struct ConfirmedChange {
     pub latency_us: Option<u64>,
     /// The file the path resolves to now (through symlinks such as `..data`); `null` when removed.
     pub resolved: Option<PathBuf>,
-    /// The operation that revealed the change (`close`, `rename`, `IN_MOVED_TO`, `resync`, ...).
+    /// The operation that revealed the change (`close`, `rename`, `IN_MOVED_TO`, `resync`, ...):
+    /// the proven writer's last operation on the path's chain, when there is one.
     pub operation: &'static str,
+    /// The path's resolution chain before and after the change, for judging operations seen
+    /// after the read (not printed).
+    #[serde(skip)]
+    pub hops: Vec<PathBuf>,
 }
 
 impl ConfirmedChange {
@@ -83,7 +99,17 @@ impl ConfirmedChange {
                 "by {}[{}] uid={} cgroup={}",
                 w.comm, w.tgid, w.uid, w.cgroup_id
             ),
-            None => "by unknown writer".to_string(),
+            None if self.writers.is_empty() => {
+                format!("by unknown writer ({})", self.attribution.as_str())
+            }
+            None => format!(
+                "by one of {} (ambiguous)",
+                self.writers
+                    .iter()
+                    .map(|w| format!("{}[{}]", w.comm, w.tgid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let sha = self
             .sha256

@@ -18,9 +18,10 @@ use std::{
 use sha2::{Digest, Sha256};
 
 use super::{
+    attribution::Chain,
     change::{ChangeKind, ConfirmedChange},
     hint::Hint,
-    watchset::WatchSet,
+    watchset::{resolution_hops, WatchSet},
 };
 use crate::{
     clock,
@@ -150,8 +151,11 @@ pub(crate) fn classify(old: Option<&FileState>, new: Option<&FileState>) -> Opti
 pub(crate) struct Confirmer {
     states: Vec<Option<FileState>>,
     /// Paths not re-read because a writer still had them open: since when, and the hint that
-    /// asked (its writer is the one to attribute the change to when the bound expires).
+    /// asked (the one reported when the bound expires).
     deferred: HashMap<usize, (Instant, Hint)>,
+    /// Operations seen on a deferred path since it was last read: the writers judged when it is
+    /// read ([`Chain::judge`]).
+    carried: HashMap<usize, Vec<Hint>>,
     writer_limit: Duration,
 }
 
@@ -166,6 +170,7 @@ impl Confirmer {
         Confirmer {
             states,
             deferred: HashMap::new(),
+            carried: HashMap::new(),
             writer_limit: WRITER_DEFER_LIMIT,
         }
     }
@@ -189,6 +194,15 @@ impl Confirmer {
         }
     }
 
+    /// Keeps `hints` (write-opens, which ask for no read) among the operations judged when path
+    /// `i` is next read.
+    pub(crate) fn carry(&mut self, i: usize, hints: &[&Hint]) {
+        self.carried
+            .entry(i)
+            .or_default()
+            .extend(hints.iter().map(|h| (*h).clone()));
+    }
+
     /// When the oldest deferral reaches the bound (the monitor re-checks then), if any.
     pub(crate) fn next_deferred(&self) -> Option<Instant> {
         self.deferred
@@ -210,7 +224,7 @@ impl Confirmer {
         let mut changes = Vec::new();
         for (i, hint) in due {
             tracing::warn!(path = %watch.paths()[i].given.display(), limit_s = self.writer_limit.as_secs_f64(), "still open for writing past the limit; reading it anyway");
-            changes.extend(self.check_paths(watch, &[i], &hint, |_| false));
+            changes.extend(self.check_path(watch, i, &[&hint], |_| false));
         }
         changes
     }
@@ -224,67 +238,85 @@ impl Confirmer {
         hint: &Hint,
         busy: impl Fn(&Path) -> bool,
     ) -> Vec<ConfirmedChange> {
-        let indexes = watch.resolve(&hint.scope);
-        self.check_paths(watch, &indexes, hint, busy)
+        watch
+            .resolve(&hint.scope)
+            .into_iter()
+            .flat_map(|i| self.check_path(watch, i, &[hint], &busy))
+            .collect()
     }
 
-    /// Like [`Confirmer::check`] for an explicit list of path indexes (the caller has already
-    /// decided which hint each path is attributed to).
-    pub(crate) fn check_paths(
+    /// Re-reads watched path `i` on behalf of `hints` (the operations of this pass that concern
+    /// it, in order: the last one asked), unless `busy` says it is still being written. A change
+    /// names the writer the operations seen since the path was last read prove
+    /// ([`Chain::judge`]).
+    pub(crate) fn check_path(
         &mut self,
         watch: &WatchSet,
-        indexes: &[usize],
-        hint: &Hint,
+        i: usize,
+        hints: &[&Hint],
         busy: impl Fn(&Path) -> bool,
-    ) -> Vec<ConfirmedChange> {
-        let mut changes = Vec::new();
-        for &i in indexes {
-            let path = &watch.paths()[i];
-            if busy(&path.absolute) {
-                let now = Instant::now();
-                let (since, _) = *self
-                    .deferred
-                    .entry(i)
-                    .or_insert_with(|| (now, hint.clone()));
-                if now.saturating_duration_since(since) < self.writer_limit {
-                    tracing::debug!(path = %path.given.display(), "still open for writing; waiting for close");
-                    continue;
-                }
-                tracing::warn!(path = %path.given.display(), limit_s = self.writer_limit.as_secs_f64(), "still open for writing past the limit; reading it anyway");
+    ) -> Option<ConfirmedChange> {
+        let path = &watch.paths()[i];
+        let mut window = self.carried.remove(&i).unwrap_or_default();
+        window.extend(hints.iter().map(|h| (*h).clone()));
+        let trigger = window.last()?.clone();
+        if busy(&path.absolute) {
+            let now = Instant::now();
+            let (since, _) = *self
+                .deferred
+                .entry(i)
+                .or_insert_with(|| (now, trigger.clone()));
+            if now.saturating_duration_since(since) < self.writer_limit {
+                tracing::debug!(path = %path.given.display(), "still open for writing; waiting for close");
+                self.carried.insert(i, window);
+                return None;
             }
-            self.deferred.remove(&i);
-            let new = FileState::read(&path.absolute);
-            if let Some(error) = new.as_ref().and_then(FileState::error) {
-                tracing::warn!(path = %path.given.display(), %error, "watched path cannot be read");
-            }
-            // Out of descriptors (EMFILE) says nothing about the file: keep the last state; the
-            // next hint or resync reads it again (reporting it turned a full fd table into changes).
-            let error = new.as_ref().and_then(FileState::error);
-            if error.is_some_and(|e| crate::accept::is_exhaustion_message(&e)) {
-                continue;
-            }
-            let Some(kind) = classify(self.states[i].as_ref(), new.as_ref()) else {
-                self.states[i] = new;
-                continue;
-            };
-            let latency_us = hint
-                .kernel_ts_ns
-                .map(|ts| clock::monotonic_ns().saturating_sub(ts) / 1000);
-            changes.push(ConfirmedChange {
-                ts: clock::now_rfc3339(),
-                path: path.given.clone(),
-                kind,
-                source: hint.source,
-                writer: hint.writer.clone(),
-                sha256: new.as_ref().and_then(FileState::sha256_hex),
-                error: new.as_ref().and_then(FileState::error),
-                latency_us,
-                resolved: new.as_ref().map(|s| s.resolved.clone()),
-                operation: hint.operation,
-            });
-            self.states[i] = new;
+            tracing::warn!(path = %path.given.display(), limit_s = self.writer_limit.as_secs_f64(), "still open for writing past the limit; reading it anyway");
         }
-        changes
+        self.deferred.remove(&i);
+        let new = FileState::read(&path.absolute);
+        if let Some(error) = new.as_ref().and_then(FileState::error) {
+            tracing::warn!(path = %path.given.display(), %error, "watched path cannot be read");
+        }
+        // Out of descriptors (EMFILE) says nothing about the file: keep the last state; the
+        // next hint or resync reads it again (reporting it turned a full fd table into changes).
+        let error = new.as_ref().and_then(FileState::error);
+        if error.is_some_and(|e| crate::accept::is_exhaustion_message(&e)) {
+            self.carried.insert(i, window);
+            return None;
+        }
+        let Some(kind) = classify(self.states[i].as_ref(), new.as_ref()) else {
+            self.states[i] = new;
+            return None;
+        };
+        let mut hops = path.hops.clone();
+        for hop in resolution_hops(&path.absolute) {
+            if !hops.contains(&hop) {
+                hops.push(hop);
+            }
+        }
+        let verdict = Chain::new(&hops).judge(&window);
+        let shown = verdict.by.map_or(&trigger, |at| &window[at]);
+        let latency_us = shown
+            .kernel_ts_ns
+            .map(|ts| clock::monotonic_ns().saturating_sub(ts) / 1000);
+        let change = ConfirmedChange {
+            ts: clock::now_rfc3339(),
+            path: path.given.clone(),
+            kind,
+            source: trigger.source,
+            writer: verdict.writer,
+            attribution: verdict.attribution,
+            writers: verdict.writers,
+            sha256: new.as_ref().and_then(FileState::sha256_hex),
+            error: new.as_ref().and_then(FileState::error),
+            latency_us,
+            resolved: new.as_ref().map(|s| s.resolved.clone()),
+            operation: shown.operation,
+            hops,
+        };
+        self.states[i] = new;
+        Some(change)
     }
 }
 
@@ -302,6 +334,7 @@ mod tests {
             writer: None,
             kernel_ts_ns: None,
             operation: "test",
+            touched: Vec::new(),
         }
     }
 

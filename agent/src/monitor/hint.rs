@@ -61,6 +61,17 @@ impl Serialize for Source {
     }
 }
 
+/// The operation of a write-open's hint: the writing has not finished, so it asks for no read;
+/// it only joins the operations judged when its paths are next read (`monitor::attribution`).
+pub(crate) const OPENED: &str = "open";
+
+impl Hint {
+    /// True for a write-open's hint ([`OPENED`]), which asks for no read of its own.
+    pub(crate) fn is_open(&self) -> bool {
+        self.source == Source::Ebpf && self.operation == OPENED
+    }
+}
+
 /// Which watched paths a hint concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Scope {
@@ -83,6 +94,36 @@ pub(crate) struct Hint {
     pub kernel_ts_ns: Option<u64>,
     /// The operation, for the record (`close`, `rename`, `exit`, `IN_CLOSE_WRITE`, `resync`, ...).
     pub operation: &'static str,
+    /// The directory entries the operation touched, placed when the event was read (kernel
+    /// events only): the evidence [`super::attribution`] judges the writer on. Empty for inotify
+    /// and resync, which cannot attribute.
+    pub touched: Vec<Touched>,
+}
+
+/// A directory entry an operation touched (a rename's both sides, a link, a symlink, an unlink, a
+/// truncate by path, a write-open's name): its basename, and where its directory is when the
+/// agent could tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Touched {
+    /// The entry's basename.
+    pub name: OsString,
+    /// Its directory; `None` when the name could not be placed (a path relative to a directory
+    /// fd, or relative to the working directory of a writer gone before the agent read it).
+    pub dir: Option<DirRef>,
+    /// The file a write through it ended on (device, inode), when the kernel read it at the close:
+    /// evidence of its own, whatever the name's placement.
+    pub file: Option<(u64, u64)>,
+}
+
+/// Where a touched entry's directory is: the directory identified by `base` (device and inode),
+/// then `below` (the path argument's own directory components under it, when it was relative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirRef {
+    /// Device and inode of the directory the components start from.
+    pub base: (u64, u64),
+    /// Directory components of the path argument below `base` (`a/b` of `a/b/tls.crt`), empty
+    /// when `base` is the entry's directory itself.
+    pub below: Vec<OsString>,
 }
 
 #[cfg(test)]

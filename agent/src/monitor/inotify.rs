@@ -122,5 +122,6 @@ fn to_hint(event: &Event) -> Option<Hint> {
         writer: None,
         kernel_ts_ns: None,
         operation,
+        touched: Vec::new(),
     })
 }

@@ -11,6 +11,7 @@
 //! thread: whatever is on disk (a FIFO, a slow mount) cannot stall handshakes, `/healthz` or
 //! shutdown, and the monitor stops on shutdown even while a read is still in progress.
 
+pub(crate) mod attribution;
 pub(crate) mod change;
 pub(crate) mod confirm;
 pub mod ebpf;
@@ -19,7 +20,7 @@ pub(crate) mod inotify;
 pub(crate) mod watchset;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -313,24 +314,39 @@ impl Monitor {
         let mut resync = tokio::time::interval(self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await; // the first tick is immediate; the baseline was just taken
+                             // Operations drained right after a read: the next pass's hints.
+        let mut after_read: Vec<Hint> = Vec::new();
         loop {
             let overdue_at = self.lock_files().confirmer.next_deferred();
             let overdue = or_pending(overdue_at.map(|at| tokio::time::sleep_until(at.into())));
-            let pass: Pass = tokio::select! {
-                _ = shutdown.recv() => break,
-                _ = resync.tick() => {
-                    self.stats.resyncs += 1;
-                    if let Active::Kernel(k) = &self.active {
-                        self.counters.set_ringbuf_drops(k.stats().dropped);
+            let carried = std::mem::take(&mut after_read);
+            let mut pass: Pass = if !carried.is_empty() {
+                Pass::Hints(carried)
+            } else {
+                tokio::select! {
+                    _ = shutdown.recv() => break,
+                    _ = resync.tick() => {
+                        self.stats.resyncs += 1;
+                        if let Active::Kernel(k) = &self.active {
+                            self.counters.set_ringbuf_drops(k.stats().dropped);
+                        }
+                        Pass::Hints(vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync", touched: Vec::new() }])
                     }
-                    Pass::Hints(vec![Hint { scope: Scope::All, source: Source::Resync, writer: None, kernel_ts_ns: None, operation: "resync" }])
+                    _ = overdue => Pass::Overdue,
+                    hints = next_hints(&mut self.active) => match hints {
+                        Some(h) => Pass::Hints(h),
+                        None => break,
+                    },
                 }
-                _ = overdue => Pass::Overdue,
-                hints = next_hints(&mut self.active) => match hints {
-                    Some(h) => Pass::Hints(h),
-                    None => break,
-                },
             };
+            // Every operation already finished in the kernel is judged with this read.
+            if let Active::Kernel(k) = &mut self.active {
+                let (queued, _) = k.settle().await;
+                match &mut pass {
+                    Pass::Hints(h) => h.extend(queued),
+                    Pass::Overdue => after_read.extend(queued),
+                }
+            }
             if shutdown.is_shutdown() {
                 break;
             }
@@ -367,6 +383,14 @@ impl Monitor {
             };
             if names_changed {
                 self.reload_names();
+            }
+            let mut confirmed = confirmed;
+            if let Active::Kernel(k) = &mut self.active {
+                let (during, settled) = k.settle().await;
+                if !confirmed.is_empty() {
+                    attribution::judge_after_read(&mut confirmed, &during, settled);
+                }
+                after_read.extend(during);
             }
             for change in confirmed {
                 self.stats.confirmed += 1;
@@ -445,38 +469,35 @@ impl Files {
         (out, names_changed)
     }
 
-    /// Confirms a batch of hints. Each path is checked once, on behalf of the *last* hint that
-    /// concerns it: the last finished operation is the one that produced what is on disk now.
-    /// A write still in progress (inotify's `IN_MODIFY`) only defers its paths.
+    /// Confirms a batch of hints. Each path is read once, on behalf of every hint that concerns
+    /// it: the last one asked (its source is the change's), and all of them are the operations
+    /// judged for its writer (`attribution`). A write still in progress (inotify's `IN_MODIFY`)
+    /// only defers its paths.
     fn confirm_hints(
         &mut self,
         hints: &[Hint],
         busy: &HashSet<(u64, u64)>,
     ) -> Vec<ConfirmedChange> {
-        let mut claimed = vec![false; self.watch.paths().len()];
-        let mut per_hint: Vec<(usize, Vec<usize>)> = Vec::new();
-        for (h, hint) in hints.iter().enumerate().rev() {
-            let mine: Vec<usize> = self
-                .watch
-                .resolve(&hint.scope)
-                .into_iter()
-                .filter(|&i| !std::mem::replace(&mut claimed[i], true))
-                .collect();
-            if !mine.is_empty() {
-                per_hint.push((h, mine));
+        let mut per_path: BTreeMap<usize, Vec<&Hint>> = BTreeMap::new();
+        for hint in hints {
+            for i in self.watch.resolve(&hint.scope) {
+                per_path.entry(i).or_default().push(hint);
             }
         }
-        per_hint.reverse();
         let mut out = Vec::new();
-        for (h, paths) in per_hint {
-            let hint = &hints[h];
-            if hint.operation == inotify::STILL_WRITING {
-                self.confirmer.defer(&paths, hint);
+        for (i, mine) in per_path {
+            let Some(last) = mine.last() else { continue };
+            if last.operation == inotify::STILL_WRITING {
+                self.confirmer.defer(&[i], last);
+                continue;
+            }
+            if mine.iter().all(|h| h.is_open()) {
+                self.confirmer.carry(i, &mine);
                 continue;
             }
             out.extend(
                 self.confirmer
-                    .check_paths(&self.watch, &paths, hint, |p| ebpf::is_busy(busy, p)),
+                    .check_path(&self.watch, i, &mine, |p| ebpf::is_busy(busy, p)),
             );
         }
         out

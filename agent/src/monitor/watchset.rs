@@ -25,6 +25,9 @@ pub(crate) struct WatchedPath {
     pub absolute: PathBuf,
     /// Basenames of the path, every symlink on the way, and the file it resolves to.
     pub names: BTreeSet<OsString>,
+    /// Every path visited while resolving it, as last resolved ([`resolution_hops`]): the chain
+    /// whose entries an operation must touch to be a change's writer (`monitor::attribution`).
+    pub hops: Vec<PathBuf>,
 }
 
 /// All watched paths, indexed by trigger name.
@@ -44,6 +47,7 @@ impl WatchSet {
             set.paths.push(WatchedPath {
                 given: path.clone(),
                 names: BTreeSet::new(),
+                hops: Vec::new(),
                 absolute,
             });
         }
@@ -56,7 +60,8 @@ impl WatchSet {
     pub(crate) fn refresh(&mut self) -> bool {
         let before = self.all_names();
         for p in &mut self.paths {
-            p.names = trigger_names(&p.absolute);
+            p.hops = resolution_hops(&p.absolute);
+            p.names = trigger_names(&p.hops);
         }
         self.by_name.clear();
         for (i, p) in self.paths.iter().enumerate() {
@@ -78,7 +83,8 @@ impl WatchSet {
             let Some(path) = self.paths.get_mut(i) else {
                 continue;
             };
-            let names = trigger_names(&path.absolute);
+            path.hops = resolution_hops(&path.absolute);
+            let names = trigger_names(&path.hops);
             if names == path.names {
                 continue;
             }
@@ -168,7 +174,7 @@ fn lexical_absolute(cwd: &Path, path: &Path) -> PathBuf {
 
 /// Every path visited while resolving `path`: the path itself, each symlink met (as the absolute
 /// path of the link) and the final target. Stops quietly at missing components or loops.
-fn resolution_hops(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn resolution_hops(path: &Path) -> Vec<PathBuf> {
     let mut hops = vec![path.to_path_buf()];
     let mut pending: Vec<OsString> = path
         .components()
@@ -215,10 +221,9 @@ fn resolution_hops(path: &Path) -> Vec<PathBuf> {
     hops
 }
 
-/// The basenames of every hop of `path`'s resolution.
-fn trigger_names(path: &Path) -> BTreeSet<OsString> {
-    resolution_hops(path)
-        .iter()
+/// The basenames of every hop of a path's resolution.
+fn trigger_names(hops: &[PathBuf]) -> BTreeSet<OsString> {
+    hops.iter()
         .filter_map(|hop| hop.file_name().map(OsStr::to_os_string))
         .collect()
 }

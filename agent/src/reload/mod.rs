@@ -171,6 +171,8 @@ impl Reloader {
                         kind: change.kind,
                         writer: change.writer.clone(),
                         sha256: change.sha256.clone(),
+                        attribution: change.attribution,
+                        writers: change.writers.clone(),
                     }
                 };
                 // Once a record is missing, the later ones wait behind it (the trail stays in order).

@@ -49,6 +49,71 @@ pub mod maps {
     pub const UNRESOLVED_TGIDS: &str = "UNRESOLVED_TGIDS";
     /// Per-CPU `u64` counters indexed by [`super::stats`].
     pub const STATS: &str = "STATS";
+    /// Array of [`super::gates::LEN`] `u64` global counts ([`super::gates`]): the agent reads
+    /// [`super::gates::PENDING`] to wait for syscalls in flight on a watched name before it
+    /// judges who made a change.
+    pub const GATES: &str = "GATES";
+}
+
+/// Where the syscall programs find the working directory of the calling process
+/// (`current->fs->pwd.dentry->d_inode`: inode number and `i_sb->s_dev`), recorded for a relative
+/// path argument (`AT_FDCWD`) in [`RawEvent::dir_dev`]/[`RawEvent::dir_ino`], so the agent places
+/// the name even when the writer is gone before it reads the event. Struct member offsets move
+/// between kernels and rustc emits no CO-RE relocations: the agent resolves them from the running
+/// kernel's BTF at load and writes them into [`cwd::MAP`].
+pub mod cwd {
+    /// `u32` array of byte offsets, indexed by the slots below.
+    pub const MAP: &str = "CWD_OFFSETS";
+    /// `struct task_struct`, member `fs`.
+    pub const TASK_FS: u32 = 0;
+    /// `struct fs_struct`, member `pwd` (a `struct path`).
+    pub const FS_PWD: u32 = 1;
+    /// `struct path`, member `dentry`.
+    pub const PATH_DENTRY: u32 = 2;
+    /// `struct dentry`, member `d_inode`.
+    pub const DENTRY_D_INODE: u32 = 3;
+    /// `struct inode`, member `i_ino`.
+    pub const INODE_I_INO: u32 = 4;
+    /// `struct inode`, member `i_sb`.
+    pub const INODE_I_SB: u32 = 5;
+    /// `struct super_block`, member `s_dev`.
+    pub const SB_S_DEV: u32 = 6;
+    /// 1 once the agent wrote the others: the programs read no kernel memory before.
+    pub const READY: u32 = 7;
+    /// `struct task_struct`, member `files` (for the file behind a closed fd).
+    pub const TASK_FILES: u32 = 8;
+    /// `struct files_struct`, member `fdt`.
+    pub const FILES_FDT: u32 = 9;
+    /// `struct fdtable`, member `fd` (the array of `struct file *`).
+    pub const FDTABLE_FD: u32 = 10;
+    /// `struct fdtable`, member `max_fds`.
+    pub const FDTABLE_MAX_FDS: u32 = 11;
+    /// `struct file`, member `f_mode`.
+    pub const FILE_F_MODE: u32 = 12;
+    /// `struct file`, member `f_inode`.
+    pub const FILE_F_INODE: u32 = 13;
+    /// Slots.
+    pub const LEN: u32 = 14;
+
+    /// `FMODE_WRITE` of `struct file`'s `f_mode` (include/linux/fs.h).
+    pub const FMODE_WRITE: u32 = 0x2;
+
+    /// What each slot holds, as (slot, struct, member), for the agent to resolve.
+    pub const MEMBERS: [(u32, &str, &str); 13] = [
+        (TASK_FS, "task_struct", "fs"),
+        (FS_PWD, "fs_struct", "pwd"),
+        (PATH_DENTRY, "path", "dentry"),
+        (DENTRY_D_INODE, "dentry", "d_inode"),
+        (INODE_I_INO, "inode", "i_ino"),
+        (INODE_I_SB, "inode", "i_sb"),
+        (SB_S_DEV, "super_block", "s_dev"),
+        (TASK_FILES, "task_struct", "files"),
+        (FILES_FDT, "files_struct", "fdt"),
+        (FDTABLE_FD, "fdtable", "fd"),
+        (FDTABLE_MAX_FDS, "fdtable", "max_fds"),
+        (FILE_F_MODE, "file", "f_mode"),
+        (FILE_F_INODE, "file", "f_inode"),
+    ];
 }
 
 /// Indexes of the per-CPU counters in the `STATS` map. The agent sums them over CPUs.
@@ -204,9 +269,13 @@ pub struct RawEvent {
     pub kind: u32,
     /// Bits of [`flags`].
     pub event_flags: u32,
-    /// The fd concerned (see [`kind`]); -1 when none.
+    /// The fd concerned (see [`kind`]); -1 when none. For unlink and truncate, and for the first
+    /// name of rename/link/symlink: the directory fd `name` is relative to (`AT_FDCWD`, -100,
+    /// for the working directory; -1 when the hook does not say).
     pub fd: i32,
-    /// The second fd (dup target, end of close_range); -1 when none.
+    /// The second fd (dup target, end of close_range); -1 when none. For rename/link/symlink the
+    /// directory fd `name2` is relative to, and for a write-open the one `name` is relative to
+    /// (as `fd`).
     pub fd2: i32,
     /// `comm` of the calling thread, NUL-padded.
     pub comm: [u8; COMM_LEN],
@@ -214,6 +283,14 @@ pub struct RawEvent {
     pub name: [u8; NAME_LEN],
     /// Second path argument (rename/link/symlink destination), NUL-terminated; empty when none.
     pub name2: [u8; NAME_LEN],
+    /// The directory a relative `name` / `name2` starts from, when the hook read it: the working
+    /// directory of a syscall with `AT_FDCWD` ([`cwd`]), a dentry's parent for hooks that see
+    /// dentry names; as the kernel's `dev_t` (`sb->s_dev`). 0 when unknown (absolute names, names
+    /// relative to a directory fd: the agent places those from `/proc`). For a close, slot 0 holds
+    /// the closed file itself when it was open for writing ([`cwd`]).
+    pub dir_dev: [u64; 2],
+    /// See [`RawEvent::dir_dev`].
+    pub dir_ino: [u64; 2],
 }
 
 impl RawEvent {
@@ -235,6 +312,8 @@ impl RawEvent {
             comm: [0; COMM_LEN],
             name: [0; NAME_LEN],
             name2: [0; NAME_LEN],
+            dir_dev: [0; 2],
+            dir_ino: [0; 2],
         }
     }
 }
@@ -378,7 +457,7 @@ mod tests {
 
     #[test]
     fn raw_event_has_no_padding() {
-        let fields = 8 * 4 + 4 * 8 + COMM_LEN + 2 * NAME_LEN;
+        let fields = 8 * 4 + 4 * 8 + COMM_LEN + 2 * NAME_LEN + 4 * 8;
         assert_eq!(size_of::<RawEvent>(), fields);
         assert_eq!(align_of::<RawEvent>(), 8);
     }

@@ -53,6 +53,10 @@ pub mod open_flags {
     pub const CREAT: u64 = O_CREAT | O_WRONLY | O_TRUNC;
 }
 
+/// The `dirfd` that makes a relative path argument start at the working directory (`openat(2)`):
+/// carried in the event so the agent knows where a relative name starts.
+pub const AT_FDCWD: i64 = -100;
+
 /// `fcntl` commands that duplicate an fd.
 pub const F_DUPFD: u64 = 0;
 /// `fcntl(F_DUPFD_CLOEXEC)`.

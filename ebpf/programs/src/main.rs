@@ -38,7 +38,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -46,8 +46,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use certreload_common::{
-    basename_hash_step, flags, gates, kind, stats, suffix_bit, suffix_key_step,
-    syscalls::{open_flags, x86_64 as nr, F_DUPFD, F_DUPFD_CLOEXEC},
+    basename_hash_step, cwd, flags, gates, kind, stats, suffix_bit, suffix_key_step,
+    syscalls::{open_flags, x86_64 as nr, AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC},
     RawEvent, COMM_LEN, FNV_OFFSET, MAX_TRACKED, MAX_WATCHED_NAMES, NAME_LEN, OPEN_WRITE_INTENT,
     RINGBUF_BYTES, SUFFIX_LEN, SUFFIX_WORDS,
 };
@@ -70,6 +70,10 @@ static PENDING: HashMap<u64, RawEvent> = HashMap::with_max_entries(MAX_TRACKED, 
 static GATES: Array<u64> = Array::with_max_entries(gates::LEN, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::LEN, 0);
+/// Struct member offsets for reading the caller's working directory ([`cwd`]), written by the
+/// agent at load from the kernel's BTF.
+#[map]
+static CWD_OFFSETS: Array<u32> = Array::with_max_entries(cwd::LEN, 0);
 /// Per-CPU scratch event: too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -141,12 +145,7 @@ fn read_name(ptr: u64, buf: &mut [u8; NAME_LEN], truncated_flag: u32, ev_flags: 
 /// stages [`read_name`] describes; a name cut at [`NAME_LEN`] is let through with `truncated_flag`
 /// set. The fentry strategy (`vfs_hooks`) filters the dentry names it reads with it.
 #[inline(always)]
-fn watched_name(
-    buf: &[u8; NAME_LEN],
-    len: usize,
-    truncated_flag: u32,
-    ev_flags: &mut u32,
-) -> bool {
+fn watched_name(buf: &[u8; NAME_LEN], len: usize, truncated_flag: u32, ev_flags: &mut u32) -> bool {
     if len >= NAME_LEN - 1 {
         // The basename is beyond what we kept: let userspace decide.
         *ev_flags |= truncated_flag;
@@ -183,6 +182,96 @@ fn watched_name(
     // SAFETY: only whether the entry exists is used; the value reference, which the agent may
     // change or delete meanwhile, is never read.
     unsafe { WATCHED_NAMES.get(hash).is_some() }
+}
+
+#[inline(always)]
+fn cwd_offset(slot: u32) -> u64 {
+    CWD_OFFSETS.get(slot).map_or(0, |v| *v as u64)
+}
+
+/// Reads kernel memory at `addr` with the checking helper.
+#[inline(always)]
+fn kernel_read<T>(addr: u64) -> Option<T> {
+    // SAFETY: `addr` is computed from kernel pointers and offsets from the kernel's BTF; the
+    // helper checks the address and returns an error instead of faulting.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// The caller's working directory as (kernel `dev_t`, inode): `current->fs->pwd.dentry->d_inode`,
+/// through the offsets the agent resolved ([`cwd`]); (0, 0) before it wrote them or when a read
+/// fails.
+#[inline(always)]
+fn cwd_identity() -> (u64, u64) {
+    if cwd_offset(cwd::READY) == 0 {
+        return (0, 0);
+    }
+    // SAFETY: the helper takes no argument and returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let read = || -> Option<(u64, u64)> {
+        let fs: u64 = kernel_read(task + cwd_offset(cwd::TASK_FS))?;
+        let dentry: u64 = kernel_read(fs + cwd_offset(cwd::FS_PWD) + cwd_offset(cwd::PATH_DENTRY))?;
+        let inode: u64 = kernel_read(dentry + cwd_offset(cwd::DENTRY_D_INODE))?;
+        inode_identity(inode)
+    };
+    read().unwrap_or((0, 0))
+}
+
+/// (kernel `dev_t`, inode) of an inode pointer, (0, 0) when a read fails.
+#[inline(always)]
+fn inode_identity(inode: u64) -> Option<(u64, u64)> {
+    let ino: u64 = kernel_read(inode + cwd_offset(cwd::INODE_I_INO))?;
+    let sb: u64 = kernel_read(inode + cwd_offset(cwd::INODE_I_SB))?;
+    let dev: u32 = kernel_read(sb + cwd_offset(cwd::SB_S_DEV))?;
+    Some((dev as u64, ino))
+}
+
+/// The file behind the caller's `fd` when it is open for writing, as (kernel `dev_t`, inode):
+/// `current->files->fdt->fd[fd]->f_inode`; (0, 0) otherwise. Read at a close's entry, while the
+/// fd still refers to it: the agent then knows which file a write ended on, even when the writer
+/// is gone before it reads the event.
+#[inline(always)]
+fn written_file(fd: i64) -> (u64, u64) {
+    if cwd_offset(cwd::READY) == 0 || fd < 0 {
+        return (0, 0);
+    }
+    // SAFETY: the helper takes no argument and returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let read = || -> Option<(u64, u64)> {
+        let files: u64 = kernel_read(task + cwd_offset(cwd::TASK_FILES))?;
+        let fdt: u64 = kernel_read(files + cwd_offset(cwd::FILES_FDT))?;
+        let max: u32 = kernel_read(fdt + cwd_offset(cwd::FDTABLE_MAX_FDS))?;
+        if fd as u64 >= max as u64 {
+            return None;
+        }
+        let array: u64 = kernel_read(fdt + cwd_offset(cwd::FDTABLE_FD))?;
+        let file: u64 = kernel_read(array + 8 * fd as u64)?;
+        let mode: u32 = kernel_read(file + cwd_offset(cwd::FILE_F_MODE))?;
+        if mode & cwd::FMODE_WRITE == 0 {
+            return None;
+        }
+        let inode: u64 = kernel_read(file + cwd_offset(cwd::FILE_F_INODE))?;
+        inode_identity(inode)
+    };
+    read().unwrap_or((0, 0))
+}
+
+/// Records where name argument `which` starts when it is relative to the working directory (its
+/// first byte is not `/` and `dirfd` is `AT_FDCWD`), so the agent places it even if the writer is
+/// gone before it reads the event; clears it otherwise (the scratch event is reused).
+#[inline(always)]
+fn note_start(ev: &mut RawEvent, which: usize, dirfd: i64) {
+    let relative = match which {
+        0 => ev.name[0] != b'/',
+        _ => ev.name2[0] != b'/',
+    };
+    let (dev, ino) = if dirfd == AT_FDCWD && relative {
+        cwd_identity()
+    } else {
+        (0, 0)
+    };
+    let i = which & 1;
+    ev.dir_dev[i] = dev;
+    ev.dir_ino[i] = ino;
 }
 
 #[inline(always)]
@@ -256,6 +345,14 @@ fn track(tgid: u32, fd: i64, name_hash: u64) {
         }
         return;
     }
+    count_tracked_fd(tgid);
+}
+
+/// Counts one more tracked fd held by `tgid`: in the global gate first (from then on, fd syscalls
+/// look at the maps), then in the process's own count, inserted at 1 when it has none. Shared by
+/// [`track`] (an fd the kernel knows) and [`track_unresolved`] (an fd only the agent can find).
+#[inline(always)]
+fn count_tracked_fd(tgid: u32) {
     gate_add(gates::TRACKED_FDS, 1);
     match TRACKED_TGIDS.get_ptr_mut(tgid) {
         Some(p) => {
@@ -266,7 +363,9 @@ fn track(tgid: u32, fd: i64, name_hash: u64) {
         }
         None => {
             // A full table only costs this process its exit, exec and close_range events: its
-            // fds stay tracked and their closes reported, and the resync sees the rest.
+            // fds stay tracked and their closes reported, and the resync sees the rest. Two
+            // threads inserting at once: one insert wins and one count is lost, which only
+            // over-counts the gate (the exit subtracts the map's count): never an event lost.
             TRACKED_TGIDS.insert(tgid, 1, BPF_ANY as u64).ok();
         }
     }
@@ -279,7 +378,7 @@ fn untrack(tgid: u32, fd: i64) {
     }
     gate_add(gates::TRACKED_FDS, u64::MAX);
     if let Some(p) = TRACKED_TGIDS.get_ptr_mut(tgid) {
-        // SAFETY: as in `track`: `p` is an aligned u32 value of TRACKED_TGIDS, valid for the run;
+        // SAFETY: as in `count_tracked_fd`: an aligned u32 value of TRACKED_TGIDS, valid for the run;
         // the add is atomic. The fetched value is not used: BPF_FETCH atomics need kernel 5.12,
         // we target 5.8.
         unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, u32::MAX) };
@@ -298,20 +397,7 @@ fn untrack(tgid: u32, fd: i64) {
 /// has resolved the fd and removes the mark. This is what lets opens and fcntl run no exit hook.
 #[inline(always)]
 fn track_unresolved(tgid: u32) {
-    // The gate first: from here on, fd syscalls look at the maps below.
-    gate_add(gates::TRACKED_FDS, 1);
-    match TRACKED_TGIDS.get_ptr_mut(tgid) {
-        Some(p) => {
-            // SAFETY: as in `track`: an aligned u32 value of TRACKED_TGIDS, valid for the run;
-            // the add is atomic.
-            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, 1) };
-        }
-        None => {
-            // Two threads inserting at once: one insert wins and one count is lost, which only
-            // over-counts the gate (the exit subtracts the map's count): never an event lost.
-            TRACKED_TGIDS.insert(tgid, 1, BPF_ANY as u64).ok();
-        }
-    }
+    count_tracked_fd(tgid);
     if UNRESOLVED_TGIDS.insert(tgid, 1, BPF_ANY as u64).is_err() {
         count(stats::TRACK_LOST);
     }
@@ -337,7 +423,7 @@ fn current_tgid() -> u32 {
 /// process is marked for the agent to resolve it ([`track_unresolved`]); otherwise (the raw
 /// strategy, whose exit program runs on every syscall anyway) it is parked until the fd is known.
 #[inline(always)]
-fn enter_open(path: u64, open_flags: u64, at_entry: bool) {
+fn enter_open(dirfd: i64, path: u64, open_flags: u64, at_entry: bool) {
     if open_flags & OPEN_WRITE_INTENT == 0 {
         return;
     }
@@ -354,7 +440,11 @@ fn enter_open(path: u64, open_flags: u64, at_entry: bool) {
         return;
     }
     ev.fd = -1;
-    ev.fd2 = -1;
+    // Where a relative name starts (AT_FDCWD or a directory fd): the agent places the name.
+    ev.fd2 = dirfd as i32;
+    note_start(ev, 0, dirfd);
+    ev.dir_dev[1] = 0;
+    ev.dir_ino[1] = 0;
     if at_entry {
         track_unresolved(current_tgid());
         emit_now(ev, kind::OPEN_WRITE, open_flags);
@@ -365,16 +455,16 @@ fn enter_open(path: u64, open_flags: u64, at_entry: bool) {
 
 /// openat2: the flags live in user memory (`struct open_how`, `flags` first).
 #[inline(always)]
-fn enter_openat2(path: u64, how: u64, at_entry: bool) {
+fn enter_openat2(dirfd: i64, path: u64, how: u64, at_entry: bool) {
     // SAFETY: `how` is the syscall's user pointer, possibly bogus: the helper checks the address
     // and returns an error (then no flags: the open is ignored) instead of faulting.
     let open_flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    enter_open(path, open_flags, at_entry);
+    enter_open(dirfd, path, open_flags, at_entry);
 }
 
 /// unlink/truncate: one path.
 #[inline(always)]
-fn enter_path(event_kind: u32, path: u64, syscall_flags: u64) {
+fn enter_path(event_kind: u32, dirfd: i64, path: u64, syscall_flags: u64) {
     let Some(ev) = scratch() else { return };
     ev.event_flags = 0;
     ev.name2[0] = 0;
@@ -387,25 +477,55 @@ fn enter_path(event_kind: u32, path: u64, syscall_flags: u64) {
         count(stats::FILTERED);
         return;
     }
-    ev.fd = -1;
+    // Where a relative name starts (AT_FDCWD or a directory fd): the agent places the name.
+    ev.fd = dirfd as i32;
     ev.fd2 = -1;
+    note_start(ev, 0, dirfd);
+    ev.dir_dev[1] = 0;
+    ev.dir_ino[1] = 0;
     park(ev, event_kind, syscall_flags);
+}
+
+/// A path argument and the directory fd a relative one starts from (`AT_FDCWD` for the working
+/// directory).
+#[derive(Clone, Copy)]
+struct Arg {
+    dirfd: i64,
+    path: u64,
+}
+
+/// A path argument relative to the working directory (the syscalls without a directory fd).
+#[inline(always)]
+fn cwd(path: u64) -> Arg {
+    Arg {
+        dirfd: AT_FDCWD,
+        path,
+    }
+}
+
+/// A path argument relative to directory fd `dirfd`.
+#[inline(always)]
+fn at(dirfd: u64, path: u64) -> Arg {
+    Arg {
+        dirfd: dirfd as i32 as i64,
+        path,
+    }
 }
 
 /// rename/link/symlink: two paths; either one being watched is enough. For symlink the first
 /// argument is the link's target text, which is kept for the agent but not matched.
 #[inline(always)]
-fn enter_two_paths(event_kind: u32, from: u64, to: u64, syscall_flags: u64, match_from: bool) {
+fn enter_two_paths(event_kind: u32, from: Arg, to: Arg, syscall_flags: u64, match_from: bool) {
     let Some(ev) = scratch() else { return };
     ev.event_flags = 0;
     let from_watched = read_name(
-        from,
+        from.path,
         &mut ev.name,
         flags::NAME_TRUNCATED,
         &mut ev.event_flags,
     );
     let to_watched = read_name(
-        to,
+        to.path,
         &mut ev.name2,
         flags::NAME2_TRUNCATED,
         &mut ev.event_flags,
@@ -414,8 +534,11 @@ fn enter_two_paths(event_kind: u32, from: u64, to: u64, syscall_flags: u64, matc
         count(stats::FILTERED);
         return;
     }
-    ev.fd = -1;
-    ev.fd2 = -1;
+    // Where each relative name starts (AT_FDCWD or a directory fd): the agent places the names.
+    ev.fd = from.dirfd as i32;
+    ev.fd2 = to.dirfd as i32;
+    note_start(ev, 0, from.dirfd);
+    note_start(ev, 1, to.dirfd);
     park(ev, event_kind, syscall_flags);
 }
 
@@ -439,14 +562,23 @@ fn enter_fd(event_kind: u32, fd: u64, fd2: i64) {
     ev.name2[0] = 0;
     ev.fd = fd as i32;
     ev.fd2 = fd2 as i32;
+    ev.dir_dev[1] = 0;
+    ev.dir_ino[1] = 0;
     match event_kind {
         kind::CLOSE => {
+            (ev.dir_dev[0], ev.dir_ino[0]) = written_file(fd);
             // Linux releases the fd even when close reports an error.
             untrack(tgid, fd);
             emit_now(ev, event_kind, 0);
         }
-        kind::FTRUNCATE => emit_now(ev, event_kind, 0),
-        _ => park(ev, event_kind, 0),
+        kind::FTRUNCATE => {
+            (ev.dir_dev[0], ev.dir_ino[0]) = (0, 0);
+            emit_now(ev, event_kind, 0);
+        }
+        _ => {
+            (ev.dir_dev[0], ev.dir_ino[0]) = (0, 0);
+            park(ev, event_kind, 0);
+        }
     }
 }
 
@@ -637,26 +769,26 @@ fn cr_sys_enter(ctx: RawTracePointContext) -> i32 {
     let a = |n| regs_arg(regs, n);
     match id {
         nr::CLOSE => enter_fd(kind::CLOSE, a(0), -1),
-        nr::OPENAT => enter_open(a(1), a(2), false),
-        nr::OPEN => enter_open(a(0), a(1), false),
-        nr::CREAT => enter_open(a(0), open_flags::CREAT, false),
-        nr::OPENAT2 => enter_openat2(a(1), a(2), false),
+        nr::OPENAT => enter_open(a(0) as i32 as i64, a(1), a(2), false),
+        nr::OPEN => enter_open(AT_FDCWD, a(0), a(1), false),
+        nr::CREAT => enter_open(AT_FDCWD, a(0), open_flags::CREAT, false),
+        nr::OPENAT2 => enter_openat2(a(0) as i32 as i64, a(1), a(2), false),
         nr::DUP => enter_fd(kind::DUP, a(0), -1),
         nr::DUP2 => enter_fd(kind::DUP, a(0), a(1) as i64),
         nr::DUP3 => enter_fd(kind::DUP, a(0), a(1) as i64),
         nr::FCNTL => enter_fcntl(a(0), a(1), false),
         nr::CLOSE_RANGE => enter_close_range(a(0), a(1)),
         nr::FTRUNCATE => enter_fd(kind::FTRUNCATE, a(0), -1),
-        nr::RENAME => enter_two_paths(kind::RENAME, a(0), a(1), 0, true),
-        nr::RENAMEAT => enter_two_paths(kind::RENAME, a(1), a(3), 0, true),
-        nr::RENAMEAT2 => enter_two_paths(kind::RENAME, a(1), a(3), a(4), true),
-        nr::LINK => enter_two_paths(kind::LINK, a(0), a(1), 0, false),
-        nr::LINKAT => enter_two_paths(kind::LINK, a(1), a(3), a(4), false),
-        nr::SYMLINK => enter_two_paths(kind::SYMLINK, a(0), a(1), 0, false),
-        nr::SYMLINKAT => enter_two_paths(kind::SYMLINK, a(0), a(2), 0, false),
-        nr::UNLINK => enter_path(kind::UNLINK, a(0), 0),
-        nr::UNLINKAT => enter_path(kind::UNLINK, a(1), a(2)),
-        nr::TRUNCATE => enter_path(kind::TRUNCATE, a(0), 0),
+        nr::RENAME => enter_two_paths(kind::RENAME, cwd(a(0)), cwd(a(1)), 0, true),
+        nr::RENAMEAT => enter_two_paths(kind::RENAME, at(a(0), a(1)), at(a(2), a(3)), 0, true),
+        nr::RENAMEAT2 => enter_two_paths(kind::RENAME, at(a(0), a(1)), at(a(2), a(3)), a(4), true),
+        nr::LINK => enter_two_paths(kind::LINK, cwd(a(0)), cwd(a(1)), 0, false),
+        nr::LINKAT => enter_two_paths(kind::LINK, at(a(0), a(1)), at(a(2), a(3)), a(4), false),
+        nr::SYMLINK => enter_two_paths(kind::SYMLINK, cwd(a(0)), cwd(a(1)), 0, false),
+        nr::SYMLINKAT => enter_two_paths(kind::SYMLINK, cwd(a(0)), at(a(1), a(2)), 0, false),
+        nr::UNLINK => enter_path(kind::UNLINK, AT_FDCWD, a(0), 0),
+        nr::UNLINKAT => enter_path(kind::UNLINK, a(0) as i32 as i64, a(1), a(2)),
+        nr::TRUNCATE => enter_path(kind::TRUNCATE, AT_FDCWD, a(0), 0),
         _ => {}
     }
     0
@@ -715,10 +847,25 @@ macro_rules! syscall_tracepoint {
     };
 }
 
-syscall_tracepoint!(cr_tp_open, |a| enter_open(a(0), a(1), true));
-syscall_tracepoint!(cr_tp_openat, |a| enter_open(a(1), a(2), true));
-syscall_tracepoint!(cr_tp_openat2, |a| enter_openat2(a(1), a(2), true));
-syscall_tracepoint!(cr_tp_creat, |a| enter_open(a(0), open_flags::CREAT, true));
+syscall_tracepoint!(cr_tp_open, |a| enter_open(AT_FDCWD, a(0), a(1), true));
+syscall_tracepoint!(cr_tp_openat, |a| enter_open(
+    a(0) as i32 as i64,
+    a(1),
+    a(2),
+    true
+));
+syscall_tracepoint!(cr_tp_openat2, |a| enter_openat2(
+    a(0) as i32 as i64,
+    a(1),
+    a(2),
+    true
+));
+syscall_tracepoint!(cr_tp_creat, |a| enter_open(
+    AT_FDCWD,
+    a(0),
+    open_flags::CREAT,
+    true
+));
 syscall_tracepoint!(cr_tp_close, |a| enter_fd(kind::CLOSE, a(0), -1));
 syscall_tracepoint!(cr_tp_close_range, |a| enter_close_range(a(0), a(1)));
 syscall_tracepoint!(cr_tp_dup, |a| enter_fd(kind::DUP, a(0), -1));
@@ -727,56 +874,71 @@ syscall_tracepoint!(cr_tp_dup3, |a| enter_fd(kind::DUP, a(0), a(1) as i64));
 syscall_tracepoint!(cr_tp_fcntl, |a| enter_fcntl(a(0), a(1), true));
 syscall_tracepoint!(cr_tp_rename, |a| enter_two_paths(
     kind::RENAME,
-    a(0),
-    a(1),
+    cwd(a(0)),
+    cwd(a(1)),
     0,
     true
 ));
 syscall_tracepoint!(cr_tp_renameat, |a| enter_two_paths(
     kind::RENAME,
-    a(1),
-    a(3),
+    at(a(0), a(1)),
+    at(a(2), a(3)),
     0,
     true
 ));
 syscall_tracepoint!(cr_tp_renameat2, |a| enter_two_paths(
     kind::RENAME,
-    a(1),
-    a(3),
+    at(a(0), a(1)),
+    at(a(2), a(3)),
     a(4),
     true
 ));
 syscall_tracepoint!(cr_tp_link, |a| enter_two_paths(
     kind::LINK,
-    a(0),
-    a(1),
+    cwd(a(0)),
+    cwd(a(1)),
     0,
     false
 ));
 syscall_tracepoint!(cr_tp_linkat, |a| enter_two_paths(
     kind::LINK,
-    a(1),
-    a(3),
+    at(a(0), a(1)),
+    at(a(2), a(3)),
     a(4),
     false
 ));
 syscall_tracepoint!(cr_tp_symlink, |a| enter_two_paths(
     kind::SYMLINK,
-    a(0),
-    a(1),
+    cwd(a(0)),
+    cwd(a(1)),
     0,
     false
 ));
 syscall_tracepoint!(cr_tp_symlinkat, |a| enter_two_paths(
     kind::SYMLINK,
-    a(0),
-    a(2),
+    cwd(a(0)),
+    at(a(1), a(2)),
     0,
     false
 ));
-syscall_tracepoint!(cr_tp_unlink, |a| enter_path(kind::UNLINK, a(0), 0));
-syscall_tracepoint!(cr_tp_unlinkat, |a| enter_path(kind::UNLINK, a(1), a(2)));
-syscall_tracepoint!(cr_tp_truncate, |a| enter_path(kind::TRUNCATE, a(0), 0));
+syscall_tracepoint!(cr_tp_unlink, |a| enter_path(
+    kind::UNLINK,
+    AT_FDCWD,
+    a(0),
+    0
+));
+syscall_tracepoint!(cr_tp_unlinkat, |a| enter_path(
+    kind::UNLINK,
+    a(0) as i32 as i64,
+    a(1),
+    a(2)
+));
+syscall_tracepoint!(cr_tp_truncate, |a| enter_path(
+    kind::TRUNCATE,
+    AT_FDCWD,
+    a(0),
+    0
+));
 syscall_tracepoint!(cr_tp_ftruncate, |a| enter_fd(kind::FTRUNCATE, a(0), -1));
 
 /// Attached to every `syscalls:sys_exit_*` of the list above; `long ret` is at offset 16.

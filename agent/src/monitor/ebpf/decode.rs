@@ -50,6 +50,68 @@ pub struct EventHeader {
     /// A path argument was longer than the kernel keeps ([`certreload_common::NAME_LEN`]): its
     /// basename is unknown, so the event may concern any watched file.
     pub path_truncated: bool,
+    /// Where the operation's first and second name arguments start (the open's, unlink's and
+    /// truncate's name is the first; a rename's or link's destination and a symlink's link the
+    /// second), so the agent can place the entries they touched.
+    pub bases: [NameBase; 2],
+    /// For a close: the file the fd referred to when it was open for writing (device as `stat`
+    /// reports it, inode), when the hook read it.
+    pub file: Option<(u64, u64)>,
+}
+
+/// Where a name argument starts, as the hook saw it: what the agent needs to find the directory
+/// the named entry is in (`monitor::attribution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameBase {
+    /// A relative name starts at the writer's working directory (`AT_FDCWD`); an absolute one at
+    /// its root.
+    Cwd,
+    /// A relative name starts at this directory fd of the writer.
+    DirFd(i32),
+    /// The hook read the entry's directory itself (a dentry's parent): device (as `stat` reports
+    /// it) and inode.
+    Dir {
+        /// Device, as `st_dev`.
+        dev: u64,
+        /// Inode.
+        ino: u64,
+    },
+    /// The hook does not say.
+    Unknown,
+}
+
+impl NameBase {
+    /// The base a raw record gives name argument `which` (0 or 1) of `kind`.
+    fn of(kind: EventKind, raw: &RawEvent, which: usize) -> Self {
+        let dirfd = match (kind, which) {
+            (EventKind::OpenWrite, 0) => raw.fd2,
+            (EventKind::Unlink | EventKind::Truncate, 0)
+            | (EventKind::Rename | EventKind::Link | EventKind::Symlink, 0) => raw.fd,
+            (EventKind::Rename | EventKind::Link | EventKind::Symlink, 1) => raw.fd2,
+            _ => return NameBase::Unknown,
+        };
+        if raw.dir_ino[which] != 0 {
+            return NameBase::Dir {
+                dev: user_dev(raw.dir_dev[which]),
+                ino: raw.dir_ino[which],
+            };
+        }
+        match dirfd {
+            -100 => NameBase::Cwd,
+            fd if fd >= 0 => NameBase::DirFd(fd),
+            _ => NameBase::Unknown,
+        }
+    }
+}
+
+/// The kernel's internal `dev_t` (`MAJOR << 20 | MINOR`, as `sb->s_dev` holds it) as `stat`
+/// reports it (glibc's `makedev` encoding).
+fn user_dev(kernel: u64) -> u64 {
+    let (major, minor) = (kernel >> 20, kernel & 0xf_ffff);
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
 }
 
 /// What the kernel saw, one variant per [`EventKind`] with that kind's arguments. Paths are the
@@ -221,6 +283,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             },
             ts_ns: raw.ts_ns,
             path_truncated: raw.event_flags & (flags::NAME_TRUNCATED | flags::NAME2_TRUNCATED) != 0,
+            bases: [NameBase::of(kind, &raw, 0), NameBase::of(kind, &raw, 1)],
+            file: (kind == EventKind::Close && raw.dir_ino[0] != 0)
+                .then(|| (user_dev(raw.dir_dev[0]), raw.dir_ino[0])),
         },
         op: Operation::of(kind, &raw),
     })
@@ -285,6 +350,40 @@ mod tests {
         assert_eq!(ev.header.writer.comm, "mv");
         assert_eq!((ev.header.writer.pid, ev.header.writer.tgid), (7, 6));
         assert!(!ev.header.path_truncated);
+        // zeroed() leaves fd and fd2 at -1: a hook that does not say where names start.
+        assert_eq!(ev.header.bases, [NameBase::Unknown; 2]);
+    }
+
+    #[test]
+    fn name_bases_come_from_the_directory_fds_or_the_hooks_directory() {
+        let mut raw = RawEvent::zeroed();
+        raw.kind = kind::RENAME;
+        raw.fd = -100;
+        raw.fd2 = 7;
+        let ev = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.header.bases, [NameBase::Cwd, NameBase::DirFd(7)]);
+        raw.kind = kind::OPEN_WRITE;
+        raw.fd = -1;
+        raw.fd2 = -100;
+        let ev = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.header.bases, [NameBase::Cwd, NameBase::Unknown]);
+        // A dentry's parent from the fentry hooks: major 8, minor 1 is st_dev 0x801.
+        raw.dir_dev = [(8 << 20) | 1, 0];
+        raw.dir_ino = [42, 0];
+        let ev = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(
+            ev.header.bases[0],
+            NameBase::Dir {
+                dev: 0x801,
+                ino: 42
+            }
+        );
+        raw.kind = kind::CLOSE;
+        let ev = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.header.bases, [NameBase::Unknown; 2]);
+        assert_eq!(ev.header.file, Some((0x801, 42)), "the closed file");
+        raw.dir_ino = [0, 0];
+        assert_eq!(decode(&bytes_of(&raw)).expect("decodes").header.file, None);
     }
 
     #[test]

@@ -346,6 +346,22 @@ impl KernelHooks {
         self.tracked.remove(&fd_key(tgid, fd)).ok();
     }
 
+    /// The loaded object, for writing what programs read at run time (struct offsets).
+    pub(crate) fn object_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Syscalls on a watched name the kernel has seen enter and not yet leave (the `PENDING`
+    /// gate): while any is in flight, an operation may have taken effect without its event being
+    /// in the ring buffer yet. 0 when the gate cannot be read.
+    pub(crate) fn syscalls_in_flight(&self) -> u64 {
+        self.ebpf
+            .map(maps::GATES)
+            .and_then(|map| Array::<_, u64>::try_from(map).ok())
+            .and_then(|gates| gates.get(&certreload_common::gates::PENDING, 0).ok())
+            .unwrap_or(0)
+    }
+
     /// Reads the kernel counters.
     pub(crate) fn stats(&self) -> KernelStats {
         let read = |i: u32| {

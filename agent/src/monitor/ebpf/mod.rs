@@ -1,13 +1,21 @@
 //! The eBPF source: kernel events from the ring buffer, turned into hints with attribution.
 
 mod btf_offsets;
+mod cwd_offsets;
 pub mod decode;
 mod fd_resolve;
 pub(crate) mod loader;
+mod placement;
 pub(crate) mod vfs_hooks;
 pub mod writers;
 
-use std::{collections::HashSet, ffi::OsString, io, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsString,
+    io,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -19,9 +27,19 @@ use self::{
     writers::{FoundFd, OpenForWrite, OpenWriters, Reconciled},
 };
 use super::{
-    hint::{Hint, Scope, Source},
+    hint::{Hint, Scope, Source, Touched},
     MonitorCounters,
 };
+use decode::NameBase;
+
+/// Files kept per process in `KernelSource::closed_files` until a finished write uses them: a
+/// long-lived writer's list stays bounded.
+const CLOSED_FILES_KEPT: usize = 16;
+
+/// Longest the monitor waits, around a read, for syscalls in flight on a watched name to finish
+/// ([`KernelSource::settle`]): a rename takes microseconds; one stuck longer (a hung network file
+/// system) leaves the change it may have made ambiguous rather than holding the monitor.
+pub(crate) const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The strategy [`KernelSource::choose`] started, and why: the refusal of each cheaper strategy
 /// (`fentry: not built: …; tracepoints: the kernel allows it`), or that it was requested.
@@ -38,6 +56,12 @@ pub(crate) struct KernelSource {
     hooks: KernelHooks,
     ring: AsyncFd<RingBuf<MapData>>,
     writers: OpenWriters,
+    /// Where each write-open's name is, placed when its event was read, keyed by process and path
+    /// argument: the entry its writes touch ([`Self::place_writes`]).
+    open_places: HashMap<(u32, OsString), Touched>,
+    /// The files each process was seen to close while open for writing (the kernel reads them at
+    /// the close), the last [`CLOSED_FILES_KEPT`]: what its finished writes ended on.
+    closed_files: HashMap<u32, Vec<(u64, u64)>>,
     /// Searches of `/proc` for unresolved opens' fds, off the monitor's thread, and those
     /// finished but not applied yet.
     scans: Scans,
@@ -55,7 +79,10 @@ impl KernelSource {
         names: usize,
         counters: MonitorCounters,
     ) -> Result<Self, EbpfUnavailable> {
-        let (hooks, ring) = KernelHooks::load(strategy, profile, names)?;
+        let (mut hooks, ring) = KernelHooks::load(strategy, profile, names)?;
+        if let Err(e) = cwd_offsets::write(hooks.object_mut()) {
+            tracing::info!(error = %e, "relative names are placed from /proc only: a writer gone before its event is read is not placed");
+        }
         #[expect(
             unsafe_code,
             reason = "tokio cannot check that the ring buffer's descriptor stays open while registered"
@@ -68,6 +95,8 @@ impl KernelSource {
             hooks,
             ring,
             writers: OpenWriters::default(),
+            open_places: HashMap::new(),
+            closed_files: HashMap::new(),
             scans: Scans::default(),
             finished_scans: Vec::new(),
             counters,
@@ -147,13 +176,14 @@ impl KernelSource {
     /// are looked for in `/proc` off this thread ([`Scans`]); a finished search is applied here,
     /// after the events that came before it.
     pub(crate) fn hints(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
-        let mut hints = Vec::new();
+        let mut hints = self.place_opens(batch);
         for (i, ev) in batch.iter().enumerate() {
             self.note_fd_syscall(ev);
             let finished = self.apply(ev, &batch[i + 1..], &mut hints);
             hints.extend(finished.iter().map(|done| hint(ev, [&done.name])));
         }
         let search_again = self.apply_finished_scans(&mut hints);
+        self.place_writes(&mut hints, batch);
         // Each batch of events is a reason to look again (the kernel reports every fd syscall
         // of a process with unresolved opens), as is a search that events overtook.
         if batch.is_empty() {
@@ -162,6 +192,111 @@ impl KernelSource {
             self.start_scans(self.writers.unresolved_processes());
         }
         hints
+    }
+
+    /// Places the name of every write-open of `batch` as its writer sees it, now, while it most
+    /// likely still runs: the entry its writes will have touched when they finish. Returns an
+    /// `open` hint for each: it triggers no read (the writing has not finished), but a change
+    /// read while the file is open is judged with its writer among those that may have made it.
+    fn place_opens(&mut self, batch: &[KernelEvent]) -> Vec<Hint> {
+        let mut opens = Vec::new();
+        for ev in batch {
+            if let Operation::OpenWrite { name, .. } | Operation::OpenWriteUnresolved { name } =
+                &ev.op
+            {
+                let tgid = ev.header.writer.tgid;
+                let mut open = hint(ev, [name]);
+                if let Some(t) = placement::place(tgid, name, ev.header.bases[0]) {
+                    self.open_places.insert((tgid, name.clone()), t.clone());
+                    open.touched = vec![t];
+                }
+                opens.push(open);
+            }
+        }
+        opens
+    }
+
+    /// Gives every finished write among `hints` what it touched: the entry its open named
+    /// (placed by [`Self::place_opens`]), and the files the kernel saw its process close while
+    /// open for writing since its last finished write (a name never placed and no file known:
+    /// its basename only); then forgets the opens and
+    /// closes of the processes that exited in `batch`.
+    fn place_writes(&mut self, hints: &mut [Hint], batch: &[KernelEvent]) {
+        for ev in batch {
+            if let (Operation::Close { .. }, Some(file)) = (&ev.op, ev.header.file) {
+                let closed = self.closed_files.entry(ev.header.writer.tgid).or_default();
+                closed.retain(|f| *f != file);
+                if closed.len() >= CLOSED_FILES_KEPT {
+                    closed.remove(0);
+                }
+                closed.push(file);
+            }
+        }
+        for h in hints.iter_mut().filter(|h| h.touched.is_empty()) {
+            let (Some(w), Scope::Names(names)) = (&h.writer, &h.scope) else {
+                continue;
+            };
+            // Used once: a later write of the process is judged on the files it closes then.
+            let closed = self.closed_files.remove(&w.tgid).unwrap_or_default();
+            for name in names {
+                let basename = Path::new(name).file_name().unwrap_or(name).to_os_string();
+                let placed = self.open_places.get(&(w.tgid, name.clone())).cloned();
+                h.touched.extend(closed.iter().map(|&file| Touched {
+                    name: basename.clone(),
+                    dir: None,
+                    file: Some(file),
+                }));
+                match placed {
+                    Some(t) if t.dir.is_some() || closed.is_empty() => h.touched.push(t),
+                    Some(_) => {}
+                    None if closed.is_empty() => h.touched.push(Touched {
+                        name: basename,
+                        dir: None,
+                        file: None,
+                    }),
+                    None => {}
+                }
+            }
+        }
+        for ev in batch.iter().filter(|ev| matches!(ev.op, Operation::Exit)) {
+            let tgid = ev.header.writer.tgid;
+            self.open_places.retain(|(t, _), _| *t != tgid);
+            self.closed_files.remove(&tgid);
+        }
+    }
+
+    /// Waits until no syscall on a watched name is in flight in the kernel (at most
+    /// [`SETTLE_LIMIT`]), then takes every event already in the ring buffer as hints. The monitor
+    /// calls it before a read (so an operation that finished before it is judged with it) and
+    /// after (an operation that may have finished during it makes the change ambiguous). Returns
+    /// the hints and whether the kernel settled in time.
+    pub(crate) async fn settle(&mut self) -> (Vec<Hint>, bool) {
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        let mut settled = true;
+        while self.hooks.syscalls_in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                settled = false;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        let ring = self.ring.get_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => batch.push(ev),
+                Err(e) => {
+                    self.counters.count_decode_error();
+                    tracing::error!(error = %e, "dropping undecodable kernel event");
+                }
+            }
+        }
+        let hints = if batch.is_empty() {
+            Vec::new()
+        } else {
+            self.hints(&batch)
+        };
+        (hints, settled)
     }
 
     /// Applies the searches of `/proc` that finished; returns the processes whose search the
@@ -335,6 +470,8 @@ fn finished_hint(done: OpenForWrite, progressed: Option<(u64, &'static str)>) ->
         writer: Some(done.writer),
         kernel_ts_ns: progressed.map(|(ts, _)| ts),
         operation: progressed.map_or("close", |(_, op)| op),
+        // Placed from the open by `KernelSource::place_writes`.
+        touched: Vec::new(),
     }
 }
 
@@ -373,5 +510,30 @@ fn hint<'a>(ev: &KernelEvent, names: impl IntoIterator<Item = &'a OsString>) -> 
         writer: Some(ev.header.writer.clone()),
         kernel_ts_ns: Some(ev.header.ts_ns),
         operation: ev.op.as_str(),
+        touched: touched_by(ev),
     }
+}
+
+/// The entries a path operation touched, placed as the writer saw them: a rename's both sides,
+/// a link's, symlink's, unlink's or truncate's name (an fd operation touches what its open named:
+/// `KernelSource::place_writes`).
+fn touched_by(ev: &KernelEvent) -> Vec<Touched> {
+    if ev.header.path_truncated {
+        return vec![placement::anything()];
+    }
+    let tgid = ev.header.writer.tgid;
+    let [first, second] = ev.header.bases;
+    let names: Vec<(&OsString, NameBase)> = match &ev.op {
+        Operation::Rename { from, to } => vec![(from, first), (to, second)],
+        Operation::Link { link, .. } | Operation::Symlink { link, .. } => vec![(link, second)],
+        Operation::Unlink { name } | Operation::Truncate { name } => vec![(name, first)],
+        Operation::OpenWrite { name, .. } | Operation::OpenWriteUnresolved { name } => {
+            vec![(name, first)]
+        }
+        _ => Vec::new(),
+    };
+    names
+        .into_iter()
+        .filter_map(|(name, base)| placement::place(tgid, name, base))
+        .collect()
 }
