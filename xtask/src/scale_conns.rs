@@ -146,7 +146,7 @@ async fn level(bin: &Path, n: usize, index: usize, params: &Params) -> Result<Le
     let handshake_idle_ms = probe_until(&connector, agent.addr, net, || false, probe_for).await?;
 
     // The first of these rotations makes every held connection stale: the drain is due
-    // `grace` after its publication (the listener checks every 250 ms).
+    // `grace` after its publication (the listener checks every 100 ms).
     let (publish_loaded_ms, publish_cpu_loaded_ms, first) =
         agent.rotations(&pki, rotations + 1..=2 * rotations)?;
     let drain_cpu0 = cpu_time(agent.pid());

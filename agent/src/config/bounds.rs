@@ -90,6 +90,12 @@ pub(crate) const STALE_GRACE: Bounds<Duration> = Bounds {
     max: secs(7 * DAY),
     why: "a connection left on stale material for more than a week is never closed in practice",
 };
+/// `[[listener]] stale_drain_rate` (connections per second).
+pub(crate) const STALE_DRAIN_RATE: Bounds<u64> = Bounds {
+    min: 1,
+    max: 1_000_000,
+    why: "0 never closes a stale connection; over a million a second is no pacing at all",
+};
 /// `[[listener]] handshake_timeout`.
 pub(crate) const HANDSHAKE_TIMEOUT: Bounds<Duration> = Bounds {
     min: Duration::from_millis(100),
@@ -330,7 +336,12 @@ mod tests {
         ] {
             assert!(b.min <= b.max, "{b:?}");
         }
-        for b in [MAX_FILE_SIZE, AUDIT_MAX_SIZE, MAX_CONNECTIONS] {
+        for b in [
+            MAX_FILE_SIZE,
+            AUDIT_MAX_SIZE,
+            MAX_CONNECTIONS,
+            STALE_DRAIN_RATE,
+        ] {
             assert!(b.min <= b.max, "{b:?}");
         }
     }
@@ -422,6 +433,12 @@ mod tests {
                 "stale_grace",
                 "listener[l].stale_grace",
                 Duration(STALE_GRACE),
+            ),
+            (
+                "listener",
+                "stale_drain_rate",
+                "listener[l].stale_drain_rate",
+                Count(STALE_DRAIN_RATE),
             ),
             (
                 "listener",
@@ -611,6 +628,7 @@ mod tests {
             ("agent.resync", "\"0s\""),
             ("agent.max_file_size", "\"0\""),
             ("listener[l].max_connections", "0"),
+            ("listener[l].stale_drain_rate", "0"),
             ("listener[l].handshake_timeout", "\"0s\""),
             ("listener[l].idle_timeout", "\"0s\""),
             ("probe[p].interval", "\"0s\""),

@@ -222,7 +222,8 @@ async fn follow_generations(
         .client_ca
         .as_deref()
         .and_then(|ca| ctx.store.subscribe(ca));
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut tick = tokio::time::interval(DRAIN_TICK);
+    let mut pace = DrainPace::default();
     // The client-CA generation live connections were last re-verified against.
     let mut checked_ca = slot.current().and_then(|a| a.client_ca_generation);
     loop {
@@ -235,7 +236,7 @@ async fn follow_generations(
                 slot.refresh(&ctx.store, &config.bundle, config.client_ca.as_deref());
                 revoke_untrusted(&config, &slot, &ctx, &mut checked_ca);
             }
-            _ = tick.tick() => drain_stale(&config, &slot, &ctx),
+            _ = tick.tick() => drain_stale(&config, &slot, &ctx, &mut pace),
         }
     }
 }
@@ -285,19 +286,57 @@ fn revoke_untrusted(
     }
 }
 
-/// With `stale_grace`: closes the connections stale for longer than the grace, and audits each.
+/// How often a listener looks for stale connections to close: short, so a paced drain closes
+/// few connections at a time (each tick's closes are woken together, and new handshakes queue
+/// behind them on the runtime's workers).
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The pace of a listener's drain: `stale_drain_rate` connections a second, spent tick by tick.
+/// A rate below one per tick accrues over several ticks; unspent credit is capped at one tick's
+/// worth, so a drain after a quiet hour starts paced too.
+#[derive(Debug, Default)]
+struct DrainPace {
+    /// Connections (fractions included) the drain may still close.
+    credit: f64,
+}
+
+impl DrainPace {
+    /// How many stale connections this tick may close at `rate` per second.
+    fn allowance(&mut self, rate: u64) -> usize {
+        let per_tick = rate as f64 * DRAIN_TICK.as_secs_f64();
+        self.credit = (self.credit + per_tick).min(per_tick.max(1.0));
+        let whole = self.credit.floor();
+        self.credit -= whole;
+        whole as usize
+    }
+}
+
+/// With `stale_grace`: closes the connections stale for longer than the grace, and audits each,
+/// at most `stale_drain_rate` a second: closing 9,000 at once took new handshakes' p99 to
+/// 119 ms while the runtime woke them all (`cargo xtask bench scale --only connections`).
 ///
 /// The records are written on the blocking pool: each is fsync'd on its own, and a drain of tens
 /// of thousands of connections written from here held a runtime worker for seconds, which new
 /// handshakes waited behind (`cargo xtask bench scale`: handshake p99 11.9x the idle one while
 /// 5,000 connections drained).
-fn drain_stale(config: &ListenerConfig, slot: &TlsSlot, ctx: &ListenerContext) {
+fn drain_stale(
+    config: &ListenerConfig,
+    slot: &TlsSlot,
+    ctx: &ListenerContext,
+    pace: &mut DrainPace,
+) {
     let (Some(grace), Some(active)) = (config.stale_grace, slot.current()) else {
         return;
     };
+    let limit = pace.allowance(config.stale_drain_rate);
+    if limit == 0 {
+        return;
+    }
     let stale = ctx
         .registry
-        .drain(&config.name, active.epoch, grace, |e| slot.epoch_started(e));
+        .drain(&config.name, active.epoch, grace, limit, |e| {
+            slot.epoch_started(e)
+        });
     if stale.is_empty() {
         return;
     }
@@ -481,6 +520,18 @@ mod tests {
         ClientConfig, RootCertStore, ServerConfig,
     };
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_drain_pace_spends_the_rate_tick_by_tick_and_keeps_no_burst() {
+        let mut pace = super::DrainPace::default();
+        // 2,000 a second: 200 per 100 ms tick.
+        assert_eq!(pace.allowance(2_000), 200);
+        // 2 a second: one close every fifth tick.
+        let mut pace = super::DrainPace::default();
+        let closes: Vec<usize> = (0..10).map(|_| pace.allowance(2)).collect();
+        assert_eq!(closes.iter().sum::<usize>(), 2, "{closes:?}");
+        assert!(closes.iter().all(|&n| n <= 1), "{closes:?}");
+    }
 
     use super::*;
     use crate::test_pki::{ca, leaf, Ca};

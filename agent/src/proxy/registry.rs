@@ -118,13 +118,15 @@ impl Registry {
         counts
     }
 
-    /// Asks every connection of `listener` that has been stale for at least `grace` to close, and
-    /// returns them (for the audit trail).
+    /// Asks connections of `listener` that have been stale for at least `grace` to close, at
+    /// most `limit` of them (the drain is paced: the rest go at the next call), and returns them
+    /// (for the audit trail).
     pub(crate) fn drain(
         &self,
         listener: &str,
         current_epoch: u64,
         grace: std::time::Duration,
+        limit: usize,
         epoch_started: impl Fn(u64) -> Option<Instant>,
     ) -> Vec<(ConnectionInfo, f64)> {
         let now = Instant::now();
@@ -138,6 +140,9 @@ impl Registry {
                 continue;
             };
             let stale_for = now.duration_since(stale_since);
+            if drained.len() == limit {
+                break;
+            }
             if stale_for >= grace && !*e.close.borrow() {
                 // Fails only when the connection's task has ended: closed already.
                 e.close.send(true).ok();
@@ -200,20 +205,36 @@ mod tests {
         assert!(c.oldest_stale_s.expect("age") >= 5.0);
         assert!(
             registry
-                .drain("l", 2, Duration::from_secs(60), started)
+                .drain("l", 2, Duration::from_secs(60), 10, started)
                 .is_empty(),
             "grace not over"
         );
-        let drained = registry.drain("l", 2, Duration::from_secs(1), started);
+        let drained = registry.drain("l", 2, Duration::from_secs(1), 10, started);
         assert_eq!(drained.len(), 1);
         assert!(*old.close.borrow(), "the stale connection is told to close");
         assert!(
             registry
-                .drain("l", 2, Duration::from_secs(1), started)
+                .drain("l", 2, Duration::from_secs(1), 10, started)
                 .is_empty(),
             "only once"
         );
         drop(old);
         assert_eq!(registry.counts("l", 2, None, started).live, 1);
+    }
+
+    #[test]
+    fn a_drain_closes_at_most_its_limit_and_the_rest_at_the_next() {
+        let registry = Arc::new(Registry::default());
+        let stale: Vec<Registration> = (0..5).map(|_| registry.register(info(1))).collect();
+        let epoch2 = Instant::now() - Duration::from_secs(5);
+        let started = |e: u64| (e == 2).then_some(epoch2);
+        let grace = Duration::from_secs(1);
+        assert_eq!(registry.drain("l", 2, grace, 2, started).len(), 2);
+        let told = || stale.iter().filter(|r| *r.close.borrow()).count();
+        assert_eq!(told(), 2, "the others wait for the next tick");
+        assert_eq!(registry.drain("l", 2, grace, 2, started).len(), 2);
+        assert_eq!(registry.drain("l", 2, grace, 2, started).len(), 1);
+        assert_eq!(told(), 5);
+        assert!(registry.drain("l", 2, grace, 2, started).is_empty());
     }
 }
