@@ -170,6 +170,24 @@ fn chart_installs_on_a_real_api_server_dry_run_then_for_real() {
         "the values reach the configuration:\n{config}"
     );
 
+    // The installed configuration is one the agent takes on this kubeadm node: overlaid on the
+    // kubeadm profile, the action enabled by name exists there, and every bundle validates.
+    let toml = helm.home.path().join("certreload.toml");
+    std::fs::write(&toml, &config).expect("write the configuration");
+    let check = Command::new(certreload_e2e::certreload_bin())
+        .args(["check", "--profile", "kubeadm", "--host-root"])
+        .arg(cp.root())
+        .arg("--config")
+        .arg(&toml)
+        .output()
+        .expect("certreload check runs");
+    assert!(
+        check.status.success(),
+        "certreload check of the chart's configuration:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
     // Helm's dry run and install leave unknown fields to the server's default (a warning), so the
     // rendering also goes through a strict server-side dry run: accepted as installed, and a
     // field the DaemonSet does not have is refused by name.
