@@ -481,13 +481,8 @@ mod tests {
     #[test]
     fn an_open_reported_at_entry_is_resolved_from_proc() {
         // This test process is the writer: its fd is found in /proc/self/fd by the file's identity.
-        let HeldFile {
-            _dir,
-            path,
-            file,
-            fd,
-            tgid,
-        } = held_file();
+        let held = held_file();
+        let (path, file, fd, tgid) = (held.path, held.file, held.fd, held.tgid);
         let mut w = OpenWriters::default();
         w.opened_unresolved(tgid, path.clone().into_os_string(), writer());
         let out = w.reconcile(tgid);
@@ -533,13 +528,8 @@ mod tests {
     #[test]
     fn an_fd_closed_after_the_open_is_not_taken_for_its_holder() {
         // The close is reported at its entry: /proc may still show the fd when the agent looks.
-        let HeldFile {
-            _dir,
-            path,
-            file,
-            fd,
-            tgid,
-        } = held_file();
+        let held = held_file();
+        let (path, file, fd, tgid) = (held.path, held.file, held.fd, held.tgid);
         let mut w = OpenWriters::default();
         w.opened_unresolved(tgid, path.into_os_string(), writer());
         w.saw_fd_syscall(tgid, 1, 30, "close", Some((fd, fd)), None);
@@ -551,13 +541,8 @@ mod tests {
 
     #[test]
     fn an_fcntl_dup_reported_at_entry_keeps_the_write_open_after_the_original_closes() {
-        let HeldFile {
-            _dir,
-            path,
-            file,
-            fd,
-            tgid,
-        } = held_file();
+        let held = held_file();
+        let (path, file, fd, tgid) = (held.path, held.file, held.fd, held.tgid);
         let mut w = OpenWriters::default();
         w.opened(tgid, fd, path.into_os_string(), writer(), true);
         w.duplicated_unresolved(tgid, fd, writer());
