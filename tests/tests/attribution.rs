@@ -164,7 +164,7 @@ fn ebpf_atomic_writer_race_names_mv_or_both_never_the_other_alone() {
         if let Some(w) = tgid(&c["writer"]) {
             assert!(
                 !others.contains(&w) || c["kind"] != "replaced",
-                "a replacement blamed on the other process alone: {c:#}"
+                "a replacement blamed on the other process alone: {c:#}\nevery change: {rest:#?}"
             );
             assert!(
                 mvs.contains(&w) || others.contains(&w),

@@ -245,7 +245,19 @@ impl<'a> Chain<'a> {
 /// (a syscall on a watched name still in flight after the wait), no change keeps a writer alone.
 pub(crate) fn judge_after_read(changes: &mut [ConfirmedChange], during: &[Hint], settled: bool) {
     for change in changes {
-        let others = Chain::new(&change.hops).touching(during);
+        let known = |w: &Writer| {
+            change
+                .writer
+                .iter()
+                .chain(&change.writers)
+                .any(|k| k.tgid == w.tgid)
+        };
+        // The proven writer going on (its next open or close) is no other suspect.
+        let others: Vec<Writer> = Chain::new(&change.hops)
+            .touching(during)
+            .into_iter()
+            .filter(|w| !known(w))
+            .collect();
         if others.is_empty() && (settled || change.attribution != Attribution::Proven) {
             continue;
         }
