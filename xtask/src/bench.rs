@@ -502,8 +502,15 @@ impl Overhead {
     fn print(mut self, params: &MonitorParams) {
         println!(
             "\nHook overhead: {} x (open O_CREAT|O_TRUNC, write 64 B, close, rename) on unrelated files, and \
-             `perf bench syscall basic` ({} getppid); {} interleaved rounds, median (best)",
-            params.ops, params.syscalls, params.rounds
+             {} ({} getppid); {} interleaved rounds, median (best)",
+            params.ops,
+            if params.getppid_in_process {
+                "getppid() timed in-process"
+            } else {
+                "`perf bench syscall basic`"
+            },
+            params.syscalls,
+            params.rounds
         );
         println!(
             "{:<36} {:>18} {:>16} {:>9} {:>18} {:>16} {:>10}",

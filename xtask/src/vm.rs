@@ -179,8 +179,13 @@ fn run_all(options: &Options, built: &Built, cases: &[GuestCase]) -> Result<Vec<
 fn guest_programs(built: &Built) -> Result<Vec<(&'static str, PathBuf)>> {
     let watch = test_executable(built, &["--package", "certreload-e2e", "--test", "watch"])?;
     let agent_units = test_executable(built, &["--package", "certreload", "--lib"])?;
+    let hook_choice = test_executable(
+        built,
+        &["--package", "certreload-e2e", "--test", "hook_choice"],
+    )?;
     Ok(vec![
         ("/tests/watch", watch),
+        ("/tests/hook_choice", hook_choice),
         ("/tests/agent-units", agent_units),
     ])
 }
@@ -228,6 +233,15 @@ fn cases() -> Vec<GuestCase> {
             name: "btf-offsets",
             what: "the rename hook's struct offsets resolve from this kernel's BTF",
             command: "/tests/agent-units monitor::ebpf::btf_offsets".to_owned(),
+        },
+        GuestCase {
+            name: "hook-choice",
+            what: "tests/tests/hook_choice.rs: --hook auto chooses fentry, and the log line and monitor stats say so and why",
+            // The other two: one asks for --hook tracepoints (not what this case expects), the
+            // other reads /status with curl, which the guest lacks.
+            command: "CERTRELOAD_EXPECT_HOOK=fentry /tests/hook_choice --exact \
+                      ebpf_auto_hook_starts_the_cheapest_strategy_and_says_why_in_the_log_and_stats"
+                .to_owned(),
         },
         GuestCase {
             name: "watch",

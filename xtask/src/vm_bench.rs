@@ -56,10 +56,14 @@ fn guest_out_dir() -> PathBuf {
     cmd::workspace_root().join("target/bench/monitor-vm")
 }
 
-/// The xtask binary itself, for the guest to run: (guest path, host path).
+/// The xtask binary itself, for the guest to run: (guest path, host path). Copied from
+/// `/proc/self/exe` into `target/vm/`: another cargo run may replace target/debug/xtask meanwhile
+/// (its path then reads "(deleted)"), while the running image stays readable there.
 pub(crate) fn guest_program() -> Result<(&'static str, PathBuf)> {
-    let me = std::env::current_exe().context("locating the running xtask binary")?;
-    Ok(("/bin/xtask", me))
+    let copy = cmd::workspace_root().join("target/vm/xtask-guest");
+    std::fs::copy("/proc/self/exe", &copy)
+        .with_context(|| format!("copying the running xtask binary to {}", copy.display()))?;
+    Ok(("/bin/xtask", copy))
 }
 
 /// From one guest's console: prints the bench's tables and writes its CSVs under

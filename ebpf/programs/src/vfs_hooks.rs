@@ -43,6 +43,9 @@ static VFS_OFFSETS: Array<u32> = Array::with_max_entries(offsets::LEN, 0);
 #[derive(Clone, Copy)]
 struct WriteOpen {
     cgroup_id: u64,
+    /// The file's `dev_t` and inode, read at `fd_install` (at the release its dentry may be gone).
+    file_dev: u64,
+    file_ino: u64,
     pid: u32,
     tgid: u32,
     uid: u32,
@@ -102,6 +105,36 @@ fn dentry_name(ev: &mut RawEvent, which: usize, dentry: *const u8) -> bool {
     watched_name(buf, len, truncated_flag, &mut ev.event_flags)
 }
 
+/// Records the directory `dentry` is an entry of (its `d_parent`) as the place of name `which`
+/// (0: `name`, 1: `name2`), so the agent knows which entry the operation touched; left 0
+/// (unknown) when a read fails.
+#[inline(always)]
+fn place(ev: &mut RawEvent, which: usize, dentry: *const u8) {
+    let which = which & 1;
+    let dir = offset(offsets::DENTRY_D_PARENT).and_then(|at| kernel_ptr(dentry, at));
+    if let Some((dev, ino)) = dir.and_then(dentry_identity) {
+        ev.dir_dev[which] = dev;
+        ev.dir_ino[which] = ino;
+    }
+}
+
+/// The kernel's `dev_t` (`d_inode->i_sb->s_dev`) and inode number (`d_inode->i_ino`) of the
+/// file or directory `dentry` names.
+#[inline(always)]
+fn dentry_identity(dentry: *const u8) -> Option<(u64, u64)> {
+    let inode = kernel_ptr(dentry, offset(offsets::DENTRY_D_INODE)?)?;
+    let sb = kernel_ptr(inode, offset(offsets::INODE_I_SB)?)?;
+    let (ino_at, dev_at) = (
+        offset(offsets::INODE_I_INO)?,
+        offset(offsets::SUPER_BLOCK_S_DEV)?,
+    );
+    // SAFETY: the checking helper, at offsets from the running kernel's BTF.
+    let ino = unsafe { bpf_probe_read_kernel(inode.wrapping_add(ino_at).cast::<u64>()) }.ok()?;
+    // SAFETY: as above; `dev_t` is a u32.
+    let dev = unsafe { bpf_probe_read_kernel(sb.wrapping_add(dev_at).cast::<u32>()) }.ok()?;
+    Some((dev as u64, ino))
+}
+
 /// `offsetof(struct dentry, d_name.name)`, once the agent wrote the offsets.
 #[inline(always)]
 fn name_offset() -> Option<usize> {
@@ -120,6 +153,8 @@ fn blank() -> Option<&'static mut RawEvent> {
     ev.name2[0] = 0;
     ev.fd = -1;
     ev.fd2 = -1;
+    ev.dir_dev = [0; 2];
+    ev.dir_ino = [0; 2];
     Some(ev)
 }
 
@@ -183,6 +218,8 @@ fn cr_fentry_vfs_rename(ctx: FEntryContext) -> i32 {
         count(stats::FILTERED);
         return 0;
     }
+    place(ev, 0, old);
+    place(ev, 1, new);
     park(ev, kind::RENAME, 0);
     0
 }
@@ -208,6 +245,7 @@ fn cr_fexit_vfs_unlink(ctx: FExitContext) -> i32 {
         count(stats::FILTERED);
         return 0;
     }
+    place(ev, 0, dentry);
     emit_done(ev, kind::UNLINK, ret);
     0
 }
@@ -226,6 +264,8 @@ fn cr_fexit_vfs_link(ctx: FExitContext) -> i32 {
         return 0;
     }
     dentry_name(ev, 0, existing);
+    place(ev, 0, existing);
+    place(ev, 1, link);
     emit_done(ev, kind::LINK, ret);
     0
 }
@@ -244,6 +284,7 @@ fn cr_fexit_vfs_symlink(ctx: FExitContext) -> i32 {
         count(stats::FILTERED);
         return 0;
     }
+    place(ev, 1, link);
     let target: *const u8 = ctx.arg(3);
     // SAFETY: the kernel copy of the target text, read with the checking helper; `ev.name` is a
     // NAME_LEN-byte buffer we own. A failed read leaves the target empty.
@@ -270,6 +311,7 @@ fn cr_fexit_vfs_truncate(ctx: FExitContext) -> i32 {
         count(stats::FILTERED);
         return 0;
     }
+    place(ev, 0, dentry);
     emit_done(ev, kind::TRUNCATE, ret);
     0
 }
@@ -309,13 +351,17 @@ fn cr_fexit_fd_install(ctx: FExitContext) -> i32 {
         // A second fd on a file already tracked (fcntl dup, a received fd): its release ends it.
         return 0;
     }
+    place(ev, 0, dentry);
     ev.fd = fd as i32;
     fill_task(ev, kind::OPEN_WRITE, mode.unwrap_or(0) as u64);
     ev.ret = fd as i64;
     // SAFETY: the helper takes no argument and only reads the monotonic clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let (file_dev, file_ino) = dentry_identity(dentry).unwrap_or((0, 0));
     let opener = WriteOpen {
         cgroup_id: ev.cgroup_id,
+        file_dev,
+        file_ino,
         pid: ev.pid,
         tgid: ev.tgid,
         uid: ev.uid,
@@ -363,6 +409,9 @@ fn cr_lsm_file_free(ctx: LsmContext) -> i32 {
     ev.gid = opener.gid;
     ev.comm = opener.comm;
     ev.fd = opener.fd;
+    // The file the write ended on (slot 0 of a close, as the syscall hooks report it).
+    ev.dir_dev[0] = opener.file_dev;
+    ev.dir_ino[0] = opener.file_ino;
     ev.ret = 0;
     // SAFETY: the helper takes no argument and only reads the monotonic clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };

@@ -140,12 +140,12 @@ mod tests {
     use std::{
         collections::BTreeSet,
         ffi::{CString, OsString},
-        os::unix::ffi::OsStrExt,
+        os::unix::{ffi::OsStrExt, fs::MetadataExt},
         path::Path,
     };
 
     use super::super::{
-        decode::{decode, Operation},
+        decode::{decode, KernelEvent, NameBase, Operation},
         loader::{EbpfUnavailable, HookStrategy, KernelHooks},
     };
 
@@ -160,8 +160,9 @@ mod tests {
     }
 
     /// Every operation the strategy reports, on watched names, plus the same on unwatched ones
-    /// (which must be filtered in the kernel); returns the operations expected, in order.
-    fn operate(dir: &Path, watched: &[String; 3]) -> Vec<Operation> {
+    /// (which must be filtered in the kernel); returns the operations expected, in order, and the
+    /// identity (device, inode) of the file written.
+    fn operate(dir: &Path, watched: &[String; 3]) -> (Vec<Operation>, (u64, u64)) {
         let [w, link, sym] = watched;
         let p = |name: &str| dir.join(name);
         std::fs::write(p("unwatched"), "x").expect("write");
@@ -169,13 +170,14 @@ mod tests {
         std::fs::write(p("incoming"), "y").expect("write");
         std::fs::rename(p("incoming"), p(w)).expect("rename");
         std::fs::write(p(w), "z").expect("write");
+        let written = identity(&p(w));
         std::fs::hard_link(p(w), p(link)).expect("link");
         truncate_by_path(&p(link));
         std::os::unix::fs::symlink("target-text", p(sym)).expect("symlink");
         std::fs::remove_file(p(w)).expect("unlink");
         std::fs::remove_file(p("unwatched.2")).expect("unlink");
         let name = |n: &str| OsString::from(n);
-        vec![
+        let ops = vec![
             Operation::Rename {
                 from: name("incoming"),
                 to: name(w),
@@ -196,7 +198,34 @@ mod tests {
                 link: name(sym),
             },
             Operation::Unlink { name: name(w) },
-        ]
+        ];
+        (ops, written)
+    }
+
+    fn identity(path: &Path) -> (u64, u64) {
+        let m = std::fs::metadata(path).expect("stat");
+        (m.dev(), m.ino())
+    }
+
+    /// Each name is placed in the directory it is an entry of (the dentry's parent), and the close
+    /// names the file the write ended on: what attribution judges by.
+    fn assert_placed(ev: &KernelEvent, dir: (u64, u64), written: (u64, u64)) {
+        let here = NameBase::Dir {
+            dev: dir.0,
+            ino: dir.1,
+        };
+        let placed: &[usize] = match ev.op {
+            Operation::Rename { .. } | Operation::Link { .. } => &[0, 1],
+            Operation::Symlink { .. } => &[1],
+            Operation::Close { .. } => {
+                assert_eq!(ev.header.file, Some(written), "{ev:?}");
+                &[]
+            }
+            _ => &[0],
+        };
+        for &which in placed {
+            assert_eq!(ev.header.bases[which], here, "name {which} of {ev:?}");
+        }
     }
 
     /// On any kernel: the `fentry` strategy either loads, attaches, and reports each watched
@@ -236,7 +265,7 @@ mod tests {
         let names: BTreeSet<OsString> = watched.iter().map(OsString::from).collect();
         hooks.set_names(&names).expect("load the watched names");
         let dir = tempfile::tempdir().expect("tempdir");
-        let expected = operate(dir.path(), &watched);
+        let (expected, written) = operate(dir.path(), &watched);
         let mut seen = Vec::new();
         while let Some(item) = ring.next() {
             let ev = decode(&item).expect("a record the agent decodes");
@@ -246,6 +275,7 @@ mod tests {
         }
         for ev in &seen {
             eprintln!("{:?} by {:?}", ev.op, ev.header.writer.comm);
+            assert_placed(ev, identity(dir.path()), written);
         }
         let ops: Vec<Operation> = seen
             .iter()
