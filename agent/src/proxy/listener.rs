@@ -523,11 +523,11 @@ mod tests {
 
     #[test]
     fn the_drain_pace_spends_the_rate_tick_by_tick_and_keeps_no_burst() {
-        let mut pace = super::DrainPace::default();
+        let mut pace = DrainPace::default();
         // 2,000 a second: 200 per 100 ms tick.
         assert_eq!(pace.allowance(2_000), 200);
         // 2 a second: one close every fifth tick.
-        let mut pace = super::DrainPace::default();
+        let mut pace = DrainPace::default();
         let closes: Vec<usize> = (0..10).map(|_| pace.allowance(2)).collect();
         assert_eq!(closes.iter().sum::<usize>(), 2, "{closes:?}");
         assert!(closes.iter().all(|&n| n <= 1), "{closes:?}");
